@@ -1,0 +1,335 @@
+//! The export bundle: a self-contained file holding a log prefix and what a
+//! verifier needs to check it offline.
+//!
+//! Layout (docs/DESIGN.md has the byte-level description):
+//!
+//! ```text
+//! MAGIC ("tally-bundle-v1\n", 16 bytes)
+//! section*   where section = kind (1 byte) || len (u32 big-endian) || len bytes
+//! ```
+//!
+//! Sections, in this order: one [`SectionKind::Header`] (protobuf
+//! [`BundleHeader`]), `header.size` [`SectionKind::Record`] sections (the
+//! stored record bytes, verbatim), then one [`SectionKind::End`] with no bytes,
+//! and nothing after it. A missing end section means the file was cut short.
+
+use std::io::{self, BufRead, Read, Write};
+
+use prost::Message;
+
+use crate::record::Hash;
+
+/// First bytes of every bundle file.
+pub const MAGIC: &[u8; 16] = b"tally-bundle-v1\n";
+
+/// Largest section a reader accepts (a record is far smaller; this bounds
+/// memory when reading a hostile file).
+pub const MAX_SECTION_LEN: u32 = 64 << 20;
+
+/// Kind byte of a section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SectionKind {
+    Header = 0x01,
+    Record = 0x02,
+    End = 0x7f,
+}
+
+/// What the exporting daemon said about the log when the bundle was made.
+/// A verifier trusts none of it until the chain (and, with anchoring, the TPM
+/// evidence) confirms it.
+#[derive(Clone, PartialEq, Message)]
+pub struct BundleHeader {
+    /// Bundle format version; this module writes and reads 1.
+    #[prost(uint32, tag = "1")]
+    pub format_version: u32,
+    /// The log's random identity.
+    #[prost(bytes = "vec", tag = "2")]
+    pub log_id: Vec<u8>,
+    /// Number of records in the bundle (records 0..size).
+    #[prost(uint64, tag = "3")]
+    pub size: u64,
+    /// Entry hash of record size-1 (32 zero bytes when size is 0).
+    #[prost(bytes = "vec", tag = "4")]
+    pub head_hash: Vec<u8>,
+    /// When the export was made, Unix time in nanoseconds (informational).
+    #[prost(int64, tag = "5")]
+    pub exported_at_unix_nanos: i64,
+    /// Who made it, e.g. "tallyd/0.1.0" (informational).
+    #[prost(string, tag = "6")]
+    pub producer: String,
+}
+
+/// Version written into [`BundleHeader::format_version`].
+pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+
+/// Why a file is not a readable bundle. These are format errors; damage to the
+/// log inside a well-formed bundle is a [`crate::Damage`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    #[error("I/O error reading the bundle: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a Tally bundle (bad magic)")]
+    BadMagic,
+    #[error("bundle format version {found} is not supported (this build reads {BUNDLE_FORMAT_VERSION})")]
+    UnsupportedVersion { found: u32 },
+    #[error("bundle is cut short: {what}")]
+    Truncated { what: &'static str },
+    #[error("unknown section kind 0x{kind:02x} at offset {offset}")]
+    UnknownSection { kind: u8, offset: u64 },
+    #[error("section at offset {offset} declares {len} bytes, more than the {MAX_SECTION_LEN} allowed")]
+    SectionTooLarge { offset: u64, len: u32 },
+    #[error("expected a {expected:?} section at offset {offset}, found {found:?}")]
+    UnexpectedSection {
+        expected: SectionKind,
+        found: SectionKind,
+        offset: u64,
+    },
+    #[error("bundle header is malformed: {0}")]
+    BadHeader(#[from] prost::DecodeError),
+    #[error("bundle header's head hash is {len} bytes, not 32")]
+    BadHeadHash { len: usize },
+    #[error("{0} bytes of data follow the end section")]
+    TrailingData(u64),
+}
+
+impl BundleHeader {
+    /// The declared head hash as a fixed array.
+    pub fn head(&self) -> Result<Hash, BundleError> {
+        self.head_hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| BundleError::BadHeadHash {
+                len: self.head_hash.len(),
+            })
+    }
+}
+
+/// Writes a bundle section by section. Call [`BundleWriter::finish`] at the end;
+/// a bundle without its end section is reported as truncated by readers.
+#[derive(Debug)]
+pub struct BundleWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> BundleWriter<W> {
+    /// Writes the magic and the header.
+    pub fn new(mut out: W, header: &BundleHeader) -> io::Result<Self> {
+        out.write_all(MAGIC)?;
+        let mut writer = BundleWriter { out };
+        writer.section(SectionKind::Header, &header.encode_to_vec())?;
+        Ok(writer)
+    }
+
+    /// Appends one stored record, verbatim.
+    pub fn record(&mut self, record: &[u8]) -> io::Result<()> {
+        self.section(SectionKind::Record, record)
+    }
+
+    /// Writes the end section and returns the inner writer (flushed).
+    pub fn finish(mut self) -> io::Result<W> {
+        self.section(SectionKind::End, &[])?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(bytes.len())
+            .ok()
+            .filter(|len| *len <= MAX_SECTION_LEN)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "section too large"))?;
+        self.out.write_all(&[kind as u8])?;
+        self.out.write_all(&len.to_be_bytes())?;
+        self.out.write_all(bytes)
+    }
+}
+
+/// Reads a bundle: the header first, then records until the end section.
+#[derive(Debug)]
+pub struct BundleReader<R: BufRead> {
+    input: R,
+    header: BundleHeader,
+    /// Byte offset of the next section, for error messages.
+    offset: u64,
+    /// Set once the end section was read.
+    done: bool,
+}
+
+impl<R: BufRead> BundleReader<R> {
+    /// Checks the magic and reads the header section.
+    pub fn new(mut input: R) -> Result<Self, BundleError> {
+        let mut magic = [0u8; MAGIC.len()];
+        read_exact_or(&mut input, &mut magic, "in the magic")?;
+        if &magic != MAGIC {
+            return Err(BundleError::BadMagic);
+        }
+        let mut reader = BundleReader {
+            input,
+            header: BundleHeader::default(),
+            offset: MAGIC.len() as u64,
+            done: false,
+        };
+        let mut buf = Vec::new();
+        let kind = reader.section(&mut buf)?;
+        if kind != SectionKind::Header {
+            return Err(BundleError::UnexpectedSection {
+                expected: SectionKind::Header,
+                found: kind,
+                offset: MAGIC.len() as u64,
+            });
+        }
+        let header = BundleHeader::decode(buf.as_slice())?;
+        if header.format_version != BUNDLE_FORMAT_VERSION {
+            return Err(BundleError::UnsupportedVersion {
+                found: header.format_version,
+            });
+        }
+        header.head()?;
+        reader.header = header;
+        Ok(reader)
+    }
+
+    /// The bundle's header.
+    pub fn header(&self) -> &BundleHeader {
+        &self.header
+    }
+
+    /// Reads the next record into `buf` (replacing its contents). Returns
+    /// `Ok(false)` after the end section, having checked nothing follows it.
+    pub fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, BundleError> {
+        if self.done {
+            return Ok(false);
+        }
+        let offset = self.offset;
+        match self.section(buf)? {
+            SectionKind::Record => Ok(true),
+            SectionKind::End => {
+                self.done = true;
+                let trailing = io::copy(&mut self.input, &mut io::sink())?;
+                if trailing > 0 {
+                    return Err(BundleError::TrailingData(trailing));
+                }
+                Ok(false)
+            }
+            found @ SectionKind::Header => Err(BundleError::UnexpectedSection {
+                expected: SectionKind::Record,
+                found,
+                offset,
+            }),
+        }
+    }
+
+    fn section(&mut self, buf: &mut Vec<u8>) -> Result<SectionKind, BundleError> {
+        let offset = self.offset;
+        let mut head = [0u8; 5];
+        read_exact_or(&mut self.input, &mut head, "no end section")?;
+        let kind = match head[0] {
+            0x01 => SectionKind::Header,
+            0x02 => SectionKind::Record,
+            0x7f => SectionKind::End,
+            kind => return Err(BundleError::UnknownSection { kind, offset }),
+        };
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        if len > MAX_SECTION_LEN {
+            return Err(BundleError::SectionTooLarge { offset, len });
+        }
+        buf.clear();
+        buf.resize(len as usize, 0);
+        read_exact_or(&mut self.input, buf, "inside a section")?;
+        self.offset = offset + 5 + u64::from(len);
+        Ok(kind)
+    }
+}
+
+fn read_exact_or(input: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
+    input.read_exact(buf).map_err(|err| match err.kind() {
+        io::ErrorKind::UnexpectedEof => BundleError::Truncated { what },
+        _ => BundleError::Io(err),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(size: u64) -> BundleHeader {
+        BundleHeader {
+            format_version: BUNDLE_FORMAT_VERSION,
+            log_id: vec![7; 16],
+            size,
+            head_hash: vec![0; 32],
+            exported_at_unix_nanos: 1,
+            producer: "test".into(),
+        }
+    }
+
+    fn bundle(records: &[&[u8]]) -> Vec<u8> {
+        let mut writer = BundleWriter::new(Vec::new(), &header(records.len() as u64)).unwrap();
+        for record in records {
+            writer.record(record).unwrap();
+        }
+        writer.finish().unwrap()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Vec<u8>>, BundleError> {
+        let mut reader = BundleReader::new(bytes)?;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while reader.next_record(&mut buf)? {
+            out.push(buf.clone());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = bundle(&[b"one", b"", b"three"]);
+        let reader = BundleReader::new(bytes.as_slice()).unwrap();
+        assert_eq!(reader.header(), &header(3));
+        assert_eq!(read_all(&bytes).unwrap(), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
+    }
+
+    #[test]
+    fn every_truncation_is_reported() {
+        let bytes = bundle(&[b"one", b"two"]);
+        for cut in 0..bytes.len() {
+            match read_all(&bytes[..cut]) {
+                Err(BundleError::Truncated { .. }) | Err(BundleError::BadMagic) => {}
+                other => panic!("cut at {cut}: expected a truncation error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_magic_trailing_data_and_unknown_sections_are_rejected() {
+        let mut bytes = bundle(&[b"one"]);
+        bytes[0] ^= 1;
+        assert!(matches!(read_all(&bytes), Err(BundleError::BadMagic)));
+
+        let mut bytes = bundle(&[b"one"]);
+        bytes.push(0);
+        assert!(matches!(read_all(&bytes), Err(BundleError::TrailingData(1))));
+
+        let mut bytes = bundle(&[b"one"]);
+        let first_record = bytes.len() - 5 - (5 + 3);
+        bytes[first_record] = 0x33;
+        assert!(matches!(
+            read_all(&bytes),
+            Err(BundleError::UnknownSection { kind: 0x33, .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_section_is_rejected_before_allocating() {
+        let mut bytes = bundle(&[]);
+        let end = bytes.len() - 5;
+        bytes.truncate(end);
+        bytes.push(SectionKind::Record as u8);
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            read_all(&bytes),
+            Err(BundleError::SectionTooLarge { len: u32::MAX, .. })
+        ));
+    }
+}

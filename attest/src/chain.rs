@@ -1,0 +1,393 @@
+//! Replaying a hash chain and naming the first damage.
+//!
+//! Every record carries its own seq and its predecessor's entry hash, so a
+//! single edit leaves a recognisable pattern:
+//!
+//! | damage to record j            | what the replay sees                                   |
+//! |-------------------------------|--------------------------------------------------------|
+//! | body bytes changed            | link j -> j+1 broken (or the head), link j-1 -> j intact |
+//! | prev_hash field changed       | links j-1 -> j and j -> j+1 both broken                |
+//! | seq field changed             | wrong seq at position j, link j-1 -> j intact          |
+//! | record deleted                | seq j+1 at position j, seq j nowhere                   |
+//! | records j and k swapped       | seq k at position j, seq j later in the file           |
+//! | tail cut                      | fewer records than declared                            |
+//!
+//! The replay looks one record ahead to tell these apart, and reports the
+//! earliest record that cannot be genuine.
+
+use crate::record::{entry_hash, Hash, RecordError, RecordHeader, GENESIS_PREV};
+
+/// Where records come from: a bundle file, a store, a test vector.
+pub trait RecordSource {
+    type Error;
+    /// Replaces `buf` with the next record; `Ok(false)` at the end.
+    fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error>;
+}
+
+impl<R: std::io::BufRead> RecordSource for crate::bundle::BundleReader<R> {
+    type Error = crate::bundle::BundleError;
+    fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error> {
+        crate::bundle::BundleReader::next_record(self, buf)
+    }
+}
+
+/// In-memory records, e.g. for tests and for data already loaded.
+impl RecordSource for std::slice::Iter<'_, Vec<u8>> {
+    type Error = std::convert::Infallible;
+    fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error> {
+        match self.next() {
+            Some(record) => {
+                buf.clear();
+                buf.extend_from_slice(record);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// What a successful replay established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Number of records replayed.
+    pub size: u64,
+    /// Entry hash of the last record ([`GENESIS_PREV`] when empty).
+    pub head_hash: Hash,
+}
+
+/// The first damage found in a chain, naming the record and the kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Damage {
+    #[error("record at position {position} is malformed: {reason}")]
+    Malformed { position: u64, reason: RecordError },
+    #[error("seq {seq}: record modified (its bytes do not match the hash that {committed_by} commits to)")]
+    RecordModified { seq: u64, committed_by: CommittedBy },
+    #[error("seq {seq}: previous-hash field modified (it links to neither its predecessor nor its successor)")]
+    PrevHashModified { seq: u64 },
+    #[error("seq {seq}: seq field modified (the record sits at position {seq} of the chain but says seq {found})")]
+    SeqModified { seq: u64, found: u64 },
+    #[error("seq {seq}: record deleted (the log jumps from seq {} to seq {next})", seq.wrapping_sub(1))]
+    Missing { seq: u64, next: u64 },
+    #[error("records reordered: position {position} holds seq {found}, and seq {position} is at position {expected_at}")]
+    Reordered {
+        position: u64,
+        found: u64,
+        expected_at: u64,
+    },
+    #[error("seq {seq}: duplicated at position {position}")]
+    Duplicate { seq: u64, position: u64 },
+    #[error("log truncated: {declared} records declared, only {found} present (seq {found} onwards missing)")]
+    Truncated { declared: u64, found: u64 },
+    #[error("log has {found} records but only {declared} were declared")]
+    Extended { declared: u64, found: u64 },
+}
+
+impl Damage {
+    /// The seq (or position) of the first bad entry.
+    pub fn first_bad_seq(&self) -> u64 {
+        match *self {
+            Damage::Malformed { position, .. } => position,
+            Damage::RecordModified { seq, .. }
+            | Damage::PrevHashModified { seq }
+            | Damage::SeqModified { seq, .. }
+            | Damage::Missing { seq, .. } => seq,
+            Damage::Reordered { position, .. } | Damage::Duplicate { position, .. } => position,
+            Damage::Truncated { found, .. } => found,
+            Damage::Extended { declared, .. } => declared,
+        }
+    }
+}
+
+/// What a record's hash is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommittedBy {
+    /// The next record's previous-hash field.
+    Successor,
+    /// The head hash the log declares (bundle header, or a signed checkpoint).
+    DeclaredHead,
+}
+
+impl std::fmt::Display for CommittedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CommittedBy::Successor => "the next record",
+            CommittedBy::DeclaredHead => "the declared log head",
+        })
+    }
+}
+
+/// A replay failed: either the log is damaged, or its source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError<E> {
+    #[error(transparent)]
+    Damaged(Damage),
+    #[error(transparent)]
+    Source(E),
+}
+
+/// Replays every record from `source`, checking seqs are dense from 0, each
+/// record links to its predecessor, the count equals `declared_size` and the
+/// last entry hash equals `declared_head`. `progress` is called with the
+/// number of records replayed so far, every 65,536 records and at the end.
+pub fn verify_chain<S: RecordSource>(
+    source: &mut S,
+    declared_size: u64,
+    declared_head: &Hash,
+    mut progress: impl FnMut(u64),
+) -> Result<ChainSummary, ChainError<S::Error>> {
+    let damaged = |damage| Err(ChainError::Damaged(damage));
+    let mut buf = Vec::new();
+    let mut position: u64 = 0;
+    // Entry hash of the last record replayed.
+    let mut running = GENESIS_PREV;
+    // Set when the link into record `suspect` was broken; resolved by the
+    // next record (or the declared head), which tells which side changed.
+    let mut suspect: Option<u64> = None;
+
+    while source.next_record(&mut buf).map_err(ChainError::Source)? {
+        let (header, _) = match RecordHeader::parse(&buf) {
+            Ok(parsed) => parsed,
+            Err(reason) => return damaged(Damage::Malformed { position, reason }),
+        };
+        if let Some(bad_link) = suspect {
+            // `running` is the hash of record `bad_link`, whose incoming link broke.
+            return damaged(if header.prev_hash == running {
+                Damage::RecordModified {
+                    seq: bad_link - 1,
+                    committed_by: CommittedBy::Successor,
+                }
+            } else {
+                Damage::PrevHashModified { seq: bad_link }
+            });
+        }
+        if header.seq != position {
+            if header.prev_hash == running {
+                return damaged(Damage::SeqModified {
+                    seq: position,
+                    found: header.seq,
+                });
+            }
+            return damaged(classify_misplaced(source, position, header.seq));
+        }
+        if header.prev_hash != running {
+            suspect = Some(position);
+        }
+        running = entry_hash(&buf);
+        position += 1;
+        if position % 65_536 == 0 {
+            progress(position);
+        }
+    }
+    progress(position);
+
+    if let Some(bad_link) = suspect {
+        return damaged(if &running == declared_head && position == declared_size {
+            Damage::RecordModified {
+                seq: bad_link - 1,
+                committed_by: CommittedBy::Successor,
+            }
+        } else {
+            Damage::PrevHashModified { seq: bad_link }
+        });
+    }
+    if position < declared_size {
+        return damaged(Damage::Truncated {
+            declared: declared_size,
+            found: position,
+        });
+    }
+    if position > declared_size {
+        return damaged(Damage::Extended {
+            declared: declared_size,
+            found: position,
+        });
+    }
+    if &running != declared_head {
+        // With the size right and every link intact, the last record is the
+        // only one whose hash nothing else commits to.
+        if position == 0 {
+            return damaged(Damage::Truncated {
+                declared: declared_size,
+                found: 0,
+            });
+        }
+        return damaged(Damage::RecordModified {
+            seq: position - 1,
+            committed_by: CommittedBy::DeclaredHead,
+        });
+    }
+    Ok(ChainSummary {
+        size: position,
+        head_hash: running,
+    })
+}
+
+/// Position `position` holds seq `found`, which belongs elsewhere: scan the
+/// rest to tell a deletion from a reordering or a duplicate.
+fn classify_misplaced<S: RecordSource>(source: &mut S, position: u64, found: u64) -> Damage {
+    let mut buf = Vec::new();
+    let mut later = position + 1;
+    while let Ok(true) = source.next_record(&mut buf) {
+        if let Ok((header, _)) = RecordHeader::parse(&buf) {
+            if header.seq == position {
+                return Damage::Reordered {
+                    position,
+                    found,
+                    expected_at: later,
+                };
+            }
+        }
+        later += 1;
+    }
+    if found < position {
+        Damage::Duplicate {
+            seq: found,
+            position,
+        }
+    } else {
+        Damage::Missing {
+            seq: position,
+            next: found,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordHeader;
+
+    /// A valid chain of `n` records with distinct bodies.
+    fn chain(n: u64) -> (Vec<Vec<u8>>, Hash) {
+        let mut prev = GENESIS_PREV;
+        let mut records = Vec::new();
+        for seq in 0..n {
+            let mut record = Vec::new();
+            RecordHeader { seq, prev_hash: prev }.encode_into(&mut record);
+            record.extend_from_slice(format!("event number {seq}").as_bytes());
+            prev = entry_hash(&record);
+            records.push(record);
+        }
+        (records, prev)
+    }
+
+    fn verify(records: &[Vec<u8>], size: u64, head: &Hash) -> Result<ChainSummary, Damage> {
+        verify_chain(&mut records.iter(), size, head, |_| {}).map_err(|err| match err {
+            ChainError::Damaged(damage) => damage,
+            ChainError::Source(never) => match never {},
+        })
+    }
+
+    #[test]
+    fn intact_chains_verify() {
+        for n in [0, 1, 2, 10] {
+            let (records, head) = chain(n);
+            let summary = verify(&records, n, &head).unwrap();
+            assert_eq!(summary, ChainSummary { size: n, head_hash: head });
+        }
+    }
+
+    #[test]
+    fn every_body_byte_flip_names_the_modified_record() {
+        let (records, head) = chain(5);
+        for seq in 0..5 {
+            for byte in crate::HEADER_LEN..records[seq].len() {
+                let mut tampered = records.clone();
+                tampered[seq][byte] ^= 0x01;
+                let damage = verify(&tampered, 5, &head).unwrap_err();
+                let committed_by = if seq == 4 {
+                    CommittedBy::DeclaredHead
+                } else {
+                    CommittedBy::Successor
+                };
+                assert_eq!(
+                    damage,
+                    Damage::RecordModified { seq: seq as u64, committed_by },
+                    "byte {byte} of seq {seq}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn header_flips_name_the_record_and_the_field() {
+        let (records, head) = chain(4);
+        for seq in 0..4u64 {
+            let mut tampered = records.clone();
+            tampered[seq as usize][1 + 8 + 5] ^= 0x80; // inside prev_hash
+            assert_eq!(
+                verify(&tampered, 4, &head).unwrap_err(),
+                Damage::PrevHashModified { seq },
+            );
+            let mut tampered = records.clone();
+            tampered[seq as usize][8] ^= 0x40; // low byte of seq
+            assert_eq!(
+                verify(&tampered, 4, &head).unwrap_err(),
+                Damage::SeqModified { seq, found: seq ^ 0x40 },
+            );
+            let mut tampered = records.clone();
+            tampered[seq as usize][0] = 9; // version
+            assert!(matches!(
+                verify(&tampered, 4, &head).unwrap_err(),
+                Damage::Malformed { position, .. } if position == seq
+            ));
+        }
+    }
+
+    #[test]
+    fn deletion_reordering_duplication_truncation() {
+        let (records, head) = chain(6);
+
+        let mut deleted = records.clone();
+        deleted.remove(2);
+        assert_eq!(
+            verify(&deleted, 6, &head).unwrap_err(),
+            Damage::Missing { seq: 2, next: 3 }
+        );
+
+        let mut swapped = records.clone();
+        swapped.swap(1, 4);
+        assert_eq!(
+            verify(&swapped, 6, &head).unwrap_err(),
+            Damage::Reordered { position: 1, found: 4, expected_at: 4 }
+        );
+
+        let mut duplicated = records.clone();
+        duplicated[3] = records[2].clone();
+        assert_eq!(
+            verify(&duplicated, 6, &head).unwrap_err(),
+            Damage::Duplicate { seq: 2, position: 3 }
+        );
+
+        let truncated = &records[..4];
+        assert_eq!(
+            verify(truncated, 6, &head).unwrap_err(),
+            Damage::Truncated { declared: 6, found: 4 }
+        );
+        assert_eq!(
+            verify(&[], 6, &head).unwrap_err(),
+            Damage::Truncated { declared: 6, found: 0 }
+        );
+
+        // The head declared for 4 records, with 6 present.
+        let (_, head4) = chain(4);
+        assert_eq!(
+            verify(&records, 4, &head4).unwrap_err(),
+            Damage::Extended { declared: 4, found: 6 }
+        );
+    }
+
+    #[test]
+    fn a_consistent_rewrite_is_caught_only_by_the_declared_head() {
+        // An attacker who rewrites the last record and rehashes nothing after it
+        // (there is nothing after it) is caught by the declared head alone.
+        let (mut records, head) = chain(3);
+        let last = records.len() - 1;
+        records[last].push(b'!');
+        assert_eq!(
+            verify(&records, 3, &head).unwrap_err(),
+            Damage::RecordModified { seq: 2, committed_by: CommittedBy::DeclaredHead }
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! An async client for tallyd.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tally_client::ClientError> {
+//! use tally_client::{proto::Event, Client};
+//! let mut client = Client::connect("/run/tally/tally.sock", "my-agent").await?;
+//! let acks = client
+//!     .append(vec![Event { kind: "prompt".into(), actor: "agent-7".into(), ..Default::default() }])
+//!     .await?;
+//! println!("durable as seq {}", acks[0].seq);
+//! # Ok(()) }
+//! ```
+
+use std::path::Path;
+
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::frame::{self, DEFAULT_MAX_FRAME};
+use crate::proto::{self, request, response, ErrorCode, Event, Request, Response};
+use crate::PROTOCOL_VERSION;
+
+/// An acknowledged event: durable and chained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub seq: u64,
+    pub entry_hash: [u8; 32],
+}
+
+/// What went wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("connection error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("undecodable response from the daemon: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("daemon error ({code:?}): {message}")]
+    Server { code: ErrorCode, message: String },
+    #[error("protocol violation by the daemon: {0}")]
+    Protocol(String),
+}
+
+/// A connection to tallyd that has completed the hello exchange.
+#[derive(Debug)]
+pub struct Client<S = UnixStream> {
+    framed: Framed<S, LengthDelimitedCodec>,
+    next_id: u64,
+    hello: proto::HelloReply,
+}
+
+impl Client<UnixStream> {
+    /// Connects to the daemon's Unix socket and says hello.
+    pub async fn connect(path: impl AsRef<Path>, client_name: &str) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Client::handshake(stream, client_name).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Says hello over an already connected stream.
+    pub async fn handshake(stream: S, client_name: &str) -> Result<Self, ClientError> {
+        let mut client = Client {
+            framed: Framed::new(stream, frame::codec(DEFAULT_MAX_FRAME)),
+            next_id: 1,
+            hello: proto::HelloReply::default(),
+        };
+        let hello = request::Body::Hello(proto::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: client_name.to_owned(),
+        });
+        let id = client.send(hello).await?;
+        match client.recv(id).await? {
+            response::Body::Hello(reply) => {
+                if reply.protocol_version != PROTOCOL_VERSION {
+                    return Err(ClientError::Protocol(format!(
+                        "daemon speaks protocol {}, this client {PROTOCOL_VERSION}",
+                        reply.protocol_version
+                    )));
+                }
+                client.hello = reply;
+                Ok(client)
+            }
+            other => Err(unexpected("hello", &other)),
+        }
+    }
+
+    /// The daemon's hello reply (its name, the log id).
+    pub fn server_hello(&self) -> &proto::HelloReply {
+        &self.hello
+    }
+
+    /// Appends events; returns once they are durable, with one ack each.
+    pub async fn append(&mut self, events: Vec<Event>) -> Result<Vec<Ack>, ClientError> {
+        let id = self.send_append(events).await?;
+        self.recv_append(id).await
+    }
+
+    /// Sends an append without waiting for its ack, for pipelining. Acks come
+    /// back in request order: call [`Client::recv_append`] once per send.
+    pub async fn send_append(&mut self, events: Vec<Event>) -> Result<u64, ClientError> {
+        self.send(request::Body::Append(proto::AppendRequest { events }))
+            .await
+    }
+
+    /// Receives the acks of the append sent with `id`.
+    pub async fn recv_append(&mut self, id: u64) -> Result<Vec<Ack>, ClientError> {
+        match self.recv(id).await? {
+            response::Body::Append(reply) => reply.acks.into_iter().map(ack).collect(),
+            other => Err(unexpected("append", &other)),
+        }
+    }
+
+    /// Reads up to `max_records` stored records from `from_seq` (0 = the
+    /// daemon's page size). An empty result means `from_seq` is the log size.
+    pub async fn read(
+        &mut self,
+        from_seq: u64,
+        max_records: u32,
+    ) -> Result<Vec<proto::StoredRecord>, ClientError> {
+        let id = self
+            .send(request::Body::Read(proto::ReadRequest {
+                from_seq,
+                max_records,
+            }))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Records(records) => Ok(records.records),
+            other => Err(unexpected("read", &other)),
+        }
+    }
+
+    /// The log's size, head and store figures.
+    pub async fn status(&mut self) -> Result<proto::StatusReply, ClientError> {
+        let id = self
+            .send(request::Body::Status(proto::StatusRequest {}))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    /// Follows the log from `from_seq`: every stored record, then each new one
+    /// as it is committed. The connection is dedicated to the stream.
+    pub async fn follow(mut self, from_seq: u64) -> Result<Follow<S>, ClientError> {
+        let id = self
+            .send(request::Body::Follow(proto::FollowRequest { from_seq }))
+            .await?;
+        Ok(Follow {
+            client: self,
+            id,
+            pending: Vec::new().into_iter(),
+        })
+    }
+
+    async fn send(&mut self, body: request::Body) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request {
+            id,
+            body: Some(body),
+        };
+        self.framed.send(frame::encode(&request)).await?;
+        Ok(id)
+    }
+
+    async fn recv(&mut self, id: u64) -> Result<response::Body, ClientError> {
+        let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
+        let response = Response::decode(frame)?;
+        match response.body {
+            Some(response::Body::Error(error)) => Err(ClientError::Server {
+                code: error.code(),
+                message: error.message,
+            }),
+            Some(_) if response.id != id => Err(ClientError::Protocol(format!(
+                "expected the response to request {id}, got one to {}",
+                response.id
+            ))),
+            Some(body) => Ok(body),
+            None => Err(ClientError::Protocol("response without a body".into())),
+        }
+    }
+}
+
+/// A live stream of stored records, from [`Client::follow`].
+#[derive(Debug)]
+pub struct Follow<S = UnixStream> {
+    client: Client<S>,
+    id: u64,
+    pending: std::vec::IntoIter<proto::StoredRecord>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Follow<S> {
+    /// The next record; waits for new records once caught up.
+    pub async fn next(&mut self) -> Result<proto::StoredRecord, ClientError> {
+        loop {
+            if let Some(record) = self.pending.next() {
+                return Ok(record);
+            }
+            match self.client.recv(self.id).await? {
+                response::Body::Records(records) => self.pending = records.records.into_iter(),
+                other => return Err(unexpected("follow", &other)),
+            }
+        }
+    }
+}
+
+fn ack(ack: proto::Ack) -> Result<Ack, ClientError> {
+    let entry_hash = ack.entry_hash.as_slice().try_into().map_err(|_| {
+        ClientError::Protocol(format!("ack entry hash is {} bytes", ack.entry_hash.len()))
+    })?;
+    Ok(Ack {
+        seq: ack.seq,
+        entry_hash,
+    })
+}
+
+fn unexpected(request: &str, body: &response::Body) -> ClientError {
+    let kind = match body {
+        response::Body::Hello(_) => "hello",
+        response::Body::Append(_) => "append",
+        response::Body::Records(_) => "records",
+        response::Body::Status(_) => "status",
+        response::Body::Error(_) => "error",
+    };
+    ClientError::Protocol(format!("a {kind} response to a {request} request"))
+}

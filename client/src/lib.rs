@@ -1,0 +1,22 @@
+//! The Tally wire protocol and an async client for it.
+//!
+//! * [`proto`]: the generated protobuf types of `proto/tally/v1/tally.proto`.
+//! * [`frame`]: framing (4-byte big-endian length + protobuf) shared by the
+//!   daemon and clients.
+//! * [`Client`]: connect, hello, append, read, follow, status.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod frame;
+pub mod record;
+
+/// Generated from `proto/tally/v1/tally.proto`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/tally.v1.rs"));
+}
+
+pub use client::{Client, ClientError, Follow};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
