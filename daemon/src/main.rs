@@ -1,1 +1,132 @@
-fn main() {}
+//! The `tallyd` binary: configuration, logging, signals.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tally_daemon::config::Config;
+use tally_daemon::datadir::{self, DataDirLock};
+use tally_daemon::store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// tallyd: a tamper-evident audit log for AI hosts.
+///
+/// Settings come from the config file, then TALLYD_* environment variables,
+/// then flags, each overriding the one before.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML config file (see tallyd.example.toml).
+    #[arg(long, short, env = "TALLYD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Data directory [default: /var/lib/tally].
+    #[arg(long, env = "TALLYD_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Unix socket path [default: /run/tally/tally.sock].
+    #[arg(long, env = "TALLYD_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    /// Socket file mode, octal [default: 0660].
+    #[arg(long, env = "TALLYD_SOCKET_MODE", global = true)]
+    socket_mode: Option<String>,
+    /// Group owning the socket file (name or gid).
+    #[arg(long, env = "TALLYD_SOCKET_GROUP", global = true)]
+    socket_group: Option<String>,
+    /// Log filter, e.g. "info" or "tally_daemon=debug" [default: info].
+    #[arg(long, env = "TALLYD_LOG", global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Check the stored chain offline (the daemon must be stopped) and print its head.
+    Check,
+    /// Print the effective configuration as TOML-like text and exit.
+    Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(value) = cli.data_dir {
+        config.data_dir = value;
+    }
+    if let Some(value) = cli.socket {
+        config.socket = value;
+    }
+    if let Some(value) = cli.socket_mode {
+        config.socket_mode = value;
+    }
+    if let Some(value) = cli.socket_group {
+        config.socket_group = Some(value);
+    }
+    if let Some(value) = cli.log {
+        config.log = value;
+    }
+    config.validate()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config),
+        Command::Check => check(&config),
+        Command::Config => {
+            println!("{config:#?}");
+            Ok(())
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tallyd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = wait_for_signal().await {
+                tracing::error!(%err, "cannot listen for signals");
+                return;
+            }
+            tracing::info!("shutting down: draining connections");
+            signals.cancel();
+        });
+        tally_daemon::run(&config, shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn check(config: &Config) -> anyhow::Result<()> {
+    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    let store = Store::open(&datadir::store_dir(&config.data_dir), config.map_sizing())?;
+    let head = store.verify()?;
+    println!(
+        "ok: {} records, head {}, log id {}",
+        head.size,
+        hex::encode(head.hash),
+        hex::encode(store.log_id())
+    );
+    Ok(())
+}

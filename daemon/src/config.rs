@@ -1,0 +1,215 @@
+//! Configuration: a TOML file, then environment variables, then flags (each
+//! overriding the one before). Unknown keys in the file are an error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::server::Limits;
+use crate::store::MapSizing;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/tally";
+pub const DEFAULT_SOCKET: &str = "/run/tally/tally.sock";
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub const DEFAULT_MAX_FRAME_BYTES: usize = tally_client::frame::DEFAULT_MAX_FRAME;
+pub const DEFAULT_MAX_EVENTS_PER_APPEND: usize = 10_000;
+pub const DEFAULT_QUEUE_BYTES: usize = 64 << 20;
+pub const DEFAULT_QUEUE_JOBS: usize = 4096;
+pub const DEFAULT_MAX_INFLIGHT_PER_CONNECTION: usize = 256;
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 16_384;
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 20;
+pub const DEFAULT_BATCH_LINGER_MICROS: u64 = 0;
+pub const DEFAULT_READ_PAGE_RECORDS: usize = 1024;
+pub const DEFAULT_MAP_INITIAL_BYTES: usize = 1 << 30;
+pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+
+/// The daemon's settings. Every field has a default; see `tallyd.example.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the log lives (`store/` for LMDB, `tallyd.lock`).
+    pub data_dir: PathBuf,
+    /// The Unix socket clients connect to.
+    pub socket: PathBuf,
+    /// Mode of the socket file, as an octal string ("0660").
+    pub socket_mode: String,
+    /// Group owning the socket file (name or gid); unset keeps the daemon's.
+    pub socket_group: Option<String>,
+    /// Largest request frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most events in one append request.
+    pub max_events_per_append: usize,
+    /// Bytes of appends that may wait for the writer before clients block.
+    pub queue_bytes: usize,
+    /// Append requests that may wait for the writer before clients block.
+    pub queue_jobs: usize,
+    /// Requests one connection may have in flight.
+    pub max_inflight_per_connection: usize,
+    /// A commit batch closes at this many events...
+    pub batch_max_events: usize,
+    /// ...or this many bytes...
+    pub batch_max_bytes: usize,
+    /// ...or after this long waiting for more (0: as soon as the queue is empty).
+    pub batch_linger_micros: u64,
+    /// Most records per read or follow response.
+    pub read_page_records: usize,
+    /// Initial and largest LMDB map size, in bytes.
+    pub map_initial_bytes: usize,
+    pub map_max_bytes: usize,
+    /// How long a shutdown waits for connections to finish before giving up on them.
+    pub shutdown_grace_secs: u64,
+    /// Log filter (tracing's env-filter syntax), e.g. "info" or "tally_daemon=debug".
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: DEFAULT_DATA_DIR.into(),
+            socket: DEFAULT_SOCKET.into(),
+            socket_mode: format!("{DEFAULT_SOCKET_MODE:04o}"),
+            socket_group: None,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_events_per_append: DEFAULT_MAX_EVENTS_PER_APPEND,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            queue_jobs: DEFAULT_QUEUE_JOBS,
+            max_inflight_per_connection: DEFAULT_MAX_INFLIGHT_PER_CONNECTION,
+            batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            batch_linger_micros: DEFAULT_BATCH_LINGER_MICROS,
+            read_page_records: DEFAULT_READ_PAGE_RECORDS,
+            map_initial_bytes: DEFAULT_MAP_INITIAL_BYTES,
+            map_max_bytes: DEFAULT_MAP_MAX_BYTES,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            log: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads a TOML file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks ranges and returns the socket mode.
+    pub fn validate(&self) -> Result<u32, ConfigError> {
+        let mode = u32::from_str_radix(self.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "socket_mode",
+                message: format!("{:?} is not an octal mode like \"0660\"", self.socket_mode),
+            })?;
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_events_per_append", self.max_events_per_append),
+            ("queue_bytes", self.queue_bytes),
+            ("queue_jobs", self.queue_jobs),
+            ("max_inflight_per_connection", self.max_inflight_per_connection),
+            ("batch_max_events", self.batch_max_events),
+            ("batch_max_bytes", self.batch_max_bytes),
+            ("read_page_records", self.read_page_records),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.max_frame_bytes > u32::MAX as usize / 4 {
+            return Err(ConfigError::Invalid {
+                field: "max_frame_bytes",
+                message: "must be below 1 GiB".into(),
+            });
+        }
+        if self.map_initial_bytes < 1 << 20 || self.map_max_bytes < self.map_initial_bytes {
+            return Err(ConfigError::Invalid {
+                field: "map_initial_bytes",
+                message: "need 1 MiB <= map_initial_bytes <= map_max_bytes".into(),
+            });
+        }
+        Ok(mode)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame_bytes,
+            max_events_per_append: self.max_events_per_append,
+            read_page_records: self.read_page_records,
+            max_inflight_per_connection: self.max_inflight_per_connection,
+            queue_bytes: self.queue_bytes,
+        }
+    }
+
+    pub fn map_sizing(&self) -> MapSizing {
+        MapSizing {
+            initial: self.map_initial_bytes,
+            max: self.map_max_bytes,
+        }
+    }
+
+    pub fn batch_policy(&self) -> crate::sequencer::BatchPolicy {
+        crate::sequencer::BatchPolicy {
+            max_events: self.batch_max_events,
+            max_bytes: self.batch_max_bytes,
+            linger: Duration::from_micros(self.batch_linger_micros),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_values_override_defaults_and_unknown_keys_fail() {
+        let config: Config = toml::from_str("data_dir = \"/tmp/x\"\nsocket_mode = \"0600\"\n").unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.validate().unwrap(), 0o600);
+        assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(toml::from_str::<Config>("data_dri = \"/tmp/x\"\n").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let config = Config {
+            socket_mode: "rw-rw----".into(),
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { field: "socket_mode", .. })));
+        let config = Config {
+            queue_jobs: 0,
+            ..Config::default()
+        };
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid { field: "queue_jobs", .. })));
+    }
+}

@@ -1,0 +1,491 @@
+//! Accepting connections and serving the wire protocol.
+//!
+//! Every transport (Unix socket today, vsock later) hands its streams to
+//! [`serve_connection`], so framing, limits and dispatch are one code path.
+//!
+//! A connection is two tasks joined by a bounded queue of pending responses:
+//! the reader decodes requests and submits appends to the sequencer; the
+//! writer sends responses in request order, awaiting each append's ack. A
+//! client that stops reading its acks fills its queue, the reader stops
+//! reading, and the kernel's socket buffer pushes back on the client: memory
+//! per connection stays bounded.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use prost::Message;
+use tally_attest::entry_hash;
+use tally_client::frame;
+use tally_client::proto::{self, peer, request, response, ErrorCode, Peer, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::sequencer::{Ack, AppendError, AppendJob, SequencerHandle};
+use crate::store::{Store, FORMAT_VERSION};
+
+/// Per-connection and per-request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request frame accepted; a larger one closes the connection.
+    pub max_frame: usize,
+    /// Most events in one append request.
+    pub max_events_per_append: usize,
+    /// Most records in one read (or follow) response.
+    pub read_page_records: usize,
+    /// Most requests a connection may have in flight (sent, not yet answered).
+    pub max_inflight_per_connection: usize,
+    /// Bytes of append requests that may wait for the sequencer, in total.
+    pub queue_bytes: usize,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub sequencer: SequencerHandle,
+    /// Bytes of append requests accepted but not yet answered, across all
+    /// connections. Bounds memory under overload: when it is exhausted,
+    /// readers wait, and clients block on their sockets.
+    pub queue_budget: Arc<Semaphore>,
+    /// Events submitted to the sequencer and not yet answered (for status).
+    pub queued_events: AtomicU64,
+    pub limits: Limits,
+    /// e.g. "tallyd/0.1.0", sent in hello and status replies.
+    pub server_name: String,
+    /// For the disk-free figure in status replies.
+    pub data_dir: PathBuf,
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled, then
+/// waits up to `grace` for every connection to finish: requests already read
+/// are answered (appends committed and acked). Returns false when some
+/// connection was still busy after `grace` (e.g. a client that stopped reading).
+pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: CancellationToken, grace: Duration) -> bool {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = match stream.peer_cred() {
+                    Ok(cred) => Peer {
+                        kind: Some(peer::Kind::Unix(proto::UnixPeer {
+                            uid: cred.uid(),
+                            gid: cred.gid(),
+                            pid: cred.pid().unwrap_or(0),
+                        })),
+                    },
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot read SO_PEERCRED; refusing connection");
+                        continue;
+                    }
+                };
+                connections.spawn(serve_connection(stream, peer, shared.clone(), shutdown.clone()));
+            }
+            Err(err) => {
+                // E.g. EMFILE: back off instead of spinning.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    connections.close();
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(connections = open, "waiting for connections to finish");
+    }
+    match tokio::time::timeout(grace, connections.wait()).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                connections = connections.len(),
+                grace_secs = grace.as_secs(),
+                "connections still busy after the shutdown grace period; leaving them"
+            );
+            false
+        }
+    }
+}
+
+/// A response the writer owes the client, in request order.
+enum Outgoing {
+    Ready(Response),
+    Append {
+        id: u64,
+        events: u64,
+        ack: oneshot::Receiver<Result<Vec<Ack>, AppendError>>,
+    },
+    Follow {
+        id: u64,
+        from: u64,
+    },
+}
+
+/// Serves one connection until the client leaves, breaks the protocol, or
+/// the daemon shuts down.
+pub async fn serve_connection<S>(stream: S, peer: Peer, shared: Arc<Shared>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let frames_in = FramedRead::new(read_half, frame::codec(shared.limits.max_frame));
+    // Responses can be a page of records: allow twice the request limit.
+    let frames_out = FramedWrite::new(write_half, frame::codec(shared.limits.max_frame * 2 + 65_536));
+    let (queue_tx, queue_rx) = mpsc::channel(shared.limits.max_inflight_per_connection.max(1));
+    let reader_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        frames_out,
+        queue_rx,
+        shared.clone(),
+        shutdown.clone(),
+        reader_done.clone(),
+    ));
+    let peer_text = describe(&peer);
+    read_loop(frames_in, queue_tx, &peer, &peer_text, &shared, &shutdown).await;
+    reader_done.cancel();
+    if let Err(err) = writer.await {
+        tracing::error!(peer = %peer_text, %err, "connection writer task failed");
+    }
+    tracing::debug!(peer = %peer_text, "connection closed");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, LengthDelimitedCodec>,
+    queue: mpsc::Sender<Outgoing>,
+    peer: &Peer,
+    peer_text: &str,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let mut greeted = false;
+    let mut following = false;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            next = frames.next() => next,
+        };
+        let bytes = match next {
+            None => return,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(err)) if frame::is_frame_too_large(&err) => {
+                tracing::warn!(peer = %peer_text, limit = shared.limits.max_frame, "frame too large; closing connection");
+                let message = format!("frame exceeds the maximum of {} bytes", shared.limits.max_frame);
+                let _ = queue.send(error(0, ErrorCode::FrameTooLarge, message)).await;
+                return;
+            }
+            Some(Err(err)) => {
+                tracing::info!(peer = %peer_text, %err, "connection ended mid-frame or failed");
+                return;
+            }
+        };
+        if following {
+            tracing::info!(peer = %peer_text, "request on a following connection; closing");
+            return;
+        }
+        let frame_len = bytes.len();
+        let request = match Request::decode(bytes) {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::info!(peer = %peer_text, %err, "undecodable request");
+                let reply = error(0, ErrorCode::BadRequest, format!("undecodable request: {err}"));
+                if queue.send(reply).await.is_err() || !greeted {
+                    return;
+                }
+                continue;
+            }
+        };
+        let id = request.id;
+        let outgoing = match request.body {
+            Some(request::Body::Hello(hello)) => {
+                if greeted {
+                    error(id, ErrorCode::Protocol, "hello was already sent on this connection".into())
+                } else if hello.protocol_version == 0 {
+                    let _ = queue
+                        .send(error(id, ErrorCode::Protocol, "protocol version 0 is not valid".into()))
+                        .await;
+                    return;
+                } else {
+                    greeted = true;
+                    tracing::debug!(peer = %peer_text, client = %hello.client_name, "hello");
+                    Outgoing::Ready(Response {
+                        id,
+                        body: Some(response::Body::Hello(proto::HelloReply {
+                            protocol_version: tally_client::PROTOCOL_VERSION,
+                            server_name: shared.server_name.clone(),
+                            log_id: shared.store.log_id().to_vec(),
+                        })),
+                    })
+                }
+            }
+            _ if !greeted => {
+                tracing::info!(peer = %peer_text, "request before hello; closing");
+                let _ = queue
+                    .send(error(id, ErrorCode::Protocol, "the first request must be hello".into()))
+                    .await;
+                return;
+            }
+            Some(request::Body::Append(append)) => {
+                match submit_append(id, append, frame_len, peer, shared, shutdown).await {
+                    Some(outgoing) => outgoing,
+                    None => return,
+                }
+            }
+            Some(request::Body::Read(read)) => read_page(id, read.from_seq, read.max_records, shared).await,
+            Some(request::Body::Follow(follow)) => {
+                following = true;
+                Outgoing::Follow {
+                    id,
+                    from: follow.from_seq,
+                }
+            }
+            Some(request::Body::Status(_)) => status(id, shared),
+            None => error(id, ErrorCode::BadRequest, "unknown or missing request type".into()),
+        };
+        if queue.send(outgoing).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Validates an append, reserves its queue budget (waiting under overload)
+/// and hands it to the sequencer. `None`: the daemon is shutting down.
+async fn submit_append(
+    id: u64,
+    append: proto::AppendRequest,
+    frame_len: usize,
+    peer: &Peer,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> Option<Outgoing> {
+    let count = append.events.len();
+    if count == 0 {
+        return Some(error(id, ErrorCode::BadRequest, "append without events".into()));
+    }
+    if count > shared.limits.max_events_per_append {
+        let message = format!(
+            "{count} events in one append; the maximum is {}",
+            shared.limits.max_events_per_append
+        );
+        return Some(error(id, ErrorCode::TooManyEvents, message));
+    }
+    let receive_time_unix_nanos = now_unix_nanos();
+    // A frame larger than the whole budget takes all of it rather than
+    // waiting forever.
+    let budget = u32::try_from(frame_len.min(shared.limits.queue_bytes).max(1)).unwrap_or(u32::MAX);
+    let permit = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        permit = shared.queue_budget.clone().acquire_many_owned(budget) => permit.ok()?,
+    };
+    let (reply, ack) = oneshot::channel();
+    let job = AppendJob {
+        events: append.events,
+        bytes: frame_len,
+        peer: peer.clone(),
+        receive_time_unix_nanos,
+        reply,
+        permit: Some(permit),
+    };
+    shared.queued_events.fetch_add(count as u64, Ordering::Relaxed);
+    if shared.sequencer.jobs.send(job).await.is_err() {
+        shared.queued_events.fetch_sub(count as u64, Ordering::Relaxed);
+        return Some(error(id, ErrorCode::ShuttingDown, "the sequencer has stopped".into()));
+    }
+    Some(Outgoing::Append {
+        id,
+        events: count as u64,
+        ack,
+    })
+}
+
+async fn read_page(id: u64, from: u64, max_records: u32, shared: &Shared) -> Outgoing {
+    let size = shared.sequencer.head.borrow().size;
+    if from > size {
+        let message = format!("seq {from} is beyond the log (size {size})");
+        return error(id, ErrorCode::OutOfRange, message);
+    }
+    let max = match max_records as usize {
+        0 => shared.limits.read_page_records,
+        n => n.min(shared.limits.read_page_records),
+    };
+    match load_page(shared, from, max, size).await {
+        Ok(records) => Outgoing::Ready(Response {
+            id,
+            body: Some(response::Body::Records(records)),
+        }),
+        Err(message) => error(id, ErrorCode::Storage, message),
+    }
+}
+
+/// Reads committed records `[from, min(from + max, size))` off the runtime.
+async fn load_page(shared: &Shared, from: u64, max: usize, size: u64) -> Result<proto::Records, String> {
+    let store = shared.store.clone();
+    let max_bytes = shared.limits.max_frame;
+    let max = max.min(usize::try_from(size.saturating_sub(from)).unwrap_or(usize::MAX));
+    let page = tokio::task::spawn_blocking(move || store.read(from, max, max_bytes))
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| err.to_string())?;
+    Ok(proto::Records {
+        records: page
+            .into_iter()
+            .map(|record| proto::StoredRecord {
+                seq: record.seq,
+                entry_hash: entry_hash(&record.bytes).to_vec().into(),
+                record: record.bytes.into(),
+            })
+            .collect(),
+    })
+}
+
+fn status(id: u64, shared: &Shared) -> Outgoing {
+    let head = *shared.sequencer.head.borrow();
+    let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
+        .map(|stat| stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        .unwrap_or(0);
+    Outgoing::Ready(Response {
+        id,
+        body: Some(response::Body::Status(proto::StatusReply {
+            size: head.size,
+            head_hash: head.hash.to_vec(),
+            log_id: shared.store.log_id().to_vec(),
+            server_name: shared.server_name.clone(),
+            store_used_bytes: shared.store.used_bytes(),
+            store_map_bytes: shared.store.map_bytes(),
+            disk_free_bytes,
+            queued_events: shared.queued_events.load(Ordering::Relaxed),
+            format_version: FORMAT_VERSION,
+        })),
+    })
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut frames: FramedWrite<W, LengthDelimitedCodec>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    reader_done: CancellationToken,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        let response = match outgoing {
+            Outgoing::Ready(response) => response,
+            Outgoing::Append { id, events, ack } => {
+                let result = ack.await;
+                shared.queued_events.fetch_sub(events, Ordering::Relaxed);
+                match result {
+                    Ok(Ok(acks)) => Response {
+                        id,
+                        body: Some(response::Body::Append(proto::AppendReply {
+                            acks: acks
+                                .into_iter()
+                                .map(|ack| proto::Ack {
+                                    seq: ack.seq,
+                                    entry_hash: ack.entry_hash.to_vec(),
+                                })
+                                .collect(),
+                        })),
+                    },
+                    Ok(Err(AppendError::Full(message))) => response_error(id, ErrorCode::StorageFull, message),
+                    Ok(Err(AppendError::Storage(message))) => response_error(id, ErrorCode::Storage, message),
+                    Err(_) => response_error(id, ErrorCode::Internal, "the sequencer dropped the request".into()),
+                }
+            }
+            Outgoing::Follow { id, from } => {
+                follow(&mut frames, id, from, &shared, &shutdown, &reader_done).await;
+                return;
+            }
+        };
+        if frames.feed(frame::encode(&response)).await.is_err() {
+            return;
+        }
+        // Batch the flushes of pipelined responses.
+        if queue.is_empty() && SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err() {
+            return;
+        }
+    }
+    let _ = SinkExt::<bytes::Bytes>::flush(&mut frames).await;
+}
+
+/// Streams records from `from`, then new ones as they commit, until the
+/// client leaves or the daemon shuts down.
+async fn follow<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    id: u64,
+    from: u64,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) {
+    let mut head = shared.sequencer.head.clone();
+    let mut cursor = from;
+    loop {
+        let size = head.borrow_and_update().size;
+        while cursor < size {
+            let page = match load_page(shared, cursor, shared.limits.read_page_records, size).await {
+                Ok(page) => page,
+                Err(message) => {
+                    let _ = frames.send(frame::encode(&response_error(id, ErrorCode::Storage, message))).await;
+                    return;
+                }
+            };
+            let Some(last) = page.records.last() else { break };
+            cursor = last.seq + 1;
+            let response = Response {
+                id,
+                body: Some(response::Body::Records(page)),
+            };
+            let sent = tokio::select! {
+                sent = frames.send(frame::encode(&response)) => sent,
+                _ = reader_done.cancelled() => return,
+                _ = shutdown.cancelled() => return,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = reader_done.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn response_error(id: u64, code: ErrorCode, message: String) -> Response {
+    Response {
+        id,
+        body: Some(response::Body::Error(proto::Error {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+fn error(id: u64, code: ErrorCode, message: String) -> Outgoing {
+    Outgoing::Ready(response_error(id, code, message))
+}
+
+fn now_unix_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A peer identity for log lines.
+pub fn describe(peer: &Peer) -> String {
+    match &peer.kind {
+        Some(peer::Kind::Unix(unix)) => format!("unix uid={} gid={} pid={}", unix.uid, unix.gid, unix.pid),
+        Some(peer::Kind::Vsock(vsock)) => format!("vsock cid={} port={}", vsock.cid, vsock.port),
+        None => "unknown".into(),
+    }
+}

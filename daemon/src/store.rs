@@ -1,0 +1,474 @@
+//! The LMDB store: the chain's records and the log's metadata.
+//!
+//! Contract: [`Store::append`] returns only after the batch is committed and
+//! fsynced; a batch is all-or-nothing. One writer (the sequencer thread) calls
+//! `append`; any number of tasks read concurrently.
+//!
+//! Key layout (docs/DESIGN.md has the full description):
+//!
+//! | database  | key                   | value                                  |
+//! |-----------|-----------------------|----------------------------------------|
+//! | `records` | seq, u64 big-endian   | the record bytes, exactly as hashed    |
+//! | `meta`    | `"format_version"`    | u32 big-endian                         |
+//! | `meta`    | `"log_id"`            | 16 random bytes                        |
+//! | `meta`    | `"head"`              | size u64 big-endian \|\| head hash (32) |
+//!
+//! Commit order of a batch: records are put with `MDB_APPEND` in seq order,
+//! then `head`, in one write transaction; the commit fsyncs the data pages and
+//! then the meta page. A crash at any point leaves either the whole batch or
+//! none of it, and `head` always agrees with the last record.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use heed::types::{Bytes, Str, U64};
+use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
+use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
+
+/// Version of the on-disk layout described above. A data directory written
+/// with another version is refused, never silently reinterpreted.
+pub const FORMAT_VERSION: u32 = 1;
+
+const META_FORMAT_VERSION: &str = "format_version";
+const META_LOG_ID: &str = "log_id";
+const META_HEAD: &str = "head";
+
+/// The log's size and the entry hash of its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Number of records; the next seq.
+    pub size: u64,
+    /// Entry hash of record `size - 1`; [`GENESIS_PREV`] when empty.
+    pub hash: Hash,
+}
+
+impl Head {
+    const EMPTY: Head = Head {
+        size: 0,
+        hash: GENESIS_PREV,
+    };
+
+    fn encode(&self) -> [u8; 40] {
+        let mut out = [0u8; 40];
+        out[..8].copy_from_slice(&self.size.to_be_bytes());
+        out[8..].copy_from_slice(&self.hash);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Head> {
+        let (size, hash) = bytes.split_first_chunk::<8>()?;
+        Some(Head {
+            size: u64::from_be_bytes(*size),
+            hash: hash.try_into().ok()?,
+        })
+    }
+}
+
+/// Sizing of the LMDB memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizing {
+    /// Map size when the store is created (bytes).
+    pub initial: usize,
+    /// The map is never grown past this (bytes).
+    pub max: usize,
+}
+
+/// Store failures. [`StoreError::is_full`] tells "the disk or map is full"
+/// (the batch was not written; retry later) from other failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("LMDB error: {0}")]
+    Lmdb(#[from] heed::Error),
+    #[error("data directory was written by format version {found}; this tallyd reads format version {FORMAT_VERSION} only")]
+    IncompatibleFormat { found: u32 },
+    #[error("store metadata is corrupt: {0}")]
+    CorruptMeta(&'static str),
+    #[error("store is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("the store's map is at its configured maximum of {max} bytes")]
+    MapAtMaximum { max: usize },
+}
+
+impl StoreError {
+    /// True when the write failed for lack of space (disk, quota or map).
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::MapAtMaximum { .. } => true,
+            StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)) => true,
+            StoreError::Lmdb(heed::Error::Io(err)) => matches!(
+                err.raw_os_error(),
+                Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A record read back from the store.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The LMDB environment and its databases.
+#[derive(Debug)]
+pub struct Store {
+    env: Env<WithoutTls>,
+    records: Database<'static, U64<BigEndian>, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    log_id: [u8; 16],
+    sizing: MapSizing,
+    /// Readers hold this shared while a read transaction is open; the writer
+    /// takes it exclusively to resize the map, which LMDB allows only while
+    /// no transaction is active in the process.
+    resize_gate: RwLock<()>,
+}
+
+/// A write batch: the records the sequencer built and the head after them.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Concatenated record bytes.
+    pub bytes: Vec<u8>,
+    /// (seq, end offset in `bytes`) of each record.
+    pub records: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.records.clear();
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`, checks its format
+    /// version and its head against the last record.
+    pub fn open(dir: &Path, sizing: MapSizing) -> Result<Store, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.map_size(sizing.initial).max_dbs(4).max_readers(1024);
+        // SAFETY: heed requires that the same environment is not opened twice
+        // in one process with different options, and that the files are not
+        // modified from outside LMDB. The daemon holds an exclusive lock on the
+        // data directory (see `datadir::DataDirLock`) before it opens the store.
+        let env = unsafe { options.open(dir) }?;
+        let created = env.create_databases_and_commit(env.write_txn()?, |opener, wtxn| {
+            let records = opener.create_database(wtxn, Some("records"))?;
+            let meta = opener.create_database(wtxn, Some("meta"))?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((records, meta)))
+        })?;
+        let (records, meta): (Database<'static, U64<BigEndian>, Bytes>, Database<'static, Str, Bytes>) =
+            match created {
+                CommitOrAbort::Commit(databases) => databases,
+                CommitOrAbort::Abort(never) => match never {},
+            };
+        let mut wtxn = env.write_txn()?;
+        let log_id = match meta.get(&wtxn, META_FORMAT_VERSION)? {
+            None => {
+                if !records.is_empty(&wtxn)? {
+                    return Err(StoreError::CorruptMeta("records exist but no format version"));
+                }
+                let log_id: [u8; 16] = rand::random();
+                meta.put(&mut wtxn, META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                meta.put(&mut wtxn, META_LOG_ID, &log_id)?;
+                meta.put(&mut wtxn, META_HEAD, &Head::EMPTY.encode())?;
+                log_id
+            }
+            Some(version) => {
+                let version = <[u8; 4]>::try_from(version)
+                    .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
+                let found = u32::from_be_bytes(version);
+                if found != FORMAT_VERSION {
+                    return Err(StoreError::IncompatibleFormat { found });
+                }
+                meta.get(&wtxn, META_LOG_ID)?
+                    .and_then(|id| <[u8; 16]>::try_from(id).ok())
+                    .ok_or(StoreError::CorruptMeta("log_id missing or not 16 bytes"))?
+            }
+        };
+        wtxn.commit()?;
+        let store = Store {
+            env,
+            records,
+            meta,
+            log_id,
+            sizing,
+            resize_gate: RwLock::new(()),
+        };
+        store.check_head()?;
+        Ok(store)
+    }
+
+    /// The log's random identity.
+    pub fn log_id(&self) -> [u8; 16] {
+        self.log_id
+    }
+
+    /// The committed head.
+    pub fn head(&self) -> Result<Head, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let bytes = self
+            .meta
+            .get(&rtxn, META_HEAD)?
+            .ok_or(StoreError::CorruptMeta("head missing"))?;
+        Head::decode(bytes).ok_or(StoreError::CorruptMeta("head is not 40 bytes"))
+    }
+
+    /// Start-up check: `head` agrees with the last stored record.
+    fn check_head(&self) -> Result<(), StoreError> {
+        let head = self.head()?;
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let last = self.records.last(&rtxn)?;
+        match (head.size, last) {
+            (0, None) => Ok(()),
+            (size, Some((seq, bytes))) if seq + 1 == size && entry_hash(bytes) == head.hash => {
+                Ok(())
+            }
+            (size, last) => Err(StoreError::Inconsistent(format!(
+                "head says {size} records, last stored record is {:?}",
+                last.map(|(seq, _)| seq)
+            ))),
+        }
+    }
+
+    /// Commits a batch built on `head` and returns the new head. Grows the map
+    /// first when it is nearly full. All or nothing: on error nothing of the
+    /// batch is stored.
+    pub fn append(&self, batch: &Batch, new_head: Head) -> Result<(), StoreError> {
+        self.grow_if_needed(batch.bytes.len())?;
+        match self.try_append(batch, new_head) {
+            Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
+                self.grow(batch.bytes.len())?;
+                self.try_append(batch, new_head)
+            }
+            other => other,
+        }
+    }
+
+    fn try_append(&self, batch: &Batch, new_head: Head) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        let mut start = 0;
+        for &(seq, end) in &batch.records {
+            let record = batch.bytes.get(start..end).ok_or_else(|| {
+                StoreError::Inconsistent(format!("batch offsets out of range at seq {seq}"))
+            })?;
+            self.records
+                .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, record)?;
+            start = end;
+        }
+        self.meta.put(&mut wtxn, META_HEAD, &new_head.encode())?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Bytes in use by the environment (pages up to the last used one).
+    pub fn used_bytes(&self) -> u64 {
+        let info = self.env.info();
+        (info.last_page_number as u64 + 1) * page_size()
+    }
+
+    /// Current map size in bytes.
+    pub fn map_bytes(&self) -> u64 {
+        self.env.info().map_size as u64
+    }
+
+    fn grow_if_needed(&self, incoming: usize) -> Result<(), StoreError> {
+        let info = self.env.info();
+        let used = (info.last_page_number + 1) * page_size() as usize;
+        // LMDB needs room for copy-on-write pages of the batch as well as its
+        // data: keep a margin of several times the batch plus a quarter of the map.
+        if used + incoming * 4 + info.map_size / 4 > info.map_size {
+            self.grow(incoming)?;
+        }
+        Ok(())
+    }
+
+    fn grow(&self, incoming: usize) -> Result<(), StoreError> {
+        let current = self.env.info().map_size;
+        if current >= self.sizing.max {
+            return Err(StoreError::MapAtMaximum {
+                max: self.sizing.max,
+            });
+        }
+        let wanted = current.saturating_mul(2).max(current + incoming * 8);
+        let new_size = wanted.min(self.sizing.max);
+        let _exclusive = self
+            .resize_gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // SAFETY: LMDB allows resizing only when no transaction is active in
+        // this process. Every read transaction is opened under a shared
+        // `resize_gate` guard and the only writer is the caller's thread, so
+        // holding the gate exclusively guarantees there is none.
+        unsafe { self.env.resize(new_size) }?;
+        tracing::info!(from = current, to = new_size, "grew the LMDB map");
+        Ok(())
+    }
+
+    /// Reads records from `from` on: at most `max_records`, and no more once
+    /// `max_bytes` are reached (but always at least one record, if any).
+    pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::with_capacity(max_records.min(4096));
+        let mut bytes_read = 0;
+        for entry in self.records.range(&rtxn, &(from..))?.take(max_records) {
+            let (seq, bytes) = entry?;
+            if !out.is_empty() && bytes_read + bytes.len() > max_bytes {
+                break;
+            }
+            bytes_read += bytes.len();
+            out.push(StoredRecord {
+                seq,
+                bytes: bytes.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks the records from 0 to the head: dense seqs, every link, and the
+    /// head hash. Used by `tallyd check` and by tests.
+    pub fn verify(&self) -> Result<Head, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let mut running = GENESIS_PREV;
+        let mut size = 0u64;
+        for entry in self.records.iter(&rtxn)? {
+            let (seq, bytes) = entry?;
+            let (header, _) = RecordHeader::parse(bytes)
+                .map_err(|err| StoreError::Inconsistent(format!("seq {seq}: {err}")))?;
+            if seq != size || header.seq != seq || header.prev_hash != running {
+                return Err(StoreError::Inconsistent(format!("chain broken at seq {seq}")));
+            }
+            running = entry_hash(bytes);
+            size += 1;
+        }
+        drop(rtxn);
+        let head = self.head()?;
+        if head != (Head { size, hash: running }) {
+            return Err(StoreError::Inconsistent("head does not match the records".into()));
+        }
+        Ok(head)
+    }
+
+    fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.resize_gate
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|size| u64::try_from(size).ok())
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: MapSizing = MapSizing {
+        initial: 1 << 20,
+        max: 1 << 30,
+    };
+
+    fn batch_of(head: Head, n: usize, payload: usize) -> (Batch, Head) {
+        let mut batch = Batch::default();
+        let mut head = head;
+        for _ in 0..n {
+            let start = batch.bytes.len();
+            RecordHeader {
+                seq: head.size,
+                prev_hash: head.hash,
+            }
+            .encode_into(&mut batch.bytes);
+            batch.bytes.extend(std::iter::repeat_n(b'x', payload));
+            head = Head {
+                size: head.size + 1,
+                hash: entry_hash(&batch.bytes[start..]),
+            };
+            batch.records.push((head.size - 1, batch.bytes.len()));
+        }
+        (batch, head)
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_the_map_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_id;
+        let mut head = Head::EMPTY;
+        {
+            let store = Store::open(dir.path(), SMALL).unwrap();
+            log_id = store.log_id();
+            // 64 batches of 100 records of 1 KiB: ~6.5 MiB through a 1 MiB map.
+            for _ in 0..64 {
+                let (batch, next) = batch_of(head, 100, 1024);
+                store.append(&batch, next).unwrap();
+                head = next;
+            }
+            assert!(store.map_bytes() > 1 << 20, "map should have grown");
+        }
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        assert_eq!(store.log_id(), log_id);
+        assert_eq!(store.head().unwrap(), head);
+        assert_eq!(store.verify().unwrap(), head);
+        let page = store.read(6395, 10, usize::MAX).unwrap();
+        assert_eq!(store.read(0, 1000, 5000).unwrap().len(), 4, "byte bound");
+        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), (6395..6400).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn map_at_maximum_is_a_full_error_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tiny = MapSizing {
+            initial: 1 << 20,
+            max: 2 << 20,
+        };
+        let store = Store::open(dir.path(), tiny).unwrap();
+        let mut head = Head::EMPTY;
+        let err = loop {
+            let (batch, next) = batch_of(head, 50, 4000);
+            match store.append(&batch, next) {
+                Ok(()) => head = next,
+                Err(err) => break err,
+            }
+        };
+        assert!(err.is_full(), "{err}");
+        assert_eq!(store.head().unwrap(), head);
+        assert_eq!(store.verify().unwrap(), head);
+    }
+
+    #[test]
+    fn other_format_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), SMALL).unwrap();
+            let mut wtxn = store.env.write_txn().unwrap();
+            store
+                .meta
+                .put(&mut wtxn, META_FORMAT_VERSION, &7u32.to_be_bytes())
+                .unwrap();
+            wtxn.commit().unwrap();
+        }
+        match Store::open(dir.path(), SMALL) {
+            Err(StoreError::IncompatibleFormat { found: 7 }) => {}
+            other => panic!("expected IncompatibleFormat, got {other:?}"),
+        }
+    }
+}
