@@ -72,13 +72,17 @@ pub enum BundleError {
     Io(#[from] io::Error),
     #[error("not a Tally bundle (bad magic)")]
     BadMagic,
-    #[error("bundle format version {found} is not supported (this build reads {BUNDLE_FORMAT_VERSION})")]
+    #[error(
+        "bundle format version {found} is not supported (this build reads {BUNDLE_FORMAT_VERSION})"
+    )]
     UnsupportedVersion { found: u32 },
     #[error("bundle is cut short: {what}")]
     Truncated { what: &'static str },
     #[error("unknown section kind 0x{kind:02x} at offset {offset}")]
     UnknownSection { kind: u8, offset: u64 },
-    #[error("section at offset {offset} declares {len} bytes, more than the {MAX_SECTION_LEN} allowed")]
+    #[error(
+        "section at offset {offset} declares {len} bytes, more than the {MAX_SECTION_LEN} allowed"
+    )]
     SectionTooLarge { offset: u64, len: u32 },
     #[error("expected a {expected:?} section at offset {offset}, found {found:?}")]
     UnexpectedSection {
@@ -242,7 +246,11 @@ impl<R: BufRead> BundleReader<R> {
     }
 }
 
-fn read_exact_or(input: &mut impl Read, buf: &mut [u8], what: &'static str) -> Result<(), BundleError> {
+fn read_exact_or(
+    input: &mut impl Read,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), BundleError> {
     input.read_exact(buf).map_err(|err| match err.kind() {
         io::ErrorKind::UnexpectedEof => BundleError::Truncated { what },
         _ => BundleError::Io(err),
@@ -287,7 +295,10 @@ mod tests {
         let bytes = bundle(&[b"one", b"", b"three"]);
         let reader = BundleReader::new(bytes.as_slice()).unwrap();
         assert_eq!(reader.header(), &header(3));
-        assert_eq!(read_all(&bytes).unwrap(), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
+        assert_eq!(
+            read_all(&bytes).unwrap(),
+            vec![b"one".to_vec(), vec![], b"three".to_vec()]
+        );
     }
 
     #[test]
@@ -309,7 +320,10 @@ mod tests {
 
         let mut bytes = bundle(&[b"one"]);
         bytes.push(0);
-        assert!(matches!(read_all(&bytes), Err(BundleError::TrailingData(1))));
+        assert!(matches!(
+            read_all(&bytes),
+            Err(BundleError::TrailingData(1))
+        ));
 
         let mut bytes = bundle(&[b"one"]);
         let first_record = bytes.len() - 5 - (5 + 3);

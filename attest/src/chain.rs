@@ -264,7 +264,11 @@ mod tests {
         let mut records = Vec::new();
         for seq in 0..n {
             let mut record = Vec::new();
-            RecordHeader { seq, prev_hash: prev }.encode_into(&mut record);
+            RecordHeader {
+                seq,
+                prev_hash: prev,
+            }
+            .encode_into(&mut record);
             record.extend_from_slice(format!("event number {seq}").as_bytes());
             prev = entry_hash(&record);
             records.push(record);
@@ -284,7 +288,13 @@ mod tests {
         for n in [0, 1, 2, 10] {
             let (records, head) = chain(n);
             let summary = verify(&records, n, &head).unwrap();
-            assert_eq!(summary, ChainSummary { size: n, head_hash: head });
+            assert_eq!(
+                summary,
+                ChainSummary {
+                    size: n,
+                    head_hash: head
+                }
+            );
         }
     }
 
@@ -303,7 +313,10 @@ mod tests {
                 };
                 assert_eq!(
                     damage,
-                    Damage::RecordModified { seq: seq as u64, committed_by },
+                    Damage::RecordModified {
+                        seq: seq as u64,
+                        committed_by
+                    },
                     "byte {byte} of seq {seq}"
                 );
             }
@@ -324,7 +337,10 @@ mod tests {
             tampered[seq as usize][8] ^= 0x40; // low byte of seq
             assert_eq!(
                 verify(&tampered, 4, &head).unwrap_err(),
-                Damage::SeqModified { seq, found: seq ^ 0x40 },
+                Damage::SeqModified {
+                    seq,
+                    found: seq ^ 0x40
+                },
             );
             let mut tampered = records.clone();
             tampered[seq as usize][0] = 9; // version
@@ -350,31 +366,47 @@ mod tests {
         swapped.swap(1, 4);
         assert_eq!(
             verify(&swapped, 6, &head).unwrap_err(),
-            Damage::Reordered { position: 1, found: 4, expected_at: 4 }
+            Damage::Reordered {
+                position: 1,
+                found: 4,
+                expected_at: 4
+            }
         );
 
         let mut duplicated = records.clone();
         duplicated[3] = records[2].clone();
         assert_eq!(
             verify(&duplicated, 6, &head).unwrap_err(),
-            Damage::Duplicate { seq: 2, position: 3 }
+            Damage::Duplicate {
+                seq: 2,
+                position: 3
+            }
         );
 
         let truncated = &records[..4];
         assert_eq!(
             verify(truncated, 6, &head).unwrap_err(),
-            Damage::Truncated { declared: 6, found: 4 }
+            Damage::Truncated {
+                declared: 6,
+                found: 4
+            }
         );
         assert_eq!(
             verify(&[], 6, &head).unwrap_err(),
-            Damage::Truncated { declared: 6, found: 0 }
+            Damage::Truncated {
+                declared: 6,
+                found: 0
+            }
         );
 
         // The head declared for 4 records, with 6 present.
         let (_, head4) = chain(4);
         assert_eq!(
             verify(&records, 4, &head4).unwrap_err(),
-            Damage::Extended { declared: 4, found: 6 }
+            Damage::Extended {
+                declared: 4,
+                found: 6
+            }
         );
     }
 
@@ -387,7 +419,10 @@ mod tests {
         records[last].push(b'!');
         assert_eq!(
             verify(&records, 3, &head).unwrap_err(),
-            Damage::RecordModified { seq: 2, committed_by: CommittedBy::DeclaredHead }
+            Damage::RecordModified {
+                seq: 2,
+                committed_by: CommittedBy::DeclaredHead
+            }
         );
     }
 }

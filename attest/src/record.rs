@@ -109,7 +109,9 @@ mod tests {
     fn short_and_unknown_version_are_rejected() {
         assert_eq!(
             RecordHeader::parse(&[1u8; HEADER_LEN - 1]),
-            Err(RecordError::TooShort { len: HEADER_LEN - 1 })
+            Err(RecordError::TooShort {
+                len: HEADER_LEN - 1
+            })
         );
         let mut record = vec![2u8];
         record.extend_from_slice(&[0u8; HEADER_LEN - 1]);

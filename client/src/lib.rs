@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod export;
 pub mod frame;
 pub mod record;
 
@@ -16,7 +17,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/tally.v1.rs"));
 }
 
-pub use client::{Client, ClientError, Follow};
+pub use client::{Ack, Client, ClientError, Follow};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -43,15 +43,24 @@ impl DecodedRecord {
         let mut out = Map::new();
         out.insert("seq".into(), json!(self.header.seq));
         out.insert("entry_hash".into(), json!(hex::encode(self.entry_hash)));
-        out.insert("prev_hash".into(), json!(hex::encode(self.header.prev_hash)));
-        out.insert("receive_time_unix_nanos".into(), json!(self.body.receive_time_unix_nanos));
+        out.insert(
+            "prev_hash".into(),
+            json!(hex::encode(self.header.prev_hash)),
+        );
+        out.insert(
+            "receive_time_unix_nanos".into(),
+            json!(self.body.receive_time_unix_nanos),
+        );
         out.insert("peer".into(), peer_json(&self.body));
         out.insert("kind".into(), json!(event.kind));
         out.insert("actor".into(), json!(event.actor));
         out.insert("subject".into(), json!(event.subject));
         out.insert("attributes".into(), json!(event.attributes));
         out.insert("content_type".into(), json!(event.content_type));
-        out.insert("client_time_unix_nanos".into(), json!(event.client_time_unix_nanos));
+        out.insert(
+            "client_time_unix_nanos".into(),
+            json!(event.client_time_unix_nanos),
+        );
         match String::from_utf8(event.payload) {
             Ok(text) => out.insert("payload".into(), json!(text)),
             Err(err) => {
@@ -88,7 +97,9 @@ impl DecodedRecord {
 
 fn peer_json(body: &RecordBody) -> Value {
     match body.peer.as_ref().and_then(|peer| peer.kind.as_ref()) {
-        Some(peer::Kind::Unix(unix)) => json!({"unix": {"uid": unix.uid, "gid": unix.gid, "pid": unix.pid}}),
+        Some(peer::Kind::Unix(unix)) => {
+            json!({"unix": {"uid": unix.uid, "gid": unix.gid, "pid": unix.pid}})
+        }
         Some(peer::Kind::Vsock(vsock)) => json!({"vsock": {"cid": vsock.cid, "port": vsock.port}}),
         None => Value::Null,
     }

@@ -102,7 +102,10 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl Config {
@@ -132,7 +135,10 @@ impl Config {
             ("max_events_per_append", self.max_events_per_append),
             ("queue_bytes", self.queue_bytes),
             ("queue_jobs", self.queue_jobs),
-            ("max_inflight_per_connection", self.max_inflight_per_connection),
+            (
+                "max_inflight_per_connection",
+                self.max_inflight_per_connection,
+            ),
             ("batch_max_events", self.batch_max_events),
             ("batch_max_bytes", self.batch_max_bytes),
             ("read_page_records", self.read_page_records),
@@ -192,7 +198,8 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults_and_unknown_keys_fail() {
-        let config: Config = toml::from_str("data_dir = \"/tmp/x\"\nsocket_mode = \"0600\"\n").unwrap();
+        let config: Config =
+            toml::from_str("data_dir = \"/tmp/x\"\nsocket_mode = \"0600\"\n").unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.validate().unwrap(), 0o600);
         assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
@@ -205,11 +212,23 @@ mod tests {
             socket_mode: "rw-rw----".into(),
             ..Config::default()
         };
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid { field: "socket_mode", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "socket_mode",
+                ..
+            })
+        ));
         let config = Config {
             queue_jobs: 0,
             ..Config::default()
         };
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid { field: "queue_jobs", .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "queue_jobs",
+                ..
+            })
+        ));
     }
 }

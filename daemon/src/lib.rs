@@ -48,7 +48,10 @@ pub enum DaemonError {
 pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let mode = config.validate()?;
     let lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Arc::new(Store::open(&datadir::store_dir(&config.data_dir), config.map_sizing())?);
+    let store = Arc::new(Store::open(
+        &datadir::store_dir(&config.data_dir),
+        config.map_sizing(),
+    )?);
     let head = store.head()?;
     let (sequencer, sequencer_thread) =
         sequencer::start(store.clone(), config.queue_jobs, config.batch_policy())?;

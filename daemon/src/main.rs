@@ -71,8 +71,11 @@ fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?,
+        )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     match cli.command.unwrap_or(Command::Run) {

@@ -80,7 +80,9 @@ pub fn start(
     let thread = thread::Builder::new()
         .name("tally-sequencer".into())
         .spawn(move || Sequencer::new(store, head, policy, head_tx).run(jobs_rx))
-        .map_err(|err| StoreError::Inconsistent(format!("cannot start the sequencer thread: {err}")))?;
+        .map_err(|err| {
+            StoreError::Inconsistent(format!("cannot start the sequencer thread: {err}"))
+        })?;
     Ok((
         SequencerHandle {
             jobs: jobs_tx,
@@ -102,7 +104,12 @@ struct Sequencer {
 }
 
 impl Sequencer {
-    fn new(store: Arc<Store>, head: Head, policy: BatchPolicy, head_tx: watch::Sender<Head>) -> Self {
+    fn new(
+        store: Arc<Store>,
+        head: Head,
+        policy: BatchPolicy,
+        head_tx: watch::Sender<Head>,
+    ) -> Self {
         Sequencer {
             store,
             head,
@@ -130,13 +137,18 @@ impl Sequencer {
                         bytes += job.bytes;
                         pending.push(job);
                     }
-                    Err(_) if started.elapsed() < self.policy.linger => thread::sleep(Duration::from_micros(50)),
+                    Err(_) if started.elapsed() < self.policy.linger => {
+                        thread::sleep(Duration::from_micros(50))
+                    }
                     Err(_) => break,
                 }
             }
             self.commit(&mut pending);
         }
-        tracing::debug!(size = self.head.size, "sequencer stopped: queue closed and drained");
+        tracing::debug!(
+            size = self.head.size,
+            "sequencer stopped: queue closed and drained"
+        );
     }
 
     /// Builds the records of `jobs`, commits them, answers every job.

@@ -67,7 +67,12 @@ pub struct Shared {
 /// waits up to `grace` for every connection to finish: requests already read
 /// are answered (appends committed and acked). Returns false when some
 /// connection was still busy after `grace` (e.g. a client that stopped reading).
-pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: CancellationToken, grace: Duration) -> bool {
+pub async fn run(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> bool {
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -89,7 +94,12 @@ pub async fn run(listener: UnixListener, shared: Arc<Shared>, shutdown: Cancella
                         continue;
                     }
                 };
-                connections.spawn(serve_connection(stream, peer, shared.clone(), shutdown.clone()));
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(err) => {
                 // E.g. EMFILE: back off instead of spinning.
@@ -132,14 +142,21 @@ enum Outgoing {
 
 /// Serves one connection until the client leaves, breaks the protocol, or
 /// the daemon shuts down.
-pub async fn serve_connection<S>(stream: S, peer: Peer, shared: Arc<Shared>, shutdown: CancellationToken)
-where
+pub async fn serve_connection<S>(
+    stream: S,
+    peer: Peer,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let frames_in = FramedRead::new(read_half, frame::codec(shared.limits.max_frame));
     // Responses can be a page of records: allow twice the request limit.
-    let frames_out = FramedWrite::new(write_half, frame::codec(shared.limits.max_frame * 2 + 65_536));
+    let frames_out = FramedWrite::new(
+        write_half,
+        frame::codec(shared.limits.max_frame * 2 + 65_536),
+    );
     let (queue_tx, queue_rx) = mpsc::channel(shared.limits.max_inflight_per_connection.max(1));
     let reader_done = CancellationToken::new();
     let writer = tokio::spawn(write_loop(
@@ -179,8 +196,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(Ok(bytes)) => bytes,
             Some(Err(err)) if frame::is_frame_too_large(&err) => {
                 tracing::warn!(peer = %peer_text, limit = shared.limits.max_frame, "frame too large; closing connection");
-                let message = format!("frame exceeds the maximum of {} bytes", shared.limits.max_frame);
-                let _ = queue.send(error(0, ErrorCode::FrameTooLarge, message)).await;
+                let message = format!(
+                    "frame exceeds the maximum of {} bytes",
+                    shared.limits.max_frame
+                );
+                let _ = queue
+                    .send(error(0, ErrorCode::FrameTooLarge, message))
+                    .await;
                 return;
             }
             Some(Err(err)) => {
@@ -197,7 +219,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(request) => request,
             Err(err) => {
                 tracing::info!(peer = %peer_text, %err, "undecodable request");
-                let reply = error(0, ErrorCode::BadRequest, format!("undecodable request: {err}"));
+                let reply = error(
+                    0,
+                    ErrorCode::BadRequest,
+                    format!("undecodable request: {err}"),
+                );
                 if queue.send(reply).await.is_err() || !greeted {
                     return;
                 }
@@ -208,10 +234,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let outgoing = match request.body {
             Some(request::Body::Hello(hello)) => {
                 if greeted {
-                    error(id, ErrorCode::Protocol, "hello was already sent on this connection".into())
+                    error(
+                        id,
+                        ErrorCode::Protocol,
+                        "hello was already sent on this connection".into(),
+                    )
                 } else if hello.protocol_version == 0 {
                     let _ = queue
-                        .send(error(id, ErrorCode::Protocol, "protocol version 0 is not valid".into()))
+                        .send(error(
+                            id,
+                            ErrorCode::Protocol,
+                            "protocol version 0 is not valid".into(),
+                        ))
                         .await;
                     return;
                 } else {
@@ -230,7 +264,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
             _ if !greeted => {
                 tracing::info!(peer = %peer_text, "request before hello; closing");
                 let _ = queue
-                    .send(error(id, ErrorCode::Protocol, "the first request must be hello".into()))
+                    .send(error(
+                        id,
+                        ErrorCode::Protocol,
+                        "the first request must be hello".into(),
+                    ))
                     .await;
                 return;
             }
@@ -240,7 +278,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     None => return,
                 }
             }
-            Some(request::Body::Read(read)) => read_page(id, read.from_seq, read.max_records, shared).await,
+            Some(request::Body::Read(read)) => {
+                read_page(id, read.from_seq, read.max_records, shared).await
+            }
             Some(request::Body::Follow(follow)) => {
                 following = true;
                 Outgoing::Follow {
@@ -249,7 +289,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Some(request::Body::Status(_)) => status(id, shared),
-            None => error(id, ErrorCode::BadRequest, "unknown or missing request type".into()),
+            None => error(
+                id,
+                ErrorCode::BadRequest,
+                "unknown or missing request type".into(),
+            ),
         };
         if queue.send(outgoing).await.is_err() {
             return;
@@ -269,7 +313,11 @@ async fn submit_append(
 ) -> Option<Outgoing> {
     let count = append.events.len();
     if count == 0 {
-        return Some(error(id, ErrorCode::BadRequest, "append without events".into()));
+        return Some(error(
+            id,
+            ErrorCode::BadRequest,
+            "append without events".into(),
+        ));
     }
     if count > shared.limits.max_events_per_append {
         let message = format!(
@@ -295,10 +343,18 @@ async fn submit_append(
         reply,
         permit: Some(permit),
     };
-    shared.queued_events.fetch_add(count as u64, Ordering::Relaxed);
+    shared
+        .queued_events
+        .fetch_add(count as u64, Ordering::Relaxed);
     if shared.sequencer.jobs.send(job).await.is_err() {
-        shared.queued_events.fetch_sub(count as u64, Ordering::Relaxed);
-        return Some(error(id, ErrorCode::ShuttingDown, "the sequencer has stopped".into()));
+        shared
+            .queued_events
+            .fetch_sub(count as u64, Ordering::Relaxed);
+        return Some(error(
+            id,
+            ErrorCode::ShuttingDown,
+            "the sequencer has stopped".into(),
+        ));
     }
     Some(Outgoing::Append {
         id,
@@ -327,7 +383,12 @@ async fn read_page(id: u64, from: u64, max_records: u32, shared: &Shared) -> Out
 }
 
 /// Reads committed records `[from, min(from + max, size))` off the runtime.
-async fn load_page(shared: &Shared, from: u64, max: usize, size: u64) -> Result<proto::Records, String> {
+async fn load_page(
+    shared: &Shared,
+    from: u64,
+    max: usize,
+    size: u64,
+) -> Result<proto::Records, String> {
     let store = shared.store.clone();
     let max_bytes = shared.limits.max_frame;
     let max = max.min(usize::try_from(size.saturating_sub(from)).unwrap_or(usize::MAX));
@@ -394,9 +455,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                                 .collect(),
                         })),
                     },
-                    Ok(Err(AppendError::Full(message))) => response_error(id, ErrorCode::StorageFull, message),
-                    Ok(Err(AppendError::Storage(message))) => response_error(id, ErrorCode::Storage, message),
-                    Err(_) => response_error(id, ErrorCode::Internal, "the sequencer dropped the request".into()),
+                    Ok(Err(AppendError::Full(message))) => {
+                        response_error(id, ErrorCode::StorageFull, message)
+                    }
+                    Ok(Err(AppendError::Storage(message))) => {
+                        response_error(id, ErrorCode::Storage, message)
+                    }
+                    Err(_) => response_error(
+                        id,
+                        ErrorCode::Internal,
+                        "the sequencer dropped the request".into(),
+                    ),
                 }
             }
             Outgoing::Follow { id, from } => {
@@ -430,14 +499,23 @@ async fn follow<W: AsyncWrite + Unpin>(
     loop {
         let size = head.borrow_and_update().size;
         while cursor < size {
-            let page = match load_page(shared, cursor, shared.limits.read_page_records, size).await {
+            let page = match load_page(shared, cursor, shared.limits.read_page_records, size).await
+            {
                 Ok(page) => page,
                 Err(message) => {
-                    let _ = frames.send(frame::encode(&response_error(id, ErrorCode::Storage, message))).await;
+                    let _ = frames
+                        .send(frame::encode(&response_error(
+                            id,
+                            ErrorCode::Storage,
+                            message,
+                        )))
+                        .await;
                     return;
                 }
             };
-            let Some(last) = page.records.last() else { break };
+            let Some(last) = page.records.last() else {
+                break;
+            };
             cursor = last.seq + 1;
             let response = Response {
                 id,
@@ -484,7 +562,9 @@ fn now_unix_nanos() -> i64 {
 /// A peer identity for log lines.
 pub fn describe(peer: &Peer) -> String {
     match &peer.kind {
-        Some(peer::Kind::Unix(unix)) => format!("unix uid={} gid={} pid={}", unix.uid, unix.gid, unix.pid),
+        Some(peer::Kind::Unix(unix)) => {
+            format!("unix uid={} gid={} pid={}", unix.uid, unix.gid, unix.pid)
+        }
         Some(peer::Kind::Vsock(vsock)) => format!("vsock cid={} port={}", vsock.cid, vsock.port),
         None => "unknown".into(),
     }

@@ -50,22 +50,24 @@ pub enum SocketError {
 /// numeric gid). Must run inside a tokio runtime.
 pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixListener, SocketError> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_owned())),
-            Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
-                tracing::info!(path = %path.display(), "replacing stale socket file");
-                fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
-                    path: path.to_owned(),
-                    source,
-                })?;
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(SocketError::InUse(path.to_owned())),
+                Err(err) if err.kind() == ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing stale socket file");
+                    fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(SocketError::Bind {
+                        path: path.to_owned(),
+                        source,
+                    })
+                }
             }
-            Err(source) => {
-                return Err(SocketError::Bind {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        },
+        }
         Ok(_) => return Err(SocketError::NotASocket(path.to_owned())),
         Err(err) if err.kind() == ErrorKind::NotFound => {}
         Err(source) => {
@@ -75,7 +77,10 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixList
             })
         }
     }
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         fs::create_dir_all(parent).map_err(|source| SocketError::CreateDir {
             path: parent.to_owned(),
             source,
@@ -85,10 +90,12 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixList
         path: path.to_owned(),
         source,
     })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| SocketError::Mode {
-        path: path.to_owned(),
-        mode,
-        source,
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        SocketError::Mode {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
     })?;
     if let Some(group) = group {
         let gid = resolve_group(group)?;
@@ -120,7 +127,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/tally.sock");
         let live = bind_unix(&path, 0o600, None).unwrap();
-        assert!(matches!(bind_unix(&path, 0o600, None), Err(SocketError::InUse(_))));
+        assert!(matches!(
+            bind_unix(&path, 0o600, None),
+            Err(SocketError::InUse(_))
+        ));
         drop(live); // the file stays behind: a stale socket
         assert!(path.exists());
         let _again = bind_unix(&path, 0o640, Some("0")).unwrap();
@@ -129,9 +139,16 @@ mod tests {
 
         let plain = dir.path().join("plain-file");
         fs::write(&plain, b"not a socket").unwrap();
-        assert!(matches!(bind_unix(&plain, 0o600, None), Err(SocketError::NotASocket(_))));
         assert!(matches!(
-            bind_unix(&dir.path().join("x.sock"), 0o600, Some("no-such-group-tally")),
+            bind_unix(&plain, 0o600, None),
+            Err(SocketError::NotASocket(_))
+        ));
+        assert!(matches!(
+            bind_unix(
+                &dir.path().join("x.sock"),
+                0o600,
+                Some("no-such-group-tally")
+            ),
             Err(SocketError::UnknownGroup(_))
         ));
     }

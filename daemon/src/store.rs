@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use heed::types::{Bytes, Str, U64};
-use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
+use heed::{
+    byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls,
+};
 use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
 /// Version of the on-disk layout described above. A data directory written
@@ -157,7 +159,10 @@ impl Store {
             source,
         })?;
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
-        options.map_size(sizing.initial).max_dbs(4).max_readers(1024);
+        options
+            .map_size(sizing.initial)
+            .max_dbs(4)
+            .max_readers(1024);
         // SAFETY: heed requires that the same environment is not opened twice
         // in one process with different options, and that the files are not
         // modified from outside LMDB. The daemon holds an exclusive lock on the
@@ -166,21 +171,31 @@ impl Store {
         let created = env.create_databases_and_commit(env.write_txn()?, |opener, wtxn| {
             let records = opener.create_database(wtxn, Some("records"))?;
             let meta = opener.create_database(wtxn, Some("meta"))?;
-            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((records, meta)))
+            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
+                records, meta,
+            )))
         })?;
-        let (records, meta): (Database<'static, U64<BigEndian>, Bytes>, Database<'static, Str, Bytes>) =
-            match created {
-                CommitOrAbort::Commit(databases) => databases,
-                CommitOrAbort::Abort(never) => match never {},
-            };
+        let (records, meta): (
+            Database<'static, U64<BigEndian>, Bytes>,
+            Database<'static, Str, Bytes>,
+        ) = match created {
+            CommitOrAbort::Commit(databases) => databases,
+            CommitOrAbort::Abort(never) => match never {},
+        };
         let mut wtxn = env.write_txn()?;
         let log_id = match meta.get(&wtxn, META_FORMAT_VERSION)? {
             None => {
                 if !records.is_empty(&wtxn)? {
-                    return Err(StoreError::CorruptMeta("records exist but no format version"));
+                    return Err(StoreError::CorruptMeta(
+                        "records exist but no format version",
+                    ));
                 }
                 let log_id: [u8; 16] = rand::random();
-                meta.put(&mut wtxn, META_FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                meta.put(
+                    &mut wtxn,
+                    META_FORMAT_VERSION,
+                    &FORMAT_VERSION.to_be_bytes(),
+                )?;
                 meta.put(&mut wtxn, META_LOG_ID, &log_id)?;
                 meta.put(&mut wtxn, META_HEAD, &Head::EMPTY.encode())?;
                 log_id
@@ -320,7 +335,12 @@ impl Store {
 
     /// Reads records from `from` on: at most `max_records`, and no more once
     /// `max_bytes` are reached (but always at least one record, if any).
-    pub fn read(&self, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<StoredRecord>, StoreError> {
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
         let mut out = Vec::with_capacity(max_records.min(4096));
@@ -351,15 +371,24 @@ impl Store {
             let (header, _) = RecordHeader::parse(bytes)
                 .map_err(|err| StoreError::Inconsistent(format!("seq {seq}: {err}")))?;
             if seq != size || header.seq != seq || header.prev_hash != running {
-                return Err(StoreError::Inconsistent(format!("chain broken at seq {seq}")));
+                return Err(StoreError::Inconsistent(format!(
+                    "chain broken at seq {seq}"
+                )));
             }
             running = entry_hash(bytes);
             size += 1;
         }
         drop(rtxn);
         let head = self.head()?;
-        if head != (Head { size, hash: running }) {
-            return Err(StoreError::Inconsistent("head does not match the records".into()));
+        if head
+            != (Head {
+                size,
+                hash: running,
+            })
+        {
+            return Err(StoreError::Inconsistent(
+                "head does not match the records".into(),
+            ));
         }
         Ok(head)
     }
@@ -430,7 +459,10 @@ mod tests {
         assert_eq!(store.verify().unwrap(), head);
         let page = store.read(6395, 10, usize::MAX).unwrap();
         assert_eq!(store.read(0, 1000, 5000).unwrap().len(), 4, "byte bound");
-        assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), (6395..6400).collect::<Vec<_>>());
+        assert_eq!(
+            page.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (6395..6400).collect::<Vec<_>>()
+        );
     }
 
     #[test]

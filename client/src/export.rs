@@ -1,0 +1,129 @@
+//! Exporting the log into a bundle file (see `tally_attest::bundle`).
+
+use std::fs::{self, File};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tally_attest::bundle::{BundleHeader, BundleWriter, BUNDLE_FORMAT_VERSION};
+use tally_attest::{entry_hash, RecordHeader, GENESIS_PREV};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{Client, ClientError};
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub size: u64,
+    pub head_hash: [u8; 32],
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the daemon served an inconsistent log: {0}")]
+    Inconsistent(String),
+}
+
+/// Exports records `0..size` (the size when the export starts) into `path`.
+/// The file is written beside `path` and renamed into place only once
+/// complete and synced, so `path` never holds a partial bundle. The chain is
+/// replayed while exporting: a daemon serving records that do not chain up
+/// to its own reported head is an error, not a bundle.
+pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client<S>,
+    path: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ExportSummary, ExportError> {
+    let status = client.status().await?;
+    let head_hash: [u8; 32] = status
+        .head_hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| ExportError::Inconsistent("head hash is not 32 bytes".into()))?;
+    let header = BundleHeader {
+        format_version: BUNDLE_FORMAT_VERSION,
+        log_id: status.log_id.clone(),
+        size: status.size,
+        head_hash: head_hash.to_vec(),
+        exported_at_unix_nanos: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos() as i64)
+            .unwrap_or(0),
+        producer: format!(
+            "tally/{} from {}",
+            env!("CARGO_PKG_VERSION"),
+            status.server_name
+        ),
+    };
+    let partial = path.with_extension("partial");
+    let write_err = |source| ExportError::Write {
+        path: partial.clone(),
+        source,
+    };
+    let file = File::create(&partial).map_err(write_err)?;
+    let mut writer =
+        BundleWriter::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(write_err)?;
+
+    let mut next = 0u64;
+    let mut running = GENESIS_PREV;
+    while next < status.size {
+        let page = client.read(next, 0).await?;
+        if page.is_empty() {
+            return Err(ExportError::Inconsistent(format!(
+                "the daemon returned no records at seq {next} of {}",
+                status.size
+            )));
+        }
+        for record in page {
+            if next == status.size {
+                break;
+            }
+            let (record_header, _) = RecordHeader::parse(&record.record)
+                .map_err(|err| ExportError::Inconsistent(format!("seq {next}: {err}")))?;
+            if record.seq != next || record_header.seq != next || record_header.prev_hash != running
+            {
+                return Err(ExportError::Inconsistent(format!(
+                    "chain broken at seq {next}"
+                )));
+            }
+            running = entry_hash(&record.record);
+            writer.record(&record.record).map_err(write_err)?;
+            next += 1;
+        }
+        progress(next, status.size);
+    }
+    if running != head_hash {
+        return Err(ExportError::Inconsistent(
+            "records do not chain up to the reported head".into(),
+        ));
+    }
+    let buffered = writer.finish().map_err(write_err)?;
+    let file = buffered
+        .into_inner()
+        .map_err(|err| write_err(err.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    fs::rename(&partial, path).map_err(|source| ExportError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        // Make the rename durable; failure here loses nothing already written.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(ExportSummary {
+        size: status.size,
+        head_hash,
+        path: path.to_owned(),
+    })
+}
