@@ -175,7 +175,7 @@ pub fn verify_chain<S: RecordSource>(
         }
         running = entry_hash(&buf);
         position += 1;
-        if position % 65_536 == 0 {
+        if position.is_multiple_of(65_536) {
             progress(position);
         }
     }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::server::Limits;
 use crate::store::MapSizing;
@@ -26,7 +26,7 @@ pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 
 /// The daemon's settings. Every field has a default; see `tallyd.example.toml`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the log lives (`store/` for LMDB, `tallyd.lock`).
@@ -36,6 +36,7 @@ pub struct Config {
     /// Mode of the socket file, as an octal string ("0660").
     pub socket_mode: String,
     /// Group owning the socket file (name or gid); unset keeps the daemon's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
     /// Largest request frame, in bytes.
     pub max_frame_bytes: usize,
@@ -101,6 +102,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
+    #[error("cannot print the configuration: {0}")]
+    Print(#[from] toml::ser::Error),
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -119,6 +122,11 @@ impl Config {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The configuration as TOML (what `tallyd config` prints).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
     }
 
     /// Checks ranges and returns the socket mode.
@@ -204,6 +212,15 @@ mod tests {
         assert_eq!(config.validate().unwrap(), 0o600);
         assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(toml::from_str::<Config>("data_dri = \"/tmp/x\"\n").is_err());
+        let printed = config.to_toml().unwrap();
+        assert_eq!(toml::from_str::<Config>(&printed).unwrap(), config);
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let example = include_str!("../../tallyd.example.toml");
+        let parsed: Config = toml::from_str(example).unwrap();
+        assert_eq!(parsed, Config::default());
     }
 
     #[test]

@@ -44,7 +44,7 @@ enum Command {
     Run,
     /// Check the stored chain offline (the daemon must be stopped) and print its head.
     Check,
-    /// Print the effective configuration as TOML-like text and exit.
+    /// Print the effective configuration as TOML and exit.
     Config,
 }
 
@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run => run(config),
         Command::Check => check(&config),
         Command::Config => {
-            println!("{config:#?}");
+            print!("{}", config.to_toml()?);
             Ok(())
         }
     }

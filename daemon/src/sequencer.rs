@@ -169,7 +169,7 @@ impl Sequencer {
                 self.body.clear();
                 let body = RecordBody {
                     receive_time_unix_nanos: job.receive_time_unix_nanos,
-                    peer: Some(job.peer.clone()),
+                    peer: Some(job.peer),
                     event: Some(event),
                 };
                 // Encoding into a Vec cannot fail (it grows as needed).

@@ -338,7 +338,7 @@ async fn submit_append(
     let job = AppendJob {
         events: append.events,
         bytes: frame_len,
-        peer: peer.clone(),
+        peer: *peer,
         receive_time_unix_nanos,
         reply,
         permit: Some(permit),
@@ -411,7 +411,7 @@ async fn load_page(
 fn status(id: u64, shared: &Shared) -> Outgoing {
     let head = *shared.sequencer.head.borrow();
     let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
-        .map(|stat| stat.blocks_available() as u64 * stat.fragment_size() as u64)
+        .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
         .unwrap_or(0);
     Outgoing::Ready(Response {
         id,

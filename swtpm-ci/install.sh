@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tally needs on Debian 12, as root:
+# the TPM stack (swtpm, swtpm-tools, libtss2-dev, tpm2-tools), a C toolchain
+# (LMDB is C) and, when no cargo is on PATH, Debian's Rust 1.9x (rustc-web).
+# Idempotent: safe to run again.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (it uses apt-get)" >&2
+    exit 1
+fi
+
+packages=(swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config build-essential ca-certificates)
+if ! command -v cargo >/dev/null 2>&1; then
+    # Debian 12's security archive carries a current Rust as rustc-web/cargo-web.
+    packages+=(rustc-web cargo-web)
+fi
+
+apt-get update
+apt-get install -y --no-install-recommends "${packages[@]}"
+
+cargo --version
+swtpm --version | head -n 1
