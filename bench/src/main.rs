@@ -1,0 +1,164 @@
+//! tally-bench: starts a real tallyd on a temporary data directory and socket
+//! and measures it through the real client library.
+//!
+//! Scenario implemented so far: `throughput` (C concurrent clients, pipelined
+//! appends of fixed-size payloads, for a fixed duration; durable events/s).
+//! Latency, verification, anchoring and same-run baselines come with the
+//! benchmarks issue.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use tally_client::proto::Event;
+use tally_client::Client;
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure tallyd's durable ingest throughput")]
+struct Args {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Events per append request.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Append requests in flight per client.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// The tallyd binary (default: next to this program).
+    #[arg(long)]
+    tallyd: Option<PathBuf>,
+    /// Data directory (default: a temporary directory under /tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(tallyd: &Path, dir: &Path) -> anyhow::Result<(Daemon, PathBuf)> {
+    let socket = dir.join("tally.sock");
+    let child = Command::new(tallyd)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--log")
+        .arg("warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", tallyd.display()))?;
+    let daemon = Daemon { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline {
+            bail!("tallyd did not open {} within 10 s", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((daemon, socket))
+}
+
+/// What each client sends.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    payload: usize,
+    batch: usize,
+    window: usize,
+}
+
+async fn client_loop(socket: PathBuf, args: Load, until: Instant) -> anyhow::Result<u64> {
+    let mut client = Client::connect(&socket, "tally-bench").await?;
+    let events: Vec<Event> = (0..args.batch)
+        .map(|i| Event {
+            kind: "bench".into(),
+            actor: "tally-bench".into(),
+            subject: format!("event-{i}"),
+            payload: vec![b'x'; args.payload],
+            ..Default::default()
+        })
+        .collect();
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut acked = 0u64;
+    while Instant::now() < until {
+        while in_flight.len() < args.window {
+            in_flight.push_back(client.send_append(events.clone()).await?);
+        }
+        if let Some(id) = in_flight.pop_front() {
+            acked += client.recv_append(id).await?.len() as u64;
+        }
+    }
+    while let Some(id) = in_flight.pop_front() {
+        acked += client.recv_append(id).await?.len() as u64;
+    }
+    Ok(acked)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tallyd = match &args.tallyd {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("tallyd"),
+    };
+    let temp = tempfile::Builder::new().prefix("tally-bench").tempdir()?;
+    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let (_daemon, socket) = start_daemon(&tallyd, &dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let load = Load {
+        payload: args.payload,
+        batch: args.batch,
+        window: args.window,
+    };
+    let acked: u64 = runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|_| tokio::spawn(client_loop(socket.clone(), load, until)))
+            .collect();
+        let mut acked = 0;
+        for task in tasks {
+            acked += task.await??;
+        }
+        anyhow::Ok(acked)
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = acked as f64 / elapsed;
+    let summary = serde_json::json!({
+        "scenario": "throughput",
+        "clients": args.clients,
+        "payload_bytes": args.payload,
+        "batch": args.batch,
+        "window": args.window,
+        "seconds": elapsed,
+        "events_acked": acked,
+        "events_per_sec": rate,
+        "payload_mb_per_sec": rate * args.payload as f64 / 1e6,
+    });
+    println!(
+        "throughput: {acked} events durable in {elapsed:.1} s = {rate:.0} events/s ({:.1} MB/s of payload), {} clients x {} events/request x {} in flight",
+        rate * args.payload as f64 / 1e6,
+        args.clients,
+        args.batch,
+        args.window
+    );
+    println!("{summary}");
+    Ok(())
+}
