@@ -6,14 +6,24 @@
 //! * [`chain`]: the verifier that replays a chain and names the first damage.
 //! * [`verify`]: bundle verification (format, then chain against the declared head).
 //!
-//! Everything here is pure Rust: no TPM, no libtss2, usable on a responder's
-//! laptop. docs/DESIGN.md describes every format byte by byte.
+//! * [`evidence`]: TPM evidence as plain data (TPMS_ATTEST, TPMT_SIGNATURE,
+//!   PCR values), its parser and its verifier (ECDSA P-256), and the export
+//!   for `tpm2_checkquote`.
+//! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
+//!
+//! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
+//! responder's laptop. docs/DESIGN.md describes every format byte by byte.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod bundle;
 pub mod chain;
+pub mod evidence;
 pub mod record;
 pub mod verify;
+
+#[cfg(feature = "tpm")]
+pub mod tpm;
 
 pub use chain::{ChainSummary, Damage};
 pub use record::{entry_hash, Hash, RecordHeader, GENESIS_PREV, HEADER_LEN, RECORD_VERSION};

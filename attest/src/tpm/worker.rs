@@ -1,0 +1,312 @@
+//! One `tss_esapi::Context`, owned by one dedicated thread; a cheap cloneable async
+//! [`TpmHandle`] sends it requests.
+//!
+//! Contract of the worker thread:
+//! * requests are served one at a time, in arrival order (the TPM is single-threaded);
+//! * a failed request returns its error to its caller and the thread goes on;
+//! * after a transport failure (or a TPM restart under an open connection) the thread
+//!   drops its connection; the next request reconnects, re-derives the AK and re-opens
+//!   the counter, so requests succeed again once the TPM is back;
+//! * the AK (the only transient object) is flushed whenever a connection is dropped;
+//! * the thread exits when every [`TpmHandle`] is dropped, flushing and closing first.
+
+use tokio::sync::{mpsc, oneshot};
+use tss_esapi::handles::NvIndexHandle;
+use tss_esapi::Context;
+
+use crate::evidence::Evidence;
+use crate::tpm::error::{classify, TpmError};
+use crate::tpm::ops::{self, AnchorKeys, PcrSpec};
+use crate::tpm::provision::{self, AkPublic, EkCertificate, LoadedAk, DEFAULT_COUNTER_INDEX};
+use crate::tpm::tcti::{self, TpmVendorInfo};
+
+/// Default bound of the request queue: callers wait (backpressure) beyond it.
+pub const DEFAULT_QUEUE_DEPTH: usize = 16;
+
+/// Worker configuration.
+#[derive(Debug, Clone)]
+pub struct TpmConfig {
+    /// Explicit TCTI; `None` falls back to `TCTI`, `TPM2TOOLS_TCTI`, `device:/dev/tpmrm0`.
+    pub tcti: Option<String>,
+    /// NV counter index handle (owner range 0x01xxxxxx).
+    pub counter_index: u32,
+    /// Owner hierarchy authorization value (empty on a fresh TPM).
+    pub owner_auth: Vec<u8>,
+    /// Endorsement hierarchy authorization value (the AK is an endorsement primary).
+    pub endorsement_auth: Vec<u8>,
+    /// PCRs to quote.
+    pub pcrs: PcrSpec,
+    /// Bound of the request queue.
+    pub queue_depth: usize,
+}
+
+impl Default for TpmConfig {
+    fn default() -> Self {
+        TpmConfig {
+            tcti: None,
+            counter_index: DEFAULT_COUNTER_INDEX,
+            owner_auth: Vec::new(),
+            endorsement_auth: Vec::new(),
+            pcrs: PcrSpec::default(),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+        }
+    }
+}
+
+/// Result of provisioning.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// The AK's public part (same on every call for a given TPM).
+    pub ak: AkPublic,
+    /// Counter index handle.
+    pub counter_index: u32,
+    /// Counter value after provisioning.
+    pub counter: u64,
+    /// Whether this call defined the counter (false: it already existed).
+    pub counter_defined_now: bool,
+    /// EK certificates found in NV.
+    pub ek_certificates: Vec<EkCertificate>,
+    /// The TPM's self-description.
+    pub vendor: TpmVendorInfo,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, TpmError>>;
+
+/// A request to the worker thread.
+#[derive(Debug)]
+enum Request {
+    Provision(Reply<Provisioned>),
+    ReadCounter(Reply<u64>),
+    Increment(Reply<u64>),
+    Anchor([u8; 32], Reply<Evidence>),
+    Fresh([u8; 32], Reply<Evidence>),
+    VendorInfo(Reply<TpmVendorInfo>),
+    Release(Reply<()>),
+}
+
+/// Cheap cloneable handle to the TPM worker thread.
+#[derive(Debug, Clone)]
+pub struct TpmHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl TpmHandle {
+    /// Starts the worker thread. Does not touch the TPM: the first request connects (so
+    /// a missing TPM is reported by that request as [`TpmError::NoTpm`]).
+    pub fn spawn(config: TpmConfig) -> Result<TpmHandle, TpmError> {
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let tcti = tcti::resolve_tcti(config.tcti.as_deref());
+        std::thread::Builder::new()
+            .name("tpm-worker".into())
+            .spawn(move || {
+                Worker {
+                    config,
+                    tcti,
+                    conn: None,
+                }
+                .run(rx)
+            })
+            .map_err(TpmError::SpawnWorker)?;
+        Ok(TpmHandle { tx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, TpmError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| TpmError::WorkerGone)?;
+        rx.await.map_err(|_| TpmError::WorkerGone)?
+    }
+
+    /// Provisions idempotently: counter index (defined + incremented once if absent,
+    /// attributes checked if present), AK, EK certificates, vendor info.
+    pub async fn provision(&self) -> Result<Provisioned, TpmError> {
+        self.call(Request::Provision).await
+    }
+
+    /// Reads the counter's current value.
+    pub async fn read_counter(&self) -> Result<u64, TpmError> {
+        self.call(Request::ReadCounter).await
+    }
+
+    /// Increments the counter and returns its new value.
+    pub async fn increment(&self) -> Result<u64, TpmError> {
+        self.call(Request::Increment).await
+    }
+
+    /// Increments the counter, then NV_Certify + Quote with `qualifying_data`.
+    pub async fn anchor(&self, qualifying_data: [u8; 32]) -> Result<Evidence, TpmError> {
+        self.call(|r| Request::Anchor(qualifying_data, r)).await
+    }
+
+    /// NV_Certify + Quote with `nonce_digest`, without incrementing.
+    pub async fn attest_fresh(&self, nonce_digest: [u8; 32]) -> Result<Evidence, TpmError> {
+        self.call(|r| Request::Fresh(nonce_digest, r)).await
+    }
+
+    /// Manufacturer / vendor strings (see [`TpmVendorInfo::is_software_tpm`]).
+    pub async fn vendor_info(&self) -> Result<TpmVendorInfo, TpmError> {
+        self.call(Request::VendorInfo).await
+    }
+
+    /// Drops the connection (flushing the AK); the next request reconnects. Lets another
+    /// client use a TPM that serves one connection at a time (swtpm without a resource
+    /// manager).
+    pub async fn release(&self) -> Result<(), TpmError> {
+        self.call(Request::Release).await
+    }
+}
+
+/// One live TPM connection with what Tally keeps loaded in it.
+struct Connection {
+    ctx: Context,
+    ak: LoadedAk,
+    /// ESYS handle of the counter index, opened on first use.
+    counter: Option<NvIndexHandle>,
+}
+
+impl Connection {
+    /// Connects, sets hierarchy auths and re-derives the AK.
+    fn open(config: &TpmConfig, tcti: &str) -> Result<Connection, TpmError> {
+        let conf = tcti::parse_tcti(tcti)?;
+        let mut ctx = Context::new(conf).map_err(|e| match classify("connect", e) {
+            TpmError::Communication { rc, .. } => TpmError::NoTpm {
+                tcti: tcti.to_owned(),
+                rc,
+            },
+            other => other,
+        })?;
+        provision::set_hierarchy_auth(&mut ctx, &config.owner_auth, &config.endorsement_auth)?;
+        let ak = provision::load_ak(&mut ctx)?;
+        Ok(Connection {
+            ctx,
+            ak,
+            counter: None,
+        })
+    }
+
+    /// The counter's ESYS handle, opening it if needed; `CounterNotDefined` if absent.
+    fn counter(&mut self, index: u32) -> Result<NvIndexHandle, TpmError> {
+        if let Some(h) = self.counter {
+            return Ok(h);
+        }
+        let h = provision::open_nv_index(&mut self.ctx, index)?
+            .ok_or(TpmError::CounterNotDefined { index })?;
+        self.counter = Some(h);
+        Ok(h)
+    }
+
+    fn anchor_keys(&mut self, index: u32) -> Result<AnchorKeys, TpmError> {
+        Ok(AnchorKeys {
+            ak: self.ak.handle,
+            counter: self.counter(index)?,
+            counter_index: index,
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Flush the AK explicitly (without a resource manager it would otherwise occupy
+        // a transient slot until TPM reset). Errors are moot if the TPM is gone.
+        if let Err(e) = self.ctx.flush_context(self.ak.handle.into()) {
+            tracing::debug!(error = %e, "flushing the AK on disconnect failed");
+        }
+    }
+}
+
+struct Worker {
+    config: TpmConfig,
+    tcti: String,
+    conn: Option<Connection>,
+}
+
+impl Worker {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(req) = rx.blocking_recv() {
+            match req {
+                Request::Provision(r) => {
+                    let _ = r.send(self.with_conn(provision_all));
+                }
+                Request::ReadCounter(r) => {
+                    let _ = r.send(self.with_conn(|c, cfg| {
+                        let h = c.counter(cfg.counter_index)?;
+                        provision::read_counter(&mut c.ctx, h)
+                    }));
+                }
+                Request::Increment(r) => {
+                    let _ = r.send(self.with_conn(|c, cfg| {
+                        let h = c.counter(cfg.counter_index)?;
+                        provision::increment_counter(&mut c.ctx, h)?;
+                        provision::read_counter(&mut c.ctx, h)
+                    }));
+                }
+                Request::Anchor(qd, r) => {
+                    let _ = r.send(self.with_conn(|c, cfg| {
+                        let keys = c.anchor_keys(cfg.counter_index)?;
+                        ops::anchor(&mut c.ctx, &keys, &cfg.pcrs, &qd)
+                    }));
+                }
+                Request::Fresh(nonce, r) => {
+                    let _ = r.send(self.with_conn(|c, cfg| {
+                        let keys = c.anchor_keys(cfg.counter_index)?;
+                        ops::attest_fresh(&mut c.ctx, &keys, &cfg.pcrs, &nonce)
+                    }));
+                }
+                Request::VendorInfo(r) => {
+                    let _ = r.send(self.with_conn(|c, _| tcti::read_vendor_info(&mut c.ctx)));
+                }
+                Request::Release(r) => {
+                    self.conn = None;
+                    let _ = r.send(Ok(()));
+                }
+            }
+        }
+        tracing::debug!("all TPM handles dropped; worker exits");
+    }
+
+    /// Runs `op` on the live connection, connecting first if there is none; drops the
+    /// connection when the error says it is unusable.
+    fn with_conn<T>(
+        &mut self,
+        op: impl FnOnce(&mut Connection, &TpmConfig) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(Connection::open(&self.config, &self.tcti)?),
+        };
+        let result = op(conn, &self.config);
+        if let Err(e) = &result {
+            if e.needs_reconnect() {
+                tracing::warn!(error = %e, "TPM connection dropped; will reconnect on next request");
+                self.conn = None;
+            }
+        }
+        result
+    }
+}
+
+fn provision_all(c: &mut Connection, cfg: &TpmConfig) -> Result<Provisioned, TpmError> {
+    let vendor = tcti::read_vendor_info(&mut c.ctx)?;
+    if vendor.is_software_tpm() {
+        tracing::warn!(
+            manufacturer = %vendor.manufacturer,
+            vendor = %vendor.vendor,
+            "SOFTWARE TPM: anchors prove nothing against root on this host"
+        );
+    }
+    let state = provision::ensure_counter(&mut c.ctx, cfg.counter_index, c.counter)?;
+    c.counter = Some(state.handle);
+    let ek_certificates = provision::read_ek_certificates(&mut c.ctx)?;
+    Ok(Provisioned {
+        ak: c.ak.public.clone(),
+        counter_index: cfg.counter_index,
+        counter: state.value,
+        counter_defined_now: state.defined_now,
+        ek_certificates,
+        vendor,
+    })
+}
