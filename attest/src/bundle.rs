@@ -9,9 +9,11 @@
 //! ```
 //!
 //! Sections, in this order: one [`SectionKind::Header`] (protobuf
-//! [`BundleHeader`]), `header.size` [`SectionKind::Record`] sections (the
-//! stored record bytes, verbatim), then one [`SectionKind::End`] with no bytes,
-//! and nothing after it. A missing end section means the file was cut short.
+//! [`BundleHeader`]), zero or more [`SectionKind::Anchor`] (protobuf
+//! `AnchorRecord`, in counter order), `header.size` [`SectionKind::Record`]
+//! sections (the stored record bytes, verbatim), then one
+//! [`SectionKind::End`] with no bytes, and nothing after it. A missing end
+//! section means the file was cut short.
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -32,6 +34,7 @@ pub const MAX_SECTION_LEN: u32 = 64 << 20;
 pub enum SectionKind {
     Header = 0x01,
     Record = 0x02,
+    Anchor = 0x03,
     End = 0x7f,
 }
 
@@ -126,6 +129,11 @@ impl<W: Write> BundleWriter<W> {
         Ok(writer)
     }
 
+    /// Appends one anchor record; all anchors come before the first record.
+    pub fn anchor(&mut self, anchor: &[u8]) -> io::Result<()> {
+        self.section(SectionKind::Anchor, anchor)
+    }
+
     /// Appends one stored record, verbatim.
     pub fn record(&mut self, record: &[u8]) -> io::Result<()> {
         self.section(SectionKind::Record, record)
@@ -154,6 +162,10 @@ impl<W: Write> BundleWriter<W> {
 pub struct BundleReader<R: BufRead> {
     input: R,
     header: BundleHeader,
+    /// The anchor sections, read with the header.
+    anchors: Vec<Vec<u8>>,
+    /// The first section after the anchors, read ahead.
+    pending: Option<(SectionKind, Vec<u8>, u64)>,
     /// Byte offset of the next section, for error messages.
     offset: u64,
     /// Set once the end section was read.
@@ -171,6 +183,8 @@ impl<R: BufRead> BundleReader<R> {
         let mut reader = BundleReader {
             input,
             header: BundleHeader::default(),
+            anchors: Vec::new(),
+            pending: None,
             offset: MAGIC.len() as u64,
             done: false,
         };
@@ -191,7 +205,23 @@ impl<R: BufRead> BundleReader<R> {
         }
         header.head()?;
         reader.header = header;
+        loop {
+            let offset = reader.offset;
+            let mut section = Vec::new();
+            match reader.section(&mut section)? {
+                SectionKind::Anchor => reader.anchors.push(section),
+                kind => {
+                    reader.pending = Some((kind, section, offset));
+                    break;
+                }
+            }
+        }
         Ok(reader)
+    }
+
+    /// The anchor sections (protobuf `AnchorRecord` bytes), in file order.
+    pub fn anchors(&self) -> &[Vec<u8>] {
+        &self.anchors
     }
 
     /// The bundle's header.
@@ -205,8 +235,17 @@ impl<R: BufRead> BundleReader<R> {
         if self.done {
             return Ok(false);
         }
-        let offset = self.offset;
-        match self.section(buf)? {
+        let (kind, offset) = match self.pending.take() {
+            Some((kind, bytes, offset)) => {
+                *buf = bytes;
+                (kind, offset)
+            }
+            None => {
+                let offset = self.offset;
+                (self.section(buf)?, offset)
+            }
+        };
+        match kind {
             SectionKind::Record => Ok(true),
             SectionKind::End => {
                 self.done = true;
@@ -216,11 +255,13 @@ impl<R: BufRead> BundleReader<R> {
                 }
                 Ok(false)
             }
-            found @ SectionKind::Header => Err(BundleError::UnexpectedSection {
-                expected: SectionKind::Record,
-                found,
-                offset,
-            }),
+            found @ (SectionKind::Header | SectionKind::Anchor) => {
+                Err(BundleError::UnexpectedSection {
+                    expected: SectionKind::Record,
+                    found,
+                    offset,
+                })
+            }
         }
     }
 
@@ -231,6 +272,7 @@ impl<R: BufRead> BundleReader<R> {
         let kind = match head[0] {
             0x01 => SectionKind::Header,
             0x02 => SectionKind::Record,
+            0x03 => SectionKind::Anchor,
             0x7f => SectionKind::End,
             kind => return Err(BundleError::UnknownSection { kind, offset }),
         };
@@ -299,6 +341,33 @@ mod tests {
             read_all(&bytes).unwrap(),
             vec![b"one".to_vec(), vec![], b"three".to_vec()]
         );
+    }
+
+    #[test]
+    fn anchors_come_before_records() {
+        let mut writer = BundleWriter::new(Vec::new(), &header(1)).unwrap();
+        writer.anchor(b"a1").unwrap();
+        writer.anchor(b"a2").unwrap();
+        writer.record(b"r").unwrap();
+        let bytes = writer.finish().unwrap();
+        let mut reader = BundleReader::new(bytes.as_slice()).unwrap();
+        assert_eq!(reader.anchors(), &[b"a1".to_vec(), b"a2".to_vec()]);
+        let mut buf = Vec::new();
+        assert!(reader.next_record(&mut buf).unwrap());
+        assert_eq!(buf, b"r");
+        assert!(!reader.next_record(&mut buf).unwrap());
+
+        let mut writer = BundleWriter::new(Vec::new(), &header(1)).unwrap();
+        writer.record(b"r").unwrap();
+        writer.anchor(b"late").unwrap();
+        let bytes = writer.finish().unwrap();
+        assert!(matches!(
+            read_all(&bytes),
+            Err(BundleError::UnexpectedSection {
+                found: SectionKind::Anchor,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -134,7 +134,20 @@ pub fn verify_chain<S: RecordSource>(
     source: &mut S,
     declared_size: u64,
     declared_head: &Hash,
+    progress: impl FnMut(u64),
+) -> Result<ChainSummary, ChainError<S::Error>> {
+    verify_chain_observed(source, declared_size, declared_head, progress, |_, _| {})
+}
+
+/// [`verify_chain`], calling `observe(size, head)` after each record with the
+/// log size so far and the entry hash of its last record (so a caller can
+/// compare checkpoints at those sizes).
+pub fn verify_chain_observed<S: RecordSource>(
+    source: &mut S,
+    declared_size: u64,
+    declared_head: &Hash,
     mut progress: impl FnMut(u64),
+    mut observe: impl FnMut(u64, &Hash),
 ) -> Result<ChainSummary, ChainError<S::Error>> {
     let damaged = |damage| Err(ChainError::Damaged(damage));
     let mut buf = Vec::new();
@@ -175,6 +188,7 @@ pub fn verify_chain<S: RecordSource>(
         }
         running = entry_hash(&buf);
         position += 1;
+        observe(position, &running);
         if position.is_multiple_of(65_536) {
             progress(position);
         }

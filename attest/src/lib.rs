@@ -27,4 +27,4 @@ pub mod tpm;
 
 pub use chain::{ChainSummary, Damage};
 pub use record::{entry_hash, Hash, RecordHeader, GENESIS_PREV, HEADER_LEN, RECORD_VERSION};
-pub use verify::{verify_bundle, BundleVerdict, VerifyError};
+pub use verify::{verify_bundle, Report, VerifyError, VerifyOptions};

@@ -157,6 +157,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// A fresh TPM attestation for `nonce` (1 to 64 bytes): the bytes of a
+    /// `tally_attest::anchor::FreshAttestation`.
+    pub async fn attest(&mut self, nonce: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let id = self
+            .send(request::Body::Attest(proto::AttestRequest { nonce }))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Attest(reply) => Ok(reply.attestation),
+            other => Err(unexpected("attest", &other)),
+        }
+    }
+
+    /// Anchors the current head now; returns the counter value and the
+    /// `tally_attest::anchor::AnchorRecord` bytes.
+    pub async fn anchor(&mut self) -> Result<(u64, Vec<u8>), ClientError> {
+        let id = self
+            .send(request::Body::Anchor(proto::AnchorRequest {}))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Anchor(reply) => Ok((reply.counter, reply.anchor)),
+            other => Err(unexpected("anchor", &other)),
+        }
+    }
+
+    /// Stored anchors with counter values from `from_counter` on (0 = the
+    /// daemon's page size).
+    pub async fn read_anchors(
+        &mut self,
+        from_counter: u64,
+        max_anchors: u32,
+    ) -> Result<Vec<proto::StoredAnchor>, ClientError> {
+        let id = self
+            .send(request::Body::ReadAnchors(proto::ReadAnchorsRequest {
+                from_counter,
+                max_anchors,
+            }))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Anchors(anchors) => Ok(anchors.anchors),
+            other => Err(unexpected("read_anchors", &other)),
+        }
+    }
+
     /// Follows the log from `from_seq`: every stored record, then each new one
     /// as it is committed. The connection is dedicated to the stream.
     pub async fn follow(mut self, from_seq: u64) -> Result<Follow<S>, ClientError> {
@@ -239,6 +282,9 @@ fn unexpected(request: &str, body: &response::Body) -> ClientError {
         response::Body::Records(_) => "records",
         response::Body::Status(_) => "status",
         response::Body::Error(_) => "error",
+        response::Body::Attest(_) => "attest",
+        response::Body::Anchor(_) => "anchor",
+        response::Body::Anchors(_) => "anchors",
     };
     ClientError::Protocol(format!("a {kind} response to a {request} request"))
 }

@@ -15,6 +15,8 @@ use crate::{Client, ClientError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportSummary {
     pub size: u64,
+    /// Anchors written (those covering at most `size` records).
+    pub anchors: usize,
     pub head_hash: [u8; 32],
     pub path: PathBuf,
 }
@@ -64,6 +66,26 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
             status.server_name
         ),
     };
+    // Anchors that cover at most the exported records, in counter order.
+    let mut anchors = Vec::new();
+    let mut from_counter = 0u64;
+    loop {
+        let page = client.read_anchors(from_counter, 0).await?;
+        let Some(last) = page.last() else { break };
+        from_counter = last.counter + 1;
+        for stored in page {
+            let record = tally_attest::anchor::decode_anchor(&stored.anchor).map_err(|err| {
+                ExportError::Inconsistent(format!("anchor {}: {err}", stored.counter))
+            })?;
+            let checkpoint =
+                tally_attest::anchor::Checkpoint::parse(&record.checkpoint).map_err(|err| {
+                    ExportError::Inconsistent(format!("anchor {}: {err}", stored.counter))
+                })?;
+            if checkpoint.size <= status.size {
+                anchors.push(stored.anchor);
+            }
+        }
+    }
     let partial = path.with_extension("partial");
     let write_err = |source| ExportError::Write {
         path: partial.clone(),
@@ -72,6 +94,9 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     let file = File::create(&partial).map_err(write_err)?;
     let mut writer =
         BundleWriter::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(write_err)?;
+    for anchor in &anchors {
+        writer.anchor(anchor).map_err(write_err)?;
+    }
 
     let mut next = 0u64;
     let mut running = GENESIS_PREV;
@@ -123,6 +148,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     }
     Ok(ExportSummary {
         size: status.size,
+        anchors: anchors.len(),
         head_hash,
         path: path.to_owned(),
     })

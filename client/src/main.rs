@@ -4,8 +4,7 @@
 //! 2 any other error (bad usage, daemon unreachable, I/O).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tally_client::proto::{Event, StoredRecord};
 use tally_client::{record, Ack, Client};
+
+mod cli;
 
 const DEFAULT_SOCKET: &str = "/run/tally/tally.sock";
 const CLIENT_NAME: &str = concat!("tally-cli/", env!("CARGO_PKG_VERSION"));
@@ -56,14 +57,31 @@ enum Command {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Verify a bundle offline (no daemon needed). Exits 1 naming the first
-    /// damaged seq and the kind of damage.
-    Verify {
-        /// The bundle file.
-        bundle: PathBuf,
-        /// Print the verdict as JSON.
+    /// Verify a bundle offline (no daemon, no TPM needed): chain intact,
+    /// anchors valid (--ak), counter continuous, current (--attestation,
+    /// --nonce). Exits 1 naming the first violation.
+    Verify(cli::verify::VerifyArgs),
+    /// Get a fresh TPM attestation bound to your nonce.
+    Attest {
+        /// Your nonce, hex (1 to 64 bytes); pass the same to `tally verify --nonce`.
         #[arg(long)]
-        json: bool,
+        nonce: String,
+        /// Where to write the attestation.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Anchor the log's head in the TPM now (instead of waiting for the interval).
+    Anchor,
+    /// Write each anchor's quote of a bundle as the files tpm2_checkquote reads,
+    /// and print the tpm2_checkquote command for each.
+    QuoteFiles {
+        bundle: PathBuf,
+        /// The AK public key (PEM).
+        #[arg(long)]
+        ak: PathBuf,
+        /// Directory to write anchor-<counter>/ directories into.
+        #[arg(long)]
+        out_dir: PathBuf,
     },
     /// Show the log's size, head and store figures.
     Status {
@@ -152,7 +170,16 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Verify { bundle, json } => return verify(&bundle, json),
+        Command::Verify(args) => return verify(&args),
+        Command::QuoteFiles {
+            bundle,
+            ak,
+            out_dir,
+        } => cli::tpm::quote_files(&bundle, &ak, &out_dir)?,
+        Command::Attest { nonce, out } => {
+            cli::tpm::attest(&mut connect(&cli.socket).await?, &nonce, &out).await?
+        }
+        Command::Anchor => cli::tpm::anchor(&mut connect(&cli.socket).await?).await?,
         Command::Append(args) => append(&cli.socket, args).await?,
         Command::Tail { from, follow, json } => tail(&cli.socket, from, follow, json).await?,
         Command::Export { out } => export(&cli.socket, &out).await?,
@@ -332,63 +359,23 @@ async fn export(socket: &Path, out: &Path) -> anyhow::Result<()> {
     .await?;
     bar.finish_and_clear();
     println!(
-        "exported {} records to {} (head {})",
+        "exported {} records and {} anchors to {} (head {})",
         summary.size,
+        summary.anchors,
         summary.path.display(),
         hex::encode(summary.head_hash)
     );
     Ok(())
 }
 
-fn verify(bundle: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let file = File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
+fn verify(args: &cli::verify::VerifyArgs) -> anyhow::Result<ExitCode> {
     let bar = progress_bar("verifying");
-    let result =
-        tally_attest::verify_bundle(BufReader::with_capacity(1 << 20, file), |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        });
+    let code = cli::verify::run(args, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
     bar.finish_and_clear();
-    match result {
-        Ok(verdict) => {
-            if json {
-                println!(
-                    "{}",
-                    json!({
-                        "ok": true,
-                        "size": verdict.chain.size,
-                        "head_hash": hex::encode(verdict.chain.head_hash),
-                        "log_id": hex::encode(&verdict.header.log_id),
-                    })
-                );
-            } else {
-                println!(
-                    "chain intact: OK ({} records, head {})",
-                    verdict.chain.size,
-                    hex::encode(verdict.chain.head_hash)
-                );
-                println!(
-                    "note: this bundle carries no TPM anchors yet; a consistent rewrite of the whole bundle is not detectable from it alone"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(err) => {
-            let first_bad_seq = match &err {
-                tally_attest::VerifyError::Damaged(damage) => Some(damage.first_bad_seq()),
-                _ => None,
-            };
-            if json {
-                println!(
-                    "{}",
-                    json!({"ok": false, "error": err.to_string(), "first_bad_seq": first_bad_seq})
-                );
-            } else {
-                println!("chain intact: FAILED: {err}");
-            }
-            Ok(ExitCode::from(1))
-        }
-    }
+    code
 }
 
 async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
@@ -407,6 +394,12 @@ async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
                 "store_map_bytes": status.store_map_bytes,
                 "disk_free_bytes": status.disk_free_bytes,
                 "queued_events": status.queued_events,
+                "tpm_enabled": status.tpm_enabled,
+                "last_anchor_counter": status.last_anchor_counter,
+                "last_anchor_size": status.last_anchor_size,
+                "last_anchor_age_millis": status.last_anchor_age_millis,
+                "unanchored_events": status.unanchored_events,
+                "last_anchor_error": status.last_anchor_error,
             })
         );
     } else {
@@ -420,6 +413,21 @@ async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         );
         println!("disk free:     {} bytes", status.disk_free_bytes);
         println!("queued events: {}", status.queued_events);
+        if status.tpm_enabled {
+            println!(
+                "last anchor:   TPM counter {} covering {} records, {} ms ago (every {} s when the log grows)",
+                status.last_anchor_counter,
+                status.last_anchor_size,
+                status.last_anchor_age_millis,
+                status.anchor_interval_millis / 1000
+            );
+            println!("unanchored:    {} records", status.unanchored_events);
+            if !status.last_anchor_error.is_empty() {
+                println!("anchor error:  {}", status.last_anchor_error);
+            }
+        } else {
+            println!("TPM:           OFF (hash chain only)");
+        }
     }
     Ok(())
 }

@@ -24,6 +24,70 @@ pub const DEFAULT_READ_PAGE_RECORDS: usize = 1024;
 pub const DEFAULT_MAP_INITIAL_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// tss-esapi logs every context close at info; keep it to warnings.
+pub const DEFAULT_LOG: &str = "info,tss_esapi=warn";
+/// Default NV counter index (owner range).
+pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
+pub const DEFAULT_PCRS: &str = "sha256:0,1,2,3,4,5,6,7";
+/// Default anchoring interval: at most 3.15M increments a year on a busy log.
+/// The counter is ORDERLY, so the TPM writes it to NV once per 256 increments
+/// (reference implementation): about 12,300 NV writes a year, 40 years of a
+/// 500k-write NV rating. See docs/DESIGN.md, "NV wear and exposure window".
+pub const DEFAULT_ANCHOR_INTERVAL_SECS: u64 = 10;
+pub const DEFAULT_TPM_TIMEOUT_SECS: u64 = 30;
+
+/// TPM anchoring settings (`[tpm]` in the file).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpmSettings {
+    /// Anchor the log in the TPM. Off: a hash chain only (not protected
+    /// against a root attacker; a warning is logged at start).
+    pub enabled: bool,
+    /// TCTI; unset: `TCTI`, then `TPM2TOOLS_TCTI`, then `device:/dev/tpmrm0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcti: Option<String>,
+    /// NV counter index handle, e.g. "0x01c17a11".
+    pub counter_index: String,
+    /// PCRs quoted with every anchor, tpm2-tools syntax (SHA-256 bank only).
+    pub pcrs: String,
+    /// Anchor the head this often when the log grew (seconds).
+    pub anchor_interval_secs: u64,
+    /// Give up on a TPM command after this long (the attempt is retried later).
+    pub timeout_secs: u64,
+}
+
+impl Default for TpmSettings {
+    fn default() -> Self {
+        TpmSettings {
+            enabled: true,
+            tcti: None,
+            counter_index: format!("{DEFAULT_COUNTER_INDEX:#010x}"),
+            pcrs: DEFAULT_PCRS.into(),
+            anchor_interval_secs: DEFAULT_ANCHOR_INTERVAL_SECS,
+            timeout_secs: DEFAULT_TPM_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl TpmSettings {
+    /// The counter index as a number.
+    pub fn counter_index(&self) -> Result<u32, ConfigError> {
+        let digits = self
+            .counter_index
+            .trim_start_matches("0x")
+            .trim_start_matches("0X");
+        u32::from_str_radix(digits, 16)
+            .ok()
+            .filter(|index| (0x0100_0000..0x0200_0000).contains(index))
+            .ok_or_else(|| ConfigError::Invalid {
+                field: "tpm.counter_index",
+                message: format!(
+                    "{:?} is not an NV index handle 0x01000000..0x01ffffff",
+                    self.counter_index
+                ),
+            })
+    }
+}
 
 /// The daemon's settings. Every field has a default; see `tallyd.example.toml`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -63,6 +127,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Log filter (tracing's env-filter syntax), e.g. "info" or "tally_daemon=debug".
     pub log: String,
+    /// TPM anchoring.
+    pub tpm: TpmSettings,
 }
 
 impl Default for Config {
@@ -84,7 +150,8 @@ impl Default for Config {
             map_initial_bytes: DEFAULT_MAP_INITIAL_BYTES,
             map_max_bytes: DEFAULT_MAP_MAX_BYTES,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
-            log: "info".into(),
+            log: DEFAULT_LOG.into(),
+            tpm: TpmSettings::default(),
         }
     }
 }
@@ -163,6 +230,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "max_frame_bytes",
                 message: "must be below 1 GiB".into(),
+            });
+        }
+        self.tpm.counter_index()?;
+        if self.tpm.enabled && self.tpm.anchor_interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "tpm.anchor_interval_secs",
+                message: "must be at least 1".into(),
             });
         }
         if self.map_initial_bytes < 1 << 20 || self.map_max_bytes < self.map_initial_bytes {

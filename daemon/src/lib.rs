@@ -5,6 +5,7 @@
 //! single writer: group commit, acks) -> [`store`] (LMDB). [`run`] wires them
 //! together; tests call it with a temporary data directory and socket.
 
+pub mod anchor;
 pub mod config;
 pub mod datadir;
 pub mod sequencer;
@@ -12,17 +13,23 @@ pub mod server;
 pub mod socket;
 pub mod store;
 
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tally_attest::tpm::error::TpmError;
+use tally_attest::tpm::ops::PcrSpec;
+use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::anchor::{Anchorer, StartupError};
 use crate::config::{Config, ConfigError};
 use crate::datadir::{DataDirError, DataDirLock};
-use crate::server::Shared;
+use crate::server::{Anchoring, Shared};
 use crate::socket::SocketError;
+use crate::store::Head;
 use crate::store::{Store, StoreError};
 
 /// e.g. "tallyd/0.1.0".
@@ -40,12 +47,108 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error("TPM: {0}")]
+    Tpm(#[from] TpmError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Choices made on the command line for one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Operator override: start although the TPM counter does not match the
+    /// store (logged; verifiers still report the gap).
+    pub accept_rollback: bool,
+}
+
+/// Starts the TPM worker and provisions idempotently: the counter index and
+/// the attestation key. Writes the AK public key (PEM and TPM2B_PUBLIC) and
+/// any EK certificates to `<data_dir>/tpm/`.
+pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), DaemonError> {
+    let tpm = TpmHandle::spawn(TpmConfig {
+        tcti: config.tpm.tcti.clone(),
+        counter_index: config.tpm.counter_index()?,
+        pcrs: PcrSpec::parse(&config.tpm.pcrs)?,
+        ..TpmConfig::default()
+    })?;
+    let provisioned = tpm.provision().await?;
+    let dir = config.data_dir.join("tpm");
+    write_file(&dir, "ak.pem", provisioned.ak.pem.as_bytes())?;
+    write_file(&dir, "ak.pub", &provisioned.ak.tpm2b_public)?;
+    for cert in &provisioned.ek_certificates {
+        write_file(&dir, &format!("ek-{:08x}.der", cert.index), &cert.der)?;
+    }
+    if provisioned.vendor.is_software_tpm() {
+        tracing::warn!(
+            manufacturer = %provisioned.vendor.manufacturer,
+            vendor = %provisioned.vendor.vendor,
+            "THIS IS A SOFTWARE TPM: its keys and counter live in files a root attacker can change; anchors prove nothing against root here"
+        );
+    }
+    tracing::info!(
+        counter_index = format_args!("{:#010x}", provisioned.counter_index),
+        counter = provisioned.counter,
+        defined_now = provisioned.counter_defined_now,
+        ak = %dir.join("ak.pem").display(),
+        "TPM provisioned"
+    );
+    Ok((tpm, provisioned))
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DaemonError> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, bytes))
+        .map_err(|source| DaemonError::WriteFile { path, source })
+}
+
+/// Provisions, runs the start-up check (which completes an interrupted
+/// anchor, or refuses a store that is behind the TPM), and starts the
+/// anchoring task.
+async fn start_anchoring(
+    config: &Config,
+    options: RunOptions,
+    store: &Arc<store::Store>,
+    head: watch::Receiver<Head>,
+    shutdown: &CancellationToken,
+) -> Result<(Anchoring, tokio::task::JoinHandle<Anchorer>), DaemonError> {
+    let (tpm, _) = provision(config).await?;
+    let interval = Duration::from_secs(config.tpm.anchor_interval_secs);
+    let mut anchorer = Anchorer::new(
+        store.clone(),
+        tpm.clone(),
+        head,
+        interval,
+        Duration::from_secs(config.tpm.timeout_secs),
+    )?;
+    anchorer.startup_check(options.accept_rollback).await?;
+    let status = anchorer.status.clone();
+    let (commands, commands_rx) = mpsc::channel(16);
+    let task = tokio::spawn(anchorer.run(interval, commands_rx, shutdown.clone()));
+    Ok((
+        Anchoring {
+            tpm,
+            commands,
+            status,
+            timeout: Duration::from_secs(config.tpm.timeout_secs),
+        },
+        task,
+    ))
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains: stops
 /// accepting, answers every request already read (committing and acking its
 /// events), stops the sequencer, removes the socket file.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+pub async fn run(
+    config: &Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
     let mode = config.validate()?;
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Arc::new(Store::open(
@@ -55,6 +158,21 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Dae
     let head = store.head()?;
     let (sequencer, sequencer_thread) =
         sequencer::start(store.clone(), config.queue_jobs, config.batch_policy())?;
+    let (anchoring, anchor_task) = if config.tpm.enabled {
+        let anchor_shutdown = CancellationToken::new();
+        let (anchoring, task) = start_anchoring(
+            config,
+            options,
+            &store,
+            sequencer.head.clone(),
+            &anchor_shutdown,
+        )
+        .await?;
+        (Some(anchoring), Some((task, anchor_shutdown)))
+    } else {
+        tracing::warn!("TPM anchoring is OFF: the log is a hash chain only, and a root attacker can rewrite it undetected");
+        (None, None)
+    };
     let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
     tracing::info!(
         socket = %config.socket.display(),
@@ -72,6 +190,7 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Dae
         limits: config.limits(),
         server_name: SERVER_NAME.into(),
         data_dir: config.data_dir.clone(),
+        anchoring,
     });
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let drained = server::run(listener, shared.clone(), shutdown, grace).await;
@@ -83,6 +202,14 @@ pub async fn run(config: &Config, shutdown: CancellationToken) -> Result<(), Dae
         // Every sender is gone: the sequencer commits what is queued and stops.
         if sequencer_thread.join().is_err() {
             tracing::error!("the sequencer thread panicked");
+        }
+    }
+    if let Some((task, anchor_shutdown)) = anchor_task {
+        // Stop periodic anchoring, then anchor what the drain committed.
+        anchor_shutdown.cancel();
+        match task.await {
+            Ok(mut anchorer) => anchorer.final_anchor().await,
+            Err(err) => tracing::error!(%err, "the anchoring task failed"),
         }
     }
     tracing::info!(lock = %lock.path().display(), "stopped");

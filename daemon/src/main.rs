@@ -1,12 +1,14 @@
 //! The `tallyd` binary: configuration, logging, signals.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_daemon::config::Config;
 use tally_daemon::datadir::{self, DataDirLock};
 use tally_daemon::store::Store;
+use tally_daemon::RunOptions;
 use tokio_util::sync::CancellationToken;
 
 /// tallyd: a tamper-evident audit log for AI hosts.
@@ -34,6 +36,16 @@ struct Cli {
     /// Log filter, e.g. "info" or "tally_daemon=debug" [default: info].
     #[arg(long, env = "TALLYD_LOG", global = true)]
     log: Option<String>,
+    /// Run without a TPM: a hash chain only, not protected against a root
+    /// attacker (a warning is logged).
+    #[arg(long, env = "TALLYD_NO_TPM", global = true)]
+    no_tpm: bool,
+    /// TPM TCTI [default: TCTI, then TPM2TOOLS_TCTI, then device:/dev/tpmrm0].
+    #[arg(long, global = true)]
+    tcti: Option<String>,
+    /// Anchoring interval in seconds [default: 10].
+    #[arg(long, env = "TALLYD_ANCHOR_INTERVAL_SECS", global = true)]
+    anchor_interval_secs: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,14 +53,36 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon (the default).
-    Run,
+    Run {
+        /// Start even though the TPM counter is ahead of (or behind) the
+        /// store's newest anchor, i.e. after a detected rollback. Logged; the
+        /// gap stays visible to verifiers.
+        #[arg(long)]
+        accept_rollback: bool,
+    },
+    /// Provision the TPM (idempotent): define the NV counter, derive the
+    /// attestation key, write ak.pem / ak.pub / EK certificates to
+    /// <data_dir>/tpm/, and print the AK public key.
+    Provision,
     /// Check the stored chain offline (the daemon must be stopped) and print its head.
     Check,
     /// Print the effective configuration as TOML and exit.
     Config,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The error chain, without a backtrace even under RUST_BACKTRACE:
+            // operators need the reason, not our stack.
+            eprintln!("tallyd: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
@@ -69,6 +103,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(value) = cli.log {
         config.log = value;
     }
+    if cli.no_tpm {
+        config.tpm.enabled = false;
+    }
+    if let Some(value) = cli.tcti {
+        config.tpm.tcti = Some(value);
+    }
+    if let Some(value) = cli.anchor_interval_secs {
+        config.tpm.anchor_interval_secs = value;
+    }
     config.validate()?;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,8 +121,15 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(config),
+    // libtss2 prints its own errors to stderr; tallyd reports them through tracing.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+NONE");
+    }
+    match cli.command.unwrap_or(Command::Run {
+        accept_rollback: false,
+    }) {
+        Command::Run { accept_rollback } => run(config, RunOptions { accept_rollback }),
+        Command::Provision => provision(&config),
         Command::Check => check(&config),
         Command::Config => {
             print!("{}", config.to_toml()?);
@@ -88,12 +138,36 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tallyd")
         .build()
-        .context("cannot start the async runtime")?;
+        .context("cannot start the async runtime")
+}
+
+fn provision(config: &Config) -> anyhow::Result<()> {
+    let (_, provisioned) = runtime()?.block_on(tally_daemon::provision(config))?;
+    let dir = config.data_dir.join("tpm");
+    eprintln!(
+        "TPM {} {}: counter {:#010x} = {}{}; AK public key written to {}",
+        provisioned.vendor.manufacturer,
+        provisioned.vendor.vendor,
+        provisioned.counter_index,
+        provisioned.counter,
+        if provisioned.counter_defined_now {
+            " (defined now)"
+        } else {
+            ""
+        },
+        dir.join("ak.pem").display()
+    );
+    print!("{}", provisioned.ak.pem);
+    Ok(())
+}
+
+fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let runtime = runtime()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -105,7 +179,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining connections");
             signals.cancel();
         });
-        tally_daemon::run(&config, shutdown).await
+        tally_daemon::run(&config, options, shutdown).await
     })?;
     Ok(())
 }

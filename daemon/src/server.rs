@@ -27,6 +27,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::anchor::{AnchorCommand, AnchorStatus};
 use crate::sequencer::{Ack, AppendError, AppendJob, SequencerHandle};
 use crate::store::{Store, FORMAT_VERSION};
 
@@ -61,7 +62,24 @@ pub struct Shared {
     pub server_name: String,
     /// For the disk-free figure in status replies.
     pub data_dir: PathBuf,
+    /// TPM anchoring; `None` when the daemon runs without a TPM.
+    pub anchoring: Option<Anchoring>,
 }
+
+/// What request handlers need of the TPM side.
+#[derive(Debug)]
+pub struct Anchoring {
+    /// For fresh attestations (the worker serialises TPM commands).
+    pub tpm: tally_attest::tpm::worker::TpmHandle,
+    /// To ask the anchoring task for an anchor now.
+    pub commands: mpsc::Sender<AnchorCommand>,
+    pub status: Arc<std::sync::Mutex<AnchorStatus>>,
+    /// Give up on a TPM command after this long.
+    pub timeout: Duration,
+}
+
+/// Largest nonce accepted for a fresh attestation.
+pub const MAX_NONCE_BYTES: usize = 64;
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then
 /// waits up to `grace` for every connection to finish: requests already read
@@ -289,6 +307,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             Some(request::Body::Status(_)) => status(id, shared),
+            Some(request::Body::Attest(attest)) => {
+                fresh_attestation(id, attest.nonce, shared).await
+            }
+            Some(request::Body::Anchor(_)) => anchor_now(id, shared).await,
+            Some(request::Body::ReadAnchors(read)) => {
+                read_anchors(id, read.from_counter, read.max_anchors, shared).await
+            }
             None => error(
                 id,
                 ErrorCode::BadRequest,
@@ -408,8 +433,118 @@ async fn load_page(
     })
 }
 
+async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) -> Outgoing {
+    use tally_attest::anchor::{
+        fresh_qualifying_data, Checkpoint, EvidenceRecord, FreshAttestation,
+    };
+    let Some(anchoring) = &shared.anchoring else {
+        return error(
+            id,
+            ErrorCode::TpmUnavailable,
+            "this daemon runs without a TPM".into(),
+        );
+    };
+    if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
+        let message = format!(
+            "the nonce must be 1 to {MAX_NONCE_BYTES} bytes, not {}",
+            nonce.len()
+        );
+        return error(id, ErrorCode::BadRequest, message);
+    }
+    let head = *shared.sequencer.head.borrow();
+    let checkpoint = Checkpoint {
+        log_id: shared.store.log_id(),
+        size: head.size,
+        head_hash: head.hash,
+    }
+    .to_text();
+    let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &nonce);
+    let evidence = match tokio::time::timeout(
+        anchoring.timeout,
+        anchoring.tpm.attest_fresh(qualifying_data),
+    )
+    .await
+    {
+        Ok(Ok(evidence)) => evidence,
+        Ok(Err(err)) => return error(id, ErrorCode::TpmUnavailable, format!("TPM: {err}")),
+        Err(_) => {
+            return error(
+                id,
+                ErrorCode::TpmUnavailable,
+                "the TPM did not answer in time".into(),
+            )
+        }
+    };
+    let attestation = FreshAttestation {
+        checkpoint: checkpoint.into_bytes(),
+        nonce,
+        evidence: Some(EvidenceRecord::from_evidence(&evidence)),
+    };
+    Outgoing::Ready(Response {
+        id,
+        body: Some(response::Body::Attest(proto::AttestReply {
+            attestation: attestation.encode_to_vec(),
+        })),
+    })
+}
+
+async fn anchor_now(id: u64, shared: &Shared) -> Outgoing {
+    let Some(anchoring) = &shared.anchoring else {
+        return error(
+            id,
+            ErrorCode::TpmUnavailable,
+            "this daemon runs without a TPM".into(),
+        );
+    };
+    let (reply, done) = oneshot::channel();
+    if anchoring
+        .commands
+        .send(AnchorCommand::Now(reply))
+        .await
+        .is_err()
+    {
+        return error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into());
+    }
+    match done.await {
+        Ok(Ok((counter, anchor))) => Outgoing::Ready(Response {
+            id,
+            body: Some(response::Body::Anchor(proto::AnchorReply {
+                counter,
+                anchor,
+            })),
+        }),
+        Ok(Err(message)) => error(id, ErrorCode::TpmUnavailable, message),
+        Err(_) => error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into()),
+    }
+}
+
+async fn read_anchors(id: u64, from: u64, max: u32, shared: &Shared) -> Outgoing {
+    let store = shared.store.clone();
+    let max = match max as usize {
+        0 => shared.limits.read_page_records,
+        n => n.min(shared.limits.read_page_records),
+    };
+    match tokio::task::spawn_blocking(move || store.anchors(from, max)).await {
+        Ok(Ok(anchors)) => Outgoing::Ready(Response {
+            id,
+            body: Some(response::Body::Anchors(proto::Anchors {
+                anchors: anchors
+                    .into_iter()
+                    .map(|(counter, anchor)| proto::StoredAnchor { counter, anchor })
+                    .collect(),
+            })),
+        }),
+        Ok(Err(err)) => error(id, ErrorCode::Storage, err.to_string()),
+        Err(err) => error(id, ErrorCode::Internal, err.to_string()),
+    }
+}
+
 fn status(id: u64, shared: &Shared) -> Outgoing {
     let head = *shared.sequencer.head.borrow();
+    let anchor = shared
+        .anchoring
+        .as_ref()
+        .and_then(|anchoring| anchoring.status.lock().ok().map(|status| status.clone()));
     let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
         .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
         .unwrap_or(0);
@@ -425,6 +560,21 @@ fn status(id: u64, shared: &Shared) -> Outgoing {
             disk_free_bytes,
             queued_events: shared.queued_events.load(Ordering::Relaxed),
             format_version: FORMAT_VERSION,
+            tpm_enabled: shared.anchoring.is_some(),
+            last_anchor_counter: anchor.as_ref().map_or(0, |a| a.last_counter),
+            last_anchor_size: anchor.as_ref().map_or(0, |a| a.last_size),
+            last_anchor_age_millis: anchor
+                .as_ref()
+                .and_then(|a| a.last_at)
+                .map_or(0, |at| at.elapsed().as_millis() as u64),
+            unanchored_events: anchor
+                .as_ref()
+                .map_or(0, |a| head.size.saturating_sub(a.last_size)),
+            last_anchor_error: anchor
+                .as_ref()
+                .and_then(|a| a.last_error.clone())
+                .unwrap_or_default(),
+            anchor_interval_millis: anchor.as_ref().map_or(0, |a| a.interval.as_millis() as u64),
         })),
     })
 }

@@ -12,6 +12,13 @@
 //! | `meta`    | `"format_version"`    | u32 big-endian                         |
 //! | `meta`    | `"log_id"`            | 16 random bytes                        |
 //! | `meta`    | `"head"`              | size u64 big-endian \|\| head hash (32) |
+//! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor) |
+//! | `meta`    | `"anchor_intent"`     | counter u64 BE: an increment to this value is in progress |
+//! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
+//!
+//! Two threads write: the sequencer (records, `head`) and the anchorer
+//! (anchors, intent, base; a few small transactions per anchor). LMDB
+//! serialises write transactions; both open theirs under the resize gate.
 //!
 //! Commit order of a batch: records are put with `MDB_APPEND` in seq order,
 //! then `head`, in one write transaction; the commit fsyncs the data pages and
@@ -35,6 +42,13 @@ pub const FORMAT_VERSION: u32 = 1;
 const META_FORMAT_VERSION: &str = "format_version";
 const META_LOG_ID: &str = "log_id";
 const META_HEAD: &str = "head";
+const META_ANCHOR_INTENT: &str = "anchor_intent";
+const META_TPM_COUNTER_BASE: &str = "tpm_counter_base";
+
+/// A database keyed by a big-endian u64 (seq or counter value).
+type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
+/// The metadata database, keyed by name.
+type MetaDb = Database<'static, Str, Bytes>;
 
 /// The log's size and the entry hash of its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +138,9 @@ pub struct StoredRecord {
 #[derive(Debug)]
 pub struct Store {
     env: Env<WithoutTls>,
-    records: Database<'static, U64<BigEndian>, Bytes>,
-    meta: Database<'static, Str, Bytes>,
+    records: SeqDb,
+    meta: MetaDb,
+    anchors: SeqDb,
     log_id: [u8; 16],
     sizing: MapSizing,
     /// Readers hold this shared while a read transaction is open; the writer
@@ -171,14 +186,12 @@ impl Store {
         let created = env.create_databases_and_commit(env.write_txn()?, |opener, wtxn| {
             let records = opener.create_database(wtxn, Some("records"))?;
             let meta = opener.create_database(wtxn, Some("meta"))?;
+            let anchors = opener.create_database(wtxn, Some("anchors"))?;
             Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-                records, meta,
+                records, meta, anchors,
             )))
         })?;
-        let (records, meta): (
-            Database<'static, U64<BigEndian>, Bytes>,
-            Database<'static, Str, Bytes>,
-        ) = match created {
+        let (records, meta, anchors): (SeqDb, MetaDb, SeqDb) = match created {
             CommitOrAbort::Commit(databases) => databases,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -217,6 +230,7 @@ impl Store {
             env,
             records,
             meta,
+            anchors,
             log_id,
             sizing,
             resize_gate: RwLock::new(()),
@@ -393,6 +407,95 @@ impl Store {
         Ok(head)
     }
 
+    /// The newest anchor: its counter value and stored bytes.
+    pub fn last_anchor(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        Ok(self
+            .anchors
+            .last(&rtxn)?
+            .map(|(counter, bytes)| (counter, bytes.to_vec())))
+    }
+
+    /// Anchors with counter values from `from` on, at most `max`.
+    pub fn anchors(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for entry in self.anchors.range(&rtxn, &(from..))?.take(max) {
+            let (counter, bytes) = entry?;
+            out.push((counter, bytes.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The pending anchor intent (an increment to this counter value was
+    /// started and its anchor not yet committed), if any.
+    pub fn anchor_intent(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_u64(META_ANCHOR_INTENT)
+    }
+
+    /// The TPM counter value when anchoring began for this log, if it has.
+    pub fn tpm_counter_base(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_u64(META_TPM_COUNTER_BASE)
+    }
+
+    /// Durably records that an increment to `counter` is about to happen.
+    /// Contract: returns only once committed (fsynced).
+    pub fn put_anchor_intent(&self, counter: u64) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| {
+            store
+                .meta
+                .put(wtxn, META_ANCHOR_INTENT, &counter.to_be_bytes())
+        })
+    }
+
+    /// Durably clears the anchor intent (the increment did not happen or is moot).
+    pub fn clear_anchor_intent(&self) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| store.meta.delete(wtxn, META_ANCHOR_INTENT).map(|_| ()))
+    }
+
+    /// Durably sets the TPM counter base (anchoring starts, or an operator
+    /// accepted a counter jump).
+    pub fn set_tpm_counter_base(&self, counter: u64) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| {
+            store
+                .meta
+                .put(wtxn, META_TPM_COUNTER_BASE, &counter.to_be_bytes())
+        })
+    }
+
+    /// Commits an anchor record and clears the intent, in one transaction.
+    pub fn commit_anchor(&self, counter: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| {
+            store.anchors.put(wtxn, &counter, record)?;
+            store.meta.delete(wtxn, META_ANCHOR_INTENT).map(|_| ())
+        })
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        match self.meta.get(&rtxn, key)? {
+            None => Ok(None),
+            Some(bytes) => <[u8; 8]>::try_from(bytes)
+                .map(|bytes| Some(u64::from_be_bytes(bytes)))
+                .map_err(|_| StoreError::CorruptMeta("a counter value is not 8 bytes")),
+        }
+    }
+
+    /// A small write transaction outside the sequencer, under the resize gate.
+    fn write_meta(
+        &self,
+        write: impl FnOnce(&Store, &mut heed::RwTxn<'_>) -> Result<(), heed::Error>,
+    ) -> Result<(), StoreError> {
+        let _gate = self.read_gate();
+        let mut wtxn = self.env.write_txn()?;
+        write(self, &mut wtxn)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
     fn read_gate(&self) -> RwLockReadGuard<'_, ()> {
         self.resize_gate
             .read()
@@ -484,6 +587,31 @@ mod tests {
         assert!(err.is_full(), "{err}");
         assert_eq!(store.head().unwrap(), head);
         assert_eq!(store.verify().unwrap(), head);
+    }
+
+    #[test]
+    fn anchors_intent_and_base_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), SMALL).unwrap();
+            assert_eq!(store.last_anchor().unwrap(), None);
+            store.set_tpm_counter_base(255).unwrap();
+            store.put_anchor_intent(256).unwrap();
+            store.commit_anchor(256, b"first").unwrap();
+            assert_eq!(store.anchor_intent().unwrap(), None);
+            store.put_anchor_intent(257).unwrap();
+        }
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        assert_eq!(store.tpm_counter_base().unwrap(), Some(255));
+        assert_eq!(store.anchor_intent().unwrap(), Some(257));
+        assert_eq!(store.last_anchor().unwrap(), Some((256, b"first".to_vec())));
+        store.commit_anchor(257, b"second").unwrap();
+        assert_eq!(store.anchors(0, 10).unwrap().len(), 2);
+        assert_eq!(
+            store.anchors(257, 10).unwrap(),
+            vec![(257, b"second".to_vec())]
+        );
+        store.clear_anchor_intent().unwrap();
     }
 
     #[test]

@@ -291,13 +291,6 @@ impl Worker {
 
 fn provision_all(c: &mut Connection, cfg: &TpmConfig) -> Result<Provisioned, TpmError> {
     let vendor = tcti::read_vendor_info(&mut c.ctx)?;
-    if vendor.is_software_tpm() {
-        tracing::warn!(
-            manufacturer = %vendor.manufacturer,
-            vendor = %vendor.vendor,
-            "SOFTWARE TPM: anchors prove nothing against root on this host"
-        );
-    }
     let state = provision::ensure_counter(&mut c.ctx, cfg.counter_index, c.counter)?;
     c.counter = Some(state.handle);
     let ek_certificates = provision::read_ek_certificates(&mut c.ctx)?;

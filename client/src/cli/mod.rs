@@ -1,0 +1,4 @@
+//! Parts of the `tally` CLI that deal with TPM evidence and verification.
+
+pub mod tpm;
+pub mod verify;
