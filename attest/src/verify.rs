@@ -192,7 +192,9 @@ pub fn verify_bundle<R: BufRead>(
     };
     let anchors_ok = matches!(anchors_verdict, AnchorsVerdict::Valid { .. });
 
-    let counter = if !anchors_ok {
+    let counter = if matches!(anchors_verdict, AnchorsVerdict::NotChecked(_)) {
+        CounterVerdict::NotChecked("anchors were not checked")
+    } else if !anchors_ok {
         CounterVerdict::NotChecked("anchors are not valid")
     } else if anchors.is_empty() {
         CounterVerdict::NotChecked("the bundle has no anchors")

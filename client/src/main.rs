@@ -413,14 +413,25 @@ async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
         );
         println!("disk free:     {} bytes", status.disk_free_bytes);
         println!("queued events: {}", status.queued_events);
-        if status.tpm_enabled {
+        if status.tpm_enabled && status.last_anchor_age_millis == 0 && status.last_anchor_size == 0
+        {
             println!(
-                "last anchor:   TPM counter {} covering {} records, {} ms ago (every {} s when the log grows)",
+                "last anchor:   none yet (TPM counter at {}; anchors every {} s when the log grows)",
                 status.last_anchor_counter,
-                status.last_anchor_size,
-                status.last_anchor_age_millis,
                 status.anchor_interval_millis / 1000
             );
+        }
+        if status.tpm_enabled && (status.last_anchor_age_millis > 0 || status.last_anchor_size > 0)
+        {
+            println!(
+                "last anchor:   TPM counter {} covering {} records, {:.1} s ago (every {} s when the log grows)",
+                status.last_anchor_counter,
+                status.last_anchor_size,
+                status.last_anchor_age_millis as f64 / 1000.0,
+                status.anchor_interval_millis / 1000
+            );
+        }
+        if status.tpm_enabled {
             println!("unanchored:    {} records", status.unanchored_events);
             if !status.last_anchor_error.is_empty() {
                 println!("anchor error:  {}", status.last_anchor_error);

@@ -76,7 +76,8 @@ pub enum StartupError {
 pub struct AnchorStatus {
     pub last_counter: u64,
     pub last_size: u64,
-    pub last_at: Option<Instant>,
+    /// When the newest anchor was made (daemon clock, Unix nanoseconds; 0: none yet).
+    pub last_created_unix_nanos: i64,
     pub last_error: Option<String>,
     pub interval: Duration,
 }
@@ -135,17 +136,17 @@ impl Anchorer {
             (Some(anchor), Some(base)) => Some(anchor.max(base)),
             (anchor, base) => anchor.or(base),
         };
-        let last_size = match &last {
-            Some((_, bytes)) => AnchorRecord::decode(bytes.as_slice())
-                .ok()
-                .and_then(|record| Checkpoint::parse(&record.checkpoint).ok())
-                .map(|checkpoint| checkpoint.size)
-                .unwrap_or(0),
-            None => 0,
-        };
+        let last_record = last
+            .as_ref()
+            .and_then(|(_, bytes)| AnchorRecord::decode(bytes.as_slice()).ok());
+        let last_size = last_record
+            .as_ref()
+            .and_then(|record| Checkpoint::parse(&record.checkpoint).ok())
+            .map_or(0, |checkpoint| checkpoint.size);
         let status = AnchorStatus {
             last_counter: last_counter.unwrap_or(0),
             last_size,
+            last_created_unix_nanos: last_record.map_or(0, |record| record.created_unix_nanos),
             interval,
             ..AnchorStatus::default()
         };
@@ -311,10 +312,11 @@ impl Anchorer {
             });
         }
         crash_point("after-evidence");
+        let created_unix_nanos = now_unix_nanos();
         let record = AnchorRecord {
             checkpoint: checkpoint.into_bytes(),
             evidence: Some(EvidenceRecord::from_evidence(&evidence)),
-            created_unix_nanos: now_unix_nanos(),
+            created_unix_nanos,
             recovered,
         }
         .encode_to_vec();
@@ -324,7 +326,7 @@ impl Anchorer {
         if let Ok(mut status) = self.status.lock() {
             status.last_counter = counter;
             status.last_size = head.size;
-            status.last_at = Some(Instant::now());
+            status.last_created_unix_nanos = created_unix_nanos;
             status.last_error = None;
         }
         tracing::info!(

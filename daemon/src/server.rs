@@ -565,8 +565,13 @@ fn status(id: u64, shared: &Shared) -> Outgoing {
             last_anchor_size: anchor.as_ref().map_or(0, |a| a.last_size),
             last_anchor_age_millis: anchor
                 .as_ref()
-                .and_then(|a| a.last_at)
-                .map_or(0, |at| at.elapsed().as_millis() as u64),
+                .filter(|a| a.last_created_unix_nanos > 0)
+                .map_or(0, |a| {
+                    let age_nanos = now_unix_nanos()
+                        .saturating_sub(a.last_created_unix_nanos)
+                        .max(0);
+                    (age_nanos / 1_000_000) as u64
+                }),
             unanchored_events: anchor
                 .as_ref()
                 .map_or(0, |a| head.size.saturating_sub(a.last_size)),
