@@ -39,6 +39,17 @@ struct Args {
     /// Data directory (default: a temporary directory under /tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// A TPM to anchor in (e.g. from `swtpm-ci/swtpm.sh start DIR`). Given,
+    /// the run is repeated with anchoring on, and the ratio on/off printed.
+    #[arg(long)]
+    tcti: Option<String>,
+    /// Anchoring interval for the anchoring-on run (seconds).
+    #[arg(long, default_value_t = 1)]
+    anchor_interval_secs: u64,
+    /// With --tcti: alternate off/on runs this many times and compare medians
+    /// (a noisy machine affects both alike).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 struct Daemon {
@@ -52,15 +63,29 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(tallyd: &Path, dir: &Path) -> anyhow::Result<(Daemon, PathBuf)> {
+fn start_daemon(
+    tallyd: &Path,
+    dir: &Path,
+    tpm: Option<(&str, u64)>,
+) -> anyhow::Result<(Daemon, PathBuf)> {
     let socket = dir.join("tally.sock");
-    let child = Command::new(tallyd)
+    let mut command = Command::new(tallyd);
+    command
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--socket")
         .arg(&socket)
         .arg("--log")
-        .arg("warn")
+        .arg("warn");
+    match tpm {
+        Some((tcti, interval)) => command
+            .arg("--tcti")
+            .arg(tcti)
+            .arg("--anchor-interval-secs")
+            .arg(interval.to_string()),
+        None => command.arg("--no-tpm"),
+    };
+    let child = command
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", tallyd.display()))?;
@@ -116,9 +141,47 @@ fn main() -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("tallyd"),
     };
+    let Some(tcti) = &args.tcti else {
+        throughput(&args, &tallyd, None)?;
+        return Ok(());
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        off.push(throughput(&args, &tallyd, None)?);
+        on.push(throughput(
+            &args,
+            &tallyd,
+            Some((tcti, args.anchor_interval_secs)),
+        )?);
+    }
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "anchoring on/off: {:.3} (medians of {} rounds: {on:.0} vs {off:.0} events/s, anchoring every {} s; target >= 0.95)",
+        on / off,
+        args.rounds.max(1),
+        args.anchor_interval_secs
+    );
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// One throughput run against a fresh daemon; returns durable events/s.
+fn throughput(args: &Args, tallyd: &Path, tpm: Option<(&str, u64)>) -> anyhow::Result<f64> {
     let temp = tempfile::Builder::new().prefix("tally-bench").tempdir()?;
-    let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
-    let (_daemon, socket) = start_daemon(&tallyd, &dir)?;
+    let dir = match &args.dir {
+        Some(dir) => dir.join(if tpm.is_some() {
+            "anchoring-on"
+        } else {
+            "anchoring-off"
+        }),
+        None => temp.path().to_owned(),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let (_daemon, socket) = start_daemon(tallyd, &dir, tpm)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -143,6 +206,7 @@ fn main() -> anyhow::Result<()> {
     let rate = acked as f64 / elapsed;
     let summary = serde_json::json!({
         "scenario": "throughput",
+        "anchoring": tpm.is_some(),
         "clients": args.clients,
         "payload_bytes": args.payload,
         "batch": args.batch,
@@ -153,12 +217,13 @@ fn main() -> anyhow::Result<()> {
         "payload_mb_per_sec": rate * args.payload as f64 / 1e6,
     });
     println!(
-        "throughput: {acked} events durable in {elapsed:.1} s = {rate:.0} events/s ({:.1} MB/s of payload), {} clients x {} events/request x {} in flight",
+        "throughput (anchoring {}): {acked} events durable in {elapsed:.1} s = {rate:.0} events/s ({:.1} MB/s of payload), {} clients x {} events/request x {} in flight",
+        if tpm.is_some() { "on" } else { "off" },
         rate * args.payload as f64 / 1e6,
         args.clients,
         args.batch,
         args.window
     );
     println!("{summary}");
-    Ok(())
+    Ok(rate)
 }
