@@ -67,7 +67,7 @@ pub enum Damage {
     PrevHashModified { seq: u64 },
     #[error("seq {seq}: seq field modified (the record sits at position {seq} of the chain but says seq {found})")]
     SeqModified { seq: u64, found: u64 },
-    #[error("seq {seq}: record deleted (the log jumps from seq {} to seq {next})", seq.wrapping_sub(1))]
+    #[error("seq {seq}: record deleted (the next record present is seq {next})")]
     Missing { seq: u64, next: u64 },
     #[error("records reordered: position {position} holds seq {found}, and seq {position} is at position {expected_at}")]
     Reordered {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::frame::{self, DEFAULT_MAX_FRAME};
+use crate::frame::{self, MAX_RESPONSE_FRAME};
 use crate::proto::{self, request, response, ErrorCode, Event, Request, Response};
 use crate::PROTOCOL_VERSION;
 
@@ -77,7 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Says hello over an already connected stream.
     pub async fn handshake(stream: S, client_name: &str) -> Result<Self, ClientError> {
         let mut client = Client {
-            framed: Framed::new(stream, frame::codec(DEFAULT_MAX_FRAME)),
+            framed: Framed::new(stream, frame::codec(MAX_RESPONSE_FRAME)),
             next_id: 1,
             hello: proto::HelloReply::default(),
         };

@@ -6,8 +6,18 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tokio_util::codec::LengthDelimitedCodec;
 
-/// Default largest frame, in bytes, either side accepts (4 MiB).
+/// Default largest request frame, in bytes, the daemon accepts (4 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
+
+/// Largest request frame a daemon may be configured to accept (16 MiB).
+pub const MAX_CONFIGURABLE_FRAME: usize = 16 << 20;
+
+/// Largest response frame a client accepts (64 MiB). A response can be
+/// larger than the request that caused it: a stored record adds its header
+/// and the daemon's fields to the event, and a page of records adds framing.
+/// The daemon keeps every response under `2 * max_frame + 64 KiB`, which
+/// stays below this for any configurable `max_frame`.
+pub const MAX_RESPONSE_FRAME: usize = 64 << 20;
 
 /// A codec for Tally frames that refuses frames longer than `max_frame` bytes
 /// before buffering them.

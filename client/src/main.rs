@@ -232,13 +232,26 @@ async fn append(socket: &Path, args: AppendArgs) -> anyhow::Result<()> {
     let batch = args.batch.max(1);
     let mut in_flight = std::collections::VecDeque::new();
     let mut events = Vec::with_capacity(batch);
+    // A bad line stops reading; requests already sent are still acked and
+    // printed (their events are in the log), the unsent partial batch is dropped.
+    let mut input_error = None;
     let stdin = io::stdin();
     for (index, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("cannot read stdin")?;
-        if line.trim().is_empty() {
-            continue;
+        let event = line
+            .context("cannot read stdin")
+            .and_then(|line| match line.trim().is_empty() {
+                true => Ok(None),
+                false => json_event(&line).map(Some),
+            })
+            .with_context(|| format!("stdin line {}", index + 1));
+        match event {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => continue,
+            Err(err) => {
+                input_error = Some(err);
+                break;
+            }
         }
-        events.push(json_event(&line).with_context(|| format!("stdin line {}", index + 1))?);
         if events.len() == batch {
             if in_flight.len() == WINDOW {
                 let acks = client
@@ -249,14 +262,19 @@ async fn append(socket: &Path, args: AppendArgs) -> anyhow::Result<()> {
             in_flight.push_back(client.send_append(std::mem::take(&mut events)).await?);
         }
     }
-    if !events.is_empty() {
+    if input_error.is_none() && !events.is_empty() {
         in_flight.push_back(client.send_append(events).await?);
     }
     while let Some(id) = in_flight.pop_front() {
         let acks = client.recv_append(id).await?;
         print_acks(&mut out, &acks, args.json)?;
     }
-    Ok(())
+    match input_error {
+        Some(err) => Err(err.context(
+            "stopped at this line; the events acked above are in the log, none after them",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn json_event(line: &str) -> anyhow::Result<Event> {

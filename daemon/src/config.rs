@@ -226,10 +226,13 @@ impl Config {
                 });
             }
         }
-        if self.max_frame_bytes > u32::MAX as usize / 4 {
+        if self.max_frame_bytes > tally_client::frame::MAX_CONFIGURABLE_FRAME {
             return Err(ConfigError::Invalid {
                 field: "max_frame_bytes",
-                message: "must be below 1 GiB".into(),
+                message: format!(
+                    "must be at most {} (clients accept responses up to twice that)",
+                    tally_client::frame::MAX_CONFIGURABLE_FRAME
+                ),
             });
         }
         self.tpm.counter_index()?;

@@ -186,7 +186,7 @@ pub async fn run(
         store,
         sequencer,
         queue_budget: Arc::new(Semaphore::new(config.queue_bytes)),
-        queued_events: AtomicU64::new(0),
+        queued_events: Arc::new(AtomicU64::new(0)),
         limits: config.limits(),
         server_name: SERVER_NAME.into(),
         data_dir: config.data_dir.clone(),

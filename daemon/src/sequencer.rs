@@ -5,6 +5,7 @@
 //! Contract: an `Ok` ack means the events are durable and chained; an `Err`
 //! means none of the job's events were stored.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,6 +29,33 @@ pub struct AppendJob {
     pub reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
     /// Queue-bytes budget held until the job is answered (backpressure).
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Counted in status until the job is answered or dropped.
+    pub queued: QueuedEvents,
+}
+
+/// Counts events submitted to the sequencer and not yet answered. The count
+/// is raised on creation and lowered on drop, so a job that is answered,
+/// refused or abandoned with its connection is never counted forever.
+#[derive(Debug)]
+pub struct QueuedEvents {
+    counter: Arc<AtomicU64>,
+    events: u64,
+}
+
+impl QueuedEvents {
+    pub fn new(counter: &Arc<AtomicU64>, events: u64) -> QueuedEvents {
+        counter.fetch_add(events, Ordering::Relaxed);
+        QueuedEvents {
+            counter: counter.clone(),
+            events,
+        }
+    }
+}
+
+impl Drop for QueuedEvents {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.events, Ordering::Relaxed);
+    }
 }
 
 /// An event's place in the log.

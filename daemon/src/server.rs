@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::anchor::{AnchorCommand, AnchorStatus};
-use crate::sequencer::{Ack, AppendError, AppendJob, SequencerHandle};
+use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents, SequencerHandle};
 use crate::store::{Store, FORMAT_VERSION};
 
 /// Per-connection and per-request limits.
@@ -56,7 +56,7 @@ pub struct Shared {
     /// readers wait, and clients block on their sockets.
     pub queue_budget: Arc<Semaphore>,
     /// Events submitted to the sequencer and not yet answered (for status).
-    pub queued_events: AtomicU64,
+    pub queued_events: Arc<AtomicU64>,
     pub limits: Limits,
     /// e.g. "tallyd/0.1.0", sent in hello and status replies.
     pub server_name: String,
@@ -149,7 +149,6 @@ enum Outgoing {
     Ready(Response),
     Append {
         id: u64,
-        events: u64,
         ack: oneshot::Receiver<Result<Vec<Ack>, AppendError>>,
     },
     Follow {
@@ -367,25 +366,16 @@ async fn submit_append(
         receive_time_unix_nanos,
         reply,
         permit: Some(permit),
+        queued: QueuedEvents::new(&shared.queued_events, count as u64),
     };
-    shared
-        .queued_events
-        .fetch_add(count as u64, Ordering::Relaxed);
     if shared.sequencer.jobs.send(job).await.is_err() {
-        shared
-            .queued_events
-            .fetch_sub(count as u64, Ordering::Relaxed);
         return Some(error(
             id,
             ErrorCode::ShuttingDown,
             "the sequencer has stopped".into(),
         ));
     }
-    Some(Outgoing::Append {
-        id,
-        events: count as u64,
-        ack,
-    })
+    Some(Outgoing::Append { id, ack })
 }
 
 async fn read_page(id: u64, from: u64, max_records: u32, shared: &Shared) -> Outgoing {
@@ -594,9 +584,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     while let Some(outgoing) = queue.recv().await {
         let response = match outgoing {
             Outgoing::Ready(response) => response,
-            Outgoing::Append { id, events, ack } => {
+            Outgoing::Append { id, ack } => {
                 let result = ack.await;
-                shared.queued_events.fetch_sub(events, Ordering::Relaxed);
                 match result {
                     Ok(Ok(acks)) => Response {
                         id,

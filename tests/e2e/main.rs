@@ -1,1 +1,18 @@
+//! End-to-end tests: the real `tallyd` and `tally` binaries, real Unix
+//! sockets, real LMDB. Each test starts its own daemon on its own temporary
+//! directory. Build the binaries first: `cargo build --workspace`.
 
+// clippy.toml allows these in #[test] functions; in this test-only binary the
+// helpers beside them fail the test the same way.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod anchoring;
+mod bad_input;
+mod cli;
+mod concurrency;
+mod crash;
+mod follow;
+mod paging;
+mod shutdown;
+mod tamper;
+mod tpm_evidence;

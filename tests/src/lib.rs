@@ -1,1 +1,576 @@
+//! Harness for Tally's end-to-end tests: the real `tallyd` and `tally`
+//! binaries, each daemon on its own temporary data directory and socket, so
+//! tests run in parallel without sharing anything.
+//!
+//! The binaries are not built by `cargo test -p tally-tests` (a test crate
+//! cannot depend on another package's binaries): run `cargo build --workspace`
+//! first. They are looked up next to the test executable.
+//!
+//! Starting, stopping and running processes is synchronous (it blocks the
+//! calling thread for at most a few seconds); tests that keep clients busy
+//! meanwhile use a multi-threaded runtime.
 
+pub mod raw;
+pub mod swtpm;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tally_client::proto::{Event, StoredRecord};
+use tally_client::{Ack, Client, ClientError};
+use tempfile::TempDir;
+
+/// How long a daemon may take to accept connections after being spawned.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a SIGTERMed daemon may take to exit before the test gives up.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Payload size of [`event`]: a typical small audit event.
+pub const EVENT_PAYLOAD_BYTES: usize = 256;
+
+/// Path of a workspace binary (`tallyd`, `tally`), next to the test executable:
+/// `target/debug/deps/e2e-<hash>` -> `target/debug/<name>`.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the test executable")?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| {
+            if deps.file_name() == Some(OsStr::new("deps")) {
+                deps.parent()
+            } else {
+                Some(deps)
+            }
+        })
+        .context("the test executable has no parent directory")?;
+    let path = dir.join(name);
+    ensure!(
+        path.is_file(),
+        "{} not found: the end-to-end tests run the real binaries; \
+         run `cargo build --workspace` first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// How to start a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOpts {
+    /// Top-level lines for the daemon's TOML config file, e.g.
+    /// `"max_frame_bytes = 65536"`.
+    pub config: String,
+    /// The body of the config file's `[tpm]` table. The default turns TPM
+    /// anchoring off: these tests are about the log itself, and a machine
+    /// without a TPM (or swtpm) must be able to run them.
+    pub tpm: String,
+    /// The `--log` filter.
+    pub log: String,
+    /// Extra environment variables for the daemon process (e.g. the debug
+    /// build's `TALLYD_CRASH_POINT`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for DaemonOpts {
+    fn default() -> Self {
+        DaemonOpts {
+            config: String::new(),
+            tpm: "enabled = false".into(),
+            log: "info".into(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl DaemonOpts {
+    /// Default options plus `config` lines.
+    pub fn with_config(config: &str) -> Self {
+        DaemonOpts {
+            config: config.into(),
+            ..DaemonOpts::default()
+        }
+    }
+}
+
+/// A running `tallyd` on a temporary data directory and socket. Killed with
+/// SIGKILL when dropped; its stderr logs are printed if the test is failing.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Holds everything: `data/`, `tally.sock`, `tallyd.toml`, the stderr logs.
+    dir: TempDir,
+    opts: DaemonOpts,
+    child: Option<Child>,
+    /// Number of processes started so far; names each run's stderr log.
+    runs: usize,
+}
+
+impl Daemon {
+    /// Spawns `tallyd` and waits until its socket accepts connections.
+    pub fn start(opts: DaemonOpts) -> anyhow::Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("tally-e2e-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let mut daemon = Daemon {
+            dir,
+            opts,
+            child: None,
+            runs: 0,
+        };
+        let config = format!("{}\n[tpm]\n{}\n", daemon.opts.config, daemon.opts.tpm);
+        fs::write(daemon.config_path(), config).context("cannot write the daemon's config file")?;
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    /// Kills the daemon if it still runs, then starts it again on the same
+    /// data directory, socket and config.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.kill()?;
+        }
+        self.spawn()
+    }
+
+    /// The temporary directory holding everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("tally.sock")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tallyd.toml")
+    }
+
+    /// Replaces the daemon's extra environment for its next start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.opts.env = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+    }
+
+    /// True while the daemon process runs (reaps it once it has exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The flags every run of this daemon gets (before any subcommand).
+    pub fn base_args(&self) -> Vec<PathBuf> {
+        vec![
+            "--data-dir".into(),
+            self.data_dir(),
+            "--socket".into(),
+            self.socket(),
+            "--log".into(),
+            self.opts.log.clone().into(),
+            "--config".into(),
+            self.config_path(),
+        ]
+    }
+
+    fn stderr_path(&self, run: usize) -> PathBuf {
+        self.dir.path().join(format!("tallyd-{run}.stderr"))
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        let stderr = File::create(self.stderr_path(self.runs))
+            .context("cannot create the daemon's stderr log")?;
+        let child = Command::new(binary("tallyd")?)
+            .args(self.base_args())
+            .envs(self.opts.env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("cannot spawn tallyd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "tallyd exited during start-up ({status}); stderr:\n{}",
+                        self.stderr()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "tallyd did not accept connections within {START_TIMEOUT:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, then reap. The socket file stays behind, as after a crash.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("the daemon is not running")?;
+        child.kill().context("cannot SIGKILL tallyd")?;
+        child.wait().context("cannot reap tallyd")?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits (up to [`STOP_TIMEOUT`]) for the exit status.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("the daemon is not running")?;
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        signal::kill(pid, Signal::SIGTERM).context("cannot SIGTERM tallyd")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "tallyd did not exit within {STOP_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The stderr of the current (or last) run.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.stderr_path(self.runs)).unwrap_or_default()
+    }
+
+    /// A client that has said hello.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(self.socket(), "tally-e2e").await?)
+    }
+
+    /// Runs the `tally` CLI against this daemon (TALLY_SOCKET set).
+    pub fn tally<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<Run> {
+        self.tally_with_stdin(args, b"")
+    }
+
+    /// Runs the `tally` CLI with `stdin` as its standard input.
+    pub fn tally_with_stdin<S: AsRef<OsStr>>(
+        &self,
+        args: &[S],
+        stdin: &[u8],
+    ) -> anyhow::Result<Run> {
+        let mut command = Command::new(binary("tally")?);
+        command.args(args).env("TALLY_SOCKET", self.socket());
+        run_to_end(command, stdin)
+    }
+
+    /// Runs `tallyd` with this daemon's flags followed by `args` (e.g.
+    /// `["check"]`) and waits for it to exit (killing it after 30 s).
+    pub fn tallyd<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<Run> {
+        let mut all: Vec<&OsStr> = Vec::new();
+        let base = self.base_args();
+        all.extend(base.iter().map(|arg| arg.as_os_str()));
+        all.extend(args.iter().map(AsRef::as_ref));
+        tallyd(&all)
+    }
+
+    /// `tally export` then `tally verify --json` of the bundle: both must
+    /// succeed. Returns what the verifier recomputed.
+    pub fn export_and_verify(&self) -> anyhow::Result<Verified> {
+        let bundle = self.dir.path().join("export.bundle");
+        let export = self.tally(&[OsStr::new("export"), "--out".as_ref(), bundle.as_os_str()])?;
+        ensure!(export.code == 0, "tally export failed: {export:?}");
+        let verify = self.tally(&[OsStr::new("verify"), "--json".as_ref(), bundle.as_os_str()])?;
+        ensure!(verify.code == 0, "tally verify failed: {verify:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(verify.stdout.trim()).context("tally verify --json output")?;
+        ensure!(json["ok"] == true, "verify says not ok: {json}");
+        Ok(Verified {
+            size: json["size"].as_u64().context("verify --json: size")?,
+            head_hash: json["head_hash"]
+                .as_str()
+                .context("verify --json: head_hash")?
+                .to_owned(),
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for run in 1..=self.runs {
+                let log = fs::read_to_string(self.stderr_path(run)).unwrap_or_default();
+                eprintln!("----- tallyd run {run} stderr -----\n{log}");
+            }
+        }
+    }
+}
+
+/// What a finished process printed, and its exit code (-1: killed by a signal).
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// What `tally verify --json` recomputed from a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub size: u64,
+    /// Hex.
+    pub head_hash: String,
+}
+
+/// Runs `tallyd` with exactly `args` and waits for it to exit (killing it
+/// after 30 s): for daemons expected to refuse to start.
+pub fn tallyd<S: AsRef<OsStr>>(args: &[S]) -> anyhow::Result<Run> {
+    let mut command = Command::new(binary("tallyd")?);
+    command.args(args);
+    run_to_end(command, b"")
+}
+
+fn run_to_end(mut command: Command, stdin: &[u8]) -> anyhow::Result<Run> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot spawn {command:?}"))?;
+    if let Some(mut input) = child.stdin.take() {
+        // A process that exits before reading all of it is not an error here.
+        let _ = input.write_all(stdin);
+    }
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    });
+    let output = child.wait_with_output();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    let output = output.with_context(|| format!("cannot run {command:?}"))?;
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// A test event with a deterministic ~256-byte payload: `event(i)` is the same
+/// in every run, so a record read back can be compared with what was sent.
+pub fn event(i: u64) -> Event {
+    let seed = format!("event {i} ");
+    let payload: Vec<u8> = seed.bytes().cycle().take(EVENT_PAYLOAD_BYTES).collect();
+    Event {
+        kind: "test.event".into(),
+        actor: "tally-e2e".into(),
+        subject: format!("event-{i}"),
+        attributes: BTreeMap::from([("i".to_owned(), i.to_string())]),
+        payload,
+        content_type: "application/octet-stream".into(),
+        client_time_unix_nanos: i64::try_from(i).unwrap_or(i64::MAX),
+    }
+}
+
+/// Events `first..first + count`.
+pub fn events(first: u64, count: u64) -> Vec<Event> {
+    (first..first + count).map(event).collect()
+}
+
+/// Reads every stored record in `from..to` (page by page).
+pub async fn read_range(
+    client: &mut Client,
+    from: u64,
+    to: u64,
+) -> anyhow::Result<Vec<StoredRecord>> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next < to {
+        let page = client.read(next, 0).await?;
+        let Some(last) = page.last() else {
+            bail!("the daemon returned no records at seq {next} (wanted up to {to})");
+        };
+        next = last.seq + 1;
+        out.extend(page.into_iter().filter(|record| record.seq < to));
+    }
+    Ok(out)
+}
+
+/// Checks that `records` are exactly seqs `from..`, each record's entry hash
+/// (recomputed here, not taken from the daemon) is the daemon's, and each
+/// links to the one before it.
+pub fn check_records(records: &[StoredRecord], from: u64) -> anyhow::Result<()> {
+    let mut prev: Option<[u8; 32]> = None;
+    for (offset, record) in records.iter().enumerate() {
+        let seq = from + offset as u64;
+        ensure!(record.seq == seq, "expected seq {seq}, got {}", record.seq);
+        let (header, _) = tally_attest::RecordHeader::parse(&record.record)
+            .with_context(|| format!("seq {seq}"))?;
+        ensure!(header.seq == seq, "seq {seq}: header says {}", header.seq);
+        let hash = tally_attest::entry_hash(&record.record);
+        ensure!(
+            record.entry_hash.as_ref() == hash.as_slice(),
+            "seq {seq}: the daemon's entry hash does not match the record"
+        );
+        if let Some(prev) = prev {
+            ensure!(header.prev_hash == prev, "seq {seq}: broken link");
+        }
+        prev = Some(hash);
+    }
+    Ok(())
+}
+
+/// The event stored in a record.
+pub fn stored_event(record: &StoredRecord) -> anyhow::Result<Event> {
+    let decoded = tally_client::record::decode(&record.record)
+        .with_context(|| format!("seq {}", record.seq))?;
+    decoded
+        .body
+        .event
+        .with_context(|| format!("seq {}: record without an event", record.seq))
+}
+
+/// Hex of an ack's entry hash, as the CLI prints it.
+pub fn hex_hash(ack: &Ack) -> String {
+    hex::encode(ack.entry_hash)
+}
+
+/// Connects a client that pipelines appends of `batch` events (ids from
+/// `first`) and never reads a reply, and waits until the daemon has pushed it
+/// back: for half a second neither its writes nor the log made progress.
+/// Returns the writing task (abort it to drop the connection) and the number
+/// of requests it wrote.
+pub async fn never_reading_client(
+    daemon: &Daemon,
+    first: u64,
+    batch: u64,
+) -> anyhow::Result<(tokio::task::JoinHandle<anyhow::Result<()>>, u64)> {
+    let mut conn = raw::RawConn::greeted(&daemon.socket()).await?;
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let writer = tokio::spawn(async move {
+        for request in 0.. {
+            let ids = events(first + request * batch, batch);
+            conn.send(&raw::append(request + 2, ids)).await?;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    let mut observer = daemon.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (u64::MAX, u64::MAX);
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = (sent.load(Ordering::Relaxed), observer.status().await?.size);
+        quiet = if now == last { quiet + 1 } else { 0 };
+        if quiet == 2 {
+            return Ok((writer, now.0));
+        }
+        last = now;
+        if Instant::now() > deadline {
+            writer.abort();
+            bail!("a client that never reads was not pushed back within 30 s");
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes.
+pub async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+/// Appends each batch of event ids (see [`event`]) with up to `window`
+/// requests in flight on one connection, calling `on_acks` with each batch
+/// and its acks as they arrive. Checks that every reply has one ack per event
+/// with consecutive seqs. Stops at the first error (e.g. the daemon died or
+/// shut down); when sending fails, first collects the acks of the requests
+/// already sent, so no ack the daemon delivered is missed.
+pub async fn append_pipelined(
+    client: &mut Client,
+    batches: impl IntoIterator<Item = Range<u64>>,
+    window: usize,
+    mut on_acks: impl FnMut(Range<u64>, &[Ack]),
+) -> Result<(), ClientError> {
+    let mut in_flight: VecDeque<(u64, Range<u64>)> = VecDeque::new();
+    let mut batches = batches.into_iter();
+    loop {
+        if in_flight.len() < window.max(1) {
+            if let Some(ids) = batches.next() {
+                match client.send_append(ids.clone().map(event).collect()).await {
+                    Ok(id) => in_flight.push_back((id, ids)),
+                    Err(err) => {
+                        while let Some((id, ids)) = in_flight.pop_front() {
+                            on_acks(ids.clone(), &recv_acks(client, id, ids).await?);
+                        }
+                        return Err(err);
+                    }
+                }
+                continue;
+            }
+        }
+        let Some((id, ids)) = in_flight.pop_front() else {
+            return Ok(());
+        };
+        on_acks(ids.clone(), &recv_acks(client, id, ids).await?);
+    }
+}
+
+async fn recv_acks(client: &mut Client, id: u64, ids: Range<u64>) -> Result<Vec<Ack>, ClientError> {
+    let acks = client.recv_append(id).await?;
+    let consecutive = acks.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+    if acks.len() as u64 != ids.end - ids.start || !consecutive {
+        return Err(ClientError::Protocol(format!(
+            "{} acks for events {ids:?} (consecutive: {consecutive})",
+            acks.len()
+        )));
+    }
+    Ok(acks)
+}

@@ -1,0 +1,598 @@
+//! TPM anchoring end to end: the real tallyd on a real swtpm per test
+//! (never a mock), the real `tally` CLI as the responder's verifier, and
+//! tpm2-tools as an independent cross-check.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use tally_attest::anchor::AnchorRecord;
+use tally_attest::bundle::{BundleHeader, MAGIC};
+use tally_tests::swtpm::Swtpm;
+use tally_tests::{append_pipelined, Daemon, DaemonOpts, Run};
+
+/// A daemon anchoring in `tpm`, anchoring only when asked (`tally anchor`),
+/// so that tests decide when anchors happen.
+fn anchored_daemon(tpm: &Swtpm, extra_tpm: &str) -> Daemon {
+    Daemon::start(DaemonOpts {
+        tpm: format!(
+            "enabled = true\ntcti = \"{}\"\nanchor_interval_secs = 3600\n{extra_tpm}",
+            tpm.tcti()
+        ),
+        ..DaemonOpts::default()
+    })
+    .unwrap()
+}
+
+fn run_ok(run: Run, what: &str) -> String {
+    assert_eq!(run.code, 0, "{what} failed: {run:?}");
+    run.stdout
+}
+
+fn tally(daemon: &Daemon, args: &[&str]) -> Run {
+    daemon.tally(args).unwrap()
+}
+
+async fn append(daemon: &Daemon, first: u64, count: u64) {
+    let mut client = daemon.client().await.unwrap();
+    let batches = (first..first + count)
+        .step_by(50)
+        .map(|start| start..(start + 50).min(first + count));
+    append_pipelined(&mut client, batches, 4, |_, _| {})
+        .await
+        .unwrap();
+}
+
+fn anchor(daemon: &Daemon) -> u64 {
+    let out = run_ok(tally(daemon, &["anchor"]), "tally anchor");
+    // "anchored: TPM counter N, log size S, head H"
+    out.split("TPM counter ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected tally anchor output: {out}"))
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+fn export(daemon: &Daemon, name: &str) -> String {
+    let out = path(daemon.dir(), name);
+    run_ok(tally(daemon, &["export", "--out", &out]), "tally export");
+    out
+}
+
+fn attest(daemon: &Daemon, nonce: &str, name: &str) -> String {
+    let out = path(daemon.dir(), name);
+    run_ok(
+        tally(daemon, &["attest", "--nonce", nonce, "--out", &out]),
+        "tally attest",
+    );
+    out
+}
+
+fn ak(daemon: &Daemon) -> String {
+    daemon.data_dir().join("tpm/ak.pem").display().to_string()
+}
+
+fn verify(daemon: &Daemon, bundle: &str, extra: &[&str]) -> Run {
+    let ak = ak(daemon);
+    let mut args = vec!["verify", bundle, "--ak", ak.as_str()];
+    args.extend_from_slice(extra);
+    tally(daemon, &args)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// The sections of a bundle file: (kind, bytes).
+fn sections(bundle: &str) -> Vec<(u8, Vec<u8>)> {
+    let bytes = std::fs::read(bundle).unwrap();
+    assert_eq!(&bytes[..MAGIC.len()], MAGIC);
+    let mut out = Vec::new();
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let kind = bytes[at];
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        out.push((kind, bytes[at + 5..at + 5 + len].to_vec()));
+        at += 5 + len;
+    }
+    out
+}
+
+fn write_sections(bundle: &str, sections: &[(u8, Vec<u8>)]) {
+    let mut bytes = MAGIC.to_vec();
+    for (kind, body) in sections {
+        bytes.push(*kind);
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(body);
+    }
+    std::fs::write(bundle, bytes).unwrap();
+}
+
+const HEADER: u8 = 0x01;
+const RECORD: u8 = 0x02;
+const ANCHOR: u8 = 0x03;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_is_refused_at_start_and_named_by_the_verifier() {
+    //! Restoring an old copy of the data directory: tallyd refuses to start
+    //! and says how many anchors are missing; the old export checked against
+    //! a fresh attestation is "not current"; a fresh export is current.
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut daemon = anchored_daemon(&tpm, "");
+    append(&daemon, 0, 200).await;
+    assert_eq!(anchor(&daemon), 2, "provisioning leaves the counter at 1");
+    let old_bundle = export(&daemon, "old.bundle");
+    assert!(daemon.terminate().unwrap().success());
+    let old_copy = daemon.dir().join("data-old");
+    copy_dir(&daemon.data_dir(), &old_copy);
+
+    daemon.restart().unwrap();
+    append(&daemon, 200, 100).await;
+    assert_eq!(anchor(&daemon), 3);
+    append(&daemon, 300, 100).await;
+    assert_eq!(anchor(&daemon), 4);
+    assert!(daemon.terminate().unwrap().success());
+    let new_copy = daemon.dir().join("data-new");
+    std::fs::rename(daemon.data_dir(), &new_copy).unwrap();
+    std::fs::rename(&old_copy, daemon.data_dir()).unwrap();
+
+    let refused = daemon.restart().unwrap_err().to_string();
+    assert!(refused.contains("rollback detected"), "{refused}");
+    assert!(refused.contains("2 anchor(s) are missing"), "{refused}");
+
+    // Back to the real data directory: the responder takes a fresh attestation.
+    std::fs::remove_dir_all(daemon.data_dir()).unwrap();
+    std::fs::rename(&new_copy, daemon.data_dir()).unwrap();
+    daemon.restart().unwrap();
+    let attestation = attest(&daemon, "00112233445566778899", "fresh.att");
+    let stale = verify(
+        &daemon,
+        &old_bundle,
+        &[
+            "--attestation",
+            &attestation,
+            "--nonce",
+            "00112233445566778899",
+        ],
+    );
+    assert_eq!(stale.code, 1, "{stale:?}");
+    assert!(
+        stale.stdout.contains("not current: 2 anchors missing"),
+        "{}",
+        stale.stdout
+    );
+
+    let fresh_bundle = export(&daemon, "fresh.bundle");
+    let attestation = attest(&daemon, "cafe", "fresh2.att");
+    let ok = verify(
+        &daemon,
+        &fresh_bundle,
+        &["--attestation", &attestation, "--nonce", "cafe"],
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("current:            OK"),
+        "{}",
+        ok.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncation_and_a_removed_anchor_are_named() {
+    //! Cutting the tail of an export (records, then records and anchors with
+    //! a forged header) and removing an anchor from the middle.
+    let Some(tpm) = Swtpm::start() else { return };
+    let daemon = anchored_daemon(&tpm, "");
+    for round in 0..4 {
+        append(&daemon, round * 50, 50).await;
+        anchor(&daemon);
+    }
+    let bundle = export(&daemon, "full.bundle");
+    let nonce = "0badc0de";
+    let attestation = attest(&daemon, nonce, "fresh.att");
+    let fresh = ["--attestation", attestation.as_str(), "--nonce", nonce];
+    let all = sections(&bundle);
+    assert_eq!(all.iter().filter(|(kind, _)| *kind == ANCHOR).count(), 4);
+    assert_eq!(all.iter().filter(|(kind, _)| *kind == RECORD).count(), 200);
+    let ok = verify(&daemon, &bundle, &fresh);
+    assert_eq!(ok.code, 0, "{}", ok.stdout);
+
+    // Records 150.. cut, header left alone: the chain names the truncation.
+    let cut = path(daemon.dir(), "cut.bundle");
+    let mut kept: Vec<_> = all
+        .iter()
+        .filter(|(kind, _)| *kind != RECORD)
+        .cloned()
+        .collect();
+    let end = kept.pop().unwrap();
+    kept.extend(
+        all.iter()
+            .filter(|(kind, _)| *kind == RECORD)
+            .take(150)
+            .cloned(),
+    );
+    kept.push(end);
+    write_sections(&cut, &kept);
+    let run = verify(&daemon, &cut, &fresh);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("log truncated: 200 records declared, only 150 present"),
+        "{}",
+        run.stdout
+    );
+
+    // The attacker also drops the last anchor and rewrites the header to match:
+    // only the TPM's current counter exposes it.
+    let mut header = BundleHeader::decode(all[0].1.as_slice()).unwrap();
+    let third = AnchorRecord::decode(
+        all.iter()
+            .filter(|(kind, _)| *kind == ANCHOR)
+            .nth(2)
+            .unwrap()
+            .1
+            .as_slice(),
+    )
+    .unwrap();
+    let checkpoint = tally_attest::anchor::Checkpoint::parse(&third.checkpoint).unwrap();
+    header.size = checkpoint.size;
+    header.head_hash = checkpoint.head_hash.to_vec();
+    let forged = path(daemon.dir(), "forged.bundle");
+    let mut sections_out = vec![(HEADER, header.encode_to_vec())];
+    sections_out.extend(
+        all.iter()
+            .filter(|(kind, _)| *kind == ANCHOR)
+            .take(3)
+            .cloned(),
+    );
+    sections_out.extend(
+        all.iter()
+            .filter(|(kind, _)| *kind == RECORD)
+            .take(checkpoint.size as usize)
+            .cloned(),
+    );
+    sections_out.push(all.last().unwrap().clone());
+    write_sections(&forged, &sections_out);
+    let run = verify(&daemon, &forged, &fresh);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("chain intact:       OK"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("not current: 1 anchors missing"),
+        "{}",
+        run.stdout
+    );
+
+    // An anchor removed from the middle: a counter gap, named.
+    let gap = path(daemon.dir(), "gap.bundle");
+    let mut anchor_index = 0;
+    let without_second: Vec<_> = all
+        .iter()
+        .filter(|(kind, _)| {
+            if *kind != ANCHOR {
+                return true;
+            }
+            anchor_index += 1;
+            anchor_index != 2
+        })
+        .cloned()
+        .collect();
+    write_sections(&gap, &without_second);
+    let run = verify(&daemon, &gap, &[]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains(
+            "counter gap: anchor 2 is followed by anchor 4 (1 counter values without an anchor)"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_evidence_is_rejected_each_with_its_own_error() {
+    //! Another TPM's AK, a replayed attestation for another nonce, and a
+    //! checkpoint that is not the one the TPM signed.
+    let Some(tpm) = Swtpm::start() else { return };
+    let Some(other_tpm) = Swtpm::start() else {
+        return;
+    };
+    let daemon = anchored_daemon(&tpm, "");
+    append(&daemon, 0, 20).await;
+    anchor(&daemon);
+    let bundle = export(&daemon, "b.bundle");
+
+    // The other TPM's AK, as `tallyd provision` exports it.
+    let other_dir = daemon.dir().join("other");
+    let provision = tally_tests::tallyd(&[
+        OsStr::new("--data-dir"),
+        other_dir.as_os_str(),
+        OsStr::new("--tcti"),
+        OsStr::new(&other_tpm.tcti()),
+        OsStr::new("provision"),
+    ])
+    .unwrap();
+    assert_eq!(provision.code, 0, "{provision:?}");
+    let other_ak = other_dir.join("tpm/ak.pem");
+    let run = tally(
+        &daemon,
+        &["verify", &bundle, "--ak", &other_ak.display().to_string()],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("anchors valid:      FAILED"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("signature"), "{}", run.stdout);
+
+    // An attestation made for one nonce, presented for another.
+    let attestation = attest(&daemon, "1111", "a.att");
+    let run = verify(
+        &daemon,
+        &bundle,
+        &["--attestation", &attestation, "--nonce", "2222"],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("attestation was made for another nonce"),
+        "{}",
+        run.stdout
+    );
+
+    // The anchor's checkpoint changed (claims one more record): the TPM signed another digest.
+    let mut all = sections(&bundle);
+    let (_, anchor_bytes) = all.iter_mut().find(|(kind, _)| *kind == ANCHOR).unwrap();
+    let mut record = AnchorRecord::decode(anchor_bytes.as_slice()).unwrap();
+    let mut checkpoint = tally_attest::anchor::Checkpoint::parse(&record.checkpoint).unwrap();
+    checkpoint.size += 1;
+    record.checkpoint = checkpoint.to_text().into_bytes();
+    *anchor_bytes = record.encode_to_vec();
+    let tampered = path(daemon.dir(), "tampered.bundle");
+    write_sections(&tampered, &all);
+    let run = verify(&daemon, &tampered, &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("qualifying data"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_step_of_anchoring_recovers_without_a_false_alarm() {
+    //! TALLYD_CRASH_POINT aborts tallyd after the intent, after the counter
+    //! increment, and after the evidence: each restart starts cleanly, keeps
+    //! every acked event, and the log verifies as current with no counter gap.
+    for point in ["after-intent", "after-increment", "after-evidence"] {
+        let Some(tpm) = Swtpm::start() else { return };
+        let mut daemon = anchored_daemon(&tpm, "");
+        append(&daemon, 0, 100).await;
+        assert_eq!(anchor(&daemon), 2);
+        // Nothing new since the anchor: the clean shutdown adds no anchor.
+        daemon.terminate().unwrap();
+        daemon.set_env(&[("TALLYD_CRASH_POINT", point)]);
+        daemon.restart().unwrap();
+        append(&daemon, 100, 100).await;
+        let crashed = tally(&daemon, &["anchor"]);
+        assert_ne!(
+            crashed.code, 0,
+            "{point}: the anchor request should die with the daemon"
+        );
+        assert!(
+            tally_tests::wait_until(Duration::from_secs(10), || !daemon.is_running()).await,
+            "{point}: tallyd did not abort"
+        );
+        daemon.set_env(&[]);
+        daemon
+            .restart()
+            .unwrap_or_else(|err| panic!("{point}: false alarm at restart: {err}"));
+        let status: serde_json::Value =
+            serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+        assert_eq!(status["size"], 200, "{point}");
+        let expected_after_recovery = if point == "after-intent" { 2 } else { 3 };
+        assert_eq!(
+            status["last_anchor_counter"], expected_after_recovery,
+            "{point}: {status}"
+        );
+        assert_eq!(anchor(&daemon), expected_after_recovery + 1, "{point}");
+        let bundle = export(&daemon, "b.bundle");
+        let attestation = attest(&daemon, "5eed", "a.att");
+        let run = verify(
+            &daemon,
+            &bundle,
+            &["--attestation", &attestation, "--nonce", "5eed"],
+        );
+        assert_eq!(run.code, 0, "{point}: {}", run.stdout);
+        assert!(run.stdout.contains("no gap"), "{point}: {}", run.stdout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_continue_while_the_tpm_is_unavailable() {
+    //! swtpm paused (SIGSTOP) with anchoring every second: appends keep being
+    //! acked, status reports the failure and the backlog, anchoring resumes
+    //! when the TPM answers again, nothing is lost.
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut daemon = Daemon::start(DaemonOpts {
+        tpm: format!(
+            "enabled = true\ntcti = \"{}\"\nanchor_interval_secs = 1\ntimeout_secs = 1",
+            tpm.tcti()
+        ),
+        ..DaemonOpts::default()
+    })
+    .unwrap();
+    append(&daemon, 0, 100).await;
+    tpm.pause();
+    let started = std::time::Instant::now();
+    let mut next = 100;
+    while started.elapsed() < Duration::from_secs(3) {
+        append(&daemon, next, 100).await;
+        next += 100;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "appends stalled while the TPM was paused"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+    assert!(
+        status["unanchored_events"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(
+        status["last_anchor_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{status}"
+    );
+    tpm.resume();
+    let caught_up = tally_tests::wait_until(Duration::from_secs(20), || {
+        let status: serde_json::Value =
+            serde_json::from_str(&tally(&daemon, &["status", "--json"]).stdout).unwrap_or_default();
+        status["unanchored_events"] == 0 && status["size"] == next
+    })
+    .await;
+    assert!(
+        caught_up,
+        "anchoring did not resume after the TPM came back"
+    );
+    let bundle = export(&daemon, "b.bundle");
+    let attestation = attest(&daemon, "abcd", "a.att");
+    let run = verify(
+        &daemon,
+        &bundle,
+        &["--attestation", &attestation, "--nonce", "abcd"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("OK ({next} records")),
+        "{}",
+        run.stdout
+    );
+    daemon.terminate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm2_tools_accept_our_quotes_and_read_our_counter() {
+    //! Interop: tpm2_checkquote accepts every exported anchor quote with the
+    //! exported AK; tpm2_nvread reads the counter tallyd reports.
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut daemon = anchored_daemon(&tpm, "");
+    for round in 0..3 {
+        append(&daemon, round * 10, 10).await;
+        anchor(&daemon);
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+    let reported = status["last_anchor_counter"].as_u64().unwrap();
+    let bundle = export(&daemon, "b.bundle");
+    // swtpm serves one connection at a time: stop tallyd to let tpm2-tools in.
+    assert!(daemon.terminate().unwrap().success());
+
+    let out_dir = daemon.dir().join("quotes");
+    let commands = run_ok(
+        tally(
+            &daemon,
+            &[
+                "quote-files",
+                &bundle,
+                "--ak",
+                &ak(&daemon),
+                "--out-dir",
+                &out_dir.display().to_string(),
+            ],
+        ),
+        "tally quote-files",
+    );
+    let lines: Vec<&str> = commands.lines().collect();
+    assert_eq!(lines.len(), 3, "{commands}");
+    for line in lines {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(args[0], "tpm2_checkquote");
+        let out = tpm.tool("tpm2_checkquote", &args[1..]);
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A wrong qualifying data is refused by the same tool.
+        let mut wrong: Vec<String> = args[1..].iter().map(|arg| arg.to_string()).collect();
+        let last = wrong.len() - 1;
+        wrong[last] = "00".repeat(32);
+        let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+        assert!(
+            !tpm.tool("tpm2_checkquote", &wrong).status.success(),
+            "{line}"
+        );
+    }
+    let nvread = tpm.tool("tpm2_nvread", &["0x01c17a11", "-C", "o"]);
+    assert!(
+        nvread.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nvread.stderr)
+    );
+    let value = u64::from_be_bytes(nvread.stdout[..8].try_into().unwrap());
+    assert_eq!(value, reported);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclean_tpm_reset_is_reported_as_a_gap_never_as_continuity() {
+    //! The orderly counter jumps forward after an unclean TPM reset (swtpm
+    //! SIGKILLed and restarted): the next anchor lands after the jump, and the
+    //! verifier names a gap across a TPM reset.
+    let Some(mut tpm) = Swtpm::start() else {
+        return;
+    };
+    let daemon = anchored_daemon(&tpm, "");
+    append(&daemon, 0, 10).await;
+    let before = anchor(&daemon);
+    tpm.kill();
+    tpm.restart();
+    append(&daemon, 10, 10).await;
+    // The worker reconnects on the next request; the first may see the broken connection.
+    let mut after = None;
+    for _ in 0..5 {
+        let run = tally(&daemon, &["anchor"]);
+        if run.code == 0 {
+            after = run
+                .stdout
+                .split("TPM counter ")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse::<u64>().ok());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = after.expect("anchoring did not recover after the TPM reset");
+    assert!(
+        after > before + 1,
+        "the orderly counter should have jumped: {before} -> {after}"
+    );
+    let bundle = export(&daemon, "b.bundle");
+    let run = verify(&daemon, &bundle, &[]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("counter gap across a TPM reset"),
+        "{}",
+        run.stdout
+    );
+}
