@@ -50,6 +50,10 @@ struct Args {
     /// (a noisy machine affects both alike).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// With --tcti: also measure N anchors (`tally anchor` round trips, each
+    /// after one new event) and print p50/p99.
+    #[arg(long, default_value_t = 0)]
+    anchor_latency: usize,
 }
 
 struct Daemon {
@@ -145,6 +149,9 @@ fn main() -> anyhow::Result<()> {
         throughput(&args, &tallyd, None)?;
         return Ok(());
     };
+    if args.anchor_latency > 0 {
+        anchor_latency(&tallyd, tcti, args.anchor_latency)?;
+    }
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
         off.push(throughput(&args, &tallyd, None)?);
@@ -160,6 +167,41 @@ fn main() -> anyhow::Result<()> {
         on / off,
         args.rounds.max(1),
         args.anchor_interval_secs
+    );
+    Ok(())
+}
+
+/// Round-trip latency of `count` anchors (increment + NV_Certify + Quote +
+/// LMDB commit, as the client sees it), each after one new event.
+fn anchor_latency(tallyd: &Path, tcti: &str, count: usize) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new().prefix("tally-bench").tempdir()?;
+    let (_daemon, socket) = start_daemon(tallyd, temp.path(), Some((tcti, 3600)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut millis: Vec<f64> = runtime.block_on(async {
+        let mut client = Client::connect(&socket, "tally-bench").await?;
+        let mut out = Vec::with_capacity(count);
+        for i in 0..count {
+            let event = Event {
+                kind: "bench".into(),
+                subject: format!("anchor-{i}"),
+                ..Default::default()
+            };
+            client.append(vec![event]).await?;
+            let started = Instant::now();
+            client.anchor().await?;
+            out.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        anyhow::Ok(out)
+    })?;
+    millis.sort_by(f64::total_cmp);
+    let at = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "anchor latency over {count} anchors: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
     );
     Ok(())
 }

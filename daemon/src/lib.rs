@@ -70,10 +70,15 @@ pub struct RunOptions {
 /// the attestation key. Writes the AK public key (PEM and TPM2B_PUBLIC) and
 /// any EK certificates to `<data_dir>/tpm/`.
 pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), DaemonError> {
+    // Hierarchy passwords come from the environment only, never from the
+    // config file (which is often world-readable).
+    let auth = |name: &str| std::env::var(name).unwrap_or_default().into_bytes();
     let tpm = TpmHandle::spawn(TpmConfig {
         tcti: config.tpm.tcti.clone(),
         counter_index: config.tpm.counter_index()?,
         pcrs: PcrSpec::parse(&config.tpm.pcrs)?,
+        owner_auth: auth("TALLYD_TPM_OWNER_AUTH"),
+        endorsement_auth: auth("TALLYD_TPM_ENDORSEMENT_AUTH"),
         ..TpmConfig::default()
     })?;
     let provisioned = tpm.provision().await?;

@@ -596,3 +596,27 @@ async fn an_unclean_tpm_reset_is_reported_as_a_gap_never_as_continuity() {
         run.stdout
     );
 }
+
+#[test]
+fn a_missing_tpm_is_a_clear_error_at_start() {
+    //! No TPM at the configured TCTI: tallyd exits non-zero naming the TCTI
+    //! and the way out, and serves nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("swtpm:path={}", dir.path().join("no-such.sock").display());
+    let run = tally_tests::tallyd(&[
+        OsStr::new("--data-dir"),
+        dir.path().join("data").as_os_str(),
+        OsStr::new("--socket"),
+        dir.path().join("tally.sock").as_os_str(),
+        OsStr::new("--tcti"),
+        OsStr::new(&missing),
+    ])
+    .unwrap();
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("no TPM at"), "{}", run.stderr);
+    assert!(run.stderr.contains("--no-tpm"), "{}", run.stderr);
+    assert!(
+        !dir.path().join("tally.sock").exists(),
+        "a socket was bound"
+    );
+}

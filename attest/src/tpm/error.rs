@@ -44,7 +44,7 @@ pub enum TpmError {
         source: tss_esapi::Error,
     },
     /// No TPM answers at the TCTI (device missing, swtpm not running).
-    #[error("no TPM at {tcti:?} (TSS2_RC {rc:#x})")]
+    #[error("no TPM at {tcti:?} (TSS2_RC {rc:#x}); set the TCTI (tpm.tcti, --tcti, TCTI or TPM2TOOLS_TCTI), or run without a TPM with --no-tpm")]
     NoTpm {
         /// The TCTI string tried.
         tcti: String,
@@ -61,14 +61,14 @@ pub enum TpmError {
         rc: u32,
     },
     /// The TPM is in dictionary-attack lockout (TPM_RC_LOCKOUT).
-    #[error("TPM is in dictionary-attack lockout during {op}")]
+    #[error("TPM is in dictionary-attack lockout during {op}: wait for the lockout to expire, or reset it with the lockout authorization (tpm2_dictionarylockout -c)")]
     Lockout {
         /// The failing step.
         op: &'static str,
     },
     /// Wrong authorization value (TPM_RC_BAD_AUTH / TPM_RC_AUTH_FAIL): for the owner
     /// hierarchy when defining, incrementing or reading the counter.
-    #[error("wrong authorization value for {op} (TPM_RC {rc:#x})")]
+    #[error("wrong authorization value for {op} (TPM_RC {rc:#x}): the TPM's owner or endorsement hierarchy has a password; give it in TALLYD_TPM_OWNER_AUTH / TALLYD_TPM_ENDORSEMENT_AUTH")]
     BadAuth {
         /// The failing step.
         op: &'static str,
@@ -84,7 +84,7 @@ pub enum TpmError {
     /// The NV index exists but was not defined as Tally's counter.
     #[error(
         "NV index {index:#010x} has attributes {found:#010x}, expected {expected:#010x} \
-         (TPM_NT_COUNTER | OWNERWRITE | OWNERREAD, not ORDERLY)"
+         (TPM_NT_COUNTER | OWNERWRITE | OWNERREAD | ORDERLY): another tool owns this index; choose another tpm.counter_index"
     )]
     IndexWrongAttributes {
         /// The NV index handle.
