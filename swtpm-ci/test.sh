@@ -3,6 +3,7 @@
 # unit tests and end-to-end tests (real daemon, real sockets, real swtpm).
 # Exits non-zero on any failure. This is what CI runs (.ci/run).
 set -euo pipefail
+shopt -s inherit_errexit 2>/dev/null || true
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -41,4 +42,8 @@ step "cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --locked
 
 step "cargo test"
-cargo test --workspace --locked
+log=$(mktemp /tmp/tally-ci-test.XXXXXX)
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\nsuite: %d passed, %d failed, %d skipped\n", p, f, s; if (p == 0 || f > 0) exit 1 }' "$log"
