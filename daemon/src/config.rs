@@ -129,6 +129,8 @@ pub struct Config {
     pub log: String,
     /// TPM anchoring.
     pub tpm: TpmSettings,
+    /// Who may do what (reloaded on SIGHUP).
+    pub access: crate::access::AccessConfig,
 }
 
 impl Default for Config {
@@ -152,6 +154,7 @@ impl Default for Config {
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             log: DEFAULT_LOG.into(),
             tpm: TpmSettings::default(),
+            access: crate::access::AccessConfig::default(),
         }
     }
 }
@@ -236,6 +239,12 @@ impl Config {
             });
         }
         self.tpm.counter_index()?;
+        self.access
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                field: "access",
+                message,
+            })?;
         if self.tpm.enabled && self.tpm.anchor_interval_secs == 0 {
             return Err(ConfigError::Invalid {
                 field: "tpm.anchor_interval_secs",

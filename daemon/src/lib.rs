@@ -5,6 +5,7 @@
 //! single writer: group commit, acks) -> [`store`] (LMDB). [`run`] wires them
 //! together; tests call it with a temporary data directory and socket.
 
+pub mod access;
 pub mod anchor;
 pub mod config;
 pub mod datadir;
@@ -59,11 +60,46 @@ pub enum DaemonError {
 }
 
 /// Choices made on the command line for one run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// The config file, re-read for `[access]` on SIGHUP.
+    pub config_path: Option<std::path::PathBuf>,
     /// Operator override: start although the TPM counter does not match the
     /// store (logged; verifiers still report the gap).
     pub accept_rollback: bool,
+}
+
+/// Reloads the `[access]` table from `path` on every SIGHUP. Other settings
+/// need a restart (they size queues and maps already in use).
+fn reload_access_on_sighup(
+    path: std::path::PathBuf,
+    access: Arc<access::Access>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut hangups = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::hangup(),
+        ) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGHUP; access grants will not reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            match Config::from_file(&path).and_then(|config| config.validate().map(|_| config)) {
+                Ok(config) => {
+                    access.replace(config.access);
+                    tracing::info!(config = %path.display(), "SIGHUP: access grants reloaded");
+                }
+                Err(err) => tracing::error!(%err, "SIGHUP: keeping the current access grants"),
+            }
+        }
+    });
 }
 
 /// Starts the TPM worker and provisions idempotently: the counter index and
@@ -117,7 +153,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DaemonError> {
 /// anchoring task.
 async fn start_anchoring(
     config: &Config,
-    options: RunOptions,
+    options: &RunOptions,
     store: &Arc<store::Store>,
     head: watch::Receiver<Head>,
     shutdown: &CancellationToken,
@@ -167,7 +203,7 @@ pub async fn run(
         let anchor_shutdown = CancellationToken::new();
         let (anchoring, task) = start_anchoring(
             config,
-            options,
+            &options,
             &store,
             sequencer.head.clone(),
             &anchor_shutdown,
@@ -179,6 +215,10 @@ pub async fn run(
         (None, None)
     };
     let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
+    let access = Arc::new(access::Access::new(config.access.clone()));
+    if let Some(path) = options.config_path.clone() {
+        reload_access_on_sighup(path, access.clone(), shutdown.clone());
+    }
     tracing::info!(
         socket = %config.socket.display(),
         data_dir = %config.data_dir.display(),
@@ -196,6 +236,7 @@ pub async fn run(
         server_name: SERVER_NAME.into(),
         data_dir: config.data_dir.clone(),
         anchoring,
+        access: access.clone(),
     });
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let drained = server::run(listener, shared.clone(), shutdown, grace).await;

@@ -128,7 +128,13 @@ fn real_main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run {
         accept_rollback: false,
     }) {
-        Command::Run { accept_rollback } => run(config, RunOptions { accept_rollback }),
+        Command::Run { accept_rollback } => run(
+            config,
+            RunOptions {
+                accept_rollback,
+                config_path: cli.config,
+            },
+        ),
         Command::Provision => provision(&config),
         Command::Check => check(&config),
         Command::Config => {

@@ -27,6 +27,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{Access, Role};
 use crate::anchor::{AnchorCommand, AnchorStatus};
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents, SequencerHandle};
 use crate::store::{Store, FORMAT_VERSION};
@@ -64,6 +65,22 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// TPM anchoring; `None` when the daemon runs without a TPM.
     pub anchoring: Option<Anchoring>,
+    /// Who may do what; replaced on SIGHUP.
+    pub access: Arc<Access>,
+}
+
+/// The role a request needs, and its name for logs.
+fn required_role(body: &request::Body) -> Option<(Role, &'static str)> {
+    match body {
+        request::Body::Hello(_) => None,
+        request::Body::Append(_) => Some((Role::Append, "append")),
+        request::Body::Read(_) => Some((Role::Read, "read")),
+        request::Body::Follow(_) => Some((Role::Read, "follow")),
+        request::Body::Status(_) => Some((Role::Read, "status")),
+        request::Body::Attest(_) => Some((Role::Read, "attest")),
+        request::Body::ReadAnchors(_) => Some((Role::Read, "read_anchors")),
+        request::Body::Anchor(_) => Some((Role::Admin, "anchor")),
+    }
 }
 
 /// What request handlers need of the TPM side.
@@ -248,6 +265,31 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         };
         let id = request.id;
+        if let Some((role, name)) = request.body.as_ref().and_then(required_role) {
+            if greeted && !shared.access.allows(peer, role) {
+                tracing::warn!(peer = %peer_text, request = name, role = role.name(), "permission denied");
+                shared.access.record_denial(
+                    &shared.sequencer.jobs,
+                    &shared.queued_events,
+                    peer,
+                    peer_text,
+                    name,
+                    role,
+                );
+                let message = format!(
+                    "{peer_text} lacks the '{}' role needed for {name}",
+                    role.name()
+                );
+                if queue
+                    .send(error(id, ErrorCode::PermissionDenied, message))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        }
         let outgoing = match request.body {
             Some(request::Body::Hello(hello)) => {
                 if greeted {

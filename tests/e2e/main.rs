@@ -6,6 +6,7 @@
 // helpers beside them fail the test the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod anchoring;
 mod bad_input;
 mod cli;
