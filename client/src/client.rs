@@ -73,6 +73,24 @@ impl Client<UnixStream> {
     }
 }
 
+impl Client<tokio_vsock::VsockStream> {
+    /// Connects to the daemon over vsock (from a guest VM: `cid` 2 is the
+    /// host) and says hello.
+    pub async fn connect_vsock(
+        cid: u32,
+        port: u32,
+        client_name: &str,
+    ) -> Result<Self, ClientError> {
+        let stream = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, port))
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: format!("vsock {cid}:{port}"),
+                source,
+            })?;
+        Client::handshake(stream, client_name).await
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Says hello over an already connected stream.
     pub async fn handshake(stream: S, client_name: &str) -> Result<Self, ClientError> {

@@ -30,6 +30,9 @@ struct Cli {
     /// The daemon's Unix socket.
     #[arg(long, short, env = "TALLY_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
+    /// Connect over vsock instead, as CID:PORT (from a guest VM the host is CID 2).
+    #[arg(long, env = "TALLY_VSOCK", value_parser = parse_vsock, global = true)]
+    vsock: Option<(u32, u32)>,
     #[command(subcommand)]
     command: Command,
 }
@@ -169,6 +172,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let target = Target {
+        socket: cli.socket.clone(),
+        vsock: cli.vsock,
+    };
     match cli.command {
         Command::Verify(args) => return verify(&args),
         Command::QuoteFiles {
@@ -177,21 +184,57 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out_dir,
         } => cli::tpm::quote_files(&bundle, &ak, &out_dir)?,
         Command::Attest { nonce, out } => {
-            cli::tpm::attest(&mut connect(&cli.socket).await?, &nonce, &out).await?
+            cli::tpm::attest(&mut connect(&target).await?, &nonce, &out).await?
         }
-        Command::Anchor => cli::tpm::anchor(&mut connect(&cli.socket).await?).await?,
-        Command::Append(args) => append(&cli.socket, args).await?,
-        Command::Tail { from, follow, json } => tail(&cli.socket, from, follow, json).await?,
-        Command::Export { out } => export(&cli.socket, &out).await?,
-        Command::Status { json } => status(&cli.socket, json).await?,
+        Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
+        Command::Append(args) => append(&target, args).await?,
+        Command::Tail { from, follow, json } => tail(&target, from, follow, json).await?,
+        Command::Export { out } => export(&target, &out).await?,
+        Command::Status { json } => status(&target, json).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<Client> {
-    Client::connect(socket, CLIENT_NAME).await.with_context(|| {
-        "is tallyd running? (set the socket with --socket or TALLY_SOCKET)".to_string()
-    })
+/// Where the daemon is.
+#[derive(Debug, Clone)]
+struct Target {
+    socket: PathBuf,
+    vsock: Option<(u32, u32)>,
+}
+
+/// A connection over either transport.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+type AnyClient = Client<Box<dyn Stream>>;
+
+fn parse_vsock(text: &str) -> Result<(u32, u32), String> {
+    let (cid, port) = text.split_once(':').ok_or("expected CID:PORT")?;
+    let cid = cid.parse().map_err(|_| format!("{cid:?} is not a CID"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a port"))?;
+    Ok((cid, port))
+}
+
+async fn connect(target: &Target) -> anyhow::Result<AnyClient> {
+    let stream: Box<dyn Stream> = match target.vsock {
+        Some((cid, port)) => Box::new(
+            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(cid, port))
+                .await
+                .with_context(|| format!("cannot connect to vsock {cid}:{port}; is tallyd listening there (vsock_port)?"))?,
+        ),
+        None => Box::new(
+            tokio::net::UnixStream::connect(&target.socket)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to {}: is tallyd running? (set the socket with --socket or TALLY_SOCKET)",
+                        target.socket.display()
+                    )
+                })?,
+        ),
+    };
+    Ok(Client::handshake(stream, CLIENT_NAME).await?)
 }
 
 fn now_unix_nanos() -> i64 {
@@ -201,8 +244,8 @@ fn now_unix_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-async fn append(socket: &Path, args: AppendArgs) -> anyhow::Result<()> {
-    let mut client = connect(socket).await?;
+async fn append(target: &Target, args: AppendArgs) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     if !args.stdin {
@@ -313,8 +356,8 @@ fn print_acks(out: &mut impl Write, acks: &[Ack], json: bool) -> io::Result<()> 
     Ok(())
 }
 
-async fn tail(socket: &Path, from: u64, follow: bool, json: bool) -> anyhow::Result<()> {
-    let mut client = connect(socket).await?;
+async fn tail(target: &Target, from: u64, follow: bool, json: bool) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
     let stdout = io::stdout();
     if follow {
         let mut stream = client.follow(from).await?;
@@ -367,8 +410,8 @@ fn progress_bar(what: &str) -> ProgressBar {
     bar
 }
 
-async fn export(socket: &Path, out: &Path) -> anyhow::Result<()> {
-    let mut client = connect(socket).await?;
+async fn export(target: &Target, out: &Path) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
     let bar = progress_bar("exporting");
     let summary = tally_client::export::export(&mut client, out, |done, total| {
         bar.set_length(total);
@@ -396,8 +439,8 @@ fn verify(args: &cli::verify::VerifyArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-async fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let mut client = connect(socket).await?;
+async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
+    let mut client = connect(target).await?;
     let status = client.status().await?;
     if json {
         println!(

@@ -99,6 +99,10 @@ pub struct Config {
     pub socket: PathBuf,
     /// Mode of the socket file, as an octal string ("0660").
     pub socket_mode: String,
+    /// Also listen on vsock (for guest VMs) on this port, any local CID.
+    /// vsock peers have no role unless `[[access.grants]]` names their CID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock_port: Option<u32>,
     /// Group owning the socket file (name or gid); unset keeps the daemon's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
@@ -140,6 +144,7 @@ impl Default for Config {
             socket: DEFAULT_SOCKET.into(),
             socket_mode: format!("{DEFAULT_SOCKET_MODE:04o}"),
             socket_group: None,
+            vsock_port: None,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_events_per_append: DEFAULT_MAX_EVENTS_PER_APPEND,
             queue_bytes: DEFAULT_QUEUE_BYTES,

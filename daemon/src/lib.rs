@@ -215,6 +215,14 @@ pub async fn run(
         (None, None)
     };
     let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
+    let vsock = match config.vsock_port {
+        Some(port) => {
+            let listener = socket::bind_vsock(port)?;
+            tracing::info!(port, "listening on vsock (peers need a grant by CID)");
+            Some(listener)
+        }
+        None => None,
+    };
     let access = Arc::new(access::Access::new(config.access.clone()));
     if let Some(path) = options.config_path.clone() {
         reload_access_on_sighup(path, access.clone(), shutdown.clone());
@@ -239,7 +247,11 @@ pub async fn run(
         access: access.clone(),
     });
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let drained = server::run(listener, shared.clone(), shutdown, grace).await;
+    let listeners = server::Listeners {
+        unix: listener,
+        vsock,
+    };
+    let drained = server::run(listeners, shared.clone(), shutdown, grace).await;
     if let Err(err) = std::fs::remove_file(&config.socket) {
         tracing::warn!(%err, socket = %config.socket.display(), "cannot remove the socket file");
     }

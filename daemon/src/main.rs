@@ -30,6 +30,9 @@ struct Cli {
     /// Socket file mode, octal [default: 0660].
     #[arg(long, env = "TALLYD_SOCKET_MODE", global = true)]
     socket_mode: Option<String>,
+    /// Also listen on this vsock port (guest VMs; peers need a grant by CID).
+    #[arg(long, env = "TALLYD_VSOCK_PORT", global = true)]
+    vsock_port: Option<u32>,
     /// Group owning the socket file (name or gid).
     #[arg(long, env = "TALLYD_SOCKET_GROUP", global = true)]
     socket_group: Option<String>,
@@ -96,6 +99,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     if let Some(value) = cli.socket_mode {
         config.socket_mode = value;
+    }
+    if let Some(value) = cli.vsock_port {
+        config.vsock_port = Some(value);
     }
     if let Some(value) = cli.socket_group {
         config.socket_group = Some(value);

@@ -102,16 +102,55 @@ pub const MAX_NONCE_BYTES: usize = 64;
 /// waits up to `grace` for every connection to finish: requests already read
 /// are answered (appends committed and acked). Returns false when some
 /// connection was still busy after `grace` (e.g. a client that stopped reading).
+/// The listening sockets: the Unix socket, and optionally vsock for guest VMs.
+#[derive(Debug)]
+pub struct Listeners {
+    pub unix: UnixListener,
+    pub vsock: Option<tokio_vsock::VsockListener>,
+}
+
 pub async fn run(
-    listener: UnixListener,
+    listeners: Listeners,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> bool {
     let connections = TaskTracker::new();
+    let unix = accept_unix(listeners.unix, &shared, &shutdown, &connections);
+    let vsock = async {
+        if let Some(listener) = listeners.vsock {
+            accept_vsock(listener, &shared, &shutdown, &connections).await;
+        }
+    };
+    tokio::join!(unix, vsock);
+    connections.close();
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(connections = open, "waiting for connections to finish");
+    }
+    match tokio::time::timeout(grace, connections.wait()).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                connections = connections.len(),
+                grace_secs = grace.as_secs(),
+                "connections still busy after the shutdown grace period; leaving them"
+            );
+            false
+        }
+    }
+}
+
+/// Accepts Unix connections until shutdown; the peer is SO_PEERCRED.
+async fn accept_unix(
+    listener: UnixListener,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    connections: &TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -136,29 +175,48 @@ pub async fn run(
                     shutdown.clone(),
                 ));
             }
-            Err(err) => {
-                // E.g. EMFILE: back off instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(err) => accept_failed(err).await,
+        }
+    }
+}
+
+/// Accepts vsock connections until shutdown; the peer is the connecting
+/// CID and port as the kernel reports them. Same handler as Unix peers.
+async fn accept_vsock(
+    listener: tokio_vsock::VsockListener,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    connections: &TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, address)) => {
+                let peer = Peer {
+                    kind: Some(peer::Kind::Vsock(proto::VsockPeer {
+                        cid: address.cid(),
+                        port: address.port(),
+                    })),
+                };
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    shutdown.clone(),
+                ));
             }
+            Err(err) => accept_failed(err).await,
         }
     }
-    connections.close();
-    let open = connections.len();
-    if open > 0 {
-        tracing::info!(connections = open, "waiting for connections to finish");
-    }
-    match tokio::time::timeout(grace, connections.wait()).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::warn!(
-                connections = connections.len(),
-                grace_secs = grace.as_secs(),
-                "connections still busy after the shutdown grace period; leaving them"
-            );
-            false
-        }
-    }
+}
+
+async fn accept_failed(err: std::io::Error) {
+    // E.g. EMFILE: back off instead of spinning.
+    tracing::warn!(%err, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// A response the writer owes the client, in request order.

@@ -36,6 +36,8 @@ pub enum SocketError {
         mode: u32,
         source: std::io::Error,
     },
+    #[error("cannot listen on vsock port {port}: {source}")]
+    BindVsock { port: u32, source: std::io::Error },
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
     #[error("cannot give {path} to group {group}: {source}")]
@@ -106,6 +108,13 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> Result<UnixList
         })?;
     }
     Ok(listener)
+}
+
+/// Binds a vsock listener on `port` for any local CID.
+pub fn bind_vsock(port: u32) -> Result<tokio_vsock::VsockListener, SocketError> {
+    let address = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+    tokio_vsock::VsockListener::bind(address)
+        .map_err(|source| SocketError::BindVsock { port, source })
 }
 
 fn resolve_group(group: &str) -> Result<u32, SocketError> {

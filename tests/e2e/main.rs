@@ -17,3 +17,4 @@ mod paging;
 mod shutdown;
 mod tamper;
 mod tpm_evidence;
+mod vsock;
