@@ -9,6 +9,7 @@ pub mod access;
 pub mod anchor;
 pub mod config;
 pub mod datadir;
+mod handlers;
 pub mod sequencer;
 pub mod server;
 pub mod socket;

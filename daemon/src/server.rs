@@ -11,13 +11,12 @@
 //! per connection stays bounded.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
 use prost::Message;
-use tally_attest::entry_hash;
 use tally_client::frame;
 use tally_client::proto::{self, peer, request, response, ErrorCode, Peer, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -29,8 +28,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, Role};
 use crate::anchor::{AnchorCommand, AnchorStatus};
-use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents, SequencerHandle};
-use crate::store::{Store, FORMAT_VERSION};
+use crate::handlers;
+use crate::sequencer::{Ack, AppendError, SequencerHandle};
+use crate::store::Store;
 
 /// Per-connection and per-request limits.
 #[derive(Debug, Clone, Copy)]
@@ -95,13 +95,6 @@ pub struct Anchoring {
     pub timeout: Duration,
 }
 
-/// Largest nonce accepted for a fresh attestation.
-pub const MAX_NONCE_BYTES: usize = 64;
-
-/// Accepts connections on `listener` until `shutdown` is cancelled, then
-/// waits up to `grace` for every connection to finish: requests already read
-/// are answered (appends committed and acked). Returns false when some
-/// connection was still busy after `grace` (e.g. a client that stopped reading).
 /// The listening sockets: the Unix socket, and optionally vsock for guest VMs.
 #[derive(Debug)]
 pub struct Listeners {
@@ -109,6 +102,10 @@ pub struct Listeners {
     pub vsock: Option<tokio_vsock::VsockListener>,
 }
 
+/// Accepts connections until `shutdown` is cancelled, then waits up to
+/// `grace` for every connection to finish: requests already read are
+/// answered (appends committed and acked). Returns false when some
+/// connection was still busy after `grace` (e.g. a client that stopped reading).
 pub async fn run(
     listeners: Listeners,
     shared: Arc<Shared>,
@@ -220,7 +217,7 @@ async fn accept_failed(err: std::io::Error) {
 }
 
 /// A response the writer owes the client, in request order.
-enum Outgoing {
+pub(crate) enum Outgoing {
     Ready(Response),
     Append {
         id: u64,
@@ -390,13 +387,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 return;
             }
             Some(request::Body::Append(append)) => {
-                match submit_append(id, append, frame_len, peer, shared, shutdown).await {
+                match handlers::submit_append(id, append, frame_len, peer, shared, shutdown).await {
                     Some(outgoing) => outgoing,
                     None => return,
                 }
             }
             Some(request::Body::Read(read)) => {
-                read_page(id, read.from_seq, read.max_records, shared).await
+                handlers::read_page(id, read.from_seq, read.max_records, shared).await
             }
             Some(request::Body::Follow(follow)) => {
                 following = true;
@@ -405,13 +402,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     from: follow.from_seq,
                 }
             }
-            Some(request::Body::Status(_)) => status(id, shared),
+            Some(request::Body::Status(_)) => handlers::status(id, shared),
             Some(request::Body::Attest(attest)) => {
-                fresh_attestation(id, attest.nonce, shared).await
+                handlers::fresh_attestation(id, attest.nonce, shared).await
             }
-            Some(request::Body::Anchor(_)) => anchor_now(id, shared).await,
+            Some(request::Body::Anchor(_)) => handlers::anchor_now(id, shared).await,
             Some(request::Body::ReadAnchors(read)) => {
-                read_anchors(id, read.from_counter, read.max_anchors, shared).await
+                handlers::read_anchors(id, read.from_counter, read.max_anchors, shared).await
             }
             None => error(
                 id,
@@ -423,255 +420,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return;
         }
     }
-}
-
-/// Validates an append, reserves its queue budget (waiting under overload)
-/// and hands it to the sequencer. `None`: the daemon is shutting down.
-async fn submit_append(
-    id: u64,
-    append: proto::AppendRequest,
-    frame_len: usize,
-    peer: &Peer,
-    shared: &Shared,
-    shutdown: &CancellationToken,
-) -> Option<Outgoing> {
-    let count = append.events.len();
-    if count == 0 {
-        return Some(error(
-            id,
-            ErrorCode::BadRequest,
-            "append without events".into(),
-        ));
-    }
-    if count > shared.limits.max_events_per_append {
-        let message = format!(
-            "{count} events in one append; the maximum is {}",
-            shared.limits.max_events_per_append
-        );
-        return Some(error(id, ErrorCode::TooManyEvents, message));
-    }
-    let receive_time_unix_nanos = now_unix_nanos();
-    // A frame larger than the whole budget takes all of it rather than
-    // waiting forever.
-    let budget = u32::try_from(frame_len.min(shared.limits.queue_bytes).max(1)).unwrap_or(u32::MAX);
-    let permit = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        permit = shared.queue_budget.clone().acquire_many_owned(budget) => permit.ok()?,
-    };
-    let (reply, ack) = oneshot::channel();
-    let job = AppendJob {
-        events: append.events,
-        bytes: frame_len,
-        peer: *peer,
-        receive_time_unix_nanos,
-        reply,
-        permit: Some(permit),
-        queued: QueuedEvents::new(&shared.queued_events, count as u64),
-    };
-    if shared.sequencer.jobs.send(job).await.is_err() {
-        return Some(error(
-            id,
-            ErrorCode::ShuttingDown,
-            "the sequencer has stopped".into(),
-        ));
-    }
-    Some(Outgoing::Append { id, ack })
-}
-
-async fn read_page(id: u64, from: u64, max_records: u32, shared: &Shared) -> Outgoing {
-    let size = shared.sequencer.head.borrow().size;
-    if from > size {
-        let message = format!("seq {from} is beyond the log (size {size})");
-        return error(id, ErrorCode::OutOfRange, message);
-    }
-    let max = match max_records as usize {
-        0 => shared.limits.read_page_records,
-        n => n.min(shared.limits.read_page_records),
-    };
-    match load_page(shared, from, max, size).await {
-        Ok(records) => Outgoing::Ready(Response {
-            id,
-            body: Some(response::Body::Records(records)),
-        }),
-        Err(message) => error(id, ErrorCode::Storage, message),
-    }
-}
-
-/// Reads committed records `[from, min(from + max, size))` off the runtime.
-async fn load_page(
-    shared: &Shared,
-    from: u64,
-    max: usize,
-    size: u64,
-) -> Result<proto::Records, String> {
-    let store = shared.store.clone();
-    let max_bytes = shared.limits.max_frame;
-    let max = max.min(usize::try_from(size.saturating_sub(from)).unwrap_or(usize::MAX));
-    let page = tokio::task::spawn_blocking(move || store.read(from, max, max_bytes))
-        .await
-        .map_err(|err| err.to_string())?
-        .map_err(|err| err.to_string())?;
-    Ok(proto::Records {
-        records: page
-            .into_iter()
-            .map(|record| proto::StoredRecord {
-                seq: record.seq,
-                entry_hash: entry_hash(&record.bytes).to_vec().into(),
-                record: record.bytes.into(),
-            })
-            .collect(),
-    })
-}
-
-async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) -> Outgoing {
-    use tally_attest::anchor::{
-        fresh_qualifying_data, Checkpoint, EvidenceRecord, FreshAttestation,
-    };
-    let Some(anchoring) = &shared.anchoring else {
-        return error(
-            id,
-            ErrorCode::TpmUnavailable,
-            "this daemon runs without a TPM".into(),
-        );
-    };
-    if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
-        let message = format!(
-            "the nonce must be 1 to {MAX_NONCE_BYTES} bytes, not {}",
-            nonce.len()
-        );
-        return error(id, ErrorCode::BadRequest, message);
-    }
-    let head = *shared.sequencer.head.borrow();
-    let checkpoint = Checkpoint {
-        log_id: shared.store.log_id(),
-        size: head.size,
-        head_hash: head.hash,
-    }
-    .to_text();
-    let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &nonce);
-    let evidence = match tokio::time::timeout(
-        anchoring.timeout,
-        anchoring.tpm.attest_fresh(qualifying_data),
-    )
-    .await
-    {
-        Ok(Ok(evidence)) => evidence,
-        Ok(Err(err)) => return error(id, ErrorCode::TpmUnavailable, format!("TPM: {err}")),
-        Err(_) => {
-            return error(
-                id,
-                ErrorCode::TpmUnavailable,
-                "the TPM did not answer in time".into(),
-            )
-        }
-    };
-    let attestation = FreshAttestation {
-        checkpoint: checkpoint.into_bytes(),
-        nonce,
-        evidence: Some(EvidenceRecord::from_evidence(&evidence)),
-    };
-    Outgoing::Ready(Response {
-        id,
-        body: Some(response::Body::Attest(proto::AttestReply {
-            attestation: attestation.encode_to_vec(),
-        })),
-    })
-}
-
-async fn anchor_now(id: u64, shared: &Shared) -> Outgoing {
-    let Some(anchoring) = &shared.anchoring else {
-        return error(
-            id,
-            ErrorCode::TpmUnavailable,
-            "this daemon runs without a TPM".into(),
-        );
-    };
-    let (reply, done) = oneshot::channel();
-    if anchoring
-        .commands
-        .send(AnchorCommand::Now(reply))
-        .await
-        .is_err()
-    {
-        return error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into());
-    }
-    match done.await {
-        Ok(Ok((counter, anchor))) => Outgoing::Ready(Response {
-            id,
-            body: Some(response::Body::Anchor(proto::AnchorReply {
-                counter,
-                anchor,
-            })),
-        }),
-        Ok(Err(message)) => error(id, ErrorCode::TpmUnavailable, message),
-        Err(_) => error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into()),
-    }
-}
-
-async fn read_anchors(id: u64, from: u64, max: u32, shared: &Shared) -> Outgoing {
-    let store = shared.store.clone();
-    let max = match max as usize {
-        0 => shared.limits.read_page_records,
-        n => n.min(shared.limits.read_page_records),
-    };
-    match tokio::task::spawn_blocking(move || store.anchors(from, max)).await {
-        Ok(Ok(anchors)) => Outgoing::Ready(Response {
-            id,
-            body: Some(response::Body::Anchors(proto::Anchors {
-                anchors: anchors
-                    .into_iter()
-                    .map(|(counter, anchor)| proto::StoredAnchor { counter, anchor })
-                    .collect(),
-            })),
-        }),
-        Ok(Err(err)) => error(id, ErrorCode::Storage, err.to_string()),
-        Err(err) => error(id, ErrorCode::Internal, err.to_string()),
-    }
-}
-
-fn status(id: u64, shared: &Shared) -> Outgoing {
-    let head = *shared.sequencer.head.borrow();
-    let anchor = shared
-        .anchoring
-        .as_ref()
-        .and_then(|anchoring| anchoring.status.lock().ok().map(|status| status.clone()));
-    let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
-        .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
-        .unwrap_or(0);
-    Outgoing::Ready(Response {
-        id,
-        body: Some(response::Body::Status(proto::StatusReply {
-            size: head.size,
-            head_hash: head.hash.to_vec(),
-            log_id: shared.store.log_id().to_vec(),
-            server_name: shared.server_name.clone(),
-            store_used_bytes: shared.store.used_bytes(),
-            store_map_bytes: shared.store.map_bytes(),
-            disk_free_bytes,
-            queued_events: shared.queued_events.load(Ordering::Relaxed),
-            format_version: FORMAT_VERSION,
-            tpm_enabled: shared.anchoring.is_some(),
-            last_anchor_counter: anchor.as_ref().map_or(0, |a| a.last_counter),
-            last_anchor_size: anchor.as_ref().map_or(0, |a| a.last_size),
-            last_anchor_age_millis: anchor
-                .as_ref()
-                .filter(|a| a.last_created_unix_nanos > 0)
-                .map_or(0, |a| {
-                    let age_nanos = now_unix_nanos()
-                        .saturating_sub(a.last_created_unix_nanos)
-                        .max(0);
-                    (age_nanos / 1_000_000) as u64
-                }),
-            unanchored_events: anchor
-                .as_ref()
-                .map_or(0, |a| head.size.saturating_sub(a.last_size)),
-            last_anchor_error: anchor
-                .as_ref()
-                .and_then(|a| a.last_error.clone())
-                .unwrap_or_default(),
-            anchor_interval_millis: anchor.as_ref().map_or(0, |a| a.interval.as_millis() as u64),
-        })),
-    })
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -743,20 +491,22 @@ async fn follow<W: AsyncWrite + Unpin>(
     loop {
         let size = head.borrow_and_update().size;
         while cursor < size {
-            let page = match load_page(shared, cursor, shared.limits.read_page_records, size).await
-            {
-                Ok(page) => page,
-                Err(message) => {
-                    let _ = frames
-                        .send(frame::encode(&response_error(
-                            id,
-                            ErrorCode::Storage,
-                            message,
-                        )))
-                        .await;
-                    return;
-                }
-            };
+            let page =
+                match handlers::load_page(shared, cursor, shared.limits.read_page_records, size)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(message) => {
+                        let _ = frames
+                            .send(frame::encode(&response_error(
+                                id,
+                                ErrorCode::Storage,
+                                message,
+                            )))
+                            .await;
+                        return;
+                    }
+                };
             let Some(last) = page.records.last() else {
                 break;
             };
@@ -782,7 +532,7 @@ async fn follow<W: AsyncWrite + Unpin>(
     }
 }
 
-fn response_error(id: u64, code: ErrorCode, message: String) -> Response {
+pub(crate) fn response_error(id: u64, code: ErrorCode, message: String) -> Response {
     Response {
         id,
         body: Some(response::Body::Error(proto::Error {
@@ -792,11 +542,11 @@ fn response_error(id: u64, code: ErrorCode, message: String) -> Response {
     }
 }
 
-fn error(id: u64, code: ErrorCode, message: String) -> Outgoing {
+pub(crate) fn error(id: u64, code: ErrorCode, message: String) -> Outgoing {
     Outgoing::Ready(response_error(id, code, message))
 }
 
-fn now_unix_nanos() -> i64 {
+pub(crate) fn now_unix_nanos() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
