@@ -9,6 +9,9 @@
 //! * [`evidence`]: TPM evidence as plain data (TPMS_ATTEST, TPMT_SIGNATURE,
 //!   PCR values), its parser and its verifier (ECDSA P-256), and the export
 //!   for `tpm2_checkquote`.
+//! * [`merkle`]: RFC 6962 / RFC 9162 Merkle tree hashing, an incremental
+//!   frontier, inclusion and consistency proofs and their verification.
+//! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
 //! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
 //!
 //! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
@@ -19,6 +22,8 @@ pub mod anchor;
 pub mod bundle;
 pub mod chain;
 pub mod evidence;
+pub mod merkle;
+pub mod note;
 pub mod record;
 pub mod verify;
 

@@ -24,6 +24,10 @@ pub const DEFAULT_READ_PAGE_RECORDS: usize = 1024;
 pub const DEFAULT_MAP_INITIAL_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+pub const DEFAULT_SLOW_READER_TIMEOUT_SECS: u64 = 30;
 /// tss-esapi logs every context close at info; keep it to warnings.
 pub const DEFAULT_LOG: &str = "info,tss_esapi=warn";
 /// Default NV counter index (owner range).
@@ -124,6 +128,16 @@ pub struct Config {
     pub batch_linger_micros: u64,
     /// Most records per read or follow response.
     pub read_page_records: usize,
+    /// Connections served at once, in total and per peer (uid or vsock CID).
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Events per second each peer may append (0: unlimited), and the burst.
+    pub append_rate_per_peer: u64,
+    pub append_burst_per_peer: u64,
+    /// Close a connection that sends no request for this long (seconds).
+    pub idle_timeout_secs: u64,
+    /// Disconnect a client that takes no response for this long (seconds).
+    pub slow_reader_timeout_secs: u64,
     /// Initial and largest LMDB map size, in bytes.
     pub map_initial_bytes: usize,
     pub map_max_bytes: usize,
@@ -154,6 +168,12 @@ impl Default for Config {
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             batch_linger_micros: DEFAULT_BATCH_LINGER_MICROS,
             read_page_records: DEFAULT_READ_PAGE_RECORDS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            append_rate_per_peer: 0,
+            append_burst_per_peer: 0,
+            idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            slow_reader_timeout_secs: DEFAULT_SLOW_READER_TIMEOUT_SECS,
             map_initial_bytes: DEFAULT_MAP_INITIAL_BYTES,
             map_max_bytes: DEFAULT_MAP_MAX_BYTES,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
@@ -225,6 +245,13 @@ impl Config {
             ("batch_max_events", self.batch_max_events),
             ("batch_max_bytes", self.batch_max_bytes),
             ("read_page_records", self.read_page_records),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_peer", self.max_connections_per_peer),
+            ("idle_timeout_secs", self.idle_timeout_secs as usize),
+            (
+                "slow_reader_timeout_secs",
+                self.slow_reader_timeout_secs as usize,
+            ),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -272,6 +299,8 @@ impl Config {
             read_page_records: self.read_page_records,
             max_inflight_per_connection: self.max_inflight_per_connection,
             queue_bytes: self.queue_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            slow_reader_timeout: Duration::from_secs(self.slow_reader_timeout_secs),
         }
     }
 

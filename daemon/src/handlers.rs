@@ -42,6 +42,14 @@ pub(crate) async fn submit_append(
         );
         return Some(error(id, ErrorCode::TooManyEvents, message));
     }
+    if !shared.append_rate.try_take(peer, count) {
+        let message = format!(
+            "{} exceeded its append rate of {} events/s; retry later",
+            crate::server::describe(peer),
+            shared.append_rate.rate()
+        );
+        return Some(error(id, ErrorCode::RateLimited, message));
+    }
     let receive_time_unix_nanos = now_unix_nanos();
     // A frame larger than the whole budget takes all of it rather than
     // waiting forever.

@@ -10,6 +10,7 @@ pub mod anchor;
 pub mod config;
 pub mod datadir;
 mod handlers;
+pub mod limits;
 pub mod sequencer;
 pub mod server;
 pub mod socket;
@@ -246,6 +247,14 @@ pub async fn run(
         data_dir: config.data_dir.clone(),
         anchoring,
         access: access.clone(),
+        connections: limits::ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_peer,
+        ),
+        append_rate: limits::AppendRate::new(
+            config.append_rate_per_peer,
+            config.append_burst_per_peer,
+        ),
     });
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let listeners = server::Listeners {

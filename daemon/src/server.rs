@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::access::{Access, Role};
 use crate::anchor::{AnchorCommand, AnchorStatus};
 use crate::handlers;
+use crate::limits::{AppendRate, ConnectionLimits, Refusal};
 use crate::sequencer::{Ack, AppendError, SequencerHandle};
 use crate::store::Store;
 
@@ -45,6 +46,12 @@ pub struct Limits {
     pub max_inflight_per_connection: usize,
     /// Bytes of append requests that may wait for the sequencer, in total.
     pub queue_bytes: usize,
+    /// A connection that sends no request for this long is closed (not
+    /// while it follows the log).
+    pub idle_timeout: Duration,
+    /// A client that does not take a response within this long is
+    /// disconnected, so a stalled reader or follower cannot pin memory.
+    pub slow_reader_timeout: Duration,
 }
 
 /// What every connection shares.
@@ -67,6 +74,10 @@ pub struct Shared {
     pub anchoring: Option<Anchoring>,
     /// Who may do what; replaced on SIGHUP.
     pub access: Arc<Access>,
+    /// Open connections, in total and per peer.
+    pub connections: Arc<ConnectionLimits>,
+    /// Events per second each peer may append (optional).
+    pub append_rate: AppendRate,
 }
 
 /// The role a request needs, and its name for logs.
@@ -165,12 +176,7 @@ async fn accept_unix(
                         continue;
                     }
                 };
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    shutdown.clone(),
-                ));
+                dispatch(stream, peer, shared, shutdown, connections);
             }
             Err(err) => accept_failed(err).await,
         }
@@ -198,16 +204,48 @@ async fn accept_vsock(
                         port: address.port(),
                     })),
                 };
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    shutdown.clone(),
-                ));
+                dispatch(stream, peer, shared, shutdown, connections);
             }
             Err(err) => accept_failed(err).await,
         }
     }
+}
+
+/// Serves an accepted connection if the connection limits admit it, else
+/// tells the client why and closes it.
+fn dispatch<S>(
+    stream: S,
+    peer: Peer,
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    connections: &TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match shared.connections.admit(&peer) {
+        Ok(permit) => {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            connections.spawn(async move {
+                serve_connection(stream, peer, shared, shutdown).await;
+                drop(permit);
+            });
+        }
+        Err(refusal) => {
+            tracing::warn!(peer = %describe(&peer), %refusal, "connection refused");
+            connections.spawn(refuse(stream, refusal));
+        }
+    }
+}
+
+/// Sends one BUSY error and closes; gives up after a second.
+async fn refuse<S: AsyncWrite + Send + Unpin>(stream: S, refusal: Refusal) {
+    let mut frames = FramedWrite::new(stream, frame::codec(65_536));
+    let response = response_error(0, ErrorCode::Busy, refusal.to_string());
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        frames.send(frame::encode(&response)),
+    )
+    .await;
 }
 
 async fn accept_failed(err: std::io::Error) {
@@ -275,10 +313,23 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut greeted = false;
     let mut following = false;
     loop {
+        let idle = if following {
+            Duration::MAX
+        } else {
+            shared.limits.idle_timeout
+        };
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            next = frames.next() => next,
+            next = tokio::time::timeout(idle, frames.next()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::info!(peer = %peer_text, idle_secs = idle.as_secs(), "closing an idle connection");
+                    let message = format!("no request for {} s; closing", idle.as_secs());
+                    let _ = queue.send(error(0, ErrorCode::Busy, message)).await;
+                    return;
+                }
+            },
         };
         let bytes = match next {
             None => return,
@@ -465,15 +516,43 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 return;
             }
         };
-        if frames.feed(frame::encode(&response)).await.is_err() {
+        let limit = shared.limits.slow_reader_timeout;
+        if !within(limit, frames.feed(frame::encode(&response)), &shared).await {
             return;
         }
         // Batch the flushes of pipelined responses.
-        if queue.is_empty() && SinkExt::<bytes::Bytes>::flush(&mut frames).await.is_err() {
+        if queue.is_empty()
+            && !within(limit, SinkExt::<bytes::Bytes>::flush(&mut frames), &shared).await
+        {
             return;
         }
     }
-    let _ = SinkExt::<bytes::Bytes>::flush(&mut frames).await;
+    let _ = within(
+        shared.limits.slow_reader_timeout,
+        SinkExt::<bytes::Bytes>::flush(&mut frames),
+        &shared,
+    )
+    .await;
+}
+
+/// Runs a socket write; false when it failed or the client did not take the
+/// bytes within `limit` (a stalled reader: the caller disconnects it).
+async fn within<E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+    shared: &Shared,
+) -> bool {
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            let _ = shared;
+            tracing::warn!(
+                timeout_secs = limit.as_secs(),
+                "client is not reading its responses; disconnecting it"
+            );
+            false
+        }
+    }
 }
 
 /// Streams records from `from`, then new ones as they commit, until the
@@ -516,11 +595,11 @@ async fn follow<W: AsyncWrite + Unpin>(
                 body: Some(response::Body::Records(page)),
             };
             let sent = tokio::select! {
-                sent = frames.send(frame::encode(&response)) => sent,
+                sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response)), shared) => sent,
                 _ = reader_done.cancelled() => return,
                 _ = shutdown.cancelled() => return,
             };
-            if sent.is_err() {
+            if !sent {
                 return;
             }
         }

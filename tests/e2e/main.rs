@@ -13,6 +13,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod follow;
+mod limits;
 mod paging;
 mod shutdown;
 mod tamper;

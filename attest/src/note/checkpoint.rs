@@ -1,0 +1,123 @@
+//! The tlog-checkpoint note body (<https://c2sp.org/tlog-checkpoint>):
+//!
+//! ```text
+//! <origin>\n
+//! <tree size, decimal, no leading zeros>\n
+//! <base64 of the 32-byte RFC 6962 root hash>\n
+//! <extension line>\n   (zero or more, each non-empty)
+//! ```
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+use crate::record::Hash;
+
+/// A parsed checkpoint body: what a log's signed note says about its tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlogCheckpoint {
+    /// The log's identity; non-empty, one line.
+    pub origin: String,
+    /// Number of leaves in the tree.
+    pub size: u64,
+    /// RFC 6962 root hash of the tree of `size` leaves.
+    pub root_hash: Hash,
+    /// Opaque extension lines, each non-empty (not recommended by the spec).
+    pub extensions: Vec<String>,
+}
+
+/// Why text is not a checkpoint body. `line` numbers count from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error("checkpoint text does not end with a newline")]
+    NoFinalNewline,
+    #[error("checkpoint has {found} lines, needs at least 3 (origin, size, root hash)")]
+    TooFewLines { found: usize },
+    #[error("checkpoint origin line is empty")]
+    EmptyOrigin,
+    #[error("checkpoint tree size is not a decimal u64 without leading zeros")]
+    BadSize,
+    #[error("checkpoint root hash is not base64 of 32 bytes")]
+    BadRootHash,
+    #[error("checkpoint line {line} is empty")]
+    EmptyLine { line: usize },
+    #[error("checkpoint line {line} has a control character")]
+    ControlCharacter { line: usize },
+}
+
+impl TlogCheckpoint {
+    /// Parses a checkpoint body (the verified text of a signed note, final
+    /// newline included). Strict: canonical size and base64, no empty lines,
+    /// no control characters.
+    pub fn parse(text: &str) -> Result<TlogCheckpoint, CheckpointError> {
+        let body = text
+            .strip_suffix('\n')
+            .ok_or(CheckpointError::NoFinalNewline)?;
+        let lines: Vec<&str> = body.split('\n').collect();
+        let [origin, size, root, extensions @ ..] = lines.as_slice() else {
+            return Err(CheckpointError::TooFewLines { found: lines.len() });
+        };
+        for (i, line) in lines.iter().enumerate() {
+            if line.is_empty() {
+                return Err(if i == 0 {
+                    CheckpointError::EmptyOrigin
+                } else {
+                    CheckpointError::EmptyLine { line: i + 1 }
+                });
+            }
+            if line.chars().any(|c| c < ' ') {
+                return Err(CheckpointError::ControlCharacter { line: i + 1 });
+            }
+        }
+        Ok(TlogCheckpoint {
+            origin: (*origin).to_owned(),
+            size: parse_size(size)?,
+            root_hash: BASE64
+                .decode(root)
+                .ok()
+                .and_then(|bytes| Hash::try_from(bytes).ok())
+                .ok_or(CheckpointError::BadRootHash)?,
+            extensions: extensions.iter().map(|line| (*line).to_owned()).collect(),
+        })
+    }
+
+    /// The body text, final newline included: exactly what
+    /// [`TlogCheckpoint::parse`] reads back into an equal value. Fails if the
+    /// origin or an extension line is empty or has a newline or another
+    /// control character.
+    pub fn to_text(&self) -> Result<String, CheckpointError> {
+        if self.origin.is_empty() {
+            return Err(CheckpointError::EmptyOrigin);
+        }
+        let free_text = std::iter::once((1, &self.origin)).chain((4..).zip(&self.extensions));
+        for (line, field) in free_text {
+            if field.is_empty() {
+                return Err(CheckpointError::EmptyLine { line });
+            }
+            if field.chars().any(|c| c < ' ') {
+                return Err(CheckpointError::ControlCharacter { line });
+            }
+        }
+        let mut text = format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            BASE64.encode(self.root_hash)
+        );
+        for extension in &self.extensions {
+            text.push_str(extension);
+            text.push('\n');
+        }
+        Ok(text)
+    }
+}
+
+fn parse_size(size: &str) -> Result<u64, CheckpointError> {
+    let canonical = !size.is_empty()
+        && size.bytes().all(|b| b.is_ascii_digit())
+        && (size == "0" || !size.starts_with('0'));
+    if !canonical {
+        return Err(CheckpointError::BadSize);
+    }
+    size.parse().map_err(|_| CheckpointError::BadSize)
+}
