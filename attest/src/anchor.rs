@@ -32,19 +32,19 @@ pub struct Checkpoint {
     pub log_id: [u8; 16],
     /// Number of records covered.
     pub size: u64,
-    /// Entry hash of record `size - 1` (32 zero bytes when `size` is 0).
-    pub head_hash: Hash,
+    /// RFC 6962 Merkle root over the first `size` entry hashes.
+    pub root: Hash,
 }
 
 impl Checkpoint {
-    /// The checkpoint's text, in the shape of a C2SP tlog-checkpoint body:
-    /// `tally/<log id hex>\n<size>\n<base64 head hash>\n`.
+    /// The checkpoint's text, a C2SP tlog-checkpoint body:
+    /// `tally/<log id hex>\n<size>\n<base64 Merkle root>\n`.
     pub fn to_text(&self) -> String {
         format!(
             "tally/{}\n{}\n{}\n",
             hex::encode(self.log_id),
             self.size,
-            base64::engine::general_purpose::STANDARD.encode(self.head_hash)
+            base64::engine::general_purpose::STANDARD.encode(self.root)
         )
     }
 
@@ -56,7 +56,7 @@ impl Checkpoint {
         let mut lines = body.split('\n');
         let origin = lines.next().ok_or(bad("no origin line"))?;
         let size = lines.next().ok_or(bad("no size line"))?;
-        let head = lines.next().ok_or(bad("no head line"))?;
+        let head = lines.next().ok_or(bad("no root line"))?;
         if lines.next().is_some() {
             return Err(bad("extra lines"));
         }
@@ -69,16 +69,12 @@ impl Checkpoint {
             return Err(bad("size is not a canonical decimal"));
         }
         let size = size.parse().map_err(|_| bad("size is not a decimal"))?;
-        let head_hash = base64::engine::general_purpose::STANDARD
+        let root = base64::engine::general_purpose::STANDARD
             .decode(head)
             .ok()
             .and_then(|head| <[u8; 32]>::try_from(head).ok())
-            .ok_or(bad("head is not base64 of 32 bytes"))?;
-        let checkpoint = Checkpoint {
-            log_id,
-            size,
-            head_hash,
-        };
+            .ok_or(bad("root is not base64 of 32 bytes"))?;
+        let checkpoint = Checkpoint { log_id, size, root };
         if checkpoint.to_text() != text {
             return Err(bad("not in canonical form"));
         }
@@ -431,7 +427,7 @@ mod tests {
         Checkpoint {
             log_id: [0x11; 16],
             size,
-            head_hash: [0xab; 32],
+            root: [0xab; 32],
         }
     }
 

@@ -2,12 +2,12 @@
 //!
 //! A record is `version (1 byte) || seq (8 bytes, big-endian) || prev_hash
 //! (32 bytes) || body`, where `body` is the protobuf encoding of
-//! `tally.v1.RecordBody` made once by the daemon. The entry hash is
-//! `SHA-256("tally.entry.v1\0" || record)`. Because `seq` and `prev_hash` sit
-//! at fixed offsets, a verifier checks the chain without decoding protobuf, and
-//! every link can be checked independently of the others.
-
-use sha2::{Digest, Sha256};
+//! `tally.v1.RecordBody` made once by the daemon. The entry hash is the
+//! record's RFC 6962 Merkle leaf hash, `SHA-256(0x00 || record)`: one hash
+//! serves as the chain link (the next record's `prev_hash`) and as the leaf
+//! of the log's Merkle tree. Because `seq` and `prev_hash` sit at fixed
+//! offsets, a verifier checks the chain without decoding protobuf, and every
+//! link can be checked independently of the others.
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -20,10 +20,6 @@ pub const HEADER_LEN: usize = 1 + 8 + 32;
 
 /// The `prev_hash` of record 0.
 pub const GENESIS_PREV: Hash = [0u8; 32];
-
-/// Domain separator of the entry hash. Distinct from the RFC 6962 leaf and
-/// node prefixes (0x00, 0x01), so an entry hash is never a Merkle hash.
-pub const ENTRY_HASH_DOMAIN: &[u8] = b"tally.entry.v1\0";
 
 /// The fixed fields at the start of every record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +72,10 @@ impl RecordHeader {
     }
 }
 
-/// The entry hash of a complete record (header and body).
+/// The entry hash of a complete record (header and body): its RFC 6962
+/// leaf hash, `SHA-256(0x00 || record)`.
 pub fn entry_hash(record: &[u8]) -> Hash {
-    let mut hasher = Sha256::new();
-    hasher.update(ENTRY_HASH_DOMAIN);
-    hasher.update(record);
-    hasher.finalize().into()
+    crate::merkle::leaf_hash(record)
 }
 
 #[cfg(test)]
@@ -122,12 +116,12 @@ mod tests {
     }
 
     #[test]
-    fn entry_hash_is_domain_separated_sha256() {
+    fn entry_hash_is_the_rfc6962_leaf_hash() {
         // Known answer from an independent implementation (coreutils):
-        // printf 'tally.entry.v1\0abc' | sha256sum
+        // printf '\x00abc' | sha256sum
         assert_eq!(
             hex::encode(entry_hash(b"abc")),
-            "a12e6883635dbc97df0dcdcd32f98d72443443f46aacc1c4a67379d98552991f"
+            "609f6e36d2405585188d5cfd761f407c7cc46a7d3f314c88270469dde315fcd1"
         );
     }
 }

@@ -17,7 +17,8 @@ use crate::anchor::{
 };
 use crate::bundle::{BundleError, BundleHeader, BundleReader};
 use crate::chain::{verify_chain_observed, ChainError, ChainSummary, Damage};
-use crate::record::{Hash, GENESIS_PREV};
+use crate::merkle::{Frontier, EMPTY_ROOT};
+use crate::record::Hash;
 
 /// What the verifier is given besides the bundle.
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,7 +37,7 @@ pub enum AnchorViolation {
     Invalid { position: usize, error: AnchorError },
     #[error("anchor {counter} is for another log (log id {found})")]
     WrongLog { counter: u64, found: String },
-    #[error("anchor {counter}: its checkpoint's head for size {size} does not match the chain (records before seq {size} were changed)")]
+    #[error("anchor {counter}: its checkpoint's Merkle root for size {size} does not match the records (records before seq {size} were changed)")]
     CheckpointMismatch { counter: u64, size: u64 },
     #[error("log truncated: anchor {counter} covers {size} records but the bundle holds only {log_size}")]
     BeyondLog {
@@ -162,17 +163,24 @@ pub fn verify_bundle<R: BufRead>(
         wanted.insert(fresh.checkpoint.size, None);
     }
     if let Some(slot) = wanted.get_mut(&0) {
-        *slot = Some(GENESIS_PREV);
+        *slot = Some(EMPTY_ROOT);
     }
 
+    // The Merkle tree is rebuilt (leaves = the entry hashes the replay
+    // computes anyway) only when some checkpoint needs a root.
+    let mut frontier = (!wanted.is_empty()).then(Frontier::new);
     let chain = verify_chain_observed(
         &mut reader,
         size,
         &head,
         |done| progress(done, size),
         |at, hash| {
-            if let Some(slot) = wanted.get_mut(&at) {
-                *slot = Some(*hash);
+            if let Some(frontier) = frontier.as_mut() {
+                if frontier.push(*hash, |_, _, _| {}).is_ok() {
+                    if let Some(slot) = wanted.get_mut(&at) {
+                        *slot = Some(frontier.root());
+                    }
+                }
             }
         },
     );
@@ -249,7 +257,7 @@ fn check_checkpoints(
         }
         let size = anchor.checkpoint.size;
         match chain_heads.get(&size).copied().flatten() {
-            Some(head) if head == anchor.checkpoint.head_hash => {}
+            Some(root) if root == anchor.checkpoint.root => {}
             Some(_) => {
                 return AnchorsVerdict::Invalid(AnchorViolation::CheckpointMismatch {
                     counter,
@@ -286,7 +294,7 @@ fn judge_current(
     let grown_since = match log_size {
         Some(log_size) if fresh.checkpoint.size <= log_size => {
             if chain_heads.get(&fresh.checkpoint.size).copied().flatten()
-                != Some(fresh.checkpoint.head_hash)
+                != Some(fresh.checkpoint.root)
             {
                 return CurrentVerdict::Inconsistent(
                     "the attested head does not match the chain at its size",

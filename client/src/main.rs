@@ -448,6 +448,7 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             json!({
                 "size": status.size,
                 "head_hash": hex::encode(&status.head_hash),
+                "root_hash": hex::encode(&status.root_hash),
                 "log_id": hex::encode(&status.log_id),
                 "server": status.server_name,
                 "format_version": status.format_version,
@@ -468,6 +469,7 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
         println!("log id:        {}", hex::encode(&status.log_id));
         println!("size:          {} records", status.size);
         println!("head:          {}", hex::encode(&status.head_hash));
+        println!("merkle root:   {}", hex::encode(&status.root_hash));
         println!(
             "store:         {} bytes used of a {} byte map",
             status.store_used_bytes, status.store_map_bytes

@@ -296,7 +296,7 @@ impl Anchorer {
         let checkpoint = Checkpoint {
             log_id: self.store.log_id(),
             size: head.size,
-            head_hash: head.hash,
+            root: head.root,
         }
         .to_text();
         let evidence = self

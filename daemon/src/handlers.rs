@@ -145,7 +145,7 @@ pub(crate) async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) 
     let checkpoint = Checkpoint {
         log_id: shared.store.log_id(),
         size: head.size,
-        head_hash: head.hash,
+        root: head.root,
     }
     .to_text();
     let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &nonce);
@@ -243,6 +243,7 @@ pub(crate) fn status(id: u64, shared: &Shared) -> Outgoing {
         body: Some(response::Body::Status(proto::StatusReply {
             size: head.size,
             head_hash: head.hash.to_vec(),
+            root_hash: head.root.to_vec(),
             log_id: shared.store.log_id().to_vec(),
             server_name: shared.server_name.clone(),
             store_used_bytes: shared.store.used_bytes(),

@@ -204,7 +204,9 @@ impl Sequencer {
                 let _ = body.encode(&mut self.body);
                 self.batch.bytes.extend_from_slice(&self.body);
                 let hash = entry_hash(&self.batch.bytes[start..]);
-                self.batch.records.push((head.size, self.batch.bytes.len()));
+                self.batch
+                    .records
+                    .push((head.size, self.batch.bytes.len(), hash));
                 job_acks.push(Ack {
                     seq: head.size,
                     entry_hash: hash,
@@ -212,13 +214,16 @@ impl Sequencer {
                 head = Head {
                     size: head.size + 1,
                     hash,
+                    // Set from the store's frontier once committed.
+                    root: head.root,
                 };
             }
             acks.push(job_acks);
         }
 
         match self.store.append(&self.batch, head) {
-            Ok(()) => {
+            Ok(root) => {
+                let head = Head { root, ..head };
                 self.head = head;
                 self.head_tx.send_replace(head);
                 for (job, job_acks) in jobs.drain(..).zip(acks) {

@@ -15,6 +15,11 @@
 //! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor) |
 //! | `meta`    | `"anchor_intent"`     | counter u64 BE: an increment to this value is in progress |
 //! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
+//! | `tree`    | level u8 \|\| index u64 BE | hash of the complete Merkle subtree (level >= 1) |
+//! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
+//!
+//! Merkle leaves (level 0) are the records' entry hashes and are not stored
+//! again: a proof recomputes them from the records.
 //!
 //! Two threads write: the sequencer (records, `head`) and the anchorer
 //! (anchors, intent, base; a few small transactions per anchor). LMDB
@@ -33,36 +38,50 @@ use heed::types::{Bytes, Str, U64};
 use heed::{
     byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, PutFlags, WithoutTls,
 };
+use tally_attest::merkle::{self, Frontier, MerkleError};
 use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
 /// Version of the on-disk layout described above. A data directory written
 /// with another version is refused, never silently reinterpreted.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const META_FORMAT_VERSION: &str = "format_version";
 const META_LOG_ID: &str = "log_id";
 const META_HEAD: &str = "head";
 const META_ANCHOR_INTENT: &str = "anchor_intent";
 const META_TPM_COUNTER_BASE: &str = "tpm_counter_base";
+const META_FRONTIER: &str = "frontier";
 
 /// A database keyed by a big-endian u64 (seq or counter value).
 type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
 /// The metadata database, keyed by name.
 type MetaDb = Database<'static, Str, Bytes>;
+/// Merkle subtree hashes, keyed by level || index.
+type TreeDb = Database<'static, Bytes, Bytes>;
 
-/// The log's size and the entry hash of its last record.
+fn tree_key(level: u8, index: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = level;
+    key[1..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The log's size, the entry hash of its last record, and its Merkle root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     /// Number of records; the next seq.
     pub size: u64,
     /// Entry hash of record `size - 1`; [`GENESIS_PREV`] when empty.
     pub hash: Hash,
+    /// RFC 6962 root of the Merkle tree over the `size` entry hashes.
+    pub root: Hash,
 }
 
 impl Head {
     const EMPTY: Head = Head {
         size: 0,
         hash: GENESIS_PREV,
+        root: merkle::EMPTY_ROOT,
     };
 
     fn encode(&self) -> [u8; 40] {
@@ -72,11 +91,13 @@ impl Head {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Head> {
+    /// The stored (size, hash); the root comes from the frontier.
+    fn decode(bytes: &[u8], root: Hash) -> Option<Head> {
         let (size, hash) = bytes.split_first_chunk::<8>()?;
         Some(Head {
             size: u64::from_be_bytes(*size),
             hash: hash.try_into().ok()?,
+            root,
         })
     }
 }
@@ -110,6 +131,8 @@ pub enum StoreError {
     Inconsistent(String),
     #[error("the store's map is at its configured maximum of {max} bytes")]
     MapAtMaximum { max: usize },
+    #[error("Merkle tree: {0}")]
+    Merkle(#[from] MerkleError),
 }
 
 impl StoreError {
@@ -141,6 +164,10 @@ pub struct Store {
     records: SeqDb,
     meta: MetaDb,
     anchors: SeqDb,
+    tree: TreeDb,
+    /// The Merkle tree's right edge as of the last commit; only the writer
+    /// changes it, and only after a successful commit.
+    frontier: std::sync::Mutex<Frontier>,
     log_id: [u8; 16],
     sizing: MapSizing,
     /// Readers hold this shared while a read transaction is open; the writer
@@ -154,8 +181,8 @@ pub struct Store {
 pub struct Batch {
     /// Concatenated record bytes.
     pub bytes: Vec<u8>,
-    /// (seq, end offset in `bytes`) of each record.
-    pub records: Vec<(u64, usize)>,
+    /// (seq, end offset in `bytes`, entry hash) of each record.
+    pub records: Vec<(u64, usize, Hash)>,
 }
 
 impl Batch {
@@ -187,11 +214,12 @@ impl Store {
             let records = opener.create_database(wtxn, Some("records"))?;
             let meta = opener.create_database(wtxn, Some("meta"))?;
             let anchors = opener.create_database(wtxn, Some("anchors"))?;
+            let tree = opener.create_database(wtxn, Some("tree"))?;
             Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-                records, meta, anchors,
+                records, meta, anchors, tree,
             )))
         })?;
-        let (records, meta, anchors): (SeqDb, MetaDb, SeqDb) = match created {
+        let (records, meta, anchors, tree): (SeqDb, MetaDb, SeqDb, TreeDb) = match created {
             CommitOrAbort::Commit(databases) => databases,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -211,6 +239,7 @@ impl Store {
                 )?;
                 meta.put(&mut wtxn, META_LOG_ID, &log_id)?;
                 meta.put(&mut wtxn, META_HEAD, &Head::EMPTY.encode())?;
+                meta.put(&mut wtxn, META_FRONTIER, &Frontier::new().to_bytes())?;
                 log_id
             }
             Some(version) => {
@@ -225,12 +254,18 @@ impl Store {
                     .ok_or(StoreError::CorruptMeta("log_id missing or not 16 bytes"))?
             }
         };
+        let frontier = match meta.get(&wtxn, META_FRONTIER)? {
+            Some(bytes) => Frontier::from_bytes(bytes)?,
+            None => return Err(StoreError::CorruptMeta("frontier missing")),
+        };
         wtxn.commit()?;
         let store = Store {
             env,
             records,
             meta,
             anchors,
+            tree,
+            frontier: std::sync::Mutex::new(frontier),
             log_id,
             sizing,
             resize_gate: RwLock::new(()),
@@ -252,7 +287,8 @@ impl Store {
             .meta
             .get(&rtxn, META_HEAD)?
             .ok_or(StoreError::CorruptMeta("head missing"))?;
-        Head::decode(bytes).ok_or(StoreError::CorruptMeta("head is not 40 bytes"))
+        Head::decode(bytes, self.frontier().root())
+            .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))
     }
 
     /// Start-up check: `head` agrees with the last stored record.
@@ -261,6 +297,13 @@ impl Store {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
         let last = self.records.last(&rtxn)?;
+        if self.frontier().size() != head.size {
+            return Err(StoreError::Inconsistent(format!(
+                "head says {} records, the Merkle frontier {}",
+                head.size,
+                self.frontier().size()
+            )));
+        }
         match (head.size, last) {
             (0, None) => Ok(()),
             (size, Some((seq, bytes))) if seq + 1 == size && entry_hash(bytes) == head.hash => {
@@ -273,10 +316,11 @@ impl Store {
         }
     }
 
-    /// Commits a batch built on `head` and returns the new head. Grows the map
-    /// first when it is nearly full. All or nothing: on error nothing of the
-    /// batch is stored.
-    pub fn append(&self, batch: &Batch, new_head: Head) -> Result<(), StoreError> {
+    /// Commits a batch built on the current head (records, the Merkle nodes
+    /// they complete, the frontier, the head) and returns the new Merkle
+    /// root. Grows the map first when it is nearly full. All or nothing: on
+    /// error nothing of the batch is stored and the frontier is unchanged.
+    pub fn append(&self, batch: &Batch, new_head: Head) -> Result<Hash, StoreError> {
         self.grow_if_needed(batch.bytes.len())?;
         match self.try_append(batch, new_head) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
@@ -287,20 +331,82 @@ impl Store {
         }
     }
 
-    fn try_append(&self, batch: &Batch, new_head: Head) -> Result<(), StoreError> {
+    fn try_append(&self, batch: &Batch, new_head: Head) -> Result<Hash, StoreError> {
+        let mut frontier = self.frontier().clone();
+        let mut nodes: Vec<(u8, u64, Hash)> = Vec::with_capacity(batch.records.len() + 8);
         let mut wtxn = self.env.write_txn()?;
         let mut start = 0;
-        for &(seq, end) in &batch.records {
+        for &(seq, end, hash) in &batch.records {
             let record = batch.bytes.get(start..end).ok_or_else(|| {
                 StoreError::Inconsistent(format!("batch offsets out of range at seq {seq}"))
             })?;
             self.records
                 .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, record)?;
+            frontier.push(hash, |level, index, node| {
+                if level > 0 {
+                    nodes.push((level, index, *node));
+                }
+            })?;
             start = end;
         }
+        for (level, index, node) in &nodes {
+            self.tree.put(&mut wtxn, &tree_key(*level, *index), node)?;
+        }
+        self.meta
+            .put(&mut wtxn, META_FRONTIER, &frontier.to_bytes())?;
         self.meta.put(&mut wtxn, META_HEAD, &new_head.encode())?;
         wtxn.commit()?;
-        Ok(())
+        let root = frontier.root();
+        *self.frontier() = frontier;
+        Ok(root)
+    }
+
+    fn frontier(&self) -> std::sync::MutexGuard<'_, Frontier> {
+        self.frontier
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `prove` with a Merkle node store over one read transaction:
+    /// level 0 from the records' entry hashes, higher levels from `tree`.
+    fn with_nodes<T>(
+        &self,
+        prove: impl FnOnce(&dyn merkle::NodeStore) -> Result<T, MerkleError>,
+    ) -> Result<T, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let nodes = |level: u8, index: u64| -> Option<Hash> {
+            if level == 0 {
+                return self
+                    .records
+                    .get(&rtxn, &index)
+                    .ok()
+                    .flatten()
+                    .map(entry_hash);
+            }
+            let bytes = self
+                .tree
+                .get(&rtxn, &tree_key(level, index))
+                .ok()
+                .flatten()?;
+            <[u8; 32]>::try_from(bytes).ok()
+        };
+        Ok(prove(&nodes)?)
+    }
+
+    /// The Merkle root of the first `size` records.
+    pub fn root_at(&self, size: u64) -> Result<Hash, StoreError> {
+        self.with_nodes(|nodes| merkle::root(nodes, size))
+    }
+
+    /// The inclusion proof of record `seq` in the tree of the first `size` records.
+    pub fn inclusion_proof(&self, seq: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_nodes(|nodes| merkle::inclusion_proof(nodes, seq, size))
+    }
+
+    /// The consistency proof from the tree of `old_size` records to `new_size`.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.with_nodes(|nodes| merkle::consistency_proof(nodes, old_size, new_size))
     }
 
     /// Bytes in use by the environment (pages up to the last used one).
@@ -394,12 +500,7 @@ impl Store {
         }
         drop(rtxn);
         let head = self.head()?;
-        if head
-            != (Head {
-                size,
-                hash: running,
-            })
-        {
+        if head.size != size || head.hash != running || self.root_at(size)? != head.root {
             return Err(StoreError::Inconsistent(
                 "head does not match the records".into(),
             ));
@@ -531,11 +632,13 @@ mod tests {
             }
             .encode_into(&mut batch.bytes);
             batch.bytes.extend(std::iter::repeat_n(b'x', payload));
+            let hash = entry_hash(&batch.bytes[start..]);
             head = Head {
                 size: head.size + 1,
-                hash: entry_hash(&batch.bytes[start..]),
+                hash,
+                root: head.root,
             };
-            batch.records.push((head.size - 1, batch.bytes.len()));
+            batch.records.push((head.size - 1, batch.bytes.len(), hash));
         }
         (batch, head)
     }
@@ -550,8 +653,8 @@ mod tests {
             log_id = store.log_id();
             // 64 batches of 100 records of 1 KiB: ~6.5 MiB through a 1 MiB map.
             for _ in 0..64 {
-                let (batch, next) = batch_of(head, 100, 1024);
-                store.append(&batch, next).unwrap();
+                let (batch, mut next) = batch_of(head, 100, 1024);
+                next.root = store.append(&batch, next).unwrap();
                 head = next;
             }
             assert!(store.map_bytes() > 1 << 20, "map should have grown");
@@ -569,6 +672,39 @@ mod tests {
     }
 
     #[test]
+    fn the_stored_tree_matches_the_records_and_proves_inclusion_and_consistency() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        let mut head = Head::EMPTY;
+        let mut leaves = Vec::new();
+        // Uneven batches so subtrees complete across commits.
+        for n in [1usize, 2, 7, 1, 13, 64, 3] {
+            let (batch, mut next) = batch_of(head, n, 10);
+            leaves.extend(batch.records.iter().map(|&(_, _, hash)| hash));
+            next.root = store.append(&batch, next).unwrap();
+            assert_eq!(next.root, merkle::root_from_leaf_hashes(&leaves));
+            head = next;
+        }
+        let size = leaves.len() as u64;
+        assert_eq!(store.head().unwrap().root, head.root);
+        for at in [1, 2, 3, 10, 24, 64, 90, size] {
+            let root = store.root_at(at).unwrap();
+            assert_eq!(root, merkle::root_from_leaf_hashes(&leaves[..at as usize]));
+            for seq in [0, at / 2, at - 1] {
+                let proof = store.inclusion_proof(seq, at).unwrap();
+                merkle::verify_inclusion(seq, at, &leaves[seq as usize], &proof, &root).unwrap();
+            }
+            let proof = store.consistency_proof(at, size).unwrap();
+            merkle::verify_consistency(at, size, &root, &head.root, &proof).unwrap();
+        }
+        // Reopened, the frontier continues where it was.
+        drop(store);
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        assert_eq!(store.head().unwrap(), head);
+        assert_eq!(store.verify().unwrap(), head);
+    }
+
+    #[test]
     fn map_at_maximum_is_a_full_error_and_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let tiny = MapSizing {
@@ -578,9 +714,12 @@ mod tests {
         let store = Store::open(dir.path(), tiny).unwrap();
         let mut head = Head::EMPTY;
         let err = loop {
-            let (batch, next) = batch_of(head, 50, 4000);
+            let (batch, mut next) = batch_of(head, 50, 4000);
             match store.append(&batch, next) {
-                Ok(()) => head = next,
+                Ok(root) => {
+                    next.root = root;
+                    head = next;
+                }
                 Err(err) => break err,
             }
         };

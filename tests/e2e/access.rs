@@ -77,7 +77,17 @@ async fn roles_come_from_the_kernel_and_denials_are_recorded() {
     assert_eq!(export.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&export.stderr).contains("lacks the 'read' role"));
 
-    // The denials are in the log, with the kernel's identity of the peer.
+    // The denials are in the log, with the kernel's identity of the peer
+    // (recorded without waiting: give the writer a moment).
+    let recorded = tally_tests::wait_until(std::time::Duration::from_secs(5), || {
+        daemon
+            .tally(&["status", "--json"])
+            .ok()
+            .and_then(|run| serde_json::from_str::<Value>(&run.stdout).ok())
+            .is_some_and(|status| status["size"] == 3)
+    })
+    .await;
+    assert!(recorded, "the two denials were not recorded");
     let tail = daemon.tally(&["tail", "--json"]).unwrap();
     let events: Vec<Value> = tail
         .stdout

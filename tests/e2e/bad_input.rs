@@ -456,7 +456,7 @@ async fn another_format_version_is_refused() -> anyhow::Result<()> {
     assert!(status.success(), "{status}");
 
     let store = daemon.data_dir().join("store");
-    set_format_version(&store, 7)?;
+    let original = set_format_version(&store, 7)?;
     let refused = daemon.tallyd::<&str>(&[])?;
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("format version 7"), "{refused:?}");
@@ -465,13 +465,14 @@ async fn another_format_version_is_refused() -> anyhow::Result<()> {
     assert!(check.stderr.contains("format version 7"), "{check:?}");
 
     // Nothing was rewritten: with the version put back, everything is there.
-    set_format_version(&store, 1)?;
+    set_format_version(&store, original)?;
     daemon.restart()?;
     witness.check_only_witnessed(&daemon).await
 }
 
-/// Writes `meta["format_version"]` of a stopped daemon's LMDB store.
-fn set_format_version(store: &std::path::Path, version: u32) -> anyhow::Result<()> {
+/// Writes `meta["format_version"]` of a stopped daemon's LMDB store and
+/// returns the version it replaced.
+fn set_format_version(store: &std::path::Path, version: u32) -> anyhow::Result<u32> {
     use heed::types::{Bytes, Str};
     let mut options = heed::EnvOpenOptions::new();
     options.max_dbs(4).map_size(1 << 30);
@@ -489,7 +490,12 @@ fn set_format_version(store: &std::path::Path, version: u32) -> anyhow::Result<(
         heed::CommitOrAbort::Abort(never) => match never {},
     };
     let mut wtxn = env.write_txn()?;
+    let old = meta
+        .get(&wtxn, "format_version")?
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| anyhow::anyhow!("no format_version in the store"))?;
     meta.put(&mut wtxn, "format_version", &version.to_be_bytes())?;
     wtxn.commit()?;
-    Ok(())
+    Ok(old)
 }

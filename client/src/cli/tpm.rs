@@ -43,9 +43,9 @@ pub async fn anchor<S: AsyncRead + AsyncWrite + Unpin>(
     let record = decode_anchor(&bytes)?;
     let checkpoint = Checkpoint::parse(&record.checkpoint)?;
     println!(
-        "anchored: TPM counter {counter}, log size {}, head {}",
+        "anchored: TPM counter {counter}, log size {}, Merkle root {}",
         checkpoint.size,
-        hex::encode(checkpoint.head_hash)
+        hex::encode(checkpoint.root)
     );
     Ok(())
 }
