@@ -12,6 +12,7 @@
 //! * [`merkle`]: RFC 6962 / RFC 9162 Merkle tree hashing, an incremental
 //!   frontier, inclusion and consistency proofs and their verification.
 //! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
+//! * [`proof`]: inclusion and consistency proof files bound to TPM anchors.
 //! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
 //!
 //! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod evidence;
 pub mod merkle;
 pub mod note;
+pub mod proof;
 pub mod record;
 pub mod verify;
 

@@ -218,6 +218,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// An inclusion proof of record `seq` against the anchor at `size` (0:
+    /// the newest): the bytes of a `tally_attest::proof::InclusionProofFile`.
+    pub async fn prove_inclusion(&mut self, seq: u64, size: u64) -> Result<Vec<u8>, ClientError> {
+        let id = self
+            .send(request::Body::ProveInclusion(
+                proto::ProveInclusionRequest { seq, size },
+            ))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Proof(reply) => Ok(reply.proof),
+            other => Err(unexpected("prove_inclusion", &other)),
+        }
+    }
+
+    /// A consistency proof between the anchors at `from_size` and `to_size`
+    /// (0: the newest): the bytes of a `tally_attest::proof::ConsistencyProofFile`.
+    pub async fn prove_consistency(
+        &mut self,
+        from_size: u64,
+        to_size: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let id = self
+            .send(request::Body::ProveConsistency(
+                proto::ProveConsistencyRequest { from_size, to_size },
+            ))
+            .await?;
+        match self.recv(id).await? {
+            response::Body::Proof(reply) => Ok(reply.proof),
+            other => Err(unexpected("prove_consistency", &other)),
+        }
+    }
+
     /// Follows the log from `from_seq`: every stored record, then each new one
     /// as it is committed. The connection is dedicated to the stream.
     pub async fn follow(mut self, from_seq: u64) -> Result<Follow<S>, ClientError> {
@@ -303,6 +335,7 @@ fn unexpected(request: &str, body: &response::Body) -> ClientError {
         response::Body::Attest(_) => "attest",
         response::Body::Anchor(_) => "anchor",
         response::Body::Anchors(_) => "anchors",
+        response::Body::Proof(_) => "proof",
     };
     ClientError::Protocol(format!("a {kind} response to a {request} request"))
 }

@@ -75,6 +75,11 @@ enum Command {
     },
     /// Anchor the log's head in the TPM now (instead of waiting for the interval).
     Anchor,
+    /// Write an inclusion or consistency proof, bound to TPM anchors.
+    #[command(subcommand)]
+    Prove(cli::proof::Prove),
+    /// Verify a proof file offline with only the AK public key.
+    VerifyProof(cli::proof::VerifyProofArgs),
     /// Write each anchor's quote of a bundle as the files tpm2_checkquote reads,
     /// and print the tpm2_checkquote command for each.
     QuoteFiles {
@@ -187,6 +192,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::tpm::attest(&mut connect(&target).await?, &nonce, &out).await?
         }
         Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
+        Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
+        Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => append(&target, args).await?,
         Command::Tail { from, follow, json } => tail(&target, from, follow, json).await?,
         Command::Export { out } => export(&target, &out).await?,

@@ -274,3 +274,113 @@ pub(crate) fn status(id: u64, shared: &Shared) -> Outgoing {
         })),
     })
 }
+
+/// An inclusion proof of record `seq` against the anchor at `size` (0: the
+/// newest anchor), as a protobuf `ProofFile`.
+pub(crate) async fn prove_inclusion(id: u64, seq: u64, size: u64, shared: &Shared) -> Outgoing {
+    use tally_attest::proof::{InclusionProofFile, ProofFile};
+    let store = shared.store.clone();
+    let built = tokio::task::spawn_blocking(
+        move || -> Result<Result<Vec<u8>, (ErrorCode, String)>, String> {
+            let Some((_, anchor, covered)) =
+                store.anchor_for_size(size).map_err(|err| err.to_string())?
+            else {
+                return Ok(Err(no_anchor(size)));
+            };
+            if seq >= covered {
+                return Ok(Err((
+                    ErrorCode::OutOfRange,
+                    format!("seq {seq} is not in the anchored log of {covered} records"),
+                )));
+            }
+            let path = store
+                .inclusion_proof(seq, covered)
+                .map_err(|err| err.to_string())?;
+            let record = store
+                .read(seq, 1, usize::MAX)
+                .map_err(|err| err.to_string())?
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("record {seq} is missing"))?;
+            let inclusion = InclusionProofFile {
+                seq,
+                record: record.bytes,
+                path: path.iter().map(|hash| hash.to_vec()).collect(),
+                anchor,
+            };
+            Ok(Ok(ProofFile {
+                inclusion: Some(inclusion),
+                consistency: None,
+            }
+            .encode_to_vec()))
+        },
+    )
+    .await;
+    proof_reply(id, built)
+}
+
+/// A consistency proof from the anchor at `from` records to the anchor at
+/// `to` (0: the newest), as a protobuf `ProofFile`.
+pub(crate) async fn prove_consistency(id: u64, from: u64, to: u64, shared: &Shared) -> Outgoing {
+    use tally_attest::proof::{ConsistencyProofFile, ProofFile};
+    let store = shared.store.clone();
+    let built = tokio::task::spawn_blocking(
+        move || -> Result<Result<Vec<u8>, (ErrorCode, String)>, String> {
+            let Some((_, new_anchor, new_size)) =
+                store.anchor_for_size(to).map_err(|err| err.to_string())?
+            else {
+                return Ok(Err(no_anchor(to)));
+            };
+            if from == 0 || from > new_size {
+                return Ok(Err((
+                    ErrorCode::OutOfRange,
+                    format!("the old size must be an anchored size between 1 and {new_size}"),
+                )));
+            }
+            let Some((_, old_anchor, _)) =
+                store.anchor_for_size(from).map_err(|err| err.to_string())?
+            else {
+                return Ok(Err(no_anchor(from)));
+            };
+            let path = store
+                .consistency_proof(from, new_size)
+                .map_err(|err| err.to_string())?;
+            let consistency = ConsistencyProofFile {
+                path: path.iter().map(|hash| hash.to_vec()).collect(),
+                old_anchor,
+                new_anchor,
+            };
+            Ok(Ok(ProofFile {
+                inclusion: None,
+                consistency: Some(consistency),
+            }
+            .encode_to_vec()))
+        },
+    )
+    .await;
+    proof_reply(id, built)
+}
+
+fn no_anchor(size: u64) -> (ErrorCode, String) {
+    let message = if size == 0 {
+        "the log has no anchor yet: proofs are checked against TPM-anchored checkpoints (tally anchor)".to_owned()
+    } else {
+        format!("no anchor covers exactly {size} records: proofs are made against anchored sizes (see tally export / status)")
+    };
+    (ErrorCode::OutOfRange, message)
+}
+
+fn proof_reply(
+    id: u64,
+    built: Result<Result<Result<Vec<u8>, (ErrorCode, String)>, String>, tokio::task::JoinError>,
+) -> Outgoing {
+    match built {
+        Ok(Ok(Ok(proof))) => Outgoing::Ready(Response {
+            id,
+            body: Some(response::Body::Proof(proto::ProofReply { proof })),
+        }),
+        Ok(Ok(Err((code, message)))) => error(id, code, message),
+        Ok(Err(message)) => error(id, ErrorCode::Storage, message),
+        Err(err) => error(id, ErrorCode::Internal, err.to_string()),
+    }
+}

@@ -91,6 +91,8 @@ fn required_role(body: &request::Body) -> Option<(Role, &'static str)> {
         request::Body::Attest(_) => Some((Role::Read, "attest")),
         request::Body::ReadAnchors(_) => Some((Role::Read, "read_anchors")),
         request::Body::Anchor(_) => Some((Role::Admin, "anchor")),
+        request::Body::ProveInclusion(_) => Some((Role::Read, "prove_inclusion")),
+        request::Body::ProveConsistency(_) => Some((Role::Read, "prove_consistency")),
     }
 }
 
@@ -460,6 +462,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Some(request::Body::Anchor(_)) => handlers::anchor_now(id, shared).await,
             Some(request::Body::ReadAnchors(read)) => {
                 handlers::read_anchors(id, read.from_counter, read.max_anchors, shared).await
+            }
+            Some(request::Body::ProveInclusion(prove)) => {
+                handlers::prove_inclusion(id, prove.seq, prove.size, shared).await
+            }
+            Some(request::Body::ProveConsistency(prove)) => {
+                handlers::prove_consistency(id, prove.from_size, prove.to_size, shared).await
             }
             None => error(
                 id,

@@ -530,6 +530,29 @@ impl Store {
         Ok(out)
     }
 
+    /// The anchor whose checkpoint covers exactly `size` records (0: the
+    /// newest anchor), with its counter. Anchors are walked from the newest
+    /// back (their sizes never decrease with the counter).
+    pub fn anchor_for_size(&self, size: u64) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        for entry in self.anchors.rev_iter(&rtxn)? {
+            let (counter, bytes) = entry?;
+            let covered = tally_attest::anchor::decode_anchor(bytes)
+                .ok()
+                .and_then(|record| tally_attest::anchor::Checkpoint::parse(&record.checkpoint).ok())
+                .map(|checkpoint| checkpoint.size)
+                .ok_or(StoreError::CorruptMeta("an anchor record does not decode"))?;
+            if size == 0 || covered == size {
+                return Ok(Some((counter, bytes.to_vec(), covered)));
+            }
+            if covered < size {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// The pending anchor intent (an increment to this counter value was
     /// started and its anchor not yet committed), if any.
     pub fn anchor_intent(&self) -> Result<Option<u64>, StoreError> {

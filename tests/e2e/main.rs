@@ -15,6 +15,7 @@ mod crash;
 mod follow;
 mod limits;
 mod paging;
+mod proofs;
 mod shutdown;
 mod tamper;
 mod tpm_evidence;
