@@ -361,6 +361,10 @@ pub(crate) async fn prove_consistency(id: u64, from: u64, to: u64, shared: &Shar
     proof_reply(id, built)
 }
 
+/// A proof built off the runtime: a storage failure (outer `Err`), a
+/// refusal for the client (inner `Err`), or the encoded proof.
+type BuiltProof = Result<Result<Vec<u8>, (ErrorCode, String)>, String>;
+
 fn no_anchor(size: u64) -> (ErrorCode, String) {
     let message = if size == 0 {
         "the log has no anchor yet: proofs are checked against TPM-anchored checkpoints (tally anchor)".to_owned()
@@ -370,10 +374,7 @@ fn no_anchor(size: u64) -> (ErrorCode, String) {
     (ErrorCode::OutOfRange, message)
 }
 
-fn proof_reply(
-    id: u64,
-    built: Result<Result<Result<Vec<u8>, (ErrorCode, String)>, String>, tokio::task::JoinError>,
-) -> Outgoing {
+fn proof_reply(id: u64, built: Result<BuiltProof, tokio::task::JoinError>) -> Outgoing {
     match built {
         Ok(Ok(Ok(proof))) => Outgoing::Ready(Response {
             id,
