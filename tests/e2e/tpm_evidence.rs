@@ -334,3 +334,32 @@ async fn wrong_owner_auth_and_missing_tpm_are_named() {
     let err = gone.provision().await.unwrap_err();
     assert!(matches!(err, TpmError::NoTpm { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_sealed_secret_unseals_only_on_its_own_tpm() {
+    //! The log's signing key is sealed to the TPM: it unseals there, not on
+    //! another TPM, and not from a tampered blob.
+    use tally_attest::tpm::seal::SealedBlob;
+    let Some(tpm) = Swtpm::start() else { return };
+    let Some(other) = Swtpm::start() else { return };
+    let h = handle_for(&tpm);
+    let secret = zeroize::Zeroizing::new((0u8..32).collect::<Vec<u8>>());
+    let blob = h.seal(secret.clone()).await.unwrap();
+    assert!(
+        !blob.private.windows(8).any(|w| w == &secret[..8]),
+        "the secret is in the blob in clear"
+    );
+    let stored = SealedBlob::from_bytes(&blob.to_bytes()).unwrap();
+    assert_eq!(*h.unseal(stored.clone()).await.unwrap(), *secret);
+    assert!(
+        handle_for(&other).unseal(stored.clone()).await.is_err(),
+        "another TPM unsealed it"
+    );
+    let mut tampered = stored;
+    let at = tampered.private.len() - 3;
+    tampered.private[at] ^= 0x40;
+    assert!(
+        h.unseal(tampered).await.is_err(),
+        "a tampered blob unsealed"
+    );
+}

@@ -6,5 +6,6 @@
 pub mod error;
 pub mod ops;
 pub mod provision;
+pub mod seal;
 pub mod tcti;
 pub mod worker;

@@ -78,6 +78,14 @@ enum Request {
     Provision(Reply<Provisioned>),
     ReadCounter(Reply<u64>),
     Increment(Reply<u64>),
+    Seal(
+        zeroize::Zeroizing<Vec<u8>>,
+        Reply<crate::tpm::seal::SealedBlob>,
+    ),
+    Unseal(
+        crate::tpm::seal::SealedBlob,
+        Reply<zeroize::Zeroizing<Vec<u8>>>,
+    ),
     Anchor([u8; 32], Reply<Evidence>),
     Fresh([u8; 32], Reply<Evidence>),
     VendorInfo(Reply<TpmVendorInfo>),
@@ -128,6 +136,22 @@ impl TpmHandle {
     /// Reads the counter's current value.
     pub async fn read_counter(&self) -> Result<u64, TpmError> {
         self.call(Request::ReadCounter).await
+    }
+
+    /// Seals `secret` to this TPM (see [`crate::tpm::seal`]).
+    pub async fn seal(
+        &self,
+        secret: zeroize::Zeroizing<Vec<u8>>,
+    ) -> Result<crate::tpm::seal::SealedBlob, TpmError> {
+        self.call(|r| Request::Seal(secret, r)).await
+    }
+
+    /// Unseals a blob sealed by this TPM.
+    pub async fn unseal(
+        &self,
+        blob: crate::tpm::seal::SealedBlob,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, TpmError> {
+        self.call(|r| Request::Unseal(blob, r)).await
     }
 
     /// Increments the counter and returns its new value.
@@ -234,6 +258,14 @@ impl Worker {
                         let h = c.counter(cfg.counter_index)?;
                         provision::read_counter(&mut c.ctx, h)
                     }));
+                }
+                Request::Seal(secret, r) => {
+                    let _ =
+                        r.send(self.with_conn(|c, _| crate::tpm::seal::seal(&mut c.ctx, &secret)));
+                }
+                Request::Unseal(blob, r) => {
+                    let _ =
+                        r.send(self.with_conn(|c, _| crate::tpm::seal::unseal(&mut c.ctx, &blob)));
                 }
                 Request::Increment(r) => {
                     let _ = r.send(self.with_conn(|c, cfg| {
