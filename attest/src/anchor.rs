@@ -48,10 +48,16 @@ impl Checkpoint {
         )
     }
 
-    /// Parses exactly the text [`Checkpoint::to_text`] writes.
+    /// Parses the text [`Checkpoint::to_text`] writes, alone or as the body
+    /// of a C2SP signed note (the signature lines after the blank line are
+    /// not checked here: see [`check_note_signature`]).
     pub fn parse(text: &[u8]) -> Result<Checkpoint, AnchorError> {
         let bad = |why: &'static str| AnchorError::BadCheckpoint(why);
-        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8"))?;
+        let body = match text.windows(2).position(|pair| pair == b"\n\n") {
+            Some(at) => &text[..=at],
+            None => text,
+        };
+        let text = std::str::from_utf8(body).map_err(|_| bad("not UTF-8"))?;
         let body = text.strip_suffix('\n').ok_or(bad("no final newline"))?;
         let mut lines = body.split('\n');
         let origin = lines.next().ok_or(bad("no origin line"))?;
@@ -200,6 +206,9 @@ impl EvidenceRecord {
 pub struct AnchorPolicy {
     pub ak: AkPublicKey,
     pub counter_index: u32,
+    /// The log's Ed25519 checkpoint key; when set, every checkpoint must be a
+    /// C2SP signed note with a valid signature by it.
+    pub log_key: Option<crate::note::Verifier>,
 }
 
 /// Why an anchor or attestation does not verify.
@@ -220,6 +229,8 @@ pub enum AnchorError {
     WrongLog { expected: String, found: String },
     #[error("attestation was made for another nonce (replayed or mixed up)")]
     NonceMismatch,
+    #[error("checkpoint signature: {0}")]
+    CheckpointSignature(String),
 }
 
 /// An anchor whose TPM evidence verified.
@@ -254,13 +265,32 @@ fn verify_bound_evidence(
     .map_err(AnchorError::Evidence)
 }
 
-/// Verifies one anchor's TPM evidence against its own checkpoint. It does not
-/// check the checkpoint against a chain: see `verify::verify_bundle`.
+/// When the policy pins a log key, checks that `checkpoint` is a signed note
+/// with a valid signature by it.
+pub fn check_note_signature(policy: &AnchorPolicy, checkpoint: &[u8]) -> Result<(), AnchorError> {
+    let Some(key) = &policy.log_key else {
+        return Ok(());
+    };
+    let opened = crate::note::open(checkpoint, std::slice::from_ref(key))
+        .map_err(|err| AnchorError::CheckpointSignature(err.to_string()))?;
+    if opened.verified_by.is_empty() {
+        return Err(AnchorError::CheckpointSignature(format!(
+            "not signed by {}",
+            key.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies one anchor's TPM evidence (and, with a pinned log key, its
+/// checkpoint signature) against its own checkpoint. It does not check the
+/// checkpoint against a chain: see `verify::verify_bundle`.
 pub fn verify_anchor(
     policy: &AnchorPolicy,
     record: &AnchorRecord,
 ) -> Result<VerifiedAnchor, AnchorError> {
     let checkpoint = Checkpoint::parse(&record.checkpoint)?;
+    check_note_signature(policy, &record.checkpoint)?;
     let qualifying_data = anchor_qualifying_data(&record.checkpoint);
     let evidence = verify_bound_evidence(policy, record.evidence.as_ref(), qualifying_data)?;
     Ok(VerifiedAnchor {
@@ -291,6 +321,7 @@ pub fn verify_fresh(
         return Err(AnchorError::NonceMismatch);
     }
     let checkpoint = Checkpoint::parse(&attestation.checkpoint)?;
+    check_note_signature(policy, &attestation.checkpoint)?;
     let qualifying_data = fresh_qualifying_data(&attestation.checkpoint, nonce);
     let evidence = verify_bound_evidence(policy, attestation.evidence.as_ref(), qualifying_data)
         .map_err(|err| match err {
@@ -448,6 +479,48 @@ mod tests {
         ] {
             assert!(Checkpoint::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_signed_checkpoint_parses_and_its_signature_is_checked_when_pinned() {
+        let text = checkpoint(42).to_text();
+        let signer =
+            crate::note::Signer::from_seed("tally/11111111111111111111111111111111", &[7u8; 32])
+                .unwrap();
+        let signed = crate::note::sign(&text, &signer).unwrap();
+        assert_eq!(
+            Checkpoint::parse(signed.as_bytes()).unwrap(),
+            checkpoint(42)
+        );
+        let ak = crate::evidence::verify::AkPublicKey::from_sec1(&[
+            4, 107, 23, 209, 242, 225, 44, 66, 71, 248, 188, 230, 229, 99, 164, 64, 242, 119, 3,
+            125, 129, 45, 235, 51, 160, 244, 161, 57, 69, 216, 152, 194, 150, 79, 227, 66, 226,
+            254, 26, 127, 155, 142, 231, 235, 74, 124, 15, 158, 22, 43, 206, 51, 87, 107, 49, 94,
+            206, 203, 182, 64, 104, 55, 191, 81, 245,
+        ])
+        .unwrap();
+        let pinned = |key: Option<crate::note::Verifier>| AnchorPolicy {
+            ak: ak.clone(),
+            counter_index: 1,
+            log_key: key,
+        };
+        check_note_signature(&pinned(Some(signer.verifier().clone())), signed.as_bytes()).unwrap();
+        check_note_signature(&pinned(None), text.as_bytes()).unwrap();
+        assert!(
+            check_note_signature(&pinned(Some(signer.verifier().clone())), text.as_bytes())
+                .is_err(),
+            "unsigned"
+        );
+        let other =
+            crate::note::Signer::from_seed("tally/11111111111111111111111111111111", &[8u8; 32])
+                .unwrap();
+        assert!(
+            check_note_signature(&pinned(Some(other.verifier().clone())), signed.as_bytes())
+                .is_err()
+        );
+        let mut tampered = signed.clone().into_bytes();
+        tampered[text.len() - 3] ^= 1;
+        assert!(check_note_signature(&pinned(Some(signer.verifier().clone())), &tampered).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use tally_attest::anchor::{anchor_qualifying_data, AnchorRecord, Checkpoint, EvidenceRecord};
+use tally_attest::note::Signer;
 use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::worker::TpmHandle;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,6 +50,8 @@ pub enum AnchorError {
     CounterMoved { expected: u64, certified: u64 },
     #[error("anchoring has stopped")]
     Stopped,
+    #[error("cannot sign the checkpoint: {0}")]
+    Sign(#[from] tally_attest::note::NoteError),
 }
 
 /// Why the daemon refuses to start on this store and TPM.
@@ -94,6 +97,8 @@ pub enum AnchorCommand {
 pub struct Anchorer {
     store: Arc<Store>,
     tpm: TpmHandle,
+    /// Signs each checkpoint (C2SP signed note) before the TPM binds it.
+    signer: Arc<Signer>,
     head: watch::Receiver<Head>,
     /// Newest anchor's counter, or the base the log started anchoring at.
     last_counter: Option<u64>,
@@ -126,6 +131,7 @@ impl Anchorer {
     pub fn new(
         store: Arc<Store>,
         tpm: TpmHandle,
+        signer: Arc<Signer>,
         head: watch::Receiver<Head>,
         interval: Duration,
         timeout: Duration,
@@ -153,6 +159,7 @@ impl Anchorer {
         Ok(Anchorer {
             store,
             tpm,
+            signer,
             head,
             last_counter,
             last_size,
@@ -293,12 +300,15 @@ impl Anchorer {
         };
 
         let head = *self.head.borrow();
-        let checkpoint = Checkpoint {
+        let text = Checkpoint {
             log_id: self.store.log_id(),
             size: head.size,
             root: head.root,
         }
         .to_text();
+        // The TPM binds the signed note: one object carries both the
+        // portable Ed25519 signature and the TPM counter and quote.
+        let checkpoint = tally_attest::note::sign(&text, &self.signer)?;
         let evidence = self
             .tpm_call(
                 self.tpm

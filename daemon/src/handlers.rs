@@ -142,12 +142,22 @@ pub(crate) async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) 
         return error(id, ErrorCode::BadRequest, message);
     }
     let head = *shared.sequencer.head.borrow();
-    let checkpoint = Checkpoint {
+    let text = Checkpoint {
         log_id: shared.store.log_id(),
         size: head.size,
         root: head.root,
     }
     .to_text();
+    let checkpoint = match tally_attest::note::sign(&text, &anchoring.signer) {
+        Ok(signed) => signed,
+        Err(err) => {
+            return error(
+                id,
+                ErrorCode::Internal,
+                format!("cannot sign the checkpoint: {err}"),
+            )
+        }
+    };
     let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &nonce);
     let evidence = match tokio::time::timeout(
         anchoring.timeout,

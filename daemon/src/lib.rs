@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 mod handlers;
 pub mod limits;
+pub mod log_key;
 pub mod sequencer;
 pub mod server;
 pub mod socket;
@@ -54,6 +55,8 @@ pub enum DaemonError {
     Tpm(#[from] TpmError),
     #[error(transparent)]
     Startup(#[from] StartupError),
+    #[error(transparent)]
+    LogKey(#[from] log_key::LogKeyError),
     #[error("cannot write {path}: {source}")]
     WriteFile {
         path: std::path::PathBuf,
@@ -162,9 +165,13 @@ async fn start_anchoring(
 ) -> Result<(Anchoring, tokio::task::JoinHandle<Anchorer>), DaemonError> {
     let (tpm, _) = provision(config).await?;
     let interval = Duration::from_secs(config.tpm.anchor_interval_secs);
+    let origin = format!("tally/{}", hex::encode(store.log_id()));
+    let signer =
+        Arc::new(log_key::load_or_create(&tpm, &config.data_dir.join("tpm"), &origin).await?);
     let mut anchorer = Anchorer::new(
         store.clone(),
         tpm.clone(),
+        signer.clone(),
         head,
         interval,
         Duration::from_secs(config.tpm.timeout_secs),
@@ -176,6 +183,7 @@ async fn start_anchoring(
     Ok((
         Anchoring {
             tpm,
+            signer,
             commands,
             status,
             timeout: Duration::from_secs(config.tpm.timeout_secs),

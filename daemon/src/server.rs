@@ -101,6 +101,8 @@ fn required_role(body: &request::Body) -> Option<(Role, &'static str)> {
 pub struct Anchoring {
     /// For fresh attestations (the worker serialises TPM commands).
     pub tpm: tally_attest::tpm::worker::TpmHandle,
+    /// Signs the checkpoint of a fresh attestation (the log key).
+    pub signer: Arc<tally_attest::note::Signer>,
     /// To ask the anchoring task for an anchor now.
     pub commands: mpsc::Sender<AnchorCommand>,
     pub status: Arc<std::sync::Mutex<AnchorStatus>>,

@@ -122,6 +122,50 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         "{unanchored:?}"
     );
 
+    // The checkpoints are C2SP signed notes by the log's key, sealed to the TPM.
+    let log_key = daemon
+        .data_dir()
+        .join("tpm/log-key.pub")
+        .display()
+        .to_string();
+    let out = ok(tally(
+        &daemon,
+        &[
+            "verify-proof",
+            &inclusion,
+            "--ak",
+            &ak,
+            "--log-key",
+            &log_key,
+        ],
+    ));
+    assert!(out.starts_with("OK"), "{out}");
+    let stranger = "tally/00000000000000000000000000000000+e643c1fb+AUfA+ZUXaylh7DiUNgfPt7eh7CaX8ej3dmEiaU4YbXXe";
+    let run = tally(
+        &daemon,
+        &[
+            "verify-proof",
+            &inclusion,
+            "--ak",
+            &ak,
+            "--log-key",
+            stranger,
+        ],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("checkpoint signature"),
+        "{}",
+        run.stdout
+    );
+    let bundle = path("log.bundle");
+    ok(tally(&daemon, &["export", "--out", &bundle]));
+    let out = ok(tally(
+        &daemon,
+        &["verify", &bundle, "--ak", &ak, "--log-key", &log_key],
+    ));
+    assert!(out.contains("checkpoint keys:    OK"), "{out}");
+
     // Consistency: today's log extends yesterday's.
     let consistency = path("consistency.proof");
     ok(tally(

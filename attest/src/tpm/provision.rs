@@ -227,6 +227,33 @@ pub fn nv_index_exists(ctx: &mut Context, index: u32) -> Result<bool, TpmError> 
     Ok(list.first().map(|h| u32::from(*h)) == Some(index))
 }
 
+/// Flushes every transient object the TPM holds for this connection.
+///
+/// Without a resource manager (swtpm on a socket) objects loaded by a
+/// process that died without flushing stay loaded, and a few crashes fill
+/// the TPM's object slots (TPM_RC_OBJECT_MEMORY). Tally is the only user of
+/// such a TPM connection; behind a resource manager (/dev/tpmrm0) the list
+/// holds only this connection's own objects, so this is harmless there.
+pub fn flush_transients(ctx: &mut Context) -> Result<usize, TpmError> {
+    const TRANSIENT_FIRST: u32 = 0x8000_0000;
+    let (data, _more) = ctx
+        .get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 64)
+        .map_err(|e| classify("TPM2_GetCapability(transient handles)", e))?;
+    let CapabilityData::Handles(list) = data else {
+        return Ok(0);
+    };
+    let mut flushed = 0;
+    for handle in list.iter().filter(|h| u32::from(**h) >> 24 == 0x80) {
+        let Ok(object) = ctx.tr_from_tpm_public(*handle) else {
+            continue;
+        };
+        if ctx.flush_context(object).is_ok() {
+            flushed += 1;
+        }
+    }
+    Ok(flushed)
+}
+
 /// Opens an ESYS handle for an existing NV index; `Ok(None)` if it is not defined.
 pub fn open_nv_index(ctx: &mut Context, index: u32) -> Result<Option<NvIndexHandle>, TpmError> {
     let tpm_handle = NvIndexTpmHandle::new(index).map_err(|_| TpmError::InvalidConfig {

@@ -202,6 +202,14 @@ impl Connection {
             other => other,
         })?;
         provision::set_hierarchy_auth(&mut ctx, &config.owner_auth, &config.endorsement_auth)?;
+        match provision::flush_transients(&mut ctx) {
+            Ok(0) => {}
+            Ok(flushed) => tracing::info!(
+                flushed,
+                "flushed transient objects left in the TPM by an earlier connection"
+            ),
+            Err(e) => tracing::debug!(error = %e, "cannot list transient objects"),
+        }
         let ak = provision::load_ak(&mut ctx)?;
         Ok(Connection {
             ctx,

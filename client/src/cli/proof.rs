@@ -8,7 +8,7 @@ use tally_attest::anchor::AnchorPolicy;
 use tally_attest::proof::{verify_proof_file, VerifiedProof};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cli::verify::{load_ak, parse_index, DEFAULT_COUNTER_INDEX};
+use crate::cli::verify::{load_ak, load_log_key, parse_index, DEFAULT_COUNTER_INDEX};
 use crate::Client;
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,6 +46,10 @@ pub struct VerifyProofArgs {
     /// The NV counter index the anchors must certify.
     #[arg(long, default_value = DEFAULT_COUNTER_INDEX)]
     pub counter_index: String,
+    /// The log's Ed25519 checkpoint key (or a file holding it): the anchors'
+    /// checkpoints must be signed by it.
+    #[arg(long)]
+    pub log_key: Option<String>,
 }
 
 pub async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
@@ -66,6 +70,7 @@ pub fn verify_proof(args: &VerifyProofArgs) -> anyhow::Result<ExitCode> {
     let policy = AnchorPolicy {
         ak: load_ak(&args.ak)?,
         counter_index: parse_index(&args.counter_index)?,
+        log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
     };
     let bytes = std::fs::read(&args.proof)
         .with_context(|| format!("cannot read {}", args.proof.display()))?;

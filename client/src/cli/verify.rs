@@ -34,6 +34,10 @@ pub struct VerifyArgs {
     /// The NV counter index the anchors must certify.
     #[arg(long, default_value = DEFAULT_COUNTER_INDEX)]
     pub counter_index: String,
+    /// The log's Ed25519 checkpoint key (C2SP verifier key, or a file holding
+    /// it, e.g. <data_dir>/tpm/log-key.pub): every checkpoint must be signed by it.
+    #[arg(long, requires = "ak")]
+    pub log_key: Option<String>,
     /// Print the verdicts as JSON.
     #[arg(long)]
     pub json: bool,
@@ -43,6 +47,16 @@ pub struct VerifyArgs {
 pub fn parse_index(text: &str) -> anyhow::Result<u32> {
     let digits = text.trim_start_matches("0x").trim_start_matches("0X");
     u32::from_str_radix(digits, 16).with_context(|| format!("{text:?} is not a hex NV index"))
+}
+
+/// A C2SP verifier key given inline or as a file.
+pub fn load_log_key(text: &str) -> anyhow::Result<tally_attest::note::Verifier> {
+    let key = match std::fs::read_to_string(text) {
+        Ok(contents) => contents,
+        Err(_) => text.to_owned(),
+    };
+    tally_attest::note::Verifier::parse(key.trim())
+        .with_context(|| format!("{text:?} is not a log key"))
 }
 
 /// Reads a PEM AK public key.
@@ -58,6 +72,7 @@ pub fn run(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<
         Some(path) => Some(AnchorPolicy {
             ak: load_ak(path)?,
             counter_index: parse_index(&args.counter_index)?,
+            log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
         }),
         None => None,
     };
@@ -98,7 +113,13 @@ pub fn run(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<
     if args.json {
         println!("{}", to_json(&report));
     } else {
-        print_human(&report);
+        print_human(
+            &report,
+            policy
+                .as_ref()
+                .and_then(|p| p.log_key.as_ref())
+                .map(|key| key.to_key_string()),
+        );
     }
     Ok(if report.passed() {
         ExitCode::SUCCESS
@@ -169,13 +190,19 @@ fn current_line(verdict: &CurrentVerdict) -> String {
     }
 }
 
-fn print_human(report: &Report) {
+fn print_human(report: &Report, log_key_name: Option<String>) {
     println!("chain intact:       {}", chain_line(report));
     println!("anchors valid:      {}", anchors_line(&report.anchors));
     println!("counter continuous: {}", counter_line(&report.counter));
     println!("current:            {}", current_line(&report.current));
     if let Some(unanchored) = report.unanchored {
         println!("unanchored tail:    {unanchored} records after the last anchor (not yet protected against rollback)");
+    }
+    if matches!(report.anchors, AnchorsVerdict::Valid { .. }) {
+        match &log_key_name {
+            Some(name) => println!("checkpoint keys:    OK (every checkpoint is signed by {name})"),
+            None => println!("checkpoint keys:    NOT CHECKED (no --log-key)"),
+        }
     }
     if matches!(report.anchors, AnchorsVerdict::NotChecked(_)) {
         println!("note: without TPM anchors checked, a consistent rewrite of the whole bundle is not detected");
