@@ -269,3 +269,40 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("signature"), "{}", run.stdout);
 }
+
+/// Changes one byte of record `seq`'s body and re-links every later record
+/// (their prev_hash) and the header's head, so the chain itself verifies.
+fn rewrite_record_consistently(from: &str, to: &str, seq: usize) {
+    use tally_attest::bundle::{BundleHeader, MAGIC};
+    let bytes = std::fs::read(from).unwrap();
+    let mut sections = Vec::new();
+    let mut at = MAGIC.len();
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        sections.push((bytes[at], bytes[at + 5..at + 5 + len].to_vec()));
+        at += 5 + len;
+    }
+    let mut records: Vec<&mut Vec<u8>> = sections
+        .iter_mut()
+        .filter(|(kind, _)| *kind == 0x02)
+        .map(|(_, body)| body)
+        .collect();
+    let last = records[seq].len() - 1;
+    records[seq][last] ^= 0x01;
+    for i in seq + 1..records.len() {
+        let prev = tally_attest::entry_hash(records[i - 1]);
+        records[i][9..41].copy_from_slice(&prev);
+    }
+    let head = tally_attest::entry_hash(records.last().unwrap());
+    let header = &mut sections[0].1;
+    let mut decoded = BundleHeader::decode(header.as_slice()).unwrap();
+    decoded.head_hash = head.to_vec();
+    *header = decoded.encode_to_vec();
+    let mut out = MAGIC.to_vec();
+    for (kind, body) in &sections {
+        out.push(*kind);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    std::fs::write(to, out).unwrap();
+}
