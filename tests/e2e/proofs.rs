@@ -165,6 +165,27 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         &["verify", &bundle, "--ak", &ak, "--log-key", &log_key],
     ));
     assert!(out.contains("checkpoint keys:    OK"), "{out}");
+    // A tampered log fails against its anchored checkpoints: one record
+    // rewritten and the chain after it recomputed consistently (the strongest
+    // rewrite a root attacker can make without the TPM) breaks the roots.
+    let rewritten = path("rewritten.bundle");
+    rewrite_record_consistently(&bundle, &rewritten, 700);
+    let run = tally(
+        &daemon,
+        &["verify", &rewritten, "--ak", &ak, "--log-key", &log_key],
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("chain intact:       OK"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Merkle root for size 1000 does not match the records"),
+        "{}",
+        run.stdout
+    );
 
     // Consistency: today's log extends yesterday's.
     let consistency = path("consistency.proof");
