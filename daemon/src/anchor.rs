@@ -186,14 +186,7 @@ impl Anchorer {
         let intent = self.store.anchor_intent().map_err(AnchorError::from)?;
         let Some(expected) = self.last_counter else {
             // A log that has never been anchored binds itself to this TPM now.
-            self.store
-                .set_tpm_counter_base(tpm_now)
-                .map_err(AnchorError::from)?;
-            self.store
-                .clear_anchor_intent()
-                .map_err(AnchorError::from)?;
-            self.last_counter = Some(tpm_now);
-            self.set_status_counter(tpm_now);
+            self.continue_from(tpm_now)?;
             tracing::info!(
                 counter = tpm_now,
                 "anchoring starts for this log at the TPM's current counter"
@@ -227,14 +220,7 @@ impl Anchorer {
                 store = expected,
                 "OPERATOR OVERRIDE (--accept-rollback): continuing although the TPM counter does not match the store; verifiers will report the gap"
             );
-            self.store
-                .set_tpm_counter_base(tpm_now)
-                .map_err(AnchorError::from)?;
-            self.store
-                .clear_anchor_intent()
-                .map_err(AnchorError::from)?;
-            self.last_counter = Some(tpm_now);
-            self.set_status_counter(tpm_now);
+            self.continue_from(tpm_now)?;
             return Ok(());
         }
         if tpm_now > expected {
@@ -249,6 +235,16 @@ impl Anchorer {
                 store: expected,
             })
         }
+    }
+
+    /// Makes `tpm_now` the counter this log continues from (a new log, or an
+    /// operator override): durable base, no pending intent.
+    fn continue_from(&mut self, tpm_now: u64) -> Result<(), AnchorError> {
+        self.store.set_tpm_counter_base(tpm_now)?;
+        self.store.clear_anchor_intent()?;
+        self.last_counter = Some(tpm_now);
+        self.set_status_counter(tpm_now);
+        Ok(())
     }
 
     fn set_status_counter(&self, counter: u64) {
