@@ -1,0 +1,331 @@
+//! tally-bench: starts a real tallyd on a temporary data directory and socket,
+//! drives it through the real client library, and measures the same work with
+//! bare baselines (heed, write+fsync, SHA-256) in the same run, so every figure
+//! comes with a ratio that survives a noisy machine.
+//!
+//! One module per scenario (`scenario::*`) and per baseline (`baseline::*`);
+//! [`run`] runs the selected ones and returns [`report::Results`], which
+//! `report` prints as a table and writes as JSON. This is a library only so
+//! the smoke test (`tests/quick.rs`) can run the scenarios in-process; it is a
+//! program's internals, so errors are `anyhow`, as in a binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod baseline;
+pub mod daemon;
+pub mod load;
+pub mod procfs;
+pub mod report;
+mod report_rows;
+pub mod scenario;
+pub mod swtpm;
+
+use baseline::fsync::FsyncBaseline;
+use baseline::heed_loop::HeedBaseline;
+use baseline::Timed;
+use report::Results;
+
+/// Which scenarios to run. The baselines a scenario compares against run
+/// with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenarios {
+    pub throughput: bool,
+    pub latency: bool,
+    pub lone: bool,
+    pub verify: bool,
+    pub memory: bool,
+    /// Needs [`Options::anchoring`] (a TPM); skipped with a reason otherwise.
+    pub anchoring: bool,
+}
+
+impl Scenarios {
+    pub const ALL: Scenarios = Scenarios {
+        throughput: true,
+        latency: true,
+        lone: true,
+        verify: true,
+        memory: true,
+        anchoring: true,
+    };
+    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring";
+
+    /// Parses a comma-separated list of scenario names.
+    pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
+        let mut out = Scenarios {
+            throughput: false,
+            latency: false,
+            lone: false,
+            verify: false,
+            memory: false,
+            anchoring: false,
+        };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "throughput" => out.throughput = true,
+                "latency" => out.latency = true,
+                "lone" => out.lone = true,
+                "verify" => out.verify = true,
+                "memory" => out.memory = true,
+                "anchoring" => out.anchoring = true,
+                other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Throughput: C clients, pipelined, fixed-size payloads, fixed duration.
+#[derive(Debug, Clone)]
+pub struct ThroughputOptions {
+    pub clients: usize,
+    pub payload: usize,
+    /// Events per append request.
+    pub batch: usize,
+    /// Append requests in flight per client.
+    pub window: usize,
+    pub duration: Duration,
+}
+
+/// Open-loop latency at fixed offered rates.
+#[derive(Debug, Clone)]
+pub struct LatencyOptions {
+    /// Offered events per second, one run each.
+    pub rates: Vec<u64>,
+    pub duration: Duration,
+    /// Sends are spread round-robin over this many connections.
+    pub connections: usize,
+    /// One request is scheduled every tick, carrying rate x tick events.
+    pub tick: Duration,
+    pub payload: usize,
+}
+
+/// Lone client: one event per request, waits for each ack.
+#[derive(Debug, Clone)]
+pub struct LoneOptions {
+    pub duration: Duration,
+    pub payload: usize,
+}
+
+/// Verification: export N events, verify the bundle in-process.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub events: u64,
+    pub payload: usize,
+}
+
+/// Memory under overload: clients offer far more than tallyd commits.
+#[derive(Debug, Clone)]
+pub struct MemoryOptions {
+    pub clients: usize,
+    pub window: usize,
+    pub batch: usize,
+    pub payload: usize,
+    pub duration: Duration,
+    /// tallyd's `queue_bytes`, written to its config file for this scenario.
+    pub queue_bytes: usize,
+}
+
+/// Anchoring on vs off (needs a TPM).
+#[derive(Debug, Clone)]
+pub struct AnchoringOptions {
+    pub tcti: String,
+    pub interval_secs: u64,
+    /// Alternating off/on runs; medians are compared.
+    pub rounds: usize,
+    pub duration: Duration,
+    /// Anchors whose round-trip latency is measured (0: none).
+    pub latency_anchors: usize,
+}
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub tallyd: PathBuf,
+    /// Temporary directories (tallyd's data and the baselines' files) are made
+    /// here, so daemon and baselines write to the same file system.
+    pub work_dir: PathBuf,
+    pub quick: bool,
+    pub scenarios: Scenarios,
+    pub throughput: ThroughputOptions,
+    pub latency: LatencyOptions,
+    pub lone: LoneOptions,
+    pub verify: VerifyOptions,
+    pub memory: MemoryOptions,
+    /// How long each timed baseline loop runs in total.
+    pub baseline_duration: Duration,
+    /// Throughput and the lone client run in this many slices, with their
+    /// baselines' slices between them, so scenario and baseline see the same
+    /// machine noise.
+    pub rounds: usize,
+    /// `None`: the anchoring scenario is skipped (no TPM given).
+    pub anchoring: Option<AnchoringOptions>,
+}
+
+/// Default payload size: an event of about 256 bytes (PRODUCT.md).
+pub const PAYLOAD_BYTES: usize = 256;
+
+impl Options {
+    /// The full run: every scenario, about 1.5 minutes (with anchoring).
+    pub fn full(tallyd: PathBuf) -> Options {
+        Options {
+            tallyd,
+            work_dir: std::env::temp_dir(),
+            quick: false,
+            scenarios: Scenarios::ALL,
+            throughput: ThroughputOptions {
+                clients: 10,
+                payload: PAYLOAD_BYTES,
+                batch: 256,
+                window: 8,
+                duration: Duration::from_secs(10),
+            },
+            latency: LatencyOptions {
+                rates: vec![50_000, 200_000],
+                duration: Duration::from_secs(5),
+                connections: 4,
+                tick: Duration::from_millis(1),
+                payload: PAYLOAD_BYTES,
+            },
+            lone: LoneOptions {
+                duration: Duration::from_secs(5),
+                payload: PAYLOAD_BYTES,
+            },
+            verify: VerifyOptions {
+                events: 1_000_000,
+                payload: PAYLOAD_BYTES,
+            },
+            memory: MemoryOptions {
+                clients: 20,
+                window: 64,
+                batch: 16,
+                payload: 64 << 10,
+                duration: Duration::from_secs(5),
+                queue_bytes: 64 << 20,
+            },
+            baseline_duration: Duration::from_secs(3),
+            rounds: 5,
+            anchoring: None,
+        }
+    }
+
+    /// `--quick`: every scenario in well under 30 s (short runs, small sizes).
+    pub fn quick(tallyd: PathBuf) -> Options {
+        let full = Options::full(tallyd);
+        Options {
+            quick: true,
+            throughput: ThroughputOptions {
+                duration: Duration::from_secs(2),
+                ..full.throughput
+            },
+            latency: LatencyOptions {
+                duration: Duration::from_millis(1500),
+                ..full.latency
+            },
+            lone: LoneOptions {
+                duration: Duration::from_secs(1),
+                ..full.lone
+            },
+            verify: VerifyOptions {
+                events: 100_000,
+                ..full.verify
+            },
+            memory: MemoryOptions {
+                duration: Duration::from_millis(1500),
+                ..full.memory
+            },
+            baseline_duration: Duration::from_millis(800),
+            rounds: 2,
+            ..full
+        }
+    }
+}
+
+/// Runs the selected scenarios and their baselines, each baseline in slices
+/// interleaved with its scenario's (shaped by what tallyd was seen to do:
+/// its batch size and record size).
+pub fn run(options: &Options) -> anyhow::Result<Results> {
+    let mut results = Results::new(options);
+    let selected = options.scenarios;
+    let rounds = options.rounds.max(1);
+    let baseline_slice = options.baseline_duration / rounds as u32;
+    let work_dir = &options.work_dir;
+    if selected.throughput {
+        eprintln!("tally-bench: throughput, with bare heed and write+fdatasync at its batch size");
+        let mut runner = scenario::throughput::Runner::start(options, &options.throughput, None)?;
+        let (mut heed, mut fsync) = (None, None);
+        for _ in 0..rounds {
+            runner.slice(options.throughput.duration / rounds as u32)?;
+            let shape = runner.observed();
+            Timed::accumulate(
+                &mut heed,
+                baseline::heed_loop::measure(work_dir, shape, baseline_slice)?,
+            )?;
+            Timed::accumulate(
+                &mut fsync,
+                baseline::fsync::measure(work_dir, shape, baseline_slice)?,
+            )?;
+        }
+        results.throughput = Some(runner.finish()?);
+        results.baselines.heed = heed.as_ref().map(HeedBaseline::from);
+        results.baselines.fsync_batch = fsync.as_ref().map(FsyncBaseline::from);
+    }
+    if selected.latency {
+        for &rate in &options.latency.rates {
+            eprintln!("tally-bench: latency at {rate} events/s offered");
+            results
+                .latency
+                .push(scenario::latency::run(options, &options.latency, rate)?);
+        }
+    }
+    if selected.lone {
+        eprintln!("tally-bench: lone client, with write+fdatasync and bare heed of one record");
+        let mut runner = scenario::lone::Runner::start(options, &options.lone)?;
+        let (mut fsync, mut heed) = (None, None);
+        for _ in 0..rounds {
+            runner.slice(options.lone.duration / rounds as u32)?;
+            let shape = baseline::Shape {
+                record_bytes: runner.record_bytes()?,
+                batch: 1,
+            };
+            Timed::accumulate(
+                &mut fsync,
+                baseline::fsync::measure(work_dir, shape, baseline_slice)?,
+            )?;
+            Timed::accumulate(
+                &mut heed,
+                baseline::heed_loop::measure(work_dir, shape, baseline_slice)?,
+            )?;
+        }
+        results.lone = Some(runner.finish()?);
+        results.baselines.fsync_single = fsync.as_ref().map(FsyncBaseline::from);
+        results.baselines.heed_single = heed.as_ref().map(HeedBaseline::from);
+    }
+    if selected.verify {
+        eprintln!(
+            "tally-bench: verify ({} events), with bare SHA-256 over the same records",
+            options.verify.events
+        );
+        let (verify, sha) = scenario::verify::run(options, &options.verify)?;
+        results.verify = Some(verify);
+        results.baselines.sha256 = Some(sha);
+    }
+    if selected.memory {
+        eprintln!("tally-bench: memory under overload");
+        results.memory = Some(scenario::memory::run(options, &options.memory)?);
+    }
+    if selected.anchoring {
+        match &options.anchoring {
+            Some(anchoring) => {
+                eprintln!("tally-bench: anchoring on vs off");
+                results.anchoring = Some(scenario::anchoring::run(options, anchoring)?);
+            }
+            None => {
+                results.anchoring_skipped =
+                    Some("no TPM: pass --tcti TCTI or --swtpm to measure anchoring".into());
+            }
+        }
+    }
+    results.finish();
+    Ok(results)
+}

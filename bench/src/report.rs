@@ -1,0 +1,379 @@
+//! Every figure of a run, the targets of PRODUCT.md judged against them, the
+//! table printed on stdout and the JSON file.
+
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::baseline::fsync::FsyncBaseline;
+use crate::baseline::heed_loop::HeedBaseline;
+use crate::baseline::sha256::ShaBaseline;
+use crate::procfs::Machine;
+use crate::scenario::anchoring::Anchoring;
+use crate::scenario::latency::Latency;
+use crate::scenario::lone::Lone;
+use crate::scenario::memory::Memory;
+use crate::scenario::throughput::Throughput;
+use crate::scenario::verify::Verify;
+use crate::Options;
+
+/// The baselines measured in the same run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Baselines {
+    /// (a) bare heed, tallyd's batch size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heed: Option<HeedBaseline>,
+    /// (a') bare heed, one record per commit (what LMDB costs a lone client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heed_single: Option<HeedBaseline>,
+    /// (b) write + fdatasync of tallyd's batch bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_batch: Option<FsyncBaseline>,
+    /// (b') write + fdatasync of one record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fsync_single: Option<FsyncBaseline>,
+    /// (c) SHA-256 over the verified records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<ShaBaseline>,
+}
+
+/// One target of PRODUCT.md and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub name: &'static str,
+    /// What was measured, in `unit`.
+    pub value: f64,
+    pub unit: &'static str,
+    /// The baseline it is divided by, when the target is a ratio.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// The requirement, e.g. ">= 0.6 of bare heed".
+    pub required: String,
+    pub met: bool,
+    /// How far from the threshold: measured / required for ">=" targets,
+    /// required / measured for "<=" targets (>= 1 when met).
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub quick: bool,
+    pub machine: Machine,
+    pub started_unix_secs: u64,
+    pub total_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Throughput>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lone: Option<Lone>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchoring: Option<Anchoring>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchoring_skipped: Option<String>,
+    pub baselines: Baselines,
+    pub targets: Vec<Target>,
+    #[serde(skip)]
+    started: Instant,
+}
+
+/// PRODUCT.md's thresholds.
+pub const INGEST_EVENTS_PER_SEC: f64 = 300_000.0;
+pub const INGEST_OVER_HEED: f64 = 0.6;
+pub const LATENCY_RATE: f64 = 200_000.0;
+pub const LATENCY_P99_MS: f64 = 5.0;
+pub const LONE_OVER_FSYNC: f64 = 0.8;
+pub const VERIFY_OVER_SHA: f64 = 0.8;
+pub const VERIFY_EVENTS_PER_SEC: f64 = 2_000_000.0;
+pub const ANCHORING_ON_OVER_OFF: f64 = 0.95;
+
+fn at_least(value: f64, threshold: f64) -> (bool, f64) {
+    (value >= threshold, value / threshold)
+}
+
+impl Results {
+    pub fn new(options: &Options) -> Results {
+        Results {
+            quick: options.quick,
+            machine: Machine::probe(&options.work_dir),
+            started_unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs()),
+            total_seconds: 0.0,
+            throughput: None,
+            latency: Vec::new(),
+            lone: None,
+            verify: None,
+            memory: None,
+            anchoring: None,
+            anchoring_skipped: None,
+            baselines: Baselines::default(),
+            targets: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Judges the targets; call once every scenario ran.
+    pub fn finish(&mut self) {
+        self.total_seconds = self.started.elapsed().as_secs_f64();
+        let mut targets = Vec::new();
+        if let Some(tp) = &self.throughput {
+            let (met, margin) = at_least(tp.events_per_sec, INGEST_EVENTS_PER_SEC);
+            targets.push(Target {
+                name: "durable ingest",
+                value: tp.events_per_sec,
+                unit: "events/s",
+                baseline: None,
+                ratio: None,
+                required: ">= 300,000 events/s".into(),
+                met,
+                margin,
+            });
+            if let Some(heed) = &self.baselines.heed {
+                let ratio = tp.events_per_sec / heed.events_per_sec;
+                let (met, margin) = at_least(ratio, INGEST_OVER_HEED);
+                targets.push(Target {
+                    name: "durable ingest vs bare heed",
+                    value: tp.events_per_sec,
+                    unit: "events/s",
+                    baseline: Some(format!(
+                        "bare heed {} events/s (batch {})",
+                        count(heed.events_per_sec),
+                        heed.batch
+                    )),
+                    ratio: Some(ratio),
+                    required: format!(">= {INGEST_OVER_HEED} of bare heed"),
+                    met,
+                    margin,
+                });
+            }
+        }
+        let at_rate = self.latency.iter().min_by(|a, b| {
+            (a.offered_per_sec - LATENCY_RATE)
+                .abs()
+                .total_cmp(&(b.offered_per_sec - LATENCY_RATE).abs())
+        });
+        if let Some(latency) = at_rate {
+            // The p99 only counts if the daemon kept up with the offered rate.
+            let kept_up = latency.achieved_per_sec >= 0.95 * latency.offered_per_sec;
+            // The floor under any ack: one LMDB commit of one record.
+            let floor = self.baselines.heed_single.as_ref();
+            targets.push(Target {
+                name: "ack latency p99",
+                value: latency.p99_ms,
+                unit: "ms",
+                baseline: floor.map(|heed| {
+                    format!(
+                        "bare heed commit (1 record) p99 {:.2} ms, p50 {:.2} ms",
+                        heed.p99_ms, heed.p50_ms
+                    )
+                }),
+                ratio: None,
+                required: format!(
+                    "<= {LATENCY_P99_MS} ms at {} offered events/s (achieved {})",
+                    count(latency.offered_per_sec),
+                    count(latency.achieved_per_sec)
+                ),
+                met: latency.p99_ms <= LATENCY_P99_MS && kept_up,
+                margin: LATENCY_P99_MS / latency.p99_ms,
+            });
+        }
+        if let (Some(lone), Some(fsync)) = (&self.lone, &self.baselines.fsync_single) {
+            let ratio = lone.events_per_sec / fsync.events_per_sec;
+            let (met, margin) = at_least(ratio, LONE_OVER_FSYNC);
+            targets.push(Target {
+                name: "lone client vs bare fsync",
+                value: lone.events_per_sec,
+                unit: "events/s",
+                baseline: Some(format!(
+                    "write+fdatasync {} /s",
+                    count(fsync.events_per_sec)
+                )),
+                ratio: Some(ratio),
+                required: format!(">= {LONE_OVER_FSYNC} of bare fsync"),
+                met,
+                margin,
+            });
+        }
+        if let Some(verify) = &self.verify {
+            if let Some(sha) = &self.baselines.sha256 {
+                let ratio = verify.events_per_sec / sha.events_per_sec;
+                let (met, margin) = at_least(ratio, VERIFY_OVER_SHA);
+                targets.push(Target {
+                    name: "verify vs bare SHA-256",
+                    value: verify.events_per_sec,
+                    unit: "events/s",
+                    baseline: Some(format!("sha2 {} records/s", count(sha.events_per_sec))),
+                    ratio: Some(ratio),
+                    required: format!(">= {VERIFY_OVER_SHA} of bare SHA-256"),
+                    met,
+                    margin,
+                });
+            }
+            let (met, margin) = at_least(verify.events_per_sec, VERIFY_EVENTS_PER_SEC);
+            targets.push(Target {
+                name: "verify rate (one core)",
+                value: verify.events_per_sec,
+                unit: "events/s",
+                baseline: None,
+                ratio: None,
+                required: ">= 2,000,000 events/s per core".into(),
+                met,
+                margin,
+            });
+        }
+        if let Some(anchoring) = &self.anchoring {
+            let (met, margin) = at_least(anchoring.on_over_off, ANCHORING_ON_OVER_OFF);
+            targets.push(Target {
+                name: "anchoring on vs off",
+                value: anchoring.on_events_per_sec,
+                unit: "events/s",
+                baseline: Some(format!(
+                    "anchoring off {} events/s",
+                    count(anchoring.off_events_per_sec)
+                )),
+                ratio: Some(anchoring.on_over_off),
+                required: format!(">= {ANCHORING_ON_OVER_OFF} of off"),
+                met,
+                margin,
+            });
+        }
+        if let Some(memory) = &self.memory {
+            let limit = memory.idle_rss_bytes + memory.allowance_bytes;
+            targets.push(Target {
+                name: "peak RSS under overload",
+                value: mib(memory.peak_rss_bytes),
+                unit: "MiB",
+                baseline: None,
+                ratio: None,
+                required: format!(
+                    "bounded: <= idle + allowance = {:.0} MiB{} (queue_bytes {:.0} MiB, {:.0} MiB offered)",
+                    mib(limit),
+                    if memory.growth_checked { ", no growth" } else { "" },
+                    mib(memory.queue_bytes),
+                    mib(memory.offered_in_flight_bytes)
+                ),
+                met: memory.bounded,
+                margin: limit as f64 / memory.peak_rss_bytes as f64,
+            });
+        }
+        self.targets = targets;
+    }
+
+    /// Writes the JSON file (creating its directory).
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")?;
+        Ok(())
+    }
+
+    /// The figures and the targets as aligned text tables.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "tally-bench{} on {} x {} ({}), load average {:.2} at start, {:.0} s\n\n",
+            if self.quick { " --quick" } else { "" },
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.filesystem,
+            self.machine.load_average_at_start,
+            self.total_seconds
+        );
+        let mut rows = vec![row(["scenario", "figure", "value"])];
+        crate::report_rows::figures(self, &mut rows);
+        out += &align(&rows);
+        out += "\n";
+        let mut rows = vec![row([
+            "target",
+            "measured",
+            "baseline (same run)",
+            "ratio",
+            "required",
+            "met",
+        ])];
+        for target in &self.targets {
+            rows.push(vec![
+                target.name.to_owned(),
+                format!("{} {}", number(target.value), target.unit),
+                target.baseline.clone().unwrap_or_else(|| "-".into()),
+                target
+                    .ratio
+                    .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                target.required.clone(),
+                if target.met { "yes" } else { "NO" }.to_owned(),
+            ]);
+        }
+        out += &align(&rows);
+        if let Some(reason) = &self.anchoring_skipped {
+            out += &format!("\nanchoring: skipped ({reason})\n");
+        }
+        out
+    }
+}
+
+pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|cell| (*cell).to_owned()).collect()
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (index, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out += line.join("  ").trim_end();
+        out += "\n";
+        if index == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out += &rule.join("  ");
+            out += "\n";
+        }
+    }
+    out
+}
+
+/// 1234567.8 -> "1,234,568".
+pub fn count(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Counts with thousands separators, small values with two decimals.
+pub fn number(value: f64) -> String {
+    if value.abs() >= 1000.0 {
+        count(value)
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

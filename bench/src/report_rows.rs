@@ -1,0 +1,240 @@
+//! The rows of the figures table: each scenario's figures next to the
+//! baselines it is compared with.
+
+use crate::daemon::CpuUse;
+use crate::report::{count, mib, number, Results};
+
+fn push(rows: &mut Vec<Vec<String>>, scenario: &str, figure: &str, value: String) {
+    rows.push(vec![scenario.to_owned(), figure.to_owned(), value]);
+}
+
+fn cpu(use_: &CpuUse) -> String {
+    let busiest: Vec<String> = {
+        let mut threads: Vec<_> = use_.tallyd_threads.iter().collect();
+        threads.sort_by(|a, b| b.1.on_cpu.total_cmp(&a.1.on_cpu));
+        threads
+            .iter()
+            .take(3)
+            .map(|(name, share)| {
+                format!(
+                    "{name} {:.2} +{:.2} waiting",
+                    share.on_cpu, share.waiting_for_cpu
+                )
+            })
+            .collect()
+    };
+    format!(
+        "tallyd {:.2} ({}), bench {:.2}",
+        use_.tallyd_cores,
+        busiest.join(", "),
+        use_.bench_cores
+    )
+}
+
+pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
+    if let Some(tp) = &results.throughput {
+        let name = format!("throughput ({} clients)", tp.clients);
+        push(rows, &name, "durable events/s", count(tp.events_per_sec));
+        push(
+            rows,
+            &name,
+            "payload MB/s (records MB/s)",
+            format!("{:.1} ({:.1})", tp.payload_mb_per_sec, tp.record_mb_per_sec),
+        );
+        push(
+            rows,
+            &name,
+            "commits/s, events per commit",
+            format!("{}, {:.0}", count(tp.commits_per_sec), tp.events_per_commit),
+        );
+        push(
+            rows,
+            &name,
+            "record bytes",
+            format!("{:.0}", tp.record_bytes),
+        );
+        push(rows, &name, "CPU cores", cpu(&tp.cpu));
+    }
+    if let Some(heed) = &results.baselines.heed {
+        push(
+            rows,
+            "baseline: bare heed",
+            &format!("events/s (batch {}, 1 commit each)", heed.batch),
+            format!(
+                "{} ({} commits/s, p50 {:.1} ms)",
+                count(heed.events_per_sec),
+                count(heed.commits_per_sec),
+                heed.p50_ms
+            ),
+        );
+    }
+    if let Some(fsync) = &results.baselines.fsync_batch {
+        push(
+            rows,
+            "baseline: write+fdatasync",
+            &format!("commits/s ({:.0} bytes each)", fsync.bytes_per_commit),
+            format!(
+                "{} (= {} events/s, p50 {:.1} ms)",
+                count(fsync.commits_per_sec),
+                count(fsync.events_per_sec),
+                fsync.p50_ms
+            ),
+        );
+    }
+    for latency in &results.latency {
+        let name = format!("latency @ {} /s", count(latency.offered_per_sec));
+        push(
+            rows,
+            &name,
+            "achieved events/s",
+            count(latency.achieved_per_sec),
+        );
+        push(
+            rows,
+            &name,
+            "ack p50 / p99 / p99.9 / max ms",
+            format!(
+                "{:.2} / {:.2} / {:.2} / {:.2}",
+                latency.p50_ms, latency.p99_ms, latency.p999_ms, latency.max_ms
+            ),
+        );
+        push(
+            rows,
+            &name,
+            "send lag p99 ms (bench side)",
+            format!("{:.2}", latency.send_lag_p99_ms),
+        );
+        push(rows, &name, "CPU cores", cpu(&latency.cpu));
+    }
+    if let Some(lone) = &results.lone {
+        push(rows, "lone client", "events/s", count(lone.events_per_sec));
+        push(
+            rows,
+            "lone client",
+            "round trip p50 / p99 ms",
+            format!("{:.2} / {:.2}", lone.p50_ms, lone.p99_ms),
+        );
+        push(
+            rows,
+            "lone client",
+            "LMDB commits per event",
+            format!("{:.2}", lone.commits_per_event),
+        );
+    }
+    if let Some(fsync) = &results.baselines.fsync_single {
+        push(
+            rows,
+            "baseline: write+fdatasync",
+            &format!("per s, 1 record ({:.0} bytes)", fsync.bytes_per_commit),
+            format!(
+                "{} (p50 / p99 {:.2} / {:.2} ms)",
+                count(fsync.commits_per_sec),
+                fsync.p50_ms,
+                fsync.p99_ms
+            ),
+        );
+    }
+    if let Some(heed) = &results.baselines.heed_single {
+        push(
+            rows,
+            "baseline: bare heed",
+            "commits/s, 1 record each",
+            format!(
+                "{} (p50 / p99 {:.2} / {:.2} ms)",
+                count(heed.commits_per_sec),
+                heed.p50_ms,
+                heed.p99_ms
+            ),
+        );
+    }
+    if let Some(verify) = &results.verify {
+        let name = format!("verify ({} events)", count(verify.events as f64));
+        push(
+            rows,
+            &name,
+            "events/s (warm), MB/s",
+            format!("{}, {:.0}", count(verify.events_per_sec), verify.mb_per_sec),
+        );
+        push(
+            rows,
+            &name,
+            "export events/s (client library)",
+            count(verify.export_events_per_sec),
+        );
+    }
+    if let Some(sha) = &results.baselines.sha256 {
+        push(
+            rows,
+            "baseline: bare SHA-256",
+            "records/s, MB/s (one core)",
+            format!("{}, {:.0}", count(sha.events_per_sec), sha.mb_per_sec),
+        );
+    }
+    if let Some(memory) = &results.memory {
+        let name = format!(
+            "memory ({} x {} x {} KiB)",
+            memory.clients,
+            memory.window,
+            memory.batch * memory.payload_bytes / 1024
+        );
+        push(
+            rows,
+            &name,
+            "peak RSS (VmHWM), idle RSS MiB",
+            format!(
+                "{:.0}, {:.0}",
+                mib(memory.peak_rss_bytes),
+                mib(memory.idle_rss_bytes)
+            ),
+        );
+        push(
+            rows,
+            &name,
+            "RSS peak middle / last third MiB",
+            format!(
+                "{:.0} / {:.0}",
+                mib(memory.middle_third_peak_rss_bytes),
+                mib(memory.last_third_peak_rss_bytes)
+            ),
+        );
+        push(
+            rows,
+            &name,
+            "offered in flight, queue_bytes MiB",
+            format!(
+                "{:.0}, {:.0}",
+                mib(memory.offered_in_flight_bytes),
+                mib(memory.queue_bytes)
+            ),
+        );
+        push(
+            rows,
+            &name,
+            "committed payload MB/s",
+            format!("{:.1}", memory.committed_mb_per_sec),
+        );
+    }
+    if let Some(anchoring) = &results.anchoring {
+        push(
+            rows,
+            "anchoring",
+            &format!(
+                "events/s on / off (every {} s, median of {})",
+                anchoring.interval_secs, anchoring.rounds
+            ),
+            format!(
+                "{} / {}",
+                count(anchoring.on_events_per_sec),
+                count(anchoring.off_events_per_sec)
+            ),
+        );
+        if let Some(latency) = &anchoring.anchor_latency {
+            push(
+                rows,
+                "anchoring",
+                &format!("anchor round trip p50 / p99 ms ({})", latency.anchors),
+                format!("{} / {}", number(latency.p50_ms), number(latency.p99_ms)),
+            );
+        }
+    }
+}

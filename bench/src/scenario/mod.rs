@@ -1,0 +1,19 @@
+//! The scenarios: each starts a real tallyd (see [`crate::daemon`]) on a
+//! temporary directory and measures one thing through the client library.
+
+pub mod anchoring;
+pub mod latency;
+pub mod lone;
+pub mod memory;
+pub mod throughput;
+pub mod verify;
+
+use std::path::Path;
+
+/// A temporary directory for one scenario's daemon, on the work directory's
+/// file system (the baselines write to the same one).
+pub fn temp_dir(work_dir: &Path, name: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("tally-bench-{name}-"))
+        .tempdir_in(work_dir)?)
+}
