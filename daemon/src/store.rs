@@ -15,7 +15,7 @@
 //! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor) |
 //! | `meta`    | `"anchor_intent"`     | counter u64 BE: an increment to this value is in progress |
 //! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
-//! | `tree`    | level u8 \|\| index u64 BE | hash of the complete Merkle subtree (level >= 1) |
+//! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 1) |
 //! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
 //!
 //! Merkle leaves (level 0) are the records' entry hashes and are not stored
@@ -43,7 +43,7 @@ use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
 /// Version of the on-disk layout described above. A data directory written
 /// with another version is refused, never silently reinterpreted.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const META_FORMAT_VERSION: &str = "format_version";
 const META_LOG_ID: &str = "log_id";
@@ -59,10 +59,15 @@ type MetaDb = Database<'static, Str, Bytes>;
 /// Merkle subtree hashes, keyed by level || index.
 type TreeDb = Database<'static, Bytes, Bytes>;
 
+/// Key of Merkle node `(level, index)`: the number of the last leaf it
+/// covers (the leaf whose append completes it), big-endian, then its level.
+/// Nodes are completed in exactly this order (leaf by leaf, bottom up), so
+/// every insert lands at the end of the database and can use MDB_APPEND.
 fn tree_key(level: u8, index: u64) -> [u8; 9] {
+    let last_leaf = (index.wrapping_add(1) << level).wrapping_sub(1);
     let mut key = [0u8; 9];
-    key[0] = level;
-    key[1..].copy_from_slice(&index.to_be_bytes());
+    key[..8].copy_from_slice(&last_leaf.to_be_bytes());
+    key[8] = level;
     key
 }
 
@@ -350,7 +355,12 @@ impl Store {
             start = end;
         }
         for (level, index, node) in &nodes {
-            self.tree.put(&mut wtxn, &tree_key(*level, *index), node)?;
+            self.tree.put_with_flags(
+                &mut wtxn,
+                PutFlags::APPEND,
+                &tree_key(*level, *index),
+                node,
+            )?;
         }
         self.meta
             .put(&mut wtxn, META_FRONTIER, &frontier.to_bytes())?;
