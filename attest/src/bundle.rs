@@ -280,9 +280,15 @@ impl<R: BufRead> BundleReader<R> {
         if len > MAX_SECTION_LEN {
             return Err(BundleError::SectionTooLarge { offset, len });
         }
+        // Read what is there rather than allocating the declared length up
+        // front: a tiny hostile file must not cost 64 MiB.
         buf.clear();
-        buf.resize(len as usize, 0);
-        read_exact_or(&mut self.input, buf, "inside a section")?;
+        (&mut self.input).take(u64::from(len)).read_to_end(buf)?;
+        if buf.len() != len as usize {
+            return Err(BundleError::Truncated {
+                what: "inside a section",
+            });
+        }
         self.offset = offset + 5 + u64::from(len);
         Ok(kind)
     }

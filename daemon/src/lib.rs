@@ -224,7 +224,7 @@ pub async fn run(
         tracing::warn!("TPM anchoring is OFF: the log is a hash chain only, and a root attacker can rewrite it undetected");
         (None, None)
     };
-    let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
+    // vsock first: once the Unix socket accepts, every listener is up.
     let vsock = match config.vsock_port {
         Some(port) => {
             let listener = socket::bind_vsock(port)?;
@@ -233,6 +233,7 @@ pub async fn run(
         }
         None => None,
     };
+    let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
     let access = Arc::new(access::Access::new(config.access.clone()));
     if let Some(path) = options.config_path.clone() {
         reload_access_on_sighup(path, access.clone(), shutdown.clone());

@@ -80,8 +80,25 @@ fn main() -> ExitCode {
             // The error chain, without a backtrace even under RUST_BACKTRACE:
             // operators need the reason, not our stack.
             eprintln!("tallyd: error: {err:#}");
-            ExitCode::FAILURE
+            exit_code(&err)
         }
+    }
+}
+
+/// Exit status 3: refused to start because the store and the TPM counter
+/// disagree (a rollback or a restored backup), a decision for an operator
+/// (`--accept-rollback`), never for a restart loop (systemd:
+/// RestartPreventExitStatus=3). 2: usage errors (clap). 1: anything else.
+pub const EXIT_REFUSED: u8 = 3;
+
+fn exit_code(err: &anyhow::Error) -> ExitCode {
+    use tally_daemon::anchor::StartupError;
+    use tally_daemon::DaemonError;
+    match err.downcast_ref::<DaemonError>() {
+        Some(DaemonError::Startup(
+            StartupError::StoreBehindTpm { .. } | StartupError::TpmBehindStore { .. },
+        )) => ExitCode::from(EXIT_REFUSED),
+        _ => ExitCode::FAILURE,
     }
 }
 

@@ -604,12 +604,15 @@ async fn follow<W: AsyncWrite + Unpin>(
                 id,
                 body: Some(response::Body::Records(page)),
             };
+            // A client that stops sending (half-close, or a stray request)
+            // still gets whole frames: its reader ending is checked between
+            // frames, and the slow-reader timeout bounds the wait. Only a
+            // daemon shutdown cuts a frame short (the connection closes).
             let sent = tokio::select! {
                 sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response)), shared) => sent,
-                _ = reader_done.cancelled() => return,
                 _ = shutdown.cancelled() => return,
             };
-            if !sent {
+            if !sent || reader_done.is_cancelled() {
                 return;
             }
         }

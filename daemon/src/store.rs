@@ -15,11 +15,11 @@
 //! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor) |
 //! | `meta`    | `"anchor_intent"`     | counter u64 BE: an increment to this value is in progress |
 //! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
-//! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 1) |
+//! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 4) |
 //! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
 //!
-//! Merkle leaves (level 0) are the records' entry hashes and are not stored
-//! again: a proof recomputes them from the records.
+//! Merkle nodes of levels 0-3 are not stored: a proof recomputes them from
+//! the records (level 0 is a record's entry hash).
 //!
 //! Two threads write: the sequencer (records, `head`) and the anchorer
 //! (anchors, intent, base; a few small transactions per anchor). LMDB
@@ -58,6 +58,12 @@ type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
 type MetaDb = Database<'static, Str, Bytes>;
 /// Merkle subtree hashes, keyed by level || index.
 type TreeDb = Database<'static, Bytes, Bytes>;
+
+/// Merkle nodes below this level are not stored: a proof recomputes one
+/// from at most 8 records. Storing only levels >= 4 costs one put per 16
+/// records instead of one per record (the tree's puts were a fifth of the
+/// writer's CPU), and keeps proofs at O(log n) reads plus a few records.
+const STORED_MIN_LEVEL: u8 = 4;
 
 /// Key of Merkle node `(level, index)`: the number of the last leaf it
 /// covers (the leaf whose append completes it), big-endian, then its level.
@@ -348,7 +354,7 @@ impl Store {
             self.records
                 .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, record)?;
             frontier.push(hash, |level, index, node| {
-                if level > 0 {
+                if level >= STORED_MIN_LEVEL {
                     nodes.push((level, index, *node));
                 }
             })?;
@@ -386,13 +392,13 @@ impl Store {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
         let nodes = |level: u8, index: u64| -> Option<Hash> {
-            if level == 0 {
-                return self
-                    .records
-                    .get(&rtxn, &index)
-                    .ok()
-                    .flatten()
-                    .map(entry_hash);
+            if level < STORED_MIN_LEVEL {
+                // Recomputed from at most 2^(STORED_MIN_LEVEL-1) records.
+                let first = index.checked_shl(u32::from(level))?;
+                let leaves: Option<Vec<Hash>> = (first..first + (1u64 << level))
+                    .map(|seq| self.records.get(&rtxn, &seq).ok().flatten().map(entry_hash))
+                    .collect();
+                return Some(merkle::root_from_leaf_hashes(&leaves?));
             }
             let bytes = self
                 .tree
@@ -508,9 +514,26 @@ impl Store {
             running = entry_hash(bytes);
             size += 1;
         }
+        // The head and the frontier from the same snapshot as the records:
+        // a live store may commit meanwhile.
+        let head_bytes = self
+            .meta
+            .get(&rtxn, META_HEAD)?
+            .ok_or(StoreError::CorruptMeta("head missing"))?
+            .to_vec();
+        let frontier = Frontier::from_bytes(
+            self.meta
+                .get(&rtxn, META_FRONTIER)?
+                .ok_or(StoreError::CorruptMeta("frontier missing"))?,
+        )?;
         drop(rtxn);
-        let head = self.head()?;
-        if head.size != size || head.hash != running || self.root_at(size)? != head.root {
+        let head = Head::decode(&head_bytes, frontier.root())
+            .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))?;
+        if head.size != size
+            || head.hash != running
+            || frontier.size() != size
+            || self.root_at(size)? != head.root
+        {
             return Err(StoreError::Inconsistent(
                 "head does not match the records".into(),
             ));

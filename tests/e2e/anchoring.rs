@@ -153,6 +153,10 @@ async fn rollback_is_refused_at_start_and_named_by_the_verifier() {
     std::fs::rename(&old_copy, daemon.data_dir()).unwrap();
 
     let refused = daemon.restart().unwrap_err().to_string();
+    assert!(
+        refused.contains("exit status: 3"),
+        "a refused start exits 3: {refused}"
+    );
     assert!(refused.contains("rollback detected"), "{refused}");
     assert!(refused.contains("2 anchor(s) are missing"), "{refused}");
 

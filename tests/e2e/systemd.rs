@@ -1,0 +1,130 @@
+//! The shipped systemd files are valid for this machine's systemd: the unit
+//! passes `systemd-analyze verify` with no warning and stays hardened
+//! (`systemd-analyze security` exposure at most 2.0), sysusers.d creates the
+//! user, tmpfiles.d the directories. Skipped with a printed reason where
+//! systemd's tools are not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::Context as _;
+
+/// Highest acceptable `systemd-analyze security` exposure, in tenths (2.0).
+/// The unit scores 1.5 with systemd 252.
+const MAX_EXPOSURE_TENTHS: u32 = 20;
+
+fn systemd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd")
+}
+
+fn installed(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+fn run(command: &mut Command) -> anyhow::Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("cannot run {command:?}"))
+}
+
+/// `systemd-analyze verify` needs ExecStart's binary to exist: a copy of the
+/// unit runs the tallyd this workspace built instead of /usr/bin/tallyd.
+fn unit_with_built_binary(dir: &Path) -> anyhow::Result<PathBuf> {
+    let unit = std::fs::read_to_string(systemd_dir().join("tallyd.service"))?;
+    let tallyd = tally_tests::binary("tallyd")?;
+    let exec = "ExecStart=/usr/bin/tallyd ";
+    anyhow::ensure!(unit.contains(exec), "the unit has no `{exec}` line");
+    let path = dir.join("tallyd.service");
+    std::fs::write(
+        &path,
+        unit.replace(exec, &format!("ExecStart={} ", tallyd.display())),
+    )?;
+    Ok(path)
+}
+
+#[test]
+fn unit_verifies_and_is_hardened() -> anyhow::Result<()> {
+    if !installed("systemd-analyze") {
+        println!("SKIP: systemd-analyze not installed");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let unit = unit_with_built_binary(dir.path())?;
+
+    let verify = run(Command::new("systemd-analyze").arg("verify").arg(&unit))?;
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "verify failed:\n{stderr}");
+    // Unknown keys and bad values are warnings, not failures: refuse them too.
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("tallyd.service"))
+        .collect();
+    assert!(warnings.is_empty(), "verify warns: {warnings:#?}");
+
+    let security = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(format!("--threshold={MAX_EXPOSURE_TENTHS}"))
+        .arg(&unit))?;
+    let report = String::from_utf8_lossy(&security.stdout);
+    let score = report
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .unwrap_or("(no overall exposure line)");
+    println!("{score}");
+    assert!(
+        security.status.success(),
+        "exposure above {}.{}: {score}\n{report}",
+        MAX_EXPOSURE_TENTHS / 10,
+        MAX_EXPOSURE_TENTHS % 10
+    );
+    Ok(())
+}
+
+/// sysusers.d and tmpfiles.d, applied to a scratch root (never to this machine).
+#[test]
+fn sysusers_and_tmpfiles_create_the_user_and_directories() -> anyhow::Result<()> {
+    if !installed("systemd-sysusers") || !installed("systemd-tmpfiles") {
+        println!("SKIP: systemd-sysusers / systemd-tmpfiles not installed");
+        return Ok(());
+    }
+    let root = tempfile::tempdir()?;
+    let etc = root.path().join("etc");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(etc.join("group"), "root:x:0:\n")?;
+    std::fs::write(etc.join("shadow"), "root:*:19000:0:99999:7:::\n")?;
+    std::fs::write(etc.join("gshadow"), "root:*::\n")?;
+
+    let sysusers = run(Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(systemd_dir().join("sysusers.d/tally.conf")))?;
+    assert!(
+        sysusers.status.success(),
+        "systemd-sysusers failed: {}",
+        String::from_utf8_lossy(&sysusers.stderr)
+    );
+    let passwd = std::fs::read_to_string(etc.join("passwd"))?;
+    let tally = passwd
+        .lines()
+        .find(|line| line.starts_with("tally:"))
+        .with_context(|| format!("no tally user in:\n{passwd}"))?;
+    assert!(
+        tally.ends_with(":/var/lib/tally:/usr/sbin/nologin"),
+        "{tally}"
+    );
+
+    let tmpfiles = run(Command::new("systemd-tmpfiles")
+        .args(["--create", &format!("--root={}", root.path().display())])
+        .arg(systemd_dir().join("tmpfiles.d/tally.conf")))?;
+    assert!(
+        tmpfiles.status.success(),
+        "systemd-tmpfiles failed: {}",
+        String::from_utf8_lossy(&tmpfiles.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    for (dir, mode) in [("var/lib/tally", 0o700), ("run/tally", 0o750)] {
+        let meta = std::fs::metadata(root.path().join(dir)).with_context(|| dir.to_owned())?;
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{dir}");
+    }
+    Ok(())
+}
