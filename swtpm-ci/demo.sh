@@ -66,7 +66,12 @@ nonce=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 "$bin/tally" attest --nonce "$nonce" --out "$work/fresh.att"
 
 step "verify offline: chain, anchors (AK), counter continuity, currentness (attestation)"
-"$bin/tally" verify "$work/log.tally" --ak "$work/ak.pem" --attestation "$work/fresh.att" --nonce "$nonce"
+"$bin/tally" verify "$work/log.tally" --ak "$work/ak.pem" --log-key "$work/data/tpm/log-key.pub" \
+    --attestation "$work/fresh.att" --nonce "$nonce"
+
+step "a Merkle inclusion proof of one event, checked with only the AK and the log key"
+"$bin/tally" prove inclusion --seq 4242 --out "$work/seq4242.proof"
+"$bin/tally" verify-proof "$work/seq4242.proof" --ak "$work/ak.pem" --log-key "$work/data/tpm/log-key.pub"
 
 step "tampering with one byte of one record: verify must fail and name it"
 python3 - "$work/log.tally" "$work/tampered.tally" <<'PY'

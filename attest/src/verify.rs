@@ -195,13 +195,19 @@ pub fn verify_bundle<R: BufRead>(
         AnchorsVerdict::NotChecked("no AK public key given (--ak)")
     } else if let Some(violation) = anchor_failure {
         AnchorsVerdict::Invalid(violation)
+    } else if chain.is_err() {
+        // The TPM evidence verified, but checkpoints cannot be compared with
+        // a chain that is already known to be damaged.
+        AnchorsVerdict::NotChecked(
+            "the chain is damaged, so checkpoints cannot be compared with it",
+        )
     } else {
         check_checkpoints(&anchors, &header, &wanted, log_size)
     };
     let anchors_ok = matches!(anchors_verdict, AnchorsVerdict::Valid { .. });
 
     let counter = if matches!(anchors_verdict, AnchorsVerdict::NotChecked(_)) {
-        CounterVerdict::NotChecked("anchors were not checked")
+        CounterVerdict::NotChecked("anchors were not fully checked")
     } else if !anchors_ok {
         CounterVerdict::NotChecked("anchors are not valid")
     } else if anchors.is_empty() {
