@@ -28,6 +28,10 @@ pub const MAGIC: &[u8; 16] = b"tally-bundle-v1\n";
 /// memory when reading a hostile file).
 pub const MAX_SECTION_LEN: u32 = 64 << 20;
 
+/// Sections up to this length are read into a buffer sized up front; longer
+/// ones grow the buffer as bytes arrive.
+const EAGER_SECTION_LEN: u32 = 64 << 10;
+
 /// Kind byte of a section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -280,14 +284,20 @@ impl<R: BufRead> BundleReader<R> {
         if len > MAX_SECTION_LEN {
             return Err(BundleError::SectionTooLarge { offset, len });
         }
-        // Read what is there rather than allocating the declared length up
-        // front: a tiny hostile file must not cost 64 MiB.
         buf.clear();
-        (&mut self.input).take(u64::from(len)).read_to_end(buf)?;
-        if buf.len() != len as usize {
-            return Err(BundleError::Truncated {
-                what: "inside a section",
-            });
+        if len <= EAGER_SECTION_LEN {
+            // Records are small: size the buffer and read exactly.
+            buf.resize(len as usize, 0);
+            read_exact_or(&mut self.input, buf, "inside a section")?;
+        } else {
+            // Read what is there rather than allocating the declared length
+            // up front: a tiny hostile file must not cost 64 MiB.
+            (&mut self.input).take(u64::from(len)).read_to_end(buf)?;
+            if buf.len() != len as usize {
+                return Err(BundleError::Truncated {
+                    what: "inside a section",
+                });
+            }
         }
         self.offset = offset + 5 + u64::from(len);
         Ok(kind)
