@@ -150,7 +150,7 @@ pub fn verify_chain_observed<S: RecordSource>(
     mut observe: impl FnMut(u64, &Hash),
 ) -> Result<ChainSummary, ChainError<S::Error>> {
     let damaged = |damage| Err(ChainError::Damaged(damage));
-    let mut buf = Vec::new();
+    let mut records = Hashed::new(source);
     let mut position: u64 = 0;
     // Entry hash of the last record replayed.
     let mut running = GENESIS_PREV;
@@ -158,9 +158,9 @@ pub fn verify_chain_observed<S: RecordSource>(
     // next record (or the declared head), which tells which side changed.
     let mut suspect: Option<u64> = None;
 
-    while source.next_record(&mut buf).map_err(ChainError::Source)? {
-        let (header, _) = match RecordHeader::parse(&buf) {
-            Ok(parsed) => parsed,
+    while let Some((parsed, hash)) = records.next().map_err(ChainError::Source)? {
+        let header = match parsed {
+            Ok(header) => header,
             Err(reason) => return damaged(Damage::Malformed { position, reason }),
         };
         if let Some(bad_link) = suspect {
@@ -181,12 +181,12 @@ pub fn verify_chain_observed<S: RecordSource>(
                     found: header.seq,
                 });
             }
-            return damaged(classify_misplaced(source, position, header.seq));
+            return damaged(classify_misplaced(&mut records, position, header.seq));
         }
         if header.prev_hash != running {
             suspect = Some(position);
         }
-        running = entry_hash(&buf);
+        running = hash;
         position += 1;
         observe(position, &running);
         if position.is_multiple_of(65_536) {
@@ -235,6 +235,105 @@ pub fn verify_chain_observed<S: RecordSource>(
         size: position,
         head_hash: running,
     })
+}
+
+/// Records read ahead in chunks whose entry hashes are computed on every
+/// core: each record's hash depends only on its own bytes, so hashing (the
+/// cost of verification) runs in parallel while the links are still checked
+/// in order.
+struct Hashed<'s, S: RecordSource> {
+    source: &'s mut S,
+    /// Reused buffers of the current chunk; `filled` of them hold records.
+    records: Vec<Vec<u8>>,
+    hashes: Vec<Hash>,
+    filled: usize,
+    next: usize,
+    exhausted: bool,
+}
+
+/// A record's parsed header (or why it does not parse) and its entry hash.
+type HashedRecord = (Result<RecordHeader, RecordError>, Hash);
+
+/// Records per chunk.
+const CHUNK: usize = 8192;
+/// Below this many records a chunk is hashed on the calling thread.
+const PARALLEL_MIN: usize = 1024;
+
+impl<'s, S: RecordSource> Hashed<'s, S> {
+    fn new(source: &'s mut S) -> Self {
+        Hashed {
+            source,
+            records: Vec::new(),
+            hashes: Vec::new(),
+            filled: 0,
+            next: 0,
+            exhausted: false,
+        }
+    }
+
+    /// The next record's parsed header and entry hash.
+    fn next(&mut self) -> Result<Option<HashedRecord>, S::Error> {
+        if self.next == self.filled && !self.fill()? {
+            return Ok(None);
+        }
+        let index = self.next;
+        self.next += 1;
+        let header = RecordHeader::parse(&self.records[index]).map(|(header, _)| header);
+        Ok(Some((header, self.hashes[index])))
+    }
+
+    /// Reads and hashes the next chunk; false when the source is done.
+    fn fill(&mut self) -> Result<bool, S::Error> {
+        self.filled = 0;
+        self.next = 0;
+        while !self.exhausted && self.filled < CHUNK {
+            if self.records.len() == self.filled {
+                self.records.push(Vec::new());
+            }
+            if self.source.next_record(&mut self.records[self.filled])? {
+                self.filled += 1;
+            } else {
+                self.exhausted = true;
+            }
+        }
+        let records = &self.records[..self.filled];
+        self.hashes.clear();
+        self.hashes.resize(self.filled, GENESIS_PREV);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8);
+        if threads < 2 || records.len() < PARALLEL_MIN {
+            for (hash, record) in self.hashes.iter_mut().zip(records) {
+                *hash = entry_hash(record);
+            }
+        } else {
+            let per = records.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (hashes, records) in self.hashes.chunks_mut(per).zip(records.chunks(per)) {
+                    scope.spawn(move || {
+                        for (hash, record) in hashes.iter_mut().zip(records) {
+                            *hash = entry_hash(record);
+                        }
+                    });
+                }
+            });
+        }
+        Ok(self.filled > 0)
+    }
+}
+
+/// The records not yet replayed: the rest of the chunk, then the source.
+impl<S: RecordSource> RecordSource for Hashed<'_, S> {
+    type Error = S::Error;
+    fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error> {
+        if self.next == self.filled && !self.fill()? {
+            return Ok(false);
+        }
+        buf.clear();
+        buf.extend_from_slice(&self.records[self.next]);
+        self.next += 1;
+        Ok(true)
+    }
 }
 
 /// Position `position` holds seq `found`, which belongs elsewhere: scan the
@@ -420,6 +519,58 @@ mod tests {
             Damage::Extended {
                 declared: 4,
                 found: 6
+            }
+        );
+    }
+
+    #[test]
+    fn damage_is_named_the_same_across_parallel_hashed_chunks() {
+        // Larger than a chunk, so hashing runs in parallel and damage can
+        // sit on a chunk boundary (CHUNK = 8192).
+        let (records, head) = chain(20_000);
+        assert_eq!(verify(&records, 20_000, &head).unwrap().head_hash, head);
+        for seq in [0usize, 8191, 8192, 16_383, 19_999] {
+            let mut tampered = records.clone();
+            let last = tampered[seq].len() - 1;
+            tampered[seq][last] ^= 1;
+            let committed_by = if seq == 19_999 {
+                CommittedBy::DeclaredHead
+            } else {
+                CommittedBy::Successor
+            };
+            assert_eq!(
+                verify(&tampered, 20_000, &head).unwrap_err(),
+                Damage::RecordModified {
+                    seq: seq as u64,
+                    committed_by
+                },
+                "seq {seq}"
+            );
+        }
+        let mut deleted = records.clone();
+        deleted.remove(8192);
+        assert_eq!(
+            verify(&deleted, 20_000, &head).unwrap_err(),
+            Damage::Missing {
+                seq: 8192,
+                next: 8193
+            }
+        );
+        let mut swapped = records.clone();
+        swapped.swap(8000, 12_000);
+        assert_eq!(
+            verify(&swapped, 20_000, &head).unwrap_err(),
+            Damage::Reordered {
+                position: 8000,
+                found: 12_000,
+                expected_at: 12_000
+            }
+        );
+        assert_eq!(
+            verify(&records[..16_384], 20_000, &head).unwrap_err(),
+            Damage::Truncated {
+                declared: 20_000,
+                found: 16_384
             }
         );
     }
