@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // The error chain, without a backtrace even under RUST_BACKTRACE:
             // operators need the reason, not our stack.
-            eprintln!("tallyd: error: {err:#}");
+            eprintln!("tallyd: error: {}", error_chain(&err));
             exit_code(&err)
         }
     }
@@ -88,16 +88,24 @@ fn main() -> ExitCode {
 /// Exit status 3: refused to start because the store and the TPM counter
 /// disagree (a rollback or a restored backup), a decision for an operator
 /// (`--accept-rollback`), never for a restart loop (systemd:
-/// RestartPreventExitStatus=3). 2: usage errors (clap). 1: anything else.
+/// RestartPreventExitStatus=3 78). 78 (sysexits EX_CONFIG): the
+/// configuration is invalid; retrying cannot help either. 2: usage errors
+/// (clap). 1: anything else.
 pub const EXIT_REFUSED: u8 = 3;
+pub const EXIT_CONFIG: u8 = 78;
 
 fn exit_code(err: &anyhow::Error) -> ExitCode {
     use tally_daemon::anchor::StartupError;
+    use tally_daemon::config::ConfigError;
     use tally_daemon::DaemonError;
+    if err.downcast_ref::<ConfigError>().is_some() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match err.downcast_ref::<DaemonError>() {
         Some(DaemonError::Startup(
             StartupError::StoreBehindTpm { .. } | StartupError::TpmBehindStore { .. },
         )) => ExitCode::from(EXIT_REFUSED),
+        Some(DaemonError::Config(_)) => ExitCode::from(EXIT_CONFIG),
         _ => ExitCode::FAILURE,
     }
 }
@@ -235,4 +243,18 @@ fn check(config: &Config) -> anyhow::Result<()> {
         hex::encode(store.log_id())
     );
     Ok(())
+}
+
+/// The error and its causes, each once: our error types often name their
+/// cause in their own message already, so a cause already shown is skipped.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }

@@ -249,3 +249,28 @@ async fn errors_without_a_daemon_exit_2_with_a_helpful_message() -> anyhow::Resu
     assert!(run.stderr.contains("cannot open"), "{run:?}");
     Ok(())
 }
+
+/// A bad configuration exits 78 (EX_CONFIG) naming the problem, so a service
+/// manager can tell it from a transient failure.
+#[test]
+fn a_bad_configuration_exits_78_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tallyd.toml");
+    std::fs::write(&config, "data_dri = \"/tmp/x\"\n").unwrap();
+    let run = tally_tests::tallyd(&[std::ffi::OsStr::new("--config"), config.as_os_str()]).unwrap();
+    assert_eq!(run.code, 78, "{run:?}");
+    assert!(
+        run.stderr.contains("unknown field `data_dri`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("unknown field").count(),
+        1,
+        "the cause is printed once: {}",
+        run.stderr
+    );
+    let run = tally_tests::tallyd(&["--no-tpm", "--socket-mode", "rw-rw----"]).unwrap();
+    assert_eq!(run.code, 78, "{run:?}");
+    assert!(run.stderr.contains("socket_mode"), "{}", run.stderr);
+}
