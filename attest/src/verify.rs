@@ -45,8 +45,6 @@ pub enum AnchorViolation {
         size: u64,
         log_size: u64,
     },
-    #[error("cannot check anchor checkpoints against a damaged chain")]
-    ChainDamaged,
 }
 
 /// Verdict on "anchors valid".
@@ -195,14 +193,14 @@ pub fn verify_bundle<R: BufRead>(
         AnchorsVerdict::NotChecked("no AK public key given (--ak)")
     } else if let Some(violation) = anchor_failure {
         AnchorsVerdict::Invalid(violation)
-    } else if chain.is_err() {
+    } else if let Some(log_size) = log_size {
+        check_checkpoints(&anchors, &header, &wanted, log_size)
+    } else {
         // The TPM evidence verified, but checkpoints cannot be compared with
         // a chain that is already known to be damaged.
         AnchorsVerdict::NotChecked(
             "the chain is damaged, so checkpoints cannot be compared with it",
         )
-    } else {
-        check_checkpoints(&anchors, &header, &wanted, log_size)
     };
     let anchors_ok = matches!(anchors_verdict, AnchorsVerdict::Valid { .. });
 
@@ -251,7 +249,7 @@ fn check_checkpoints(
     anchors: &[VerifiedAnchor],
     header: &BundleHeader,
     chain_heads: &HashMap<u64, Option<Hash>>,
-    log_size: Option<u64>,
+    log_size: u64,
 ) -> AnchorsVerdict {
     for anchor in anchors {
         let counter = anchor.counter;
@@ -271,13 +269,10 @@ fn check_checkpoints(
                 })
             }
             None => {
-                return AnchorsVerdict::Invalid(match log_size {
-                    Some(log_size) => AnchorViolation::BeyondLog {
-                        counter,
-                        size,
-                        log_size,
-                    },
-                    None => AnchorViolation::ChainDamaged,
+                return AnchorsVerdict::Invalid(AnchorViolation::BeyondLog {
+                    counter,
+                    size,
+                    log_size,
                 })
             }
         }

@@ -21,3 +21,20 @@ pub use client::{Ack, Client, ClientError, Follow};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// An error and its causes for a person to read, each cause once: our error
+/// types often name their cause in their own message already, so a cause
+/// already shown is skipped. Used by `tally` and `tallyd` for fatal errors.
+pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = current.source();
+    }
+    message
+}

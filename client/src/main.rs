@@ -170,7 +170,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("tally: {}", error_chain(&err));
+            eprintln!("tally: {}", tally_client::error_text(err.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -511,18 +511,4 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The error and its causes, each once: our error types often name their
-/// cause in their own message already, so a cause already shown is skipped.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut message = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
 }

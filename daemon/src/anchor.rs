@@ -48,8 +48,6 @@ pub enum AnchorError {
     CounterWentBack { tpm: u64, anchor: u64 },
     #[error("the TPM certified counter {certified} for an anchor at {expected}: the counter moved under us")]
     CounterMoved { expected: u64, certified: u64 },
-    #[error("anchoring has stopped")]
-    Stopped,
     #[error("cannot sign the checkpoint: {0}")]
     Sign(#[from] tally_attest::note::NoteError),
 }

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // The error chain, without a backtrace even under RUST_BACKTRACE:
             // operators need the reason, not our stack.
-            eprintln!("tallyd: error: {}", error_chain(&err));
+            eprintln!("tallyd: error: {}", tally_client::error_text(err.as_ref()));
             exit_code(&err)
         }
     }
@@ -243,18 +243,4 @@ fn check(config: &Config) -> anyhow::Result<()> {
         hex::encode(store.log_id())
     );
     Ok(())
-}
-
-/// The error and its causes, each once: our error types often name their
-/// cause in their own message already, so a cause already shown is skipped.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut message = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !message.contains(&cause) {
-            message.push_str(": ");
-            message.push_str(&cause);
-        }
-    }
-    message
 }

@@ -527,20 +527,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         let limit = shared.limits.slow_reader_timeout;
-        if !within(limit, frames.feed(frame::encode(&response)), &shared).await {
+        if !within(limit, frames.feed(frame::encode(&response))).await {
             return;
         }
         // Batch the flushes of pipelined responses.
-        if queue.is_empty()
-            && !within(limit, SinkExt::<bytes::Bytes>::flush(&mut frames), &shared).await
-        {
+        if queue.is_empty() && !within(limit, SinkExt::<bytes::Bytes>::flush(&mut frames)).await {
             return;
         }
     }
     let _ = within(
         shared.limits.slow_reader_timeout,
         SinkExt::<bytes::Bytes>::flush(&mut frames),
-        &shared,
     )
     .await;
 }
@@ -550,12 +547,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn within<E>(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), E>>,
-    shared: &Shared,
 ) -> bool {
     match tokio::time::timeout(limit, write).await {
         Ok(result) => result.is_ok(),
         Err(_) => {
-            let _ = shared;
             tracing::warn!(
                 timeout_secs = limit.as_secs(),
                 "client is not reading its responses; disconnecting it"
@@ -609,7 +604,7 @@ async fn follow<W: AsyncWrite + Unpin>(
             // frames, and the slow-reader timeout bounds the wait. Only a
             // daemon shutdown cuts a frame short (the connection closes).
             let sent = tokio::select! {
-                sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response)), shared) => sent,
+                sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response))) => sent,
                 _ = shutdown.cancelled() => return,
             };
             if !sent || reader_done.is_cancelled() {
