@@ -1,7 +1,7 @@
 //! The LMDB store: the chain's records and the log's metadata.
 //!
 //! Contract: [`Store::append`] returns only after the batch is committed and
-//! fsynced; a batch is all-or-nothing. One writer (the sequencer thread) calls
+//! fsynced; a batch is all-or-nothing. One writer (the sequencer's commit thread) calls
 //! `append`; any number of tasks read concurrently.
 //!
 //! Key layout (docs/DESIGN.md has the full description):
@@ -187,19 +187,123 @@ pub struct Store {
     resize_gate: RwLock<()>,
 }
 
-/// A write batch: the records the sequencer built and the head after them.
-#[derive(Debug, Default)]
+/// A write batch: records chained onto a committed state, the Merkle nodes
+/// they complete, and the state after them. The sequencer builds it (every
+/// hash is computed here, while the previous batch commits) and
+/// [`Store::append`] writes it unchanged.
+#[derive(Debug, Clone)]
 pub struct Batch {
+    /// The committed state the batch builds on.
+    base: Head,
+    base_frontier: Frontier,
     /// Concatenated record bytes.
-    pub bytes: Vec<u8>,
-    /// (seq, end offset in `bytes`, entry hash) of each record.
-    pub records: Vec<(u64, usize, Hash)>,
+    bytes: Vec<u8>,
+    /// (seq, end offset in `bytes`) of each record.
+    records: Vec<(u64, usize)>,
+    /// (level, index, hash) of the stored Merkle nodes the records complete.
+    nodes: Vec<(u8, u64, Hash)>,
+    /// Size and last entry hash after the records (the root is derived from
+    /// `frontier` when asked for).
+    head: Head,
+    frontier: Frontier,
 }
 
 impl Batch {
-    pub fn clear(&mut self) {
+    /// An empty batch on the state `head`, whose Merkle edge is `frontier`.
+    pub fn new(head: Head, frontier: Frontier) -> Batch {
+        Batch {
+            base: head,
+            base_frontier: frontier.clone(),
+            bytes: Vec::new(),
+            records: Vec::new(),
+            nodes: Vec::new(),
+            head,
+            frontier,
+        }
+    }
+
+    /// Empties the batch (keeping its buffers) and bases it on `head`.
+    pub fn restart(&mut self, head: Head, frontier: &Frontier) {
+        self.base = head;
+        self.base_frontier.clone_from(frontier);
         self.bytes.clear();
         self.records.clear();
+        self.nodes.clear();
+        self.head = head;
+        self.frontier.clone_from(frontier);
+    }
+
+    /// Appends one record: its header (the next seq, the previous entry
+    /// hash), then the body `write_body` appends. Returns the record's seq
+    /// and entry hash. Fails only when the Merkle tree is full (2^64
+    /// leaves), leaving the batch unchanged.
+    pub fn push(
+        &mut self,
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(u64, Hash), MerkleError> {
+        let start = self.bytes.len();
+        let seq = self.head.size;
+        RecordHeader {
+            seq,
+            prev_hash: self.head.hash,
+        }
+        .encode_into(&mut self.bytes);
+        write_body(&mut self.bytes);
+        let hash = entry_hash(&self.bytes[start..]);
+        let nodes = &mut self.nodes;
+        let pushed = self.frontier.push(hash, |level, index, node| {
+            if level >= STORED_MIN_LEVEL {
+                nodes.push((level, index, *node));
+            }
+        });
+        if let Err(err) = pushed {
+            self.bytes.truncate(start);
+            return Err(err);
+        }
+        self.records.push((seq, self.bytes.len()));
+        self.head.size = seq + 1;
+        self.head.hash = hash;
+        Ok((seq, hash))
+    }
+
+    /// Whether `count` more records fit in the log (2^64 - 1 at most).
+    pub fn has_room(&self, count: usize) -> bool {
+        u64::try_from(count)
+            .ok()
+            .and_then(|count| self.head.size.checked_add(count))
+            .is_some_and(|end| end < u64::MAX)
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of the records.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The committed state the batch builds on.
+    pub fn base(&self) -> (Head, &Frontier) {
+        (self.base, &self.base_frontier)
+    }
+
+    /// The state after the batch's records, root included.
+    pub fn head(&self) -> Head {
+        Head {
+            root: self.frontier.root(),
+            ..self.head
+        }
+    }
+
+    /// The Merkle edge after the batch's records.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
     }
 }
 
@@ -327,40 +431,47 @@ impl Store {
         }
     }
 
-    /// Commits a batch built on the current head (records, the Merkle nodes
-    /// they complete, the frontier, the head) and returns the new Merkle
-    /// root. Grows the map first when it is nearly full. All or nothing: on
-    /// error nothing of the batch is stored and the frontier is unchanged.
-    pub fn append(&self, batch: &Batch, new_head: Head) -> Result<Hash, StoreError> {
+    /// An empty batch on the committed state.
+    pub fn start_batch(&self) -> Result<Batch, StoreError> {
+        Ok(Batch::new(self.head()?, self.frontier().clone()))
+    }
+
+    /// Commits a batch built on the committed state (its records, the Merkle
+    /// nodes they complete, the frontier and head after them). Grows the map
+    /// first when it is nearly full. All or nothing: on error nothing of the
+    /// batch is stored and the committed state is unchanged.
+    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+        let committed = self.frontier().size();
+        if batch.base.size != committed {
+            return Err(StoreError::Inconsistent(format!(
+                "a batch built on {} records was offered to a log of {committed}",
+                batch.base.size
+            )));
+        }
         self.grow_if_needed(batch.bytes.len())?;
-        match self.try_append(batch, new_head) {
+        match self.try_append(batch) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
                 self.grow(batch.bytes.len())?;
-                self.try_append(batch, new_head)
+                self.try_append(batch)
             }
             other => other,
         }
     }
 
-    fn try_append(&self, batch: &Batch, new_head: Head) -> Result<Hash, StoreError> {
-        let mut frontier = self.frontier().clone();
-        let mut nodes: Vec<(u8, u64, Hash)> = Vec::with_capacity(batch.records.len() + 8);
+    fn try_append(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
+        // The same keys as `records` (u64 big-endian), encoded here on the
+        // stack: heed's U64 codec allocates every key (5% of this thread).
+        let records = self.records.remap_key_type::<Bytes>();
         let mut start = 0;
-        for &(seq, end, hash) in &batch.records {
+        for &(seq, end) in &batch.records {
             let record = batch.bytes.get(start..end).ok_or_else(|| {
                 StoreError::Inconsistent(format!("batch offsets out of range at seq {seq}"))
             })?;
-            self.records
-                .put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, record)?;
-            frontier.push(hash, |level, index, node| {
-                if level >= STORED_MIN_LEVEL {
-                    nodes.push((level, index, *node));
-                }
-            })?;
+            records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
             start = end;
         }
-        for (level, index, node) in &nodes {
+        for (level, index, node) in &batch.nodes {
             self.tree.put_with_flags(
                 &mut wtxn,
                 PutFlags::APPEND,
@@ -369,12 +480,11 @@ impl Store {
             )?;
         }
         self.meta
-            .put(&mut wtxn, META_FRONTIER, &frontier.to_bytes())?;
-        self.meta.put(&mut wtxn, META_HEAD, &new_head.encode())?;
+            .put(&mut wtxn, META_FRONTIER, &batch.frontier.to_bytes())?;
+        self.meta.put(&mut wtxn, META_HEAD, &batch.head.encode())?;
         wtxn.commit()?;
-        let root = frontier.root();
-        *self.frontier() = frontier;
-        Ok(root)
+        self.frontier().clone_from(&batch.frontier);
+        Ok(())
     }
 
     fn frontier(&self) -> std::sync::MutexGuard<'_, Frontier> {
@@ -677,26 +787,19 @@ mod tests {
         max: 1 << 30,
     };
 
-    fn batch_of(head: Head, n: usize, payload: usize) -> (Batch, Head) {
-        let mut batch = Batch::default();
-        let mut head = head;
-        for _ in 0..n {
-            let start = batch.bytes.len();
-            RecordHeader {
-                seq: head.size,
-                prev_hash: head.hash,
-            }
-            .encode_into(&mut batch.bytes);
-            batch.bytes.extend(std::iter::repeat_n(b'x', payload));
-            let hash = entry_hash(&batch.bytes[start..]);
-            head = Head {
-                size: head.size + 1,
-                hash,
-                root: head.root,
-            };
-            batch.records.push((head.size - 1, batch.bytes.len(), hash));
-        }
-        (batch, head)
+    /// `n` records of `payload` bytes on the store's committed state, and
+    /// their entry hashes.
+    fn batch_of(store: &Store, n: usize, payload: usize) -> (Batch, Vec<Hash>) {
+        let mut batch = store.start_batch().unwrap();
+        let hashes = (0..n)
+            .map(|_| {
+                let (_, hash) = batch
+                    .push(|bytes| bytes.extend(std::iter::repeat_n(b'x', payload)))
+                    .unwrap();
+                hash
+            })
+            .collect();
+        (batch, hashes)
     }
 
     #[test]
@@ -709,9 +812,9 @@ mod tests {
             log_id = store.log_id();
             // 64 batches of 100 records of 1 KiB: ~6.5 MiB through a 1 MiB map.
             for _ in 0..64 {
-                let (batch, mut next) = batch_of(head, 100, 1024);
-                next.root = store.append(&batch, next).unwrap();
-                head = next;
+                let (batch, _) = batch_of(&store, 100, 1024);
+                store.append(&batch).unwrap();
+                head = batch.head();
             }
             assert!(store.map_bytes() > 1 << 20, "map should have grown");
         }
@@ -735,11 +838,12 @@ mod tests {
         let mut leaves = Vec::new();
         // Uneven batches so subtrees complete across commits.
         for n in [1usize, 2, 7, 1, 13, 64, 3] {
-            let (batch, mut next) = batch_of(head, n, 10);
-            leaves.extend(batch.records.iter().map(|&(_, _, hash)| hash));
-            next.root = store.append(&batch, next).unwrap();
-            assert_eq!(next.root, merkle::root_from_leaf_hashes(&leaves));
-            head = next;
+            let (batch, hashes) = batch_of(&store, n, 10);
+            leaves.extend(hashes);
+            store.append(&batch).unwrap();
+            head = batch.head();
+            assert_eq!(head.root, merkle::root_from_leaf_hashes(&leaves));
+            assert_eq!(store.head().unwrap(), head);
         }
         let size = leaves.len() as u64;
         assert_eq!(store.head().unwrap().root, head.root);
@@ -761,6 +865,19 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_built_on_a_stale_state_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        let (first, _) = batch_of(&store, 3, 10);
+        let (stale, _) = batch_of(&store, 2, 10);
+        store.append(&first).unwrap();
+        let err = store.append(&stale).unwrap_err();
+        assert!(matches!(err, StoreError::Inconsistent(_)), "{err}");
+        assert_eq!(store.head().unwrap(), first.head());
+        assert_eq!(store.verify().unwrap(), first.head());
+    }
+
+    #[test]
     fn map_at_maximum_is_a_full_error_and_commits_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let tiny = MapSizing {
@@ -770,12 +887,9 @@ mod tests {
         let store = Store::open(dir.path(), tiny).unwrap();
         let mut head = Head::EMPTY;
         let err = loop {
-            let (batch, mut next) = batch_of(head, 50, 4000);
-            match store.append(&batch, next) {
-                Ok(root) => {
-                    next.root = root;
-                    head = next;
-                }
+            let (batch, _) = batch_of(&store, 50, 4000);
+            match store.append(&batch) {
+                Ok(()) => head = batch.head(),
                 Err(err) => break err,
             }
         };

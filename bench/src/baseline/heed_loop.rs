@@ -79,9 +79,17 @@ pub fn measure(
     let mut seq = 0u64;
     super::timed(duration, shape, bytes.len(), |commit| {
         let mut wtxn = env.write_txn()?;
+        // Keys encoded on the stack, as tallyd's store does (heed's U64
+        // codec allocates each one).
+        let records = records.remap_key_type::<Bytes>();
         let mut start = 0;
         for &end in &ends {
-            records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq, &bytes[start..end])?;
+            records.put_with_flags(
+                &mut wtxn,
+                PutFlags::APPEND,
+                &seq.to_be_bytes(),
+                &bytes[start..end],
+            )?;
             seq += 1;
             start = end;
         }

@@ -146,8 +146,10 @@ pub fn run(options: &Options, shape: &MemoryOptions) -> anyhow::Result<Memory> {
         .step_by(12)
         .map(|(at, rss)| ((at.as_secs_f64() * 1000.0).round() / 1000.0, *rss))
         .collect();
+    // Two batches' record buffers (one open, one committing) and LMDB's
+    // dirty pages for the one committing.
     let design =
-        shape.queue_bytes as u64 + 2 * BATCH_MAX_BYTES + 3 * shape.clients as u64 * request_bytes;
+        shape.queue_bytes as u64 + 3 * BATCH_MAX_BYTES + 3 * shape.clients as u64 * request_bytes;
     let allowance_bytes = design + design / 4;
     let growth_checked = seconds >= 3.0;
     let committed_events = committed.max(1);
