@@ -18,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tally_client::proto::{peer, Event, Peer};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::sequencer::{AppendJob, QueuedEvents};
+use crate::sequencer::{AppendJob, QueuedEvents, SequencerHandle};
 
 /// A capability a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -170,7 +170,7 @@ impl Access {
     /// Never waits: a full queue counts as suppressed.
     pub fn record_denial(
         &self,
-        jobs: &mpsc::Sender<AppendJob>,
+        sequencer: &SequencerHandle,
         queued: &Arc<AtomicU64>,
         peer: &Peer,
         peer_text: &str,
@@ -218,16 +218,16 @@ impl Access {
             client_time_unix_nanos: now,
         };
         let (reply, _) = oneshot::channel();
-        let job = AppendJob {
-            events: vec![event],
-            bytes: 256,
-            peer: *peer,
-            receive_time_unix_nanos: now,
+        let job = AppendJob::new(
+            vec![event],
+            256,
+            *peer,
+            now,
             reply,
-            permit: None,
-            queued: QueuedEvents::new(queued, 1),
-        };
-        if jobs.try_send(job).is_err() {
+            None,
+            QueuedEvents::new(queued, 1),
+        );
+        if sequencer.try_submit(job).is_err() {
             if let Ok(mut window) = self.denials.lock() {
                 window.suppressed += 1;
             }
@@ -324,17 +324,22 @@ mod tests {
         assert!(AccessConfig::default().validate().is_ok());
     }
 
-    #[tokio::test]
-    async fn denials_are_recorded_within_the_rate_limit() {
+    #[test]
+    fn denials_are_recorded_within_the_rate_limit() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::default();
+        let store = Arc::new(crate::store::Store::open(dir.path(), config.map_sizing()).unwrap());
+        let (sequencer, thread) =
+            crate::sequencer::start(store.clone(), config.batch_policy()).unwrap();
         let access = Access::new(AccessConfig {
             denials_logged_per_minute: 2,
             ..AccessConfig::default()
         });
-        let (jobs, mut rx) = mpsc::channel(16);
         let queued = Arc::new(AtomicU64::new(0));
         for _ in 0..5 {
             access.record_denial(
-                &jobs,
+                &sequencer,
                 &queued,
                 &unix(5, 5),
                 "unix uid=5",
@@ -342,13 +347,20 @@ mod tests {
                 Role::Append,
             );
         }
-        let first = rx.try_recv().unwrap();
-        assert_eq!(first.events[0].kind, "tally.access_denied");
-        assert_eq!(first.events[0].attributes["denials_not_logged_before"], "0");
-        assert!(rx.try_recv().is_ok());
-        assert!(
-            rx.try_recv().is_err(),
+        // Dropping the last handle commits what was submitted.
+        drop(sequencer);
+        thread.join().unwrap();
+        let records = store.read(0, 10, usize::MAX).unwrap();
+        assert_eq!(
+            records.len(),
+            2,
             "the third and later denials are suppressed"
         );
+        let body =
+            tally_client::proto::RecordBody::decode(&records[0].bytes[tally_attest::HEADER_LEN..])
+                .unwrap();
+        let event = body.event.unwrap();
+        assert_eq!(event.kind, "tally.access_denied");
+        assert_eq!(event.attributes["denials_not_logged_before"], "0");
     }
 }

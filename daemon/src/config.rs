@@ -116,7 +116,8 @@ pub struct Config {
     pub max_events_per_append: usize,
     /// Bytes of appends that may wait for the writer before clients block.
     pub queue_bytes: usize,
-    /// Append requests that may wait for the writer before clients block.
+    /// Append requests that may wait for the writer (in the open batch)
+    /// before clients block.
     pub queue_jobs: usize,
     /// Requests one connection may have in flight.
     pub max_inflight_per_connection: usize,
@@ -315,6 +316,7 @@ impl Config {
         crate::sequencer::BatchPolicy {
             max_events: self.batch_max_events,
             max_bytes: self.batch_max_bytes,
+            max_jobs: self.queue_jobs,
             linger: Duration::from_micros(self.batch_linger_micros),
         }
     }

@@ -59,16 +59,16 @@ pub(crate) async fn submit_append(
         permit = shared.queue_budget.clone().acquire_many_owned(budget) => permit.ok()?,
     };
     let (reply, ack) = oneshot::channel();
-    let job = AppendJob {
-        events: append.events,
-        bytes: frame_len,
-        peer: *peer,
+    let job = AppendJob::new(
+        append.events,
+        frame_len,
+        *peer,
         receive_time_unix_nanos,
         reply,
-        permit: Some(permit),
-        queued: QueuedEvents::new(&shared.queued_events, count as u64),
-    };
-    if shared.sequencer.jobs.send(job).await.is_err() {
+        Some(permit),
+        QueuedEvents::new(&shared.queued_events, count as u64),
+    );
+    if shared.sequencer.submit(job).await.is_err() {
         return Some(error(
             id,
             ErrorCode::ShuttingDown,

@@ -207,8 +207,7 @@ pub async fn run(
         config.map_sizing(),
     )?);
     let head = store.head()?;
-    let (sequencer, sequencer_thread) =
-        sequencer::start(store.clone(), config.queue_jobs, config.batch_policy())?;
+    let (sequencer, sequencer_thread) = sequencer::start(store.clone(), config.batch_policy())?;
     let (anchoring, anchor_task) = if config.tpm.enabled {
         let anchor_shutdown = CancellationToken::new();
         let (anchoring, task) = start_anchoring(

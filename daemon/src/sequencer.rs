@@ -1,20 +1,22 @@
-//! The sequencer: the single writer, as a two-stage pipeline.
+//! The sequencer: the single writer of the chain.
 //!
-//! * The **builder** thread drains a bounded queue of append jobs and chains
-//!   their events into records as they arrive: it encodes each record,
-//!   computes its entry hash and the Merkle nodes it completes, all into the
-//!   batch being built ([`Batch`]).
-//! * The **committer** thread takes the whole batch being built as soon as its
-//!   previous commit is done, commits it (one transaction, one fsync) and only
-//!   then acks each of its jobs.
+//! * **Submitters** (the connection tasks) chain each append job onto the
+//!   *open batch* as it arrives: under the open batch's lock they give each
+//!   event the next seq and the previous entry hash, compute its entry hash
+//!   and the Merkle nodes it completes ([`Batch::push`]). The record bodies
+//!   are encoded before the lock is taken ([`AppendJob::new`]).
+//! * The **commit thread** takes the whole open batch as soon as its previous
+//!   commit is done, commits it (one transaction, one fsync) and only then
+//!   acks each of its jobs.
 //!
-//! So the hashing of batch N+1 overlaps the commit of batch N, and a batch is
-//! everything that arrived during the previous commit (group commit).
+//! So batch N+1 is built while batch N commits, a batch is whatever arrived
+//! during the previous commit (group commit), and an event crosses one
+//! thread boundary on its way in and one on its way out.
 //!
 //! Contract: an `Ok` ack means the events are durable and chained; an `Err`
 //! means none of the job's events were stored. When a commit fails, the batch
-//! being built on top of it fails too, and building restarts from the
-//! committed state.
+//! built on top of it fails too, and building restarts from the committed
+//! state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,24 +25,70 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tally_client::proto::{Event, Peer, RecordBody};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit};
 
 use crate::store::{Batch, Head, Store, StoreError};
 
-/// One client request's worth of events.
+/// One client request's worth of events, their record bodies encoded.
 #[derive(Debug)]
 pub struct AppendJob {
-    pub events: Vec<Event>,
+    /// The events' `RecordBody` encodings, concatenated...
+    bodies: Vec<u8>,
+    /// ...and where each ends.
+    ends: Vec<usize>,
     /// Size of the request frame, for the batch's byte budget.
-    pub bytes: usize,
-    pub peer: Peer,
-    /// When the daemon received the request, Unix time in nanoseconds.
-    pub receive_time_unix_nanos: i64,
-    pub reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
     /// Queue-bytes budget held until the job is answered (backpressure).
-    pub permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<OwnedSemaphorePermit>,
     /// Counted in status until the job is answered or dropped.
-    pub queued: QueuedEvents,
+    _queued: QueuedEvents,
+}
+
+impl AppendJob {
+    /// A job for `events`, received from `peer` at `receive_time_unix_nanos`
+    /// in a frame of `bytes` bytes; its answer goes to `reply`. Encodes each
+    /// event's record body (the part of the record that does not depend on
+    /// its place in the chain).
+    pub fn new(
+        events: Vec<Event>,
+        bytes: usize,
+        peer: Peer,
+        receive_time_unix_nanos: i64,
+        reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
+        permit: Option<OwnedSemaphorePermit>,
+        queued: QueuedEvents,
+    ) -> AppendJob {
+        let mut bodies = Vec::with_capacity(bytes + events.len() * 32);
+        let mut ends = Vec::with_capacity(events.len());
+        for event in events {
+            let body = RecordBody {
+                receive_time_unix_nanos,
+                peer: Some(peer),
+                event: Some(event),
+            };
+            // Encoding into a Vec cannot fail (it grows as needed).
+            let _ = body.encode(&mut bodies);
+            ends.push(bodies.len());
+        }
+        AppendJob {
+            bodies,
+            ends,
+            bytes,
+            reply,
+            _permit: permit,
+            _queued: queued,
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
 }
 
 /// Counts events submitted to the sequencer and not yet answered. The count
@@ -88,90 +136,171 @@ pub enum AppendError {
 /// Tuning of the group commit.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
-    /// A batch closes once it holds this many events...
+    /// The open batch takes no more jobs once it holds this many events...
     pub max_events: usize,
     /// ...or this many record bytes...
     pub max_bytes: usize,
-    /// ...or when the queue is empty and this much time passed since the
-    /// batch's first job (zero: commit as soon as the queue is drained).
+    /// ...or this many jobs (submitters wait until the commit thread takes it).
+    pub max_jobs: usize,
+    /// The commit thread takes the open batch this long after its first job
+    /// arrived (zero: as soon as it has one), or at once when it is full.
     pub linger: Duration,
 }
 
-/// Handle to the sequencer thread.
+/// Handle to the sequencer. When every clone is dropped, the commit thread
+/// commits the open batch and stops.
 #[derive(Debug, Clone)]
 pub struct SequencerHandle {
-    pub jobs: mpsc::Sender<AppendJob>,
+    submitter: Arc<Submitter>,
     /// The committed head, updated after every commit.
     pub head: watch::Receiver<Head>,
 }
 
-/// Starts the sequencer (the builder thread, which starts the committer).
-/// It runs until every `SequencerHandle` (and clone of its `jobs` sender) is
-/// dropped and the queue is drained and committed; the returned handle joins
-/// both threads.
+/// Closes the pipeline when the last handle goes.
+#[derive(Debug)]
+struct Submitter {
+    pipeline: Arc<Pipeline>,
+}
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        lock(&self.pipeline).closed = true;
+        self.pipeline.filled.notify_one();
+    }
+}
+
+/// Why a job was not taken; it is handed back, unanswered.
+#[derive(Debug)]
+pub enum SubmitError {
+    /// The open batch is full (only from [`SequencerHandle::try_submit`]).
+    Busy(AppendJob),
+    /// The commit thread has stopped.
+    Stopped(AppendJob),
+}
+
+impl SequencerHandle {
+    /// Chains the job's events onto the open batch, waiting while it is full.
+    /// The job's answer comes on its reply channel once the batch commits.
+    pub async fn submit(&self, mut job: AppendJob) -> Result<(), SubmitError> {
+        let pipeline = &self.submitter.pipeline;
+        loop {
+            // Registered before the check, so a take between the check and
+            // the wait is not missed.
+            let drained = pipeline.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            job = match pipeline.offer(job) {
+                Err(SubmitError::Busy(job)) => job,
+                other => return other,
+            };
+            drained.await;
+        }
+    }
+
+    /// Like [`SequencerHandle::submit`], but never waits.
+    pub fn try_submit(&self, job: AppendJob) -> Result<(), SubmitError> {
+        self.submitter.pipeline.offer(job)
+    }
+}
+
+/// Starts the sequencer's commit thread. The returned handle joins it; it
+/// runs until every [`SequencerHandle`] clone is dropped and the open batch is
+/// committed.
 pub fn start(
     store: Arc<Store>,
-    queue_jobs: usize,
     policy: BatchPolicy,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), StoreError> {
     let batch = store.start_batch()?;
-    let head = batch.head();
-    let (jobs_tx, jobs_rx) = mpsc::channel(queue_jobs.max(1));
-    let (head_tx, head_rx) = watch::channel(head);
-    let shared = Arc::new(Pipeline {
+    let (head_tx, head_rx) = watch::channel(batch.head());
+    let pipeline = Arc::new(Pipeline {
         building: Mutex::new(Building {
             open: Pending::new(batch.clone()),
             closed: false,
+            stopped: false,
         }),
         filled: Condvar::new(),
-        drained: Condvar::new(),
+        drained: Notify::new(),
         policy,
     });
-    let spawn_error =
-        |err| StoreError::Inconsistent(format!("cannot start the sequencer threads: {err}"));
     let committer = {
-        let shared = shared.clone();
+        let pipeline = pipeline.clone();
         thread::Builder::new()
             .name("tally-commit".into())
-            .spawn(move || commit_loop(&shared, &store, Pending::new(batch), &head_tx))
-            .map_err(spawn_error)?
+            .spawn(move || {
+                let _stopped = Stopped(&pipeline);
+                commit_loop(&pipeline, &store, Pending::new(batch), &head_tx);
+            })
+            .map_err(|err| {
+                StoreError::Inconsistent(format!("cannot start the commit thread: {err}"))
+            })?
     };
-    let builder = thread::Builder::new()
-        .name("tally-sequencer".into())
-        .spawn(move || {
-            build_loop(&shared, jobs_rx);
-            if committer.join().is_err() {
-                tracing::error!("the commit thread panicked");
-            }
-        })
-        .map_err(spawn_error)?;
     Ok((
         SequencerHandle {
-            jobs: jobs_tx,
+            submitter: Arc::new(Submitter { pipeline }),
             head: head_rx,
         },
-        builder,
+        committer,
     ))
 }
 
-/// What the builder and the committer share.
+/// What the submitters and the commit thread share.
+#[derive(Debug)]
 struct Pipeline {
     building: Mutex<Building>,
-    /// Signalled when the open batch gains a job or the queue closes.
+    /// Signalled when the open batch gains a job or the last handle goes.
     filled: Condvar,
-    /// Signalled when the committer takes the open batch (it has room again).
-    drained: Condvar,
+    /// Signalled when the commit thread takes the open batch (it has room again).
+    drained: Notify,
     policy: BatchPolicy,
 }
 
+#[derive(Debug)]
 struct Building {
     /// The batch being built, on the state after the batch being committed.
     open: Pending,
-    /// The job queue closed: commit what is open, then stop.
+    /// Every handle is gone: commit what is open, then stop.
     closed: bool,
+    /// The commit thread has ended: nothing more will be taken.
+    stopped: bool,
+}
+
+/// Marks the pipeline stopped when the commit thread ends, even by a panic,
+/// so submitters get an error rather than wait for room forever.
+struct Stopped<'a>(&'a Pipeline);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut building = lock(self.0);
+        building.stopped = true;
+        let error = AppendError::Storage("the sequencer has stopped".into());
+        building.open.fail(&error);
+        drop(building);
+        self.0.drained.notify_waiters();
+    }
+}
+
+impl Pipeline {
+    /// Adds the job to the open batch unless it is full.
+    fn offer(&self, job: AppendJob) -> Result<(), SubmitError> {
+        let mut building = lock(self);
+        if building.stopped {
+            return Err(SubmitError::Stopped(job));
+        }
+        if building.open.is_full(&self.policy) {
+            return Err(SubmitError::Busy(job));
+        }
+        if let Err(error) = building.open.add(job) {
+            tracing::error!(%error, "append refused");
+            building.open.fail(&error);
+        }
+        drop(building);
+        self.filled.notify_one();
+        Ok(())
+    }
 }
 
 /// A batch and the jobs whose events it holds, with their acks.
+#[derive(Debug)]
 struct Pending {
     batch: Batch,
     jobs: Vec<AppendJob>,
@@ -196,28 +325,23 @@ impl Pending {
     fn is_full(&self, policy: &BatchPolicy) -> bool {
         self.batch.len() >= policy.max_events
             || self.bytes.max(self.batch.byte_len()) >= policy.max_bytes
+            || self.jobs.len() >= policy.max_jobs
     }
 
-    /// Chains the job's events onto the batch, or refuses the job (when
+    /// Chains the job's records onto the batch, or refuses the job (when
     /// the log cannot hold that many more records).
-    fn add(&mut self, mut job: AppendJob) -> Result<(), AppendError> {
-        let events = std::mem::take(&mut job.events);
-        if !self.batch.has_room(events.len()) {
+    fn add(&mut self, job: AppendJob) -> Result<(), AppendError> {
+        if !self.batch.has_room(job.len()) {
             let error = AppendError::Full("the log cannot hold more records".into());
-            let _ = job.reply.send(Err(error.clone()));
+            let _ = job.reply.send(Err(error));
             return Ok(());
         }
-        let mut acks = Vec::with_capacity(events.len());
-        for event in events {
-            let record = RecordBody {
-                receive_time_unix_nanos: job.receive_time_unix_nanos,
-                peer: Some(job.peer),
-                event: Some(event),
-            };
-            // Encoding into a Vec cannot fail (it grows as needed).
-            match self.batch.push(|bytes| {
-                let _ = record.encode(bytes);
-            }) {
+        let mut acks = Vec::with_capacity(job.len());
+        let mut start = 0;
+        for &end in &job.ends {
+            let body = &job.bodies[start..end];
+            start = end;
+            match self.batch.push(|bytes| bytes.extend_from_slice(body)) {
                 Ok((seq, entry_hash)) => acks.push(Ack { seq, entry_hash }),
                 // Unreachable after `has_room`; if it were not, the batch
                 // holds part of this job and none of it may be committed.
@@ -268,29 +392,7 @@ fn lock(pipeline: &Pipeline) -> MutexGuard<'_, Building> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The builder: adds each job to the open batch as it arrives, waiting only
-/// while the open batch is full.
-fn build_loop(pipeline: &Pipeline, mut jobs: mpsc::Receiver<AppendJob>) {
-    while let Some(job) = jobs.blocking_recv() {
-        let mut building = lock(pipeline);
-        while building.open.is_full(&pipeline.policy) {
-            building = pipeline
-                .drained
-                .wait(building)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        if let Err(error) = building.open.add(job) {
-            tracing::error!(%error, "append refused");
-            building.open.fail(&error);
-        }
-        drop(building);
-        pipeline.filled.notify_one();
-    }
-    lock(pipeline).closed = true;
-    pipeline.filled.notify_one();
-}
-
-/// The committer: takes the open batch once it has a job (and the linger
+/// The commit thread: takes the open batch once it has a job (and the linger
 /// has passed, or it is full), commits it, answers its jobs.
 fn commit_loop(
     pipeline: &Pipeline,
@@ -334,7 +436,7 @@ fn commit_loop(
             .restart(after, building.open.batch.frontier());
         std::mem::swap(&mut building.open, &mut committing);
         drop(building);
-        pipeline.drained.notify_one();
+        pipeline.drained.notify_waiters();
 
         match store.append(&committing.batch) {
             Ok(()) => {
@@ -357,7 +459,7 @@ fn commit_loop(
                 building.open.fail(&error);
                 building.open.batch.restart(base, frontier);
                 drop(building);
-                pipeline.drained.notify_one();
+                pipeline.drained.notify_waiters();
             }
         }
     }
@@ -381,22 +483,33 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let job = AppendJob {
-            events,
-            bytes: count * payload,
-            peer: Peer {
-                kind: Some(peer::Kind::Unix(UnixPeer {
-                    uid: 1,
-                    gid: 1,
-                    pid: 1,
-                })),
-            },
-            receive_time_unix_nanos: 1,
-            reply,
-            permit: None,
-            queued: QueuedEvents::new(counter, count as u64),
+        let peer = Peer {
+            kind: Some(peer::Kind::Unix(UnixPeer {
+                uid: 1,
+                gid: 1,
+                pid: 1,
+            })),
         };
+        let queued = QueuedEvents::new(counter, count as u64);
+        let job = AppendJob::new(events, count * payload, peer, 1, reply, None, queued);
         (job, answer)
+    }
+
+    fn policy(max_events: usize) -> BatchPolicy {
+        BatchPolicy {
+            max_events,
+            max_bytes: 64 << 20,
+            max_jobs: 16,
+            linger: Duration::ZERO,
+        }
+    }
+
+    /// Submits from a plain thread.
+    fn submit(handle: &SequencerHandle, job: AppendJob) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(handle.submit(job)).unwrap();
     }
 
     /// Every `Ok` ack is in the store with its entry hash, the acked seqs are
@@ -426,22 +539,17 @@ mod tests {
             max: 1 << 30,
         };
         let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
-        let policy = BatchPolicy {
-            max_events: 64,
-            max_bytes: 1 << 20,
-            linger: Duration::ZERO,
-        };
-        let (handle, thread) = start(store.clone(), 16, policy).unwrap();
+        let (handle, thread) = start(store.clone(), policy(64)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let senders: Vec<_> = (0..4)
             .map(|_| {
-                let jobs = handle.jobs.clone();
+                let handle = handle.clone();
                 let counter = counter.clone();
                 thread::spawn(move || {
                     let mut acked = Vec::new();
                     for size in (1..=40).map(|i| i % 7 + 1) {
                         let (job, answer) = job(size, 100, &counter);
-                        jobs.blocking_send(job).unwrap();
+                        submit(&handle, job);
                         acked.extend(answer.blocking_recv().unwrap().unwrap());
                     }
                     acked
@@ -469,12 +577,7 @@ mod tests {
             max: 2 << 20,
         };
         let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
-        let policy = BatchPolicy {
-            max_events: 10_000,
-            max_bytes: 64 << 20,
-            linger: Duration::ZERO,
-        };
-        let (handle, thread) = start(store.clone(), 16, policy).unwrap();
+        let (handle, thread) = start(store.clone(), policy(10_000)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let mut acked = Vec::new();
         let mut failed = 0;
@@ -485,8 +588,8 @@ mod tests {
             // fail with it when the big one is refused.
             let (big, big_answer) = job(25, 4096, &counter);
             let (small, small_answer) = job(1, 10, &counter);
-            handle.jobs.blocking_send(big).unwrap();
-            handle.jobs.blocking_send(small).unwrap();
+            submit(&handle, big);
+            submit(&handle, small);
             for answer in [big_answer, small_answer] {
                 match answer.blocking_recv().unwrap() {
                     Ok(acks) => {
@@ -501,7 +604,7 @@ mod tests {
                 // Alone, a small job fits: it must be chained onto the
                 // committed state, not onto the refused batch.
                 let (small, answer) = job(1, 10, &counter);
-                handle.jobs.blocking_send(small).unwrap();
+                submit(&handle, small);
                 let acks = answer.blocking_recv().unwrap().unwrap();
                 assert_eq!(acks[0].seq + 1, store.head().unwrap().size);
                 acked.extend(acks);

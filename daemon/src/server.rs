@@ -379,7 +379,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if greeted && !shared.access.allows(peer, role) {
                 tracing::warn!(peer = %peer_text, request = name, role = role.name(), "permission denied");
                 shared.access.record_denial(
-                    &shared.sequencer.jobs,
+                    &shared.sequencer,
                     &shared.queued_events,
                     peer,
                     peer_text,

@@ -68,7 +68,7 @@ impl Daemon {
                 .unwrap_or_else(|err| panic!("cannot open the store: {err}")),
         );
         let (sequencer, thread) =
-            sequencer::start(store.clone(), config.queue_jobs, config.batch_policy())
+            sequencer::start(store.clone(), config.batch_policy())
                 .unwrap_or_else(|err| panic!("cannot start the sequencer: {err}"));
         // As `tally_daemon::run` builds it, minus the TPM.
         let shared = Arc::new(Shared {
