@@ -23,6 +23,7 @@ pub mod swtpm;
 
 use baseline::fsync::FsyncBaseline;
 use baseline::heed_loop::HeedBaseline;
+use baseline::socket::SocketBaseline;
 use baseline::Timed;
 use report::Results;
 
@@ -254,13 +255,13 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         eprintln!("tally-bench: throughput, with bare heed and write+fdatasync at its batch size");
         let mut runner = scenario::throughput::Runner::start(options, &options.throughput, None)?;
         let (mut heed, mut fsync) = (None, None);
+        let mut by_slice = Vec::new();
         for _ in 0..rounds {
-            runner.slice(options.throughput.duration / rounds as u32)?;
+            let rate = runner.slice(options.throughput.duration / rounds as u32)?;
             let shape = runner.observed();
-            Timed::accumulate(
-                &mut heed,
-                baseline::heed_loop::measure(work_dir, shape, baseline_slice)?,
-            )?;
+            let heed_slice = baseline::heed_loop::measure(work_dir, shape, baseline_slice)?;
+            by_slice.push(rate * heed_slice.seconds / heed_slice.events.max(1) as f64);
+            Timed::accumulate(&mut heed, heed_slice)?;
             Timed::accumulate(
                 &mut fsync,
                 baseline::fsync::measure(work_dir, shape, baseline_slice)?,
@@ -268,6 +269,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         }
         results.throughput = Some(runner.finish()?);
         results.baselines.heed = heed.as_ref().map(HeedBaseline::from);
+        results.ingest_over_heed_by_slice = by_slice;
         results.baselines.fsync_batch = fsync.as_ref().map(FsyncBaseline::from);
     }
     if selected.latency {
@@ -281,7 +283,8 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     if selected.lone {
         eprintln!("tally-bench: lone client, with write+fdatasync and bare heed of one record");
         let mut runner = scenario::lone::Runner::start(options, &options.lone)?;
-        let (mut fsync, mut heed) = (None, None);
+        let (mut fsync, mut heed, mut socket) = (None, None, None);
+        let request_bytes = load::append_request_bytes(options.lone.payload);
         for _ in 0..rounds {
             runner.slice(options.lone.duration / rounds as u32)?;
             let shape = baseline::Shape {
@@ -296,8 +299,15 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
                 &mut heed,
                 baseline::heed_loop::measure(work_dir, shape, baseline_slice)?,
             )?;
+            Timed::accumulate(
+                &mut socket,
+                baseline::socket::measure(request_bytes, baseline_slice)?,
+            )?;
         }
         results.lone = Some(runner.finish()?);
+        results.baselines.socket = socket
+            .as_ref()
+            .map(|timed| SocketBaseline::from(timed, request_bytes));
         results.baselines.fsync_single = fsync.as_ref().map(FsyncBaseline::from);
         results.baselines.heed_single = heed.as_ref().map(HeedBaseline::from);
     }

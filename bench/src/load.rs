@@ -36,6 +36,20 @@ pub fn events(count: usize, payload: usize) -> Vec<Event> {
 }
 
 /// What each pipelining client sends.
+/// Bytes on the wire (length prefix included) of an append of one event
+/// from [`events`].
+pub fn append_request_bytes(payload: usize) -> usize {
+    use prost::Message;
+    use tally_client::proto::{request, AppendRequest, Request};
+    let request = Request {
+        id: 1,
+        body: Some(request::Body::Append(AppendRequest {
+            events: events(1, payload),
+        })),
+    };
+    4 + request.encoded_len()
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     pub payload: usize,

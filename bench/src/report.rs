@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::baseline::fsync::FsyncBaseline;
 use crate::baseline::heed_loop::HeedBaseline;
 use crate::baseline::sha256::ShaBaseline;
+use crate::baseline::socket;
 use crate::procfs::Machine;
 use crate::scenario::anchoring::Anchoring;
 use crate::scenario::latency::Latency;
@@ -33,6 +34,9 @@ pub struct Baselines {
     /// (b') write + fdatasync of one record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync_single: Option<FsyncBaseline>,
+    /// (d) round trips over a Unix socket pair, a one-event append's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<socket::SocketBaseline>,
     /// (c) SHA-256 over the verified records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<ShaBaseline>,
@@ -79,6 +83,10 @@ pub struct Results {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring_skipped: Option<String>,
     pub baselines: Baselines,
+    /// Throughput over bare heed, slice by slice (each tallyd slice over the
+    /// heed slice right after it): the spread shows how noisy the machine was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ingest_over_heed_by_slice: Vec<f64>,
     pub targets: Vec<Target>,
     #[serde(skip)]
     started: Instant,
@@ -114,6 +122,7 @@ impl Results {
             memory: None,
             anchoring: None,
             anchoring_skipped: None,
+            ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),
             targets: Vec::new(),
             started: Instant::now(),

@@ -68,6 +68,22 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             ),
         );
     }
+    if !results.ingest_over_heed_by_slice.is_empty() {
+        let mut ratios = results.ingest_over_heed_by_slice.clone();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        push(
+            rows,
+            "ingest / bare heed",
+            &format!("by slice: min / median / max of {}", ratios.len()),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                ratios[0],
+                median,
+                ratios[ratios.len() - 1]
+            ),
+        );
+    }
     if let Some(fsync) = &results.baselines.fsync_batch {
         push(
             rows,
@@ -146,6 +162,32 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
                 heed.p99_ms
             ),
         );
+    }
+    if let Some(socket) = &results.baselines.socket {
+        push(
+            rows,
+            "baseline: Unix socket",
+            &format!("round trips/s ({} B request)", socket.request_bytes),
+            format!(
+                "{} (p50 / p99 {:.3} / {:.3} ms)",
+                count(socket.round_trips_per_sec),
+                socket.p50_ms,
+                socket.p99_ms
+            ),
+        );
+        if let Some(fsync) = &results.baselines.fsync_single {
+            let ceiling = 1e3 / (fsync.p50_ms + socket.p50_ms);
+            push(
+                rows,
+                "lone client ceiling",
+                "1 / (fdatasync p50 + socket p50), ratio to fsync",
+                format!(
+                    "{} /s, {:.2}",
+                    count(ceiling),
+                    ceiling / fsync.events_per_sec
+                ),
+            );
+        }
     }
     if let Some(verify) = &results.verify {
         let name = format!("verify ({} events)", count(verify.events as f64));

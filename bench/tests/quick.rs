@@ -69,6 +69,8 @@ const KEYS: &[&str] = &[
     "baselines.fsync_batch.p99_ms",
     "baselines.fsync_single.events_per_sec",
     "baselines.heed_single.commits_per_sec",
+    "baselines.socket.round_trips_per_sec",
+    "baselines.socket.p50_ms",
     "baselines.sha256.events_per_sec",
     "baselines.sha256.mb_per_sec",
     "latency.0.offered_per_sec",

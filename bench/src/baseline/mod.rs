@@ -5,7 +5,9 @@
 //! * [`fsync`]: a bare write + fdatasync loop (the per-commit floor of any
 //!   durable ack);
 //! * [`sha256`]: bare SHA-256 over the same records, one hash per record
-//!   (verification's ceiling).
+//!   (verification's ceiling);
+//! * [`socket`]: round trips over a Unix socket pair (with [`fsync`], the
+//!   ceiling of a lone client of any daemon behind a socket).
 //!
 //! The timed baselines run in slices interleaved with the scenario they are
 //! compared with (see `crate::run`), so both see the same machine noise;
@@ -14,6 +16,7 @@
 pub mod fsync;
 pub mod heed_loop;
 pub mod sha256;
+pub mod socket;
 
 use std::time::{Duration, Instant};
 

@@ -86,8 +86,8 @@ impl Runner {
         })
     }
 
-    /// Runs the load for `duration`.
-    pub fn slice(&mut self, duration: Duration) -> anyhow::Result<()> {
+    /// Runs the load for `duration`; returns the slice's acked events/s.
+    pub fn slice(&mut self, duration: Duration) -> anyhow::Result<f64> {
         let load = Load {
             payload: self.shape.payload,
             batch: self.shape.batch,
@@ -96,21 +96,23 @@ impl Runner {
         let txn_before = self.daemon.last_txn_id()?;
         self.cpu.resume(&self.daemon)?;
         let started = Instant::now();
-        self.events += load::run_pipelined(
+        let events = load::run_pipelined(
             &self.runtime,
             self.daemon.socket(),
             self.shape.clients,
             load,
             started + duration,
         )?;
-        self.seconds += started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
+        self.events += events;
+        self.seconds += seconds;
         self.cpu.pause(&self.daemon)?;
         self.commits += self.daemon.last_txn_id()?.saturating_sub(txn_before);
         self.slices += 1;
         self.record_bytes = self
             .runtime
             .block_on(load::mean_record_bytes(self.daemon.socket()))?;
-        Ok(())
+        Ok(events as f64 / seconds)
     }
 
     /// Record size and batch size observed so far, for the baselines.
