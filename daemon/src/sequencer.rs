@@ -210,25 +210,15 @@ pub fn start(
     store: Arc<Store>,
     policy: BatchPolicy,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), StoreError> {
-    let batch = store.start_batch()?;
-    let (head_tx, head_rx) = watch::channel(batch.head());
-    let pipeline = Arc::new(Pipeline {
-        building: Mutex::new(Building {
-            open: Pending::new(batch.clone()),
-            closed: false,
-            stopped: false,
-        }),
-        filled: Condvar::new(),
-        drained: Notify::new(),
-        policy,
-    });
+    let (pipeline, head_rx) = Pipeline::new(store, policy)?;
+    let pipeline = Arc::new(pipeline);
     let committer = {
         let pipeline = pipeline.clone();
         thread::Builder::new()
             .name("tally-commit".into())
             .spawn(move || {
                 let _stopped = Stopped(&pipeline);
-                commit_loop(&pipeline, &store, Pending::new(batch), &head_tx);
+                commit_loop(&pipeline);
             })
             .map_err(|err| {
                 StoreError::Inconsistent(format!("cannot start the commit thread: {err}"))
@@ -249,15 +239,21 @@ struct Pipeline {
     building: Mutex<Building>,
     /// Signalled when the open batch gains a job or the last handle goes.
     filled: Condvar,
-    /// Signalled when the commit thread takes the open batch (it has room again).
+    /// Signalled when the open batch is taken (it has room again).
     drained: Notify,
     policy: BatchPolicy,
+    store: Arc<Store>,
+    /// The committed head, sent after every commit.
+    head_tx: watch::Sender<Head>,
 }
 
 #[derive(Debug)]
 struct Building {
     /// The batch being built, on the state after the batch being committed.
     open: Pending,
+    /// An empty batch to swap with the open one when it is taken (`None`
+    /// while a commit holds it).
+    spare: Option<Pending>,
     /// Every handle is gone: commit what is open, then stop.
     closed: bool,
     /// The commit thread has ended: nothing more will be taken.
@@ -280,6 +276,30 @@ impl Drop for Stopped<'_> {
 }
 
 impl Pipeline {
+    /// A pipeline on the store's committed state, and a receiver of its
+    /// committed head.
+    fn new(
+        store: Arc<Store>,
+        policy: BatchPolicy,
+    ) -> Result<(Pipeline, watch::Receiver<Head>), StoreError> {
+        let batch = store.start_batch()?;
+        let (head_tx, head_rx) = watch::channel(batch.head());
+        let pipeline = Pipeline {
+            building: Mutex::new(Building {
+                open: Pending::new(batch.clone()),
+                spare: Some(Pending::new(batch)),
+                closed: false,
+                stopped: false,
+            }),
+            filled: Condvar::new(),
+            drained: Notify::new(),
+            policy,
+            store,
+            head_tx,
+        };
+        Ok((pipeline, head_rx))
+    }
+
     /// Adds the job to the open batch unless it is full.
     fn offer(&self, job: AppendJob) -> Result<(), SubmitError> {
         let mut building = lock(self);
@@ -296,6 +316,51 @@ impl Pipeline {
         drop(building);
         self.filled.notify_one();
         Ok(())
+    }
+
+    /// Takes the open batch to commit it; building goes on after it.
+    fn take(&self, building: &mut Building) -> Pending {
+        let after = building.open.batch.head();
+        let mut taken = building
+            .spare
+            .take()
+            .unwrap_or_else(|| Pending::new(building.open.batch.clone()));
+        taken.batch.restart(after, building.open.batch.frontier());
+        std::mem::swap(&mut building.open, &mut taken);
+        self.drained.notify_waiters();
+        taken
+    }
+
+    /// Commits a taken batch and answers its jobs; on failure, fails the
+    /// batch built on top of it too and restarts building from the committed
+    /// state.
+    fn commit(&self, mut taken: Pending) {
+        match self.store.append(&taken.batch) {
+            Ok(()) => {
+                self.head_tx.send_replace(taken.batch.head());
+                taken.succeed();
+                lock(self).spare = Some(taken);
+            }
+            Err(err) => {
+                let error = if err.is_full() {
+                    tracing::error!(%err, events = taken.batch.len(), "append refused: storage full");
+                    AppendError::Full(err.to_string())
+                } else {
+                    tracing::error!(%err, events = taken.batch.len(), "append failed");
+                    AppendError::Storage(err.to_string())
+                };
+                // What was built since is chained onto the failed batch: it
+                // fails too, and building restarts from the committed state.
+                let mut building = lock(self);
+                taken.fail(&error);
+                let (base, frontier) = taken.batch.base();
+                building.open.fail(&error);
+                building.open.batch.restart(base, frontier);
+                building.spare = Some(taken);
+                drop(building);
+                self.drained.notify_waiters();
+            }
+        }
     }
 }
 
@@ -394,30 +459,28 @@ fn lock(pipeline: &Pipeline) -> MutexGuard<'_, Building> {
 
 /// The commit thread: takes the open batch once it has a job (and the linger
 /// has passed, or it is full), commits it, answers its jobs.
-fn commit_loop(
-    pipeline: &Pipeline,
-    store: &Store,
-    mut committing: Pending,
-    head_tx: &watch::Sender<Head>,
-) {
+fn commit_loop(pipeline: &Pipeline) {
     let policy = &pipeline.policy;
     loop {
         let mut building = lock(pipeline);
         loop {
             let open = &building.open;
-            let Some(since) = open.since else {
-                if building.closed {
+            let since = match open.since {
+                Some(since) => since,
+                None if building.closed => {
                     tracing::debug!(
                         size = open.batch.head().size,
-                        "sequencer stopped: queue closed and drained"
+                        "sequencer stopped: every handle dropped, all committed"
                     );
                     return;
                 }
-                building = pipeline
-                    .filled
-                    .wait(building)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                continue;
+                None => {
+                    building = pipeline
+                        .filled
+                        .wait(building)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    continue;
+                }
             };
             let left = policy.linger.saturating_sub(since.elapsed());
             if building.closed || open.is_full(policy) || left.is_zero() {
@@ -429,39 +492,9 @@ fn commit_loop(
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
-        // Swap: the open batch is committed, and building goes on after it.
-        let after = building.open.batch.head();
-        committing
-            .batch
-            .restart(after, building.open.batch.frontier());
-        std::mem::swap(&mut building.open, &mut committing);
+        let taken = pipeline.take(&mut building);
         drop(building);
-        pipeline.drained.notify_waiters();
-
-        match store.append(&committing.batch) {
-            Ok(()) => {
-                head_tx.send_replace(after);
-                committing.succeed();
-            }
-            Err(err) => {
-                let error = if err.is_full() {
-                    tracing::error!(%err, events = committing.batch.len(), "append refused: storage full");
-                    AppendError::Full(err.to_string())
-                } else {
-                    tracing::error!(%err, events = committing.batch.len(), "append failed");
-                    AppendError::Storage(err.to_string())
-                };
-                // What was built since is chained onto the failed batch: it
-                // fails too, and building restarts from the committed state.
-                let mut building = lock(pipeline);
-                committing.fail(&error);
-                let (base, frontier) = committing.batch.base();
-                building.open.fail(&error);
-                building.open.batch.restart(base, frontier);
-                drop(building);
-                pipeline.drained.notify_waiters();
-            }
-        }
+        pipeline.commit(taken);
     }
 }
 
@@ -577,46 +610,48 @@ mod tests {
             max: 2 << 20,
         };
         let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
-        let (handle, thread) = start(store.clone(), policy(10_000)).unwrap();
+        // Driven by hand, without the commit thread.
+        let (pipeline, head) = Pipeline::new(store.clone(), policy(10_000)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
+        let offer = |count, payload| {
+            let (job, answer) = job(count, payload, &counter);
+            pipeline.offer(job).unwrap();
+            answer
+        };
+        let commit_open = || {
+            let taken = pipeline.take(&mut lock(&pipeline));
+            pipeline.commit(taken);
+        };
         let mut acked = Vec::new();
-        let mut failed = 0;
-        let mut ok_after_failure = 0;
-        for _ in 0..200 {
-            // A big job and a small one right behind it: the small one is
-            // built onto the big one while the big one commits, and must
-            // fail with it when the big one is refused.
-            let (big, big_answer) = job(25, 4096, &counter);
-            let (small, small_answer) = job(1, 10, &counter);
-            submit(&handle, big);
-            submit(&handle, small);
-            for answer in [big_answer, small_answer] {
-                match answer.blocking_recv().unwrap() {
-                    Ok(acks) => {
-                        ok_after_failure += usize::from(failed > 0);
-                        acked.extend(acks);
-                    }
-                    Err(AppendError::Full(_)) => failed += 1,
-                    Err(other) => panic!("unexpected error: {other}"),
+        // Fill the map until a big job is refused; a small job is built onto
+        // each big one while the big one commits.
+        let (big_error, small_error) = loop {
+            let big = offer(25, 4096);
+            let taken = pipeline.take(&mut lock(&pipeline));
+            let small = offer(1, 10);
+            pipeline.commit(taken);
+            match big.blocking_recv().unwrap() {
+                Ok(acks) => {
+                    acked.extend(acks);
+                    commit_open();
+                    acked.extend(small.blocking_recv().unwrap().unwrap());
                 }
+                Err(error) => break (error, small.blocking_recv().unwrap()),
             }
-            if failed > 0 {
-                // Alone, a small job fits: it must be chained onto the
-                // committed state, not onto the refused batch.
-                let (small, answer) = job(1, 10, &counter);
-                submit(&handle, small);
-                let acks = answer.blocking_recv().unwrap().unwrap();
-                assert_eq!(acks[0].seq + 1, store.head().unwrap().size);
-                acked.extend(acks);
-                ok_after_failure += 1;
-                break;
-            }
-        }
-        assert!(failed > 0, "the map never filled");
-        assert!(ok_after_failure > 0);
-        let head = *handle.head.borrow();
-        drop(handle);
-        thread.join().unwrap();
-        check(&store, head, &acked);
+        };
+        assert!(matches!(big_error, AppendError::Full(_)), "{big_error}");
+        assert!(
+            matches!(small_error, Err(AppendError::Full(_))),
+            "the job built onto the refused batch fails with it: {small_error:?}"
+        );
+        // Alone, a small job fits: it is chained onto the committed state,
+        // not onto the refused batch.
+        let small = offer(1, 10);
+        commit_open();
+        let acks = small.blocking_recv().unwrap().unwrap();
+        assert_eq!(acks[0].seq + 1, store.head().unwrap().size);
+        acked.extend(acks);
+        assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
+        check(&store, *head.borrow(), &acked);
     }
 }
