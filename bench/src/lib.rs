@@ -256,6 +256,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         let mut runner = scenario::throughput::Runner::start(options, &options.throughput, None)?;
         let (mut heed, mut fsync) = (None, None);
         let mut by_slice = Vec::new();
+        runner.warm_up(options.throughput.duration / (2 * rounds as u32))?;
         for _ in 0..rounds {
             let rate = runner.slice(options.throughput.duration / rounds as u32)?;
             let shape = runner.observed();

@@ -187,6 +187,19 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
                     ceiling / fsync.events_per_sec
                 ),
             );
+            if let Some(heed) = &results.baselines.heed_single {
+                let ceiling = 1e3 / (heed.p50_ms + socket.p50_ms);
+                push(
+                    rows,
+                    "lone client ceiling, LMDB",
+                    "1 / (heed commit p50 + socket p50), ratio to fsync",
+                    format!(
+                        "{} /s, {:.2}",
+                        count(ceiling),
+                        ceiling / fsync.events_per_sec
+                    ),
+                );
+            }
         }
     }
     if let Some(verify) = &results.verify {

@@ -86,6 +86,25 @@ impl Runner {
         })
     }
 
+    /// Runs the load for `duration` without counting it: the daemon's first
+    /// second (a fresh process, an empty store, cold buffers) is slower than
+    /// the rest and is not what the scenario measures.
+    pub fn warm_up(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let load = Load {
+            payload: self.shape.payload,
+            batch: self.shape.batch,
+            window: self.shape.window,
+        };
+        load::run_pipelined(
+            &self.runtime,
+            self.daemon.socket(),
+            self.shape.clients,
+            load,
+            Instant::now() + duration,
+        )?;
+        Ok(())
+    }
+
     /// Runs the load for `duration`; returns the slice's acked events/s.
     pub fn slice(&mut self, duration: Duration) -> anyhow::Result<f64> {
         let load = Load {
@@ -165,6 +184,7 @@ pub fn run(
     tpm: Option<(&str, u64)>,
 ) -> anyhow::Result<Throughput> {
     let mut runner = Runner::start(options, shape, tpm)?;
+    runner.warm_up(shape.duration / 10)?;
     runner.slice(shape.duration)?;
     runner.finish()
 }
