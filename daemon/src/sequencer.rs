@@ -18,6 +18,7 @@
 //! built on top of it fails too, and building restarts from the committed
 //! state.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -249,11 +250,16 @@ struct Pipeline {
 
 #[derive(Debug)]
 struct Building {
-    /// The batch being built, on the state after the batch being committed.
+    /// The batch being built, on the state after the last sealed batch (or,
+    /// if none, after the batch being committed).
     open: Pending,
-    /// An empty batch to swap with the open one when it is taken (`None`
-    /// while a commit holds it).
-    spare: Option<Pending>,
+    /// Full batches waiting for the commit thread, oldest first, each built
+    /// on the state after the one before: while a commit stalls (a slow
+    /// fsync), appends keep being accepted up to `max_jobs` (and the queue
+    /// byte budget), and each commit stays within the batch limits.
+    sealed: VecDeque<Pending>,
+    /// Empty batches, reused.
+    spares: Vec<Pending>,
     /// Every handle is gone: commit what is open, then stop.
     closed: bool,
     /// The commit thread has ended: nothing more will be taken.
@@ -269,7 +275,7 @@ impl Drop for Stopped<'_> {
         let mut building = lock(self.0);
         building.stopped = true;
         let error = AppendError::Storage("the sequencer has stopped".into());
-        building.open.fail(&error);
+        building.fail_all(&error);
         drop(building);
         self.0.drained.notify_waiters();
     }
@@ -286,8 +292,9 @@ impl Pipeline {
         let (head_tx, head_rx) = watch::channel(batch.head());
         let pipeline = Pipeline {
             building: Mutex::new(Building {
-                open: Pending::new(batch.clone()),
-                spare: Some(Pending::new(batch)),
+                open: Pending::new(batch),
+                sealed: VecDeque::new(),
+                spares: Vec::new(),
                 closed: false,
                 stopped: false,
             }),
@@ -300,14 +307,18 @@ impl Pipeline {
         Ok((pipeline, head_rx))
     }
 
-    /// Adds the job to the open batch unless it is full.
+    /// Adds the job to the open batch (sealing it first if it is full),
+    /// unless `max_jobs` jobs are already waiting.
     fn offer(&self, job: AppendJob) -> Result<(), SubmitError> {
         let mut building = lock(self);
         if building.stopped {
             return Err(SubmitError::Stopped(job));
         }
-        if building.open.is_full(&self.policy) {
+        if building.jobs_waiting() >= self.policy.max_jobs {
             return Err(SubmitError::Busy(job));
+        }
+        if building.open.is_full(&self.policy) {
+            building.seal();
         }
         if let Err(error) = building.open.add(job) {
             tracing::error!(%error, "append refused");
@@ -318,17 +329,15 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Takes the open batch to commit it; building goes on after it.
+    /// Takes the oldest sealed batch, or else the open one, to commit it.
     fn take(&self, building: &mut Building) -> Pending {
-        let after = building.open.batch.head();
-        let mut taken = building
-            .spare
-            .take()
-            .unwrap_or_else(|| Pending::new(building.open.batch.clone()));
-        taken.batch.restart(after, building.open.batch.frontier());
-        std::mem::swap(&mut building.open, &mut taken);
+        if building.sealed.is_empty() {
+            building.seal();
+        }
+        let taken = building.sealed.pop_front();
         self.drained.notify_waiters();
-        taken
+        // `seal` just made one if there was none.
+        taken.unwrap_or_else(|| Pending::new(building.open.batch.clone()))
     }
 
     /// Commits a taken batch and answers its jobs; on failure, fails the
@@ -339,7 +348,7 @@ impl Pipeline {
             Ok(()) => {
                 self.head_tx.send_replace(taken.batch.head());
                 taken.succeed();
-                lock(self).spare = Some(taken);
+                lock(self).spares.push(taken);
             }
             Err(err) => {
                 let error = if err.is_full() {
@@ -354,13 +363,47 @@ impl Pipeline {
                 let mut building = lock(self);
                 taken.fail(&error);
                 let (base, frontier) = taken.batch.base();
-                building.open.fail(&error);
+                building.fail_all(&error);
                 building.open.batch.restart(base, frontier);
-                building.spare = Some(taken);
+                building.spares.push(taken);
                 drop(building);
                 self.drained.notify_waiters();
             }
         }
+    }
+}
+
+impl Building {
+    /// Jobs accepted and not yet taken by the commit thread.
+    fn jobs_waiting(&self) -> usize {
+        self.open.jobs.len()
+            + self
+                .sealed
+                .iter()
+                .map(|batch| batch.jobs.len())
+                .sum::<usize>()
+    }
+
+    /// Queues the open batch for the commit thread and opens a new one on
+    /// the state after it.
+    fn seal(&mut self) {
+        let after = self.open.batch.head();
+        let mut next = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| Pending::new(self.open.batch.clone()));
+        next.batch.restart(after, self.open.batch.frontier());
+        std::mem::swap(&mut self.open, &mut next);
+        self.sealed.push_back(next);
+    }
+
+    /// Fails every sealed batch and the open one (each is empty afterwards).
+    fn fail_all(&mut self, error: &AppendError) {
+        while let Some(mut sealed) = self.sealed.pop_front() {
+            sealed.fail(error);
+            self.spares.push(sealed);
+        }
+        self.open.fail(error);
     }
 }
 
@@ -390,12 +433,11 @@ impl Pending {
     fn is_full(&self, policy: &BatchPolicy) -> bool {
         self.batch.len() >= policy.max_events
             || self.bytes.max(self.batch.byte_len()) >= policy.max_bytes
-            || self.jobs.len() >= policy.max_jobs
     }
 
     /// Chains the job's records onto the batch, or refuses the job (when
     /// the log cannot hold that many more records).
-    fn add(&mut self, job: AppendJob) -> Result<(), AppendError> {
+    fn add(&mut self, mut job: AppendJob) -> Result<(), AppendError> {
         if !self.batch.has_room(job.len()) {
             let error = AppendError::Full("the log cannot hold more records".into());
             let _ = job.reply.send(Err(error));
@@ -403,8 +445,10 @@ impl Pending {
         }
         let mut acks = Vec::with_capacity(job.len());
         let mut start = 0;
+        // The bodies are copied into the batch: freed here, not at the ack.
+        let bodies = std::mem::take(&mut job.bodies);
         for &end in &job.ends {
-            let body = &job.bodies[start..end];
+            let body = &bodies[start..end];
             start = end;
             match self.batch.push(|bytes| bytes.extend_from_slice(body)) {
                 Ok((seq, entry_hash)) => acks.push(Ack { seq, entry_hash }),
@@ -457,13 +501,17 @@ fn lock(pipeline: &Pipeline) -> MutexGuard<'_, Building> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The commit thread: takes the open batch once it has a job (and the linger
-/// has passed, or it is full), commits it, answers its jobs.
+/// The commit thread: takes the oldest sealed batch, or the open batch once
+/// it has a job (and the linger has passed, or it is full), commits it,
+/// answers its jobs.
 fn commit_loop(pipeline: &Pipeline) {
     let policy = &pipeline.policy;
     loop {
         let mut building = lock(pipeline);
         loop {
+            if !building.sealed.is_empty() {
+                break;
+            }
             let open = &building.open;
             let since = match open.since {
                 Some(since) => since,
@@ -625,25 +673,36 @@ mod tests {
         let mut acked = Vec::new();
         // Fill the map until a big job is refused; a small job is built onto
         // each big one while the big one commits.
-        let (big_error, small_error) = loop {
+        // Two small jobs: one in a sealed batch, one in the open batch.
+        let (big_error, small_errors) = loop {
             let big = offer(25, 4096);
             let taken = pipeline.take(&mut lock(&pipeline));
-            let small = offer(1, 10);
+            let sealed = offer(1, 10);
+            lock(&pipeline).seal();
+            let open = offer(1, 10);
             pipeline.commit(taken);
             match big.blocking_recv().unwrap() {
                 Ok(acks) => {
                     acked.extend(acks);
                     commit_open();
-                    acked.extend(small.blocking_recv().unwrap().unwrap());
+                    commit_open();
+                    acked.extend(sealed.blocking_recv().unwrap().unwrap());
+                    acked.extend(open.blocking_recv().unwrap().unwrap());
                 }
-                Err(error) => break (error, small.blocking_recv().unwrap()),
+                Err(error) => {
+                    let small = [sealed, open].map(|answer| answer.blocking_recv().unwrap());
+                    break (error, small);
+                }
             }
         };
         assert!(matches!(big_error, AppendError::Full(_)), "{big_error}");
-        assert!(
-            matches!(small_error, Err(AppendError::Full(_))),
-            "the job built onto the refused batch fails with it: {small_error:?}"
-        );
+        for small_error in small_errors {
+            assert!(
+                matches!(small_error, Err(AppendError::Full(_))),
+                "a job built onto the refused batch fails with it: {small_error:?}"
+            );
+        }
+        assert!(lock(&pipeline).sealed.is_empty());
         // Alone, a small job fits: it is chained onto the committed state,
         // not onto the refused batch.
         let small = offer(1, 10);
@@ -652,6 +711,47 @@ mod tests {
         assert_eq!(acks[0].seq + 1, store.head().unwrap().size);
         acked.extend(acks);
         assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
+        check(&store, *head.borrow(), &acked);
+    }
+
+    #[test]
+    fn while_a_commit_is_pending_full_batches_are_sealed_and_queued_up_to_max_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizing = MapSizing {
+            initial: 1 << 20,
+            max: 1 << 30,
+        };
+        let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+        let policy = BatchPolicy {
+            max_events: 4,
+            max_jobs: 6,
+            ..policy(4)
+        };
+        let (pipeline, head) = Pipeline::new(store.clone(), policy).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        // Jobs of 2 events: a batch is full after 2 jobs.
+        let answers: Vec<Answer> = (0..6)
+            .map(|_| {
+                let (job, answer) = job(2, 10, &counter);
+                pipeline.offer(job).unwrap();
+                answer
+            })
+            .collect();
+        assert_eq!(lock(&pipeline).sealed.len(), 2, "two full batches sealed");
+        let (seventh, _) = job(1, 10, &counter);
+        assert!(
+            matches!(pipeline.offer(seventh), Err(SubmitError::Busy(_))),
+            "max_jobs waiting"
+        );
+        for _ in 0..3 {
+            let taken = pipeline.take(&mut lock(&pipeline));
+            assert_eq!(taken.batch.len(), 4, "each commit is one batch");
+            pipeline.commit(taken);
+        }
+        let acked: Vec<Ack> = answers
+            .into_iter()
+            .flat_map(|answer| answer.blocking_recv().unwrap().unwrap())
+            .collect();
         check(&store, *head.borrow(), &acked);
     }
 }
