@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod baseline;
 pub mod daemon;
+pub mod disk_probe;
 pub mod load;
 pub mod procfs;
 pub mod report;

@@ -120,6 +120,12 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             "send lag p99 ms (bench side)",
             format!("{:.2}", latency.send_lag_p99_ms),
         );
+        push(
+            rows,
+            &name,
+            "slowest 4 KiB fdatasync of a disk probe, ms",
+            format!("{:.2}", latency.disk_probe_max_ms),
+        );
         push(rows, &name, "CPU cores", cpu(&latency.cpu));
     }
     if let Some(lone) = &results.lone {

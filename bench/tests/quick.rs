@@ -79,6 +79,7 @@ const KEYS: &[&str] = &[
     "latency.0.p99_ms",
     "latency.0.p999_ms",
     "latency.0.send_lag_p99_ms",
+    "latency.0.disk_probe_max_ms",
     "latency.1.p99_ms",
     "lone.events_per_sec",
     "lone.p99_ms",

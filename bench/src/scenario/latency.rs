@@ -17,6 +17,7 @@ use tally_client::proto::Event;
 use tally_client::{Ack, Client, ClientError};
 
 use crate::daemon::{CpuMeter, CpuUse, Daemon, Setup};
+use crate::disk_probe::DiskProbe;
 use crate::load::{self, CLIENT_NAME};
 use crate::{LatencyOptions, Options};
 
@@ -39,6 +40,10 @@ pub struct Latency {
     /// How late this program sent requests relative to their schedule (its
     /// own timer and CPU lag, included in the latencies above).
     pub send_lag_p99_ms: f64,
+    /// The slowest 4 KiB write + fdatasync of a probe beside the daemon
+    /// during the run ([`crate::disk_probe`]): a latency tail that matches
+    /// it is the disk's.
+    pub disk_probe_max_ms: f64,
     pub cpu: CpuUse,
 }
 
@@ -145,6 +150,7 @@ pub fn run(options: &Options, shape: &LatencyOptions, rate: u64) -> anyhow::Resu
     let measure_from = first + warmup;
     let end = measure_from + shape.duration;
     let mut cpu = CpuMeter::start(&daemon)?;
+    let probe = DiskProbe::start(temp.path())?;
     let stats: Vec<Stats> = runtime.block_on(async {
         let tasks: Vec<_> = (0..connections)
             .map(|k| {
@@ -171,6 +177,7 @@ pub fn run(options: &Options, shape: &LatencyOptions, rate: u64) -> anyhow::Resu
         anyhow::Ok(out)
     })?;
     let cpu = cpu.stop(&daemon)?;
+    let disk_probe_max_ms = probe.stop()?;
     let mut latency = histogram()?;
     let mut lag = histogram()?;
     let (mut events, mut requests) = (0u64, 0u64);
@@ -200,6 +207,7 @@ pub fn run(options: &Options, shape: &LatencyOptions, rate: u64) -> anyhow::Resu
         p999_ms: ms(0.999),
         max_ms: latency.max() as f64 / 1e3,
         send_lag_p99_ms: lag.value_at_quantile(0.99) as f64 / 1e3,
+        disk_probe_max_ms,
         cpu,
     })
 }
