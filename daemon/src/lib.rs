@@ -275,9 +275,10 @@ pub async fn run(
     }
     drop(shared);
     if drained {
-        // Every sender is gone: the sequencer commits what is queued and stops.
+        // Every sequencer handle is gone: the commit thread commits what is
+        // waiting and stops.
         if sequencer_thread.join().is_err() {
-            tracing::error!("the sequencer thread panicked");
+            tracing::error!("the sequencer's commit thread panicked");
         }
     }
     if let Some((task, anchor_shutdown)) = anchor_task {
