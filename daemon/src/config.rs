@@ -116,16 +116,18 @@ pub struct Config {
     pub max_events_per_append: usize,
     /// Bytes of appends that may wait for the writer before clients block.
     pub queue_bytes: usize,
-    /// Append requests that may wait for the writer (in the open batch)
-    /// before clients block.
+    /// Append requests that may wait for the writer (in the open and
+    /// sealed batches) before clients block.
     pub queue_jobs: usize,
     /// Requests one connection may have in flight.
     pub max_inflight_per_connection: usize,
-    /// A commit batch closes at this many events...
+    /// A commit batch is sealed (queued, and the next opens behind it) at
+    /// this many events...
     pub batch_max_events: usize,
-    /// ...or this many bytes...
+    /// ...or this many bytes.
     pub batch_max_bytes: usize,
-    /// ...or after this long waiting for more (0: as soon as the queue is empty).
+    /// The commit thread takes a batch this long after its first event
+    /// (0: at once, with whatever arrived during the previous commit).
     pub batch_linger_micros: u64,
     /// Most records per read or follow response.
     pub read_page_records: usize,
