@@ -7,7 +7,9 @@
 //!   are encoded before the lock is taken ([`AppendJob::new`]).
 //! * The **commit thread** takes the whole open batch as soon as its previous
 //!   commit is done, commits it (one transaction, one fsync) and only then
-//!   acks each of its jobs.
+//!   acks each of its jobs. A batch that reaches the batch limits while a
+//!   commit is running is sealed (queued) and the next opens behind it, so
+//!   a slow commit does not stop intake until `max_jobs` jobs wait.
 //!
 //! So batch N+1 is built while batch N commits, a batch is whatever arrived
 //! during the previous commit (group commit), and an event crosses one
@@ -137,11 +139,12 @@ pub enum AppendError {
 /// Tuning of the group commit.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
-    /// The open batch takes no more jobs once it holds this many events...
+    /// The open batch is sealed once it holds this many events...
     pub max_events: usize,
-    /// ...or this many record bytes...
+    /// ...or this many record bytes.
     pub max_bytes: usize,
-    /// ...or this many jobs (submitters wait until the commit thread takes it).
+    /// Jobs waiting for the commit thread (open and sealed batches) before
+    /// submitters wait.
     pub max_jobs: usize,
     /// The commit thread takes the open batch this long after its first job
     /// arrived (zero: as soon as it has one), or at once when it is full.
@@ -173,14 +176,15 @@ impl Drop for Submitter {
 /// Why a job was not taken; it is handed back, unanswered.
 #[derive(Debug)]
 pub enum SubmitError {
-    /// The open batch is full (only from [`SequencerHandle::try_submit`]).
+    /// `max_jobs` jobs are waiting (only from [`SequencerHandle::try_submit`]).
     Busy(AppendJob),
     /// The commit thread has stopped.
     Stopped(AppendJob),
 }
 
 impl SequencerHandle {
-    /// Chains the job's events onto the open batch, waiting while it is full.
+    /// Chains the job's events onto the open batch, waiting while `max_jobs`
+    /// jobs are waiting for the commit thread.
     /// The job's answer comes on its reply channel once the batch commits.
     pub async fn submit(&self, mut job: AppendJob) -> Result<(), SubmitError> {
         let pipeline = &self.submitter.pipeline;
@@ -576,6 +580,17 @@ mod tests {
         (job, answer)
     }
 
+    /// A store in a temporary directory whose map never grows past `max`.
+    fn store(max: usize) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sizing = MapSizing {
+            initial: 1 << 20,
+            max,
+        };
+        let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+        (dir, store)
+    }
+
     fn policy(max_events: usize) -> BatchPolicy {
         BatchPolicy {
             max_events,
@@ -614,12 +629,7 @@ mod tests {
 
     #[test]
     fn concurrent_jobs_are_chained_densely_and_acked_with_their_entry_hashes() {
-        let dir = tempfile::tempdir().unwrap();
-        let sizing = MapSizing {
-            initial: 1 << 20,
-            max: 1 << 30,
-        };
-        let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+        let (_dir, store) = store(1 << 30);
         let (handle, thread) = start(store.clone(), policy(64)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let senders: Vec<_> = (0..4)
@@ -650,14 +660,9 @@ mod tests {
 
     #[test]
     fn a_failed_commit_fails_what_was_built_on_it_and_building_restarts_from_the_committed_state() {
-        let dir = tempfile::tempdir().unwrap();
         // A map that cannot grow past 2 MiB: a 100 KiB job is refused as
         // "full" well before a one-event job is.
-        let sizing = MapSizing {
-            initial: 1 << 20,
-            max: 2 << 20,
-        };
-        let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+        let (_dir, store) = store(2 << 20);
         // Driven by hand, without the commit thread.
         let (pipeline, head) = Pipeline::new(store.clone(), policy(10_000)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
@@ -716,12 +721,7 @@ mod tests {
 
     #[test]
     fn while_a_commit_is_pending_full_batches_are_sealed_and_queued_up_to_max_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let sizing = MapSizing {
-            initial: 1 << 20,
-            max: 1 << 30,
-        };
-        let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+        let (_dir, store) = store(1 << 30);
         let policy = BatchPolicy {
             max_events: 4,
             max_jobs: 6,
