@@ -245,6 +245,8 @@ pub async fn run(
         log_id = %hex::encode(store.log_id()),
         "{SERVER_NAME} ready"
     );
+    // The listeners are bound: connections are accepted from here on.
+    notify_systemd(sd_notify::NotifyState::Ready);
     let shared = Arc::new(Shared {
         store,
         sequencer,
@@ -292,4 +294,13 @@ pub async fn run(
     tracing::info!(lock = %lock.path().display(), "stopped");
     drop(lock);
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about tallyd's state: `READY=1` once the
+/// listeners accept connections, `STOPPING=1` when the drain begins. A no-op
+/// unless systemd set `NOTIFY_SOCKET`.
+pub fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(err) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(%err, "cannot notify systemd");
+    }
 }

@@ -214,6 +214,7 @@ fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
                 return;
             }
             tracing::info!("shutting down: draining connections");
+            tally_daemon::notify_systemd(sd_notify::NotifyState::Stopping);
             signals.cancel();
         });
         tally_daemon::run(&config, options, shutdown).await

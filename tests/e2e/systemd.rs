@@ -1,8 +1,9 @@
 //! The shipped systemd files are valid for this machine's systemd: the unit
 //! passes `systemd-analyze verify` with no warning and stays hardened
 //! (`systemd-analyze security` exposure at most 2.0), sysusers.d creates the
-//! user, tmpfiles.d the directories. Skipped with a printed reason where
-//! systemd's tools are not installed.
+//! user, tmpfiles.d the directories (skipped with a printed reason where
+//! systemd's tools are not installed). tallyd speaks the `Type=notify`
+//! protocol: `READY=1` once its socket accepts, `STOPPING=1` on SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -126,5 +127,62 @@ fn sysusers_and_tmpfiles_create_the_user_and_directories() -> anyhow::Result<()>
         let meta = std::fs::metadata(root.path().join(dir)).with_context(|| dir.to_owned())?;
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{dir}");
     }
+    Ok(())
+}
+
+/// Kills the spawned daemon if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `Type=notify`: tallyd sends `READY=1` on `NOTIFY_SOCKET` only once its
+/// socket accepts connections, and `STOPPING=1` when SIGTERM starts the drain.
+#[test]
+fn readiness_and_stopping_are_notified_to_systemd() -> anyhow::Result<()> {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir()?;
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path)?;
+    notify.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let socket = dir.path().join("tally.sock");
+    let config = dir.path().join("tallyd.toml");
+    std::fs::write(&config, "[tpm]\nenabled = false\n")?;
+    let child = Command::new(tally_tests::binary("tallyd")?)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut child = KillOnDrop(child);
+    let mut message = [0u8; 256];
+    let len = notify
+        .recv(&mut message)
+        .context("no notification from tallyd within 30 s")?;
+    assert_eq!(&message[..len], b"READY=1\n");
+    UnixStream::connect(&socket)
+        .context("READY=1 was sent before the socket accepted connections")?;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.0.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let len = notify
+        .recv(&mut message)
+        .context("no STOPPING=1 within 30 s of SIGTERM")?;
+    assert_eq!(&message[..len], b"STOPPING=1\n");
+    let status = child.0.wait()?;
+    assert!(status.success(), "tallyd exited with {status}");
     Ok(())
 }
