@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing Tally needs on Debian 12, as root:
-# the TPM stack (swtpm, swtpm-tools, libtss2-dev, tpm2-tools), a C toolchain
+# the TPM stack (swtpm, swtpm-tools, libtss2-dev, tpm2-tools), systemd's tools, a C toolchain
 # (LMDB is C) and, when no cargo is on PATH, Debian's Rust 1.9x (rustc-web).
 # Idempotent: safe to run again.
 set -euo pipefail
@@ -13,7 +13,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config build-essential ca-certificates)
+# systemd: systemd-analyze and systemd-socket-activate for the unit tests
+# (present on a full Debian 12; containers may lack them).
+packages=(swtpm swtpm-tools libtss2-dev tpm2-tools pkg-config build-essential ca-certificates systemd)
 if ! command -v cargo >/dev/null 2>&1; then
     # Debian 12's security archive carries a current Rust as rustc-web/cargo-web.
     packages+=(rustc-web cargo-web)

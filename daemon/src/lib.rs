@@ -232,7 +232,11 @@ pub async fn run(
         }
         None => None,
     };
-    let listener = socket::bind_unix(&config.socket, mode, config.socket_group.as_deref())?;
+    let (listener, activated) =
+        socket::unix_listener(&config.socket, mode, config.socket_group.as_deref())?;
+    if activated {
+        tracing::info!(socket = %config.socket.display(), "using the socket systemd passed (socket activation); its mode and owner are systemd's");
+    }
     let access = Arc::new(access::Access::new(config.access.clone()));
     if let Some(path) = options.config_path.clone() {
         reload_access_on_sighup(path, access.clone(), shutdown.clone());
@@ -272,8 +276,11 @@ pub async fn run(
         vsock,
     };
     let drained = server::run(listeners, shared.clone(), shutdown, grace).await;
-    if let Err(err) = std::fs::remove_file(&config.socket) {
-        tracing::warn!(%err, socket = %config.socket.display(), "cannot remove the socket file");
+    // A passed socket is systemd's: it stays, to activate the next start.
+    if !activated {
+        if let Err(err) = std::fs::remove_file(&config.socket) {
+            tracing::warn!(%err, socket = %config.socket.display(), "cannot remove the socket file");
+        }
     }
     drop(shared);
     if drained {

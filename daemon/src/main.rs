@@ -97,6 +97,7 @@ pub const EXIT_CONFIG: u8 = 78;
 fn exit_code(err: &anyhow::Error) -> ExitCode {
     use tally_daemon::anchor::StartupError;
     use tally_daemon::config::ConfigError;
+    use tally_daemon::socket::SocketError;
     use tally_daemon::DaemonError;
     if err.downcast_ref::<ConfigError>().is_some() {
         return ExitCode::from(EXIT_CONFIG);
@@ -106,6 +107,12 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
             StartupError::StoreBehindTpm { .. } | StartupError::TpmBehindStore { .. },
         )) => ExitCode::from(EXIT_REFUSED),
         Some(DaemonError::Config(_)) => ExitCode::from(EXIT_CONFIG),
+        // tallyd.socket and tallyd.toml disagree: a restart cannot help.
+        Some(DaemonError::Socket(
+            SocketError::ActivationCount(_)
+            | SocketError::ActivationNotUnixStream
+            | SocketError::ActivationMismatch { .. },
+        )) => ExitCode::from(EXIT_CONFIG),
         _ => ExitCode::FAILURE,
     }
 }

@@ -1,8 +1,10 @@
-//! Binding the Unix listening socket: refuse a path a live daemon serves,
-//! replace a stale socket file, then apply the configured mode and group.
+//! The Unix listening socket: the one systemd passes (socket activation), or
+//! one bound here: refuse a path a live daemon serves, replace a stale socket
+//! file, then apply the configured mode and group.
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -40,12 +42,86 @@ pub enum SocketError {
     BindVsock { port: u32, source: std::io::Error },
     #[error("unknown group {0:?}")]
     UnknownGroup(String),
+    #[error("socket activation: cannot read LISTEN_FDS: {0}")]
+    Activation(std::io::Error),
+    #[error("socket activation: {0} sockets were passed; tallyd takes one (the Unix socket)")]
+    ActivationCount(usize),
+    #[error("socket activation: the socket passed is not a listening Unix stream socket")]
+    ActivationNotUnixStream,
+    #[error(
+        "socket activation: the socket passed is {passed}, but tallyd is configured for {configured} \
+         (make ListenStream= in tallyd.socket and `socket` in tallyd.toml agree)"
+    )]
+    ActivationMismatch {
+        passed: PathBuf,
+        configured: PathBuf,
+    },
     #[error("cannot give {path} to group {group}: {source}")]
     Group {
         path: PathBuf,
         group: String,
         source: std::io::Error,
     },
+}
+
+/// The Unix listening socket at `path`: the one systemd passed (socket
+/// activation: `LISTEN_FDS`, `LISTEN_PID`), which must be bound at `path`, or
+/// else one bound here with `mode` and `group`. `true` when it was passed:
+/// then systemd owns the file (its mode, its owner, its removal). Must run
+/// inside a tokio runtime.
+pub fn unix_listener(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<(UnixListener, bool), SocketError> {
+    let fds: Vec<RawFd> = sd_notify::listen_fds()
+        .map_err(SocketError::Activation)?
+        .collect();
+    match fds.as_slice() {
+        [] => Ok((bind_unix(path, mode, group)?, false)),
+        [fd] => {
+            // SAFETY: systemd passed this descriptor to this process
+            // (`listen_fds` checked LISTEN_PID and unset the variables), for
+            // it to own; nothing else in tallyd refers to it, and it is
+            // wrapped exactly once, here.
+            let owned = unsafe { OwnedFd::from_raw_fd(*fd) };
+            Ok((inherited_unix(owned, path)?, true))
+        }
+        more => Err(SocketError::ActivationCount(more.len())),
+    }
+}
+
+/// Checks that a passed socket is a listening Unix stream socket bound at
+/// `path`, and hands it to tokio.
+fn inherited_unix(fd: OwnedFd, path: &Path) -> Result<UnixListener, SocketError> {
+    use nix::sys::socket::{getsockopt, sockopt, SockType};
+    let stream = matches!(getsockopt(&fd, sockopt::SockType), Ok(SockType::Stream));
+    let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    let passed = listener
+        .local_addr()
+        .ok()
+        .and_then(|address| address.as_pathname().map(Path::to_owned));
+    let Some(passed) = passed.filter(|_| stream && listening) else {
+        return Err(SocketError::ActivationNotUnixStream);
+    };
+    let same = |a: &Path, b: &Path| match (fs::canonicalize(a), fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if !same(&passed, path) {
+        return Err(SocketError::ActivationMismatch {
+            passed,
+            configured: path.to_owned(),
+        });
+    }
+    listener
+        .set_nonblocking(true)
+        .and_then(|()| UnixListener::from_std(listener))
+        .map_err(|source| SocketError::Bind {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Binds `path` and applies `mode` (e.g. 0o660) and `group` (a name or a

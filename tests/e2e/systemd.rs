@@ -51,14 +51,19 @@ fn unit_verifies_and_is_hardened() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let unit = unit_with_built_binary(dir.path())?;
+    let socket_unit = dir.path().join("tallyd.socket");
+    std::fs::copy(systemd_dir().join("tallyd.socket"), &socket_unit)?;
 
-    let verify = run(Command::new("systemd-analyze").arg("verify").arg(&unit))?;
+    let verify = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .arg(&socket_unit))?;
     let stderr = String::from_utf8_lossy(&verify.stderr);
     assert!(verify.status.success(), "verify failed:\n{stderr}");
     // Unknown keys and bad values are warnings, not failures: refuse them too.
     let warnings: Vec<&str> = stderr
         .lines()
-        .filter(|line| line.contains("tallyd.service"))
+        .filter(|line| line.contains("tallyd.service") || line.contains("tallyd.socket"))
         .collect();
     assert!(warnings.is_empty(), "verify warns: {warnings:#?}");
 
@@ -140,6 +145,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+impl KillOnDrop {
+    /// Waits for the process to exit, at most 30 s.
+    fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the process did not exit within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
 /// `Type=notify`: tallyd sends `READY=1` on `NOTIFY_SOCKET` only once its
 /// socket accepts connections, and `STOPPING=1` when SIGTERM starts the drain.
 #[test]
@@ -182,7 +204,104 @@ fn readiness_and_stopping_are_notified_to_systemd() -> anyhow::Result<()> {
         .recv(&mut message)
         .context("no STOPPING=1 within 30 s of SIGTERM")?;
     assert_eq!(&message[..len], b"STOPPING=1\n");
-    let status = child.0.wait()?;
+    let status = child.wait()?;
     assert!(status.success(), "tallyd exited with {status}");
+    Ok(())
+}
+
+/// Starts `tallyd --socket <configured>` under `systemd-socket-activate`
+/// listening on `listen` (it binds, waits for the first connection, then
+/// execs tallyd with the socket as fd 3), stderr to `dir/tallyd.stderr`.
+fn socket_activated(dir: &Path, listen: &Path, configured: &Path) -> anyhow::Result<KillOnDrop> {
+    let config = dir.join("tallyd.toml");
+    std::fs::write(&config, "[tpm]\nenabled = false\n")?;
+    let child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(listen)
+        .arg(tally_tests::binary("tallyd")?)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--socket")
+        .arg(configured)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tallyd.stderr"))?)
+        .spawn()?;
+    let child = KillOnDrop(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !listen.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "systemd-socket-activate did not bind {}",
+            listen.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+/// Socket activation: tallyd serves the socket systemd passes (the first
+/// client's connection waits in its backlog while tallyd starts), and leaves
+/// the socket file in place at exit (it is systemd's, for the next start).
+#[test]
+fn socket_activation_serves_the_passed_socket_and_leaves_it_in_place() -> anyhow::Result<()> {
+    if !installed("systemd-socket-activate") {
+        println!("SKIP: systemd-socket-activate not installed (package systemd)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let socket = dir.path().join("tally.sock");
+    let mut daemon = socket_activated(dir.path(), &socket, &socket)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let acks = runtime.block_on(async {
+        let mut client = tally_client::Client::connect(&socket, "socket-activation-test").await?;
+        anyhow::Ok(client.append(vec![tally_tests::event(1)]).await?)
+    })?;
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].seq, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = daemon.wait()?;
+    let stderr = std::fs::read_to_string(dir.path().join("tallyd.stderr"))?;
+    assert!(status.success(), "tallyd exited with {status}:\n{stderr}");
+    assert!(
+        stderr.contains("socket activation"),
+        "tallyd did not say it used the passed socket:\n{stderr}"
+    );
+    assert!(socket.exists(), "the passed socket file was removed");
+    Ok(())
+}
+
+/// A passed socket that is not the configured one is a configuration error
+/// (exit 78, no restart loop), named with both paths.
+#[test]
+fn socket_activation_on_another_path_is_a_configuration_error() -> anyhow::Result<()> {
+    if !installed("systemd-socket-activate") {
+        println!("SKIP: systemd-socket-activate not installed (package systemd)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let passed = dir.path().join("passed.sock");
+    let configured = dir.path().join("configured.sock");
+    let mut daemon = socket_activated(dir.path(), &passed, &configured)?;
+    // The first connection makes systemd-socket-activate start tallyd.
+    let _trigger = std::os::unix::net::UnixStream::connect(&passed)?;
+    let status = daemon.wait()?;
+    let stderr = std::fs::read_to_string(dir.path().join("tallyd.stderr"))?;
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&passed.display().to_string())
+            && stderr.contains(&configured.display().to_string()),
+        "the error names both sockets:\n{stderr}"
+    );
+    assert!(
+        !configured.exists(),
+        "tallyd bound the configured path anyway"
+    );
     Ok(())
 }
