@@ -18,14 +18,13 @@ pub mod socket;
 pub mod store;
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::ops::PcrSpec;
 use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::anchor::{Anchorer, StartupError};
@@ -251,25 +250,13 @@ pub async fn run(
     );
     // The listeners are bound: connections are accepted from here on.
     notify_systemd(sd_notify::NotifyState::Ready);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
+        config,
         store,
         sequencer,
-        queue_budget: Arc::new(Semaphore::new(config.queue_bytes)),
-        queued_events: Arc::new(AtomicU64::new(0)),
-        limits: config.limits(),
-        server_name: SERVER_NAME.into(),
-        data_dir: config.data_dir.clone(),
+        access.clone(),
         anchoring,
-        access: access.clone(),
-        connections: limits::ConnectionLimits::new(
-            config.max_connections,
-            config.max_connections_per_peer,
-        ),
-        append_rate: limits::AppendRate::new(
-            config.append_rate_per_peer,
-            config.append_burst_per_peer,
-        ),
-    });
+    ));
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let listeners = server::Listeners {
         unix: listener,

@@ -80,6 +80,35 @@ pub struct Shared {
     pub append_rate: AppendRate,
 }
 
+impl Shared {
+    /// What every connection shares, the budgets and limits from `config`
+    /// (as `crate::run` builds it; the fuzz target builds it the same way).
+    pub fn new(
+        config: &crate::config::Config,
+        store: Arc<Store>,
+        sequencer: SequencerHandle,
+        access: Arc<Access>,
+        anchoring: Option<Anchoring>,
+    ) -> Shared {
+        Shared {
+            store,
+            sequencer,
+            queue_budget: Arc::new(Semaphore::new(config.queue_bytes)),
+            queued_events: Arc::new(AtomicU64::new(0)),
+            limits: config.limits(),
+            server_name: crate::SERVER_NAME.into(),
+            data_dir: config.data_dir.clone(),
+            anchoring,
+            access,
+            connections: ConnectionLimits::new(
+                config.max_connections,
+                config.max_connections_per_peer,
+            ),
+            append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
+        }
+    }
+}
+
 /// The role a request needs, and its name for logs.
 fn required_role(body: &request::Body) -> Option<(Role, &'static str)> {
     match body {

@@ -18,7 +18,7 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,14 +29,12 @@ use tally_attest::entry_hash;
 use tally_client::proto::{self, peer, response, Peer, Response};
 use tally_daemon::access::Access;
 use tally_daemon::config::Config;
-use tally_daemon::limits::{AppendRate, ConnectionLimits};
 use tally_daemon::sequencer;
 use tally_daemon::server::{serve_connection, Shared};
 use tally_daemon::store::Store;
 use tally_fuzz::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,30 +65,17 @@ impl Daemon {
             Store::open(&dir.path().join("store"), config.map_sizing())
                 .unwrap_or_else(|err| panic!("cannot open the store: {err}")),
         );
-        let (sequencer, thread) =
-            sequencer::start(store.clone(), config.batch_policy())
-                .unwrap_or_else(|err| panic!("cannot start the sequencer: {err}"));
-        // As `tally_daemon::run` builds it, minus the TPM.
-        let shared = Arc::new(Shared {
-            store: store.clone(),
-            sequencer,
-            queue_budget: Arc::new(Semaphore::new(config.queue_bytes)),
-            queued_events: Arc::new(AtomicU64::new(0)),
-            limits: config.limits(),
-            server_name: "tallyd/fuzz".into(),
+        let (sequencer, thread) = sequencer::start(store.clone(), config.batch_policy())
+            .unwrap_or_else(|err| panic!("cannot start the sequencer: {err}"));
+        // As `tally_daemon::run` builds it, minus the TPM. Default grants:
+        // the peer below (uid 1000) may append and read, not anchor, so the
+        // denial path runs too.
+        let config = Config {
             data_dir: dir.path().to_owned(),
-            anchoring: None,
-            // Default grants: the peer below (uid 1000) may append and read,
-            // not anchor, so the denial path runs too.
-            access: Arc::new(Access::new(config.access.clone())),
-            // Not consulted by serve_connection (the accept loop admits
-            // connections); built as `run` builds them.
-            connections: ConnectionLimits::new(
-                config.max_connections,
-                config.max_connections_per_peer,
-            ),
-            append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
-        });
+            ..config
+        };
+        let access = Arc::new(Access::new(config.access.clone()));
+        let shared = Arc::new(Shared::new(&config, store.clone(), sequencer, access, None));
         Daemon {
             shared,
             store,
