@@ -673,27 +673,62 @@ impl Store {
         Ok(out)
     }
 
-    /// The anchor whose checkpoint covers exactly `size` records (0: the
-    /// newest anchor), with its counter. Anchors are walked from the newest
-    /// back (their sizes never decrease with the counter).
+    /// The anchor whose checkpoint covers exactly `size` records (the
+    /// newest such; `size` 0: the newest anchor), with its counter and size.
+    /// Anchor sizes never decrease with the counter, so this is a binary
+    /// search over counter values: at most ~64 seeks, however many anchors
+    /// there are (one every 10 s is ~3 million a year).
     pub fn anchor_for_size(&self, size: u64) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        for entry in self.anchors.rev_iter(&rtxn)? {
-            let (counter, bytes) = entry?;
-            let covered = tally_attest::anchor::decode_anchor(bytes)
+        let covered = |bytes: &[u8]| {
+            tally_attest::anchor::decode_anchor(bytes)
                 .ok()
                 .and_then(|record| tally_attest::anchor::Checkpoint::parse(&record.checkpoint).ok())
                 .map(|checkpoint| checkpoint.size)
-                .ok_or(StoreError::CorruptMeta("an anchor record does not decode"))?;
-            if size == 0 || covered == size {
-                return Ok(Some((counter, bytes.to_vec(), covered)));
+                .ok_or(StoreError::CorruptMeta("an anchor record does not decode"))
+        };
+        let found = |entry: Option<(u64, &[u8])>| -> Result<_, StoreError> {
+            match entry {
+                Some((counter, bytes)) => {
+                    let covered = covered(bytes)?;
+                    Ok((size == 0 || covered == size).then(|| (counter, bytes.to_vec(), covered)))
+                }
+                None => Ok(None),
             }
-            if covered < size {
-                break;
+        };
+        if size == 0 {
+            return found(self.anchors.last(&rtxn)?);
+        }
+        let (Some((first, _)), Some((last, _))) =
+            (self.anchors.first(&rtxn)?, self.anchors.last(&rtxn)?)
+        else {
+            return Ok(None);
+        };
+        // The smallest counter value `end` such that the first anchor at or
+        // after it covers more than `size` (or there is none): the anchor
+        // wanted, if any, is the last one before `end`. u128: `last + 1`.
+        let (mut begin, mut end) = (u128::from(first), u128::from(last) + 1);
+        while begin < end {
+            let mid = begin + (end - begin) / 2;
+            let above = match u64::try_from(mid) {
+                Ok(mid) => match self.anchors.range(&rtxn, &(mid..))?.next() {
+                    Some(entry) => covered(entry?.1)? > size,
+                    None => true,
+                },
+                Err(_) => true,
+            };
+            if above {
+                end = mid;
+            } else {
+                begin = mid + 1;
             }
         }
-        Ok(None)
+        let before = match u64::try_from(end) {
+            Ok(end) => self.anchors.rev_range(&rtxn, &(..end))?.next(),
+            Err(_) => self.anchors.rev_iter(&rtxn)?.next(),
+        };
+        found(before.transpose()?)
     }
 
     /// The pending anchor intent (an increment to this counter value was
@@ -921,6 +956,65 @@ mod tests {
             vec![(257, b"second".to_vec())]
         );
         store.clear_anchor_intent().unwrap();
+    }
+
+    #[test]
+    fn the_anchor_for_a_size_is_the_newest_covering_exactly_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        let record = |size: u64| {
+            let checkpoint = tally_attest::anchor::Checkpoint {
+                log_id: [7; 16],
+                size,
+                root: [1; 32],
+            };
+            prost::Message::encode_to_vec(&tally_attest::anchor::AnchorRecord {
+                checkpoint: checkpoint.to_text().into_bytes(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(store.anchor_for_size(0).unwrap(), None, "no anchor yet");
+        assert_eq!(store.anchor_for_size(5).unwrap(), None);
+        // Counters with gaps (TPM resets), sizes repeated (idle anchors).
+        let anchors = [
+            (5u64, 10u64),
+            (6, 10),
+            (7, 25),
+            (10, 25),
+            (11, 40),
+            (20, 100),
+            (21, 100),
+            (300, 101),
+        ];
+        for (counter, size) in anchors {
+            store.commit_anchor(counter, &record(size)).unwrap();
+        }
+        // The linear walk from the newest back is the oracle.
+        let expected = |size: u64| {
+            anchors
+                .iter()
+                .rev()
+                .find(|&&(_, covered)| size == 0 || covered == size)
+                .map(|&(counter, covered)| (counter, record(covered), covered))
+        };
+        for size in 0..=110 {
+            assert_eq!(
+                store.anchor_for_size(size).unwrap(),
+                expected(size),
+                "size {size}"
+            );
+        }
+        assert_eq!(store.anchor_for_size(u64::MAX).unwrap(), None);
+        // A counter at the very top of the range.
+        store.commit_anchor(u64::MAX, &record(200)).unwrap();
+        assert_eq!(
+            store.anchor_for_size(200).unwrap(),
+            Some((u64::MAX, record(200), 200))
+        );
+        assert_eq!(
+            store.anchor_for_size(101).unwrap().map(|found| found.0),
+            Some(300)
+        );
     }
 
     #[test]
