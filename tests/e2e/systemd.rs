@@ -5,8 +5,10 @@
 //! systemd's tools are not installed). tallyd speaks the `Type=notify`
 //! protocol: `READY=1` once its socket accepts, `STOPPING=1` on SIGTERM.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -147,19 +149,44 @@ impl Drop for KillOnDrop {
 
 impl KillOnDrop {
     /// Waits for the process to exit, at most 30 s.
-    fn wait(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    fn wait(&mut self) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.0.try_wait()? {
                 return Ok(status);
             }
             anyhow::ensure!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "the process did not exit within 30 s"
             );
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// SIGTERM, as systemd stops a unit.
+    fn terminate(&self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(self.0.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(())
+    }
+}
+
+/// tallyd's arguments for a run in `dir` on `socket`, without a TPM (the
+/// config file is written into `dir`).
+fn tallyd_args(dir: &Path, socket: &Path) -> anyhow::Result<Vec<OsString>> {
+    let config = dir.join("tallyd.toml");
+    std::fs::write(&config, "[tpm]\nenabled = false\n")?;
+    Ok(vec![
+        tally_tests::binary("tallyd")?.into(),
+        "--data-dir".into(),
+        dir.join("data").into(),
+        "--socket".into(),
+        socket.into(),
+        "--config".into(),
+        config.into(),
+    ])
 }
 
 /// `Type=notify`: tallyd sends `READY=1` on `NOTIFY_SOCKET` only once its
@@ -167,25 +194,18 @@ impl KillOnDrop {
 #[test]
 fn readiness_and_stopping_are_notified_to_systemd() -> anyhow::Result<()> {
     use std::os::unix::net::{UnixDatagram, UnixStream};
-    use std::time::Duration;
 
     let dir = tempfile::tempdir()?;
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path)?;
     notify.set_read_timeout(Some(Duration::from_secs(30)))?;
     let socket = dir.path().join("tally.sock");
-    let config = dir.path().join("tallyd.toml");
-    std::fs::write(&config, "[tpm]\nenabled = false\n")?;
-    let child = Command::new(tally_tests::binary("tallyd")?)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--config")
-        .arg(&config)
+    let args = tallyd_args(dir.path(), &socket)?;
+    let child = Command::new(&args[0])
+        .args(&args[1..])
         .env("NOTIFY_SOCKET", &notify_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()?;
     let mut child = KillOnDrop(child);
     let mut message = [0u8; 256];
@@ -196,10 +216,7 @@ fn readiness_and_stopping_are_notified_to_systemd() -> anyhow::Result<()> {
     UnixStream::connect(&socket)
         .context("READY=1 was sent before the socket accepted connections")?;
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.0.id())?),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
+    child.terminate()?;
     let len = notify
         .recv(&mut message)
         .context("no STOPPING=1 within 30 s of SIGTERM")?;
@@ -213,30 +230,22 @@ fn readiness_and_stopping_are_notified_to_systemd() -> anyhow::Result<()> {
 /// listening on `listen` (it binds, waits for the first connection, then
 /// execs tallyd with the socket as fd 3), stderr to `dir/tallyd.stderr`.
 fn socket_activated(dir: &Path, listen: &Path, configured: &Path) -> anyhow::Result<KillOnDrop> {
-    let config = dir.join("tallyd.toml");
-    std::fs::write(&config, "[tpm]\nenabled = false\n")?;
     let child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(listen)
-        .arg(tally_tests::binary("tallyd")?)
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--socket")
-        .arg(configured)
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
+        .args(tallyd_args(dir, configured)?)
+        .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("tallyd.stderr"))?)
         .spawn()?;
     let child = KillOnDrop(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !listen.exists() {
         anyhow::ensure!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "systemd-socket-activate did not bind {}",
             listen.display()
         );
-        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(child)
 }
@@ -262,10 +271,7 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_in_place() -> anyhow
     })?;
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].seq, 0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(daemon.0.id())?),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
+    daemon.terminate()?;
     let status = daemon.wait()?;
     let stderr = std::fs::read_to_string(dir.path().join("tallyd.stderr"))?;
     assert!(status.success(), "tallyd exited with {status}:\n{stderr}");
