@@ -600,6 +600,19 @@ mod tests {
         }
     }
 
+    /// The job's answer; fails the test (rather than hanging it) when none
+    /// comes within 10 s.
+    fn answered(answer: Answer) -> Result<Vec<Ack>, AppendError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), answer).await })
+            .expect("no answer within 10 s")
+            .expect("the job was dropped unanswered")
+    }
+
     /// Submits from a plain thread.
     fn submit(handle: &SequencerHandle, job: AppendJob) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -641,7 +654,7 @@ mod tests {
                     for size in (1..=40).map(|i| i % 7 + 1) {
                         let (job, answer) = job(size, 100, &counter);
                         submit(&handle, job);
-                        acked.extend(answer.blocking_recv().unwrap().unwrap());
+                        acked.extend(answered(answer).unwrap());
                     }
                     acked
                 })
@@ -686,16 +699,16 @@ mod tests {
             lock(&pipeline).seal();
             let open = offer(1, 10);
             pipeline.commit(taken);
-            match big.blocking_recv().unwrap() {
+            match answered(big) {
                 Ok(acks) => {
                     acked.extend(acks);
                     commit_open();
                     commit_open();
-                    acked.extend(sealed.blocking_recv().unwrap().unwrap());
-                    acked.extend(open.blocking_recv().unwrap().unwrap());
+                    acked.extend(answered(sealed).unwrap());
+                    acked.extend(answered(open).unwrap());
                 }
                 Err(error) => {
-                    let small = [sealed, open].map(|answer| answer.blocking_recv().unwrap());
+                    let small = [sealed, open].map(answered);
                     break (error, small);
                 }
             }
@@ -712,7 +725,7 @@ mod tests {
         // not onto the refused batch.
         let small = offer(1, 10);
         commit_open();
-        let acks = small.blocking_recv().unwrap().unwrap();
+        let acks = answered(small).unwrap();
         assert_eq!(acks[0].seq + 1, store.head().unwrap().size);
         acked.extend(acks);
         assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
@@ -750,7 +763,7 @@ mod tests {
         }
         let acked: Vec<Ack> = answers
             .into_iter()
-            .flat_map(|answer| answer.blocking_recv().unwrap().unwrap())
+            .flat_map(|answer| answered(answer).unwrap())
             .collect();
         check(&store, *head.borrow(), &acked);
     }
