@@ -39,8 +39,6 @@ pub struct AppendJob {
     bodies: Vec<u8>,
     /// ...and where each ends.
     ends: Vec<usize>,
-    /// Size of the request frame, for the batch's byte budget.
-    bytes: usize,
     reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
     /// Queue-bytes budget held until the job is answered (backpressure).
     _permit: Option<OwnedSemaphorePermit>,
@@ -77,7 +75,6 @@ impl AppendJob {
         AppendJob {
             bodies,
             ends,
-            bytes,
             reply,
             _permit: permit,
             _queued: queued,
@@ -335,13 +332,12 @@ impl Pipeline {
 
     /// Takes the oldest sealed batch, or else the open one, to commit it.
     fn take(&self, building: &mut Building) -> Pending {
-        if building.sealed.is_empty() {
-            building.seal();
-        }
-        let taken = building.sealed.pop_front();
+        let taken = match building.sealed.pop_front() {
+            Some(sealed) => sealed,
+            None => building.replace_open(),
+        };
         self.drained.notify_waiters();
-        // `seal` just made one if there was none.
-        taken.unwrap_or_else(|| Pending::new(building.open.batch.clone()))
+        taken
     }
 
     /// Commits a taken batch and answers its jobs; on failure, fails the
@@ -391,14 +387,19 @@ impl Building {
     /// Queues the open batch for the commit thread and opens a new one on
     /// the state after it.
     fn seal(&mut self) {
+        let sealed = self.replace_open();
+        self.sealed.push_back(sealed);
+    }
+
+    /// Opens a new batch on the state after the open one; returns the old.
+    fn replace_open(&mut self) -> Pending {
         let after = self.open.batch.head();
         let mut next = self
             .spares
             .pop()
             .unwrap_or_else(|| Pending::new(self.open.batch.clone()));
         next.batch.restart(after, self.open.batch.frontier());
-        std::mem::swap(&mut self.open, &mut next);
-        self.sealed.push_back(next);
+        std::mem::replace(&mut self.open, next)
     }
 
     /// Fails every sealed batch and the open one (each is empty afterwards).
@@ -417,8 +418,6 @@ struct Pending {
     batch: Batch,
     jobs: Vec<AppendJob>,
     acks: Vec<Vec<Ack>>,
-    /// Request bytes of the jobs, for the batch's byte budget.
-    bytes: usize,
     /// When the first job arrived, for the linger.
     since: Option<Instant>,
 }
@@ -429,14 +428,12 @@ impl Pending {
             batch,
             jobs: Vec::new(),
             acks: Vec::new(),
-            bytes: 0,
             since: None,
         }
     }
 
     fn is_full(&self, policy: &BatchPolicy) -> bool {
-        self.batch.len() >= policy.max_events
-            || self.bytes.max(self.batch.byte_len()) >= policy.max_bytes
+        self.batch.len() >= policy.max_events || self.batch.byte_len() >= policy.max_bytes
     }
 
     /// Chains the job's records onto the batch, or refuses the job (when
@@ -466,7 +463,6 @@ impl Pending {
             }
         }
         self.since.get_or_insert_with(Instant::now);
-        self.bytes += job.bytes;
         self.jobs.push(job);
         self.acks.push(acks);
         Ok(())
@@ -479,7 +475,6 @@ impl Pending {
             // events are durable all the same.
             let _ = job.reply.send(Ok(acks));
         }
-        self.bytes = 0;
         self.since = None;
     }
 
@@ -490,7 +485,6 @@ impl Pending {
             let _ = job.reply.send(Err(error.clone()));
         }
         self.acks.clear();
-        self.bytes = 0;
         self.since = None;
         let (base, frontier) = self.batch.base();
         let frontier = frontier.clone();
