@@ -331,7 +331,7 @@ mod tests {
         let config = crate::config::Config::default();
         let store = Arc::new(crate::store::Store::open(dir.path(), config.map_sizing()).unwrap());
         let (sequencer, thread) =
-            crate::sequencer::start(store.clone(), config.batch_policy()).unwrap();
+            crate::sequencer::start(store.clone(), None, config.batch_policy()).unwrap();
         let access = Access::new(AccessConfig {
             denials_logged_per_minute: 2,
             ..AccessConfig::default()

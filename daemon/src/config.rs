@@ -20,6 +20,7 @@ pub const DEFAULT_MAX_INFLIGHT_PER_CONNECTION: usize = 256;
 pub const DEFAULT_BATCH_MAX_EVENTS: usize = 16_384;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 20;
 pub const DEFAULT_BATCH_LINGER_MICROS: u64 = 0;
+pub const DEFAULT_ACK_JOURNAL_MAX_BYTES: usize = 16 << 10;
 pub const DEFAULT_READ_PAGE_RECORDS: usize = 1024;
 pub const DEFAULT_MAP_INITIAL_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
@@ -129,6 +130,10 @@ pub struct Config {
     /// The commit thread takes a batch this long after its first event
     /// (0: at once, with whatever arrived during the previous commit).
     pub batch_linger_micros: u64,
+    /// A batch of at most this many record bytes is acked after one flush
+    /// of the ack journal and committed to LMDB (two flushes) later,
+    /// together with others (0: every batch goes straight to LMDB).
+    pub ack_journal_max_bytes: usize,
     /// Most records per read or follow response.
     pub read_page_records: usize,
     /// Connections served at once, in total and per peer (uid or vsock CID).
@@ -170,6 +175,7 @@ impl Default for Config {
             batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
             batch_linger_micros: DEFAULT_BATCH_LINGER_MICROS,
+            ack_journal_max_bytes: DEFAULT_ACK_JOURNAL_MAX_BYTES,
             read_page_records: DEFAULT_READ_PAGE_RECORDS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
@@ -320,6 +326,8 @@ impl Config {
             max_bytes: self.batch_max_bytes,
             max_jobs: self.queue_jobs,
             linger: Duration::from_micros(self.batch_linger_micros),
+            journal_max_bytes: self.ack_journal_max_bytes,
+            apply_after: crate::sequencer::APPLY_AFTER,
         }
     }
 }

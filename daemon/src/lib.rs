@@ -10,6 +10,7 @@ pub mod anchor;
 pub mod config;
 pub mod datadir;
 mod handlers;
+pub mod journal;
 pub mod limits;
 pub mod log_key;
 pub mod sequencer;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::anchor::{Anchorer, StartupError};
 use crate::config::{Config, ConfigError};
 use crate::datadir::{DataDirError, DataDirLock};
+use crate::journal::{Journal, JournalError};
 use crate::server::{Anchoring, Shared};
 use crate::socket::SocketError;
 use crate::store::Head;
@@ -48,6 +50,8 @@ pub enum DaemonError {
     DataDir(#[from] DataDirError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error("TPM: {0}")]
@@ -191,6 +195,22 @@ async fn start_anchoring(
     ))
 }
 
+/// Opens the store and commits to it what the ack journal holds past its
+/// head (acked events whose LMDB commit a stop or crash cut off). The data
+/// directory must be locked.
+pub fn open_store(config: &Config) -> Result<(Store, Journal), DaemonError> {
+    let dir = datadir::store_dir(&config.data_dir);
+    let store = Store::open(&dir, config.map_sizing())?;
+    let (journal, replayed) = Journal::recover(&dir, &store)?;
+    if replayed > 0 {
+        tracing::warn!(
+            records = replayed,
+            "the last run stopped with acked events not yet in LMDB; committed them from the ack journal"
+        );
+    }
+    Ok((store, journal))
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then drains: stops
 /// accepting, answers every request already read (committing and acking its
 /// events), stops the sequencer, removes the socket file.
@@ -201,12 +221,12 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let mode = config.validate()?;
     let lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Arc::new(Store::open(
-        &datadir::store_dir(&config.data_dir),
-        config.map_sizing(),
-    )?);
+    let (store, journal) = open_store(config)?;
+    let store = Arc::new(store);
     let head = store.head()?;
-    let (sequencer, sequencer_thread) = sequencer::start(store.clone(), config.batch_policy())?;
+    let journal = (config.ack_journal_max_bytes > 0).then_some(journal);
+    let (sequencer, sequencer_thread) =
+        sequencer::start(store.clone(), journal, config.batch_policy())?;
     let (anchoring, anchor_task) = if config.tpm.enabled {
         let anchor_shutdown = CancellationToken::new();
         let (anchoring, task) = start_anchoring(

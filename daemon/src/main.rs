@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tally_daemon::config::Config;
-use tally_daemon::datadir::{self, DataDirLock};
-use tally_daemon::store::Store;
+use tally_daemon::datadir::DataDirLock;
 use tally_daemon::RunOptions;
 use tokio_util::sync::CancellationToken;
 
@@ -242,7 +241,9 @@ async fn wait_for_signal() -> std::io::Result<()> {
 
 fn check(config: &Config) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Store::open(&datadir::store_dir(&config.data_dir), config.map_sizing())?;
+    // Acked events still in the ack journal are committed first, as a start
+    // would: the check covers every acked event.
+    let (store, _journal) = tally_daemon::open_store(config)?;
     let head = store.verify()?;
     println!(
         "ok: {} records, head {}, log id {}",

@@ -30,7 +30,9 @@ use prost::Message;
 use tally_client::proto::{Event, Peer, RecordBody};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit};
 
+use crate::journal::Journal;
 use crate::store::{Batch, Head, Store, StoreError};
+use tally_attest::merkle::Frontier;
 
 /// One client request's worth of events, their record bodies encoded.
 #[derive(Debug)]
@@ -146,14 +148,34 @@ pub struct BatchPolicy {
     /// The commit thread takes the open batch this long after its first job
     /// arrived (zero: as soon as it has one), or at once when it is full.
     pub linger: Duration,
+    /// A batch of at most this many record bytes is committed to the ack
+    /// journal (one flush) rather than to LMDB (two); 0: never.
+    pub journal_max_bytes: usize,
+    /// Journaled batches are committed to LMDB at the latest this long
+    /// after the first of them was acked (sooner when a reader needs them,
+    /// a large batch commits, or a quarter of the journal region is used).
+    pub apply_after: Duration,
 }
+
+/// The default of [`BatchPolicy::apply_after`]: what a follower may lag
+/// behind the acks of a trickle of small appends.
+pub const APPLY_AFTER: Duration = Duration::from_millis(10);
+
+/// Journaled batches are committed to LMDB once they take this many bytes
+/// of the journal's region.
+const APPLY_AT_BYTES: usize = crate::journal::REGION / 4;
+
+/// How long a reader waits for acked events to become readable.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handle to the sequencer. When every clone is dropped, the commit thread
 /// commits the open batch and stops.
 #[derive(Debug, Clone)]
 pub struct SequencerHandle {
     submitter: Arc<Submitter>,
-    /// The committed head, updated after every commit.
+    /// The head of what the store holds (readable), updated after every
+    /// LMDB commit. Acked events in the ack journal are past it; a reader
+    /// calls [`SequencerHandle::settle`] first to see them.
     pub head: watch::Receiver<Head>,
 }
 
@@ -203,6 +225,31 @@ impl SequencerHandle {
     pub fn try_submit(&self, job: AppendJob) -> Result<(), SubmitError> {
         self.submitter.pipeline.offer(job)
     }
+
+    /// Waits until the store holds every event acked before the call (read
+    /// your writes): journaled batches are committed to LMDB at once.
+    pub async fn settle(&self) -> Result<(), String> {
+        let pipeline = &self.submitter.pipeline;
+        let acked = pipeline.acked.load(Ordering::Acquire);
+        let mut head = self.head.clone();
+        if head.borrow().size >= acked {
+            return Ok(());
+        }
+        lock(pipeline).apply_requested = true;
+        pipeline.filled.notify_one();
+        let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+            head.wait_for(|head| head.size >= acked).await.map(|_| ())
+        })
+        .await;
+        match settled {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the sequencer has stopped".into()),
+            Err(_) => Err(format!(
+                "acknowledged events are not readable yet: committing them to the store took over {} s (see the daemon's log)",
+                SETTLE_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
 /// Starts the sequencer's commit thread. The returned handle joins it; it
@@ -210,9 +257,10 @@ impl SequencerHandle {
 /// committed.
 pub fn start(
     store: Arc<Store>,
+    journal: Option<Journal>,
     policy: BatchPolicy,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), StoreError> {
-    let (pipeline, head_rx) = Pipeline::new(store, policy)?;
+    let (pipeline, head_rx) = Pipeline::new(store, journal, policy)?;
     let pipeline = Arc::new(pipeline);
     let committer = {
         let pipeline = pipeline.clone();
@@ -245,7 +293,13 @@ struct Pipeline {
     drained: Notify,
     policy: BatchPolicy,
     store: Arc<Store>,
-    /// The committed head, sent after every commit.
+    /// Where batches are made durable; only the commit thread locks it.
+    durable: Mutex<Durable>,
+    /// Size of the log as acked (journaled or in the store).
+    acked: AtomicU64,
+    /// Small batches go to the ack journal.
+    journal_enabled: bool,
+    /// The store's head, sent after every LMDB commit.
     head_tx: watch::Sender<Head>,
 }
 
@@ -265,6 +319,47 @@ struct Building {
     closed: bool,
     /// The commit thread has ended: nothing more will be taken.
     stopped: bool,
+    /// Journaled batches are due to be committed to LMDB at this time.
+    apply_due: Option<Instant>,
+    /// A reader waits for the journaled batches ([`SequencerHandle::settle`]).
+    apply_requested: bool,
+    /// Someone (the commit thread, or a submitter committing its own job)
+    /// is committing or applying: nobody else may until it is done.
+    committing: bool,
+    /// Bytes of the ack journal taken.
+    journal_used: usize,
+    /// `apply_due` as the commit thread last saw it before it waited.
+    apply_due_seen: Option<Instant>,
+}
+
+impl Building {
+    /// Whether the journaled batches are to be applied by `now`.
+    fn apply_due_by(&self, now: Instant) -> bool {
+        self.apply_requested || self.apply_due.is_some_and(|due| due <= now)
+    }
+}
+
+/// Held while committing or applying; gives the role back (and wakes the
+/// commit thread, which may have work waiting) when dropped, even by a
+/// panic.
+struct CommitRole<'a>(&'a Pipeline);
+
+impl Drop for CommitRole<'_> {
+    fn drop(&mut self) {
+        let mut building = lock(self.0);
+        building.committing = false;
+        // A lone submitter commits its own job thousands of times a second:
+        // the commit thread is woken only when it has something new to do.
+        let wake = building.open.since.is_some()
+            || !building.sealed.is_empty()
+            || building.closed
+            || building.apply_requested
+            || building.apply_due != building.apply_due_seen;
+        drop(building);
+        if wake {
+            self.0.filled.notify_one();
+        }
+    }
 }
 
 /// Marks the pipeline stopped when the commit thread ends, even by a panic,
@@ -287,21 +382,34 @@ impl Pipeline {
     /// committed head.
     fn new(
         store: Arc<Store>,
+        journal: Option<Journal>,
         policy: BatchPolicy,
     ) -> Result<(Pipeline, watch::Receiver<Head>), StoreError> {
         let batch = store.start_batch()?;
         let (head_tx, head_rx) = watch::channel(batch.head());
         let pipeline = Pipeline {
             building: Mutex::new(Building {
-                open: Pending::new(batch),
+                open: Pending::new(batch.clone()),
                 sealed: VecDeque::new(),
                 spares: Vec::new(),
                 closed: false,
                 stopped: false,
+                apply_due: None,
+                apply_requested: false,
+                committing: false,
+                journal_used: 0,
+                apply_due_seen: None,
             }),
             filled: Condvar::new(),
             drained: Notify::new(),
             policy,
+            acked: AtomicU64::new(batch.head().size),
+            journal_enabled: journal.is_some() && policy.journal_max_bytes > 0,
+            durable: Mutex::new(Durable {
+                journal,
+                journaled: batch,
+                other_busy: false,
+            }),
             store,
             head_tx,
         };
@@ -321,13 +429,37 @@ impl Pipeline {
         if building.open.is_full(&self.policy) {
             building.seal();
         }
+        // Nothing else waits and nobody commits: this job is the whole next
+        // batch, so the submitter commits it itself when it is journaled (one
+        // flush; no hand-off to the commit thread and back, which costs a
+        // lone client a fifth of its round trip).
+        let alone = !building.committing
+            && building.sealed.is_empty()
+            && building.open.jobs.is_empty()
+            && !building.apply_due_by(Instant::now());
         if let Err(error) = building.open.add(job) {
             tracing::error!(%error, "append refused");
             building.open.fail(&error);
         }
+        if alone && self.journals(&building.open.batch, building.journal_used) {
+            building.committing = true;
+            let taken = self.take(&mut building);
+            drop(building);
+            let _role = CommitRole(self);
+            self.commit(taken);
+            return Ok(());
+        }
         drop(building);
         self.filled.notify_one();
         Ok(())
+    }
+
+    /// Whether `batch` goes to the ack journal, which has `used` bytes
+    /// taken, without an apply first.
+    fn journals(&self, batch: &Batch, used: usize) -> bool {
+        self.journal_enabled
+            && batch.byte_len() <= self.policy.journal_max_bytes
+            && used < APPLY_AT_BYTES
     }
 
     /// Takes the oldest sealed batch, or else the open one, to commit it.
@@ -344,11 +476,33 @@ impl Pipeline {
     /// batch built on top of it too and restarts building from the committed
     /// state.
     fn commit(&self, mut taken: Pending) {
-        match self.store.append(&taken.batch) {
-            Ok(()) => {
-                self.head_tx.send_replace(taken.batch.head());
+        let committed = lock_durable(self).commit(&self.store, &taken.batch, &self.policy);
+        match committed {
+            Ok(place) => {
+                let head = taken.batch.head();
+                self.acked.store(head.size, Ordering::Release);
+                if place == Place::Store {
+                    self.head_tx.send_replace(head);
+                }
                 taken.succeed();
-                lock(self).spares.push(taken);
+                let mut building = lock(self);
+                building.spares.push(taken);
+                match place {
+                    Place::Store => {
+                        building.apply_due = None;
+                        building.journal_used = 0;
+                    }
+                    Place::Journal { used } => {
+                        building.journal_used = used;
+                        let now = Instant::now();
+                        let due = building
+                            .apply_due
+                            .get_or_insert(now + self.policy.apply_after);
+                        if used >= APPLY_AT_BYTES {
+                            *due = now;
+                        }
+                    }
+                }
             }
             Err(err) => {
                 let error = if err.is_full() {
@@ -371,6 +525,184 @@ impl Pipeline {
             }
         }
     }
+
+    /// Commits the journaled batches to LMDB. The commit thread calls this
+    /// holding the commit role, and gives the role back while LMDB commits
+    /// when it can switch the journal to its other region: submitters then
+    /// keep journaling (and acking) meanwhile. On failure the batches stay
+    /// journaled and acked, and the next try is in a second.
+    fn apply(&self, role: CommitRole<'_>) {
+        let mut durable = lock_durable(self);
+        let concurrent =
+            !durable.journaled.is_empty() && !durable.other_busy && durable.journal.is_some();
+        let applied = if concurrent {
+            let applying = durable.switch();
+            drop(durable);
+            {
+                let mut building = lock(self);
+                building.journal_used = 0;
+                building.apply_requested = false;
+                building.apply_due = None;
+            }
+            drop(role);
+            let applied = self.store.append(&applying);
+            let mut durable = lock_durable(self);
+            match applied {
+                Ok(()) => {
+                    durable.other_busy = false;
+                    Ok(Some(applying.head()))
+                }
+                Err(err) => {
+                    durable.restore(applying);
+                    Err(err)
+                }
+            }
+        } else {
+            let applied = durable.apply(&self.store);
+            drop(durable);
+            let mut building = lock(self);
+            building.apply_requested = false;
+            if applied.as_ref().is_ok_and(Option::is_some) {
+                building.journal_used = 0;
+            }
+            drop(building);
+            drop(role);
+            applied
+        };
+        let pending = !lock_durable(self).journaled.is_empty();
+        let mut building = lock(self);
+        match applied {
+            Ok(head) => {
+                if let Some(head) = head {
+                    self.head_tx.send_replace(head);
+                }
+                // Batches journaled while LMDB committed are due in turn.
+                if !pending {
+                    building.apply_due = None;
+                } else if building.apply_due.is_none() {
+                    building.apply_due = Some(Instant::now() + self.policy.apply_after);
+                }
+            }
+            Err(err) => {
+                tracing::error!(%err, "committing journaled events to the store failed; they stay in the ack journal, retrying in 1 s");
+                building.apply_due = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+        drop(building);
+        self.filled.notify_one();
+    }
+}
+
+/// Where a batch was made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the store: readable now.
+    Store,
+    /// In the ack journal, which now has `used` bytes taken; in the store
+    /// after the next apply.
+    Journal { used: usize },
+}
+
+/// The ack journal and what it holds that the store does not.
+#[derive(Debug)]
+struct Durable {
+    journal: Option<Journal>,
+    /// The batches in the journal's active region not yet in the store, as
+    /// one batch (empty when there are none) on the state after the store's
+    /// head and after the batch being applied, if one is.
+    journaled: Batch,
+    /// The journal's other region holds acked batches not yet in the store:
+    /// they are being applied, or their apply failed (and then `journaled`
+    /// holds them again, and the next apply does not switch).
+    other_busy: bool,
+}
+
+impl Durable {
+    /// Makes `batch` durable: a small one in the journal (one flush), when
+    /// there is one; any other in the store, in one transaction with the
+    /// journaled batches before it.
+    fn commit(
+        &mut self,
+        store: &Store,
+        batch: &Batch,
+        policy: &BatchPolicy,
+    ) -> Result<Place, StoreError> {
+        if batch.byte_len() <= policy.journal_max_bytes {
+            if let Some(journal) = &self.journal {
+                if batch.base().0 != self.journaled.head() {
+                    return Err(StoreError::Inconsistent(
+                        "a batch does not follow the journaled ones".into(),
+                    ));
+                }
+                if !journal.fits(batch) {
+                    self.apply(store)?;
+                }
+                if let Some(journal) = self.journal.as_mut().filter(|journal| journal.fits(batch)) {
+                    journal.append(batch).map_err(StoreError::Journal)?;
+                    let used = journal.used();
+                    self.journaled.absorb(batch)?;
+                    return Ok(Place::Journal { used });
+                }
+            }
+        }
+        if self.journaled.is_empty() {
+            store.append(batch)?;
+        } else {
+            store.append_all(&[&self.journaled, batch])?;
+        }
+        self.cleared(batch.head(), batch.frontier());
+        Ok(Place::Store)
+    }
+
+    /// Switches the journal to its other region and returns the batches
+    /// journaled so far, to be applied while new ones go there.
+    fn switch(&mut self) -> Batch {
+        let next = Batch::new(self.journaled.head(), self.journaled.frontier().clone());
+        if let Some(journal) = &mut self.journal {
+            journal.switch();
+        }
+        self.other_busy = true;
+        std::mem::replace(&mut self.journaled, next)
+    }
+
+    /// Takes back batches whose apply failed: they precede the ones
+    /// journaled since, and the other region stays busy.
+    fn restore(&mut self, mut failed: Batch) {
+        match failed.absorb(&self.journaled) {
+            Ok(()) => self.journaled = failed,
+            // `journaled` was started on `failed`'s head and only grown.
+            Err(err) => tracing::error!(%err, "ack journal bookkeeping is inconsistent"),
+        }
+    }
+
+    /// Commits the journaled batches to the store and empties the journal.
+    /// Returns the store's new head, or `None` when nothing was journaled.
+    fn apply(&mut self, store: &Store) -> Result<Option<Head>, StoreError> {
+        if self.journaled.is_empty() {
+            return Ok(None);
+        }
+        store.append(&self.journaled)?;
+        let head = self.journaled.head();
+        let frontier = self.journaled.frontier().clone();
+        self.cleared(head, &frontier);
+        Ok(Some(head))
+    }
+
+    /// The store holds everything up to `head`: the journal starts over.
+    fn cleared(&mut self, head: Head, frontier: &Frontier) {
+        self.journaled.restart(head, frontier);
+        self.other_busy = false;
+        if let Some(journal) = &mut self.journal {
+            journal.clear();
+        }
+    }
+}
+
+fn lock_durable(pipeline: &Pipeline) -> MutexGuard<'_, Durable> {
+    pipeline
+        .durable
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Building {
@@ -499,48 +831,94 @@ fn lock(pipeline: &Pipeline) -> MutexGuard<'_, Building> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The commit thread: takes the oldest sealed batch, or the open batch once
-/// it has a job (and the linger has passed, or it is full), commits it,
+/// The commit thread: commits the journaled batches to the store when they
+/// are due; else takes the oldest sealed batch, or the open batch once it
+/// has a job (and the linger has passed, or it is full), commits it,
 /// answers its jobs.
 fn commit_loop(pipeline: &Pipeline) {
-    let policy = &pipeline.policy;
     loop {
-        let mut building = lock(pipeline);
-        loop {
-            if !building.sealed.is_empty() {
-                break;
-            }
-            let open = &building.open;
-            let since = match open.since {
-                Some(since) => since,
-                None if building.closed => {
-                    tracing::debug!(
-                        size = open.batch.head().size,
+        let work = next_work(pipeline);
+        let role = CommitRole(pipeline);
+        match work {
+            Work::Commit(taken) => pipeline.commit(taken),
+            Work::Apply => pipeline.apply(role),
+            Work::Stop => {
+                match lock_durable(pipeline).apply(&pipeline.store) {
+                    Ok(head) => tracing::debug!(
+                        size = head.map(|head| head.size),
                         "sequencer stopped: every handle dropped, all committed"
-                    );
-                    return;
+                    ),
+                    Err(err) => tracing::error!(
+                        %err,
+                        "sequencer stopped with events in the ack journal: the next start commits them to the store"
+                    ),
                 }
-                None => {
-                    building = pipeline
-                        .filled
-                        .wait(building)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    continue;
-                }
-            };
-            let left = policy.linger.saturating_sub(since.elapsed());
-            if building.closed || open.is_full(policy) || left.is_zero() {
-                break;
+                return;
             }
+        }
+    }
+}
+
+/// What the commit thread does next.
+// Returned once per commit and consumed at once: boxing the batch would add
+// an allocation per commit to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Commit(Pending),
+    Apply,
+    Stop,
+}
+
+/// Waits for the commit thread's next piece of work.
+fn next_work(pipeline: &Pipeline) -> Work {
+    let policy = &pipeline.policy;
+    let mut building = lock(pipeline);
+    loop {
+        if building.committing {
+            // A submitter commits its own job; it wakes this thread after
+            // if there is work, or any apply due (this wait has no timeout).
+            building.apply_due_seen = None;
             building = pipeline
                 .filled
-                .wait_timeout(building, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+                .wait(building)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            continue;
         }
-        let taken = pipeline.take(&mut building);
-        drop(building);
-        pipeline.commit(taken);
+        let now = Instant::now();
+        building.committing = true;
+        if building.apply_due_by(now) {
+            return Work::Apply;
+        }
+        if !building.sealed.is_empty() {
+            return Work::Commit(pipeline.take(&mut building));
+        }
+        let mut wait = building.apply_due.map(|due| due - now);
+        match building.open.since {
+            Some(since) => {
+                let left = policy.linger.saturating_sub(since.elapsed());
+                if building.closed || building.open.is_full(policy) || left.is_zero() {
+                    return Work::Commit(pipeline.take(&mut building));
+                }
+                wait = Some(wait.map_or(left, |wait| wait.min(left)));
+            }
+            None if building.closed => return Work::Stop,
+            None => {}
+        }
+        building.committing = false;
+        building.apply_due_seen = building.apply_due;
+        building = match wait {
+            Some(wait) => {
+                pipeline
+                    .filled
+                    .wait_timeout(building, wait)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
+            }
+            None => pipeline
+                .filled
+                .wait(building)
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        };
     }
 }
 
@@ -591,6 +969,9 @@ mod tests {
             max_bytes: 64 << 20,
             max_jobs: 16,
             linger: Duration::ZERO,
+            journal_max_bytes: 0,
+            // Tests apply by hand.
+            apply_after: Duration::from_secs(3600),
         }
     }
 
@@ -637,7 +1018,7 @@ mod tests {
     #[test]
     fn concurrent_jobs_are_chained_densely_and_acked_with_their_entry_hashes() {
         let (_dir, store) = store(1 << 30);
-        let (handle, thread) = start(store.clone(), policy(64)).unwrap();
+        let (handle, thread) = start(store.clone(), None, policy(64)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let senders: Vec<_> = (0..4)
             .map(|_| {
@@ -671,7 +1052,7 @@ mod tests {
         // "full" well before a one-event job is.
         let (_dir, store) = store(2 << 20);
         // Driven by hand, without the commit thread.
-        let (pipeline, head) = Pipeline::new(store.clone(), policy(10_000)).unwrap();
+        let (pipeline, head) = Pipeline::new(store.clone(), None, policy(10_000)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         let offer = |count, payload| {
             let (job, answer) = job(count, payload, &counter);
@@ -734,7 +1115,7 @@ mod tests {
             max_jobs: 6,
             ..policy(4)
         };
-        let (pipeline, head) = Pipeline::new(store.clone(), policy).unwrap();
+        let (pipeline, head) = Pipeline::new(store.clone(), None, policy).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
         // Jobs of 2 events: a batch is full after 2 jobs.
         let answers: Vec<Answer> = (0..6)
@@ -760,5 +1141,161 @@ mod tests {
             .flat_map(|answer| answered(answer).unwrap())
             .collect();
         check(&store, *head.borrow(), &acked);
+    }
+
+    /// A policy that journals batches of up to 16 KiB.
+    fn journaling(max_events: usize) -> BatchPolicy {
+        BatchPolicy {
+            journal_max_bytes: 16 << 10,
+            ..policy(max_events)
+        }
+    }
+
+    fn journal(dir: &tempfile::TempDir, store: &Store) -> Journal {
+        let (journal, replayed) = Journal::recover(dir.path(), store).unwrap();
+        assert_eq!(replayed, 0);
+        journal
+    }
+
+    /// What the commit thread does when an apply is due.
+    fn apply_now(pipeline: &Pipeline) {
+        lock(pipeline).committing = true;
+        pipeline.apply(CommitRole(pipeline));
+    }
+
+    #[test]
+    fn a_lone_job_is_journaled_and_acked_by_its_submitter_and_readable_after_the_apply() {
+        let (dir, store) = store(1 << 30);
+        let journal = journal(&dir, &store);
+        // No commit thread: a job nobody else competes with is committed by
+        // the submitting call itself.
+        let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut acked = Vec::new();
+        for _ in 0..3 {
+            let (job, mut answer) = job(2, 100, &counter);
+            pipeline.offer(job).unwrap();
+            let acks = answer.try_recv().expect("answered before offer returned");
+            acked.extend(acks.unwrap());
+        }
+        assert_eq!(pipeline.acked.load(Ordering::Acquire), 6);
+        assert_eq!(store.head().unwrap().size, 0, "journaled, not yet in LMDB");
+        assert_eq!(head.borrow().size, 0, "readers see the store's head");
+        assert!(lock(&pipeline).apply_due.is_some(), "an apply is scheduled");
+        apply_now(&pipeline);
+        assert_eq!(head.borrow().size, 6);
+        assert!(lock(&pipeline).apply_due.is_none());
+        check(&store, *head.borrow(), &acked);
+    }
+
+    #[test]
+    fn journaled_acks_survive_a_crash_before_the_apply() {
+        let (dir, store) = store(1 << 30);
+        let journal = journal(&dir, &store);
+        let (pipeline, _) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut acked = Vec::new();
+        // Some applied, some only journaled (in both regions) at the "crash".
+        for round in 0..9 {
+            let (job, answer) = job(round % 3 + 1, 100, &counter);
+            pipeline.offer(job).unwrap();
+            acked.extend(answered(answer).unwrap());
+            if round % 4 == 1 {
+                apply_now(&pipeline);
+            }
+        }
+        let in_store = store.head().unwrap().size;
+        assert!(in_store > 0 && in_store < acked.len() as u64, "{in_store}");
+        // The crash: no apply, no stop; the pipeline and journal just go.
+        drop(pipeline);
+        let (_, replayed) = Journal::recover(dir.path(), &store).unwrap();
+        assert_eq!(replayed, acked.len() as u64 - in_store);
+        check(&store, store.head().unwrap(), &acked);
+    }
+
+    #[test]
+    fn a_failed_apply_keeps_acked_events_in_the_journal() {
+        // A map that cannot grow past 2 MiB; 10 KiB jobs are journaled.
+        let (dir, store) = store(2 << 20);
+        let journal = journal(&dir, &store);
+        let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut acked = Vec::new();
+        let offer = |acked: &mut Vec<Ack>| {
+            let (job, answer) = job(10, 1000, &counter);
+            pipeline.offer(job).unwrap();
+            acked.extend(answered(answer).unwrap());
+        };
+        loop {
+            for _ in 0..20 {
+                offer(&mut acked);
+            }
+            apply_now(&pipeline);
+            if head.borrow().size < acked.len() as u64 {
+                break; // the apply failed: storage full
+            }
+            assert!(acked.len() < 10_000, "the map never filled");
+        }
+        assert!(lock(&pipeline).apply_due.is_some(), "a retry is scheduled");
+        // Acks go on from the journal meanwhile.
+        for _ in 0..3 {
+            offer(&mut acked);
+        }
+        drop(pipeline);
+        drop(store);
+        // With room again, every acked event is replayed.
+        let sizing = MapSizing {
+            initial: 1 << 20,
+            max: 1 << 30,
+        };
+        let store = Store::open(dir.path(), sizing).unwrap();
+        let (_, replayed) = Journal::recover(dir.path(), &store).unwrap();
+        assert!(replayed > 20, "{replayed}");
+        check(&store, store.head().unwrap(), &acked);
+    }
+
+    #[test]
+    fn with_the_journal_concurrent_jobs_are_dense_and_settle_makes_them_readable() {
+        let (dir, store) = store(1 << 30);
+        let journal = journal(&dir, &store);
+        let (handle, thread) = start(store.clone(), Some(journal), journaling(64)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let handle = handle.clone();
+                let counter = counter.clone();
+                let store = store.clone();
+                thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let mut acked = Vec::new();
+                    for size in (1..=40).map(|i| i % 7 + 1) {
+                        let (job, answer) = job(size, 100, &counter);
+                        submit(&handle, job);
+                        let acks = answered(answer).unwrap();
+                        // Read your writes: after settle, the store has it.
+                        runtime.block_on(handle.settle()).unwrap();
+                        let last = acks.last().unwrap();
+                        let read = store.read(last.seq, 1, usize::MAX).unwrap();
+                        assert_eq!(tally_attest::entry_hash(&read[0].bytes), last.entry_hash);
+                        acked.extend(acks);
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: Vec<Ack> = senders
+            .into_iter()
+            .flat_map(|sender| sender.join().unwrap())
+            .collect();
+        drop(handle);
+        thread.join().unwrap();
+        assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
+        // The stop applied everything.
+        check(&store, store.head().unwrap(), &acked);
+        let (_, replayed) = Journal::recover(dir.path(), &store).unwrap();
+        assert_eq!(replayed, 0);
     }
 }

@@ -429,6 +429,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 continue;
             }
         }
+        // Read your writes: whatever reads the log first waits until the
+        // store holds every event acked so far (some may be in the ack
+        // journal only).
+        let reads_log = !matches!(
+            request.body,
+            None | Some(request::Body::Hello(_) | request::Body::Append(_))
+        );
+        if greeted && reads_log {
+            if let Err(message) = shared.sequencer.settle().await {
+                if queue
+                    .send(error(id, ErrorCode::Storage, message))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        }
         let outgoing = match request.body {
             Some(request::Body::Hello(hello)) => {
                 if greeted {

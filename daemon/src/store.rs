@@ -17,6 +17,7 @@
 //! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
 //! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 4) |
 //! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
+//! | `meta`    | `"journal_key"`       | 32 random bytes keying the ack journal's frame tags |
 //!
 //! Merkle nodes of levels 0-3 are not stored: a proof recomputes them from
 //! the records (level 0 is a record's entry hash).
@@ -51,6 +52,7 @@ const META_HEAD: &str = "head";
 const META_ANCHOR_INTENT: &str = "anchor_intent";
 const META_TPM_COUNTER_BASE: &str = "tpm_counter_base";
 const META_FRONTIER: &str = "frontier";
+const META_JOURNAL_KEY: &str = "journal_key";
 
 /// A database keyed by a big-endian u64 (seq or counter value).
 type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
@@ -144,6 +146,8 @@ pub enum StoreError {
     MapAtMaximum { max: usize },
     #[error("Merkle tree: {0}")]
     Merkle(#[from] MerkleError),
+    #[error("ack journal: {0}")]
+    Journal(std::io::Error),
 }
 
 impl StoreError {
@@ -152,7 +156,7 @@ impl StoreError {
         match self {
             StoreError::MapAtMaximum { .. } => true,
             StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)) => true,
-            StoreError::Lmdb(heed::Error::Io(err)) => matches!(
+            StoreError::Lmdb(heed::Error::Io(err)) | StoreError::Journal(err) => matches!(
                 err.raw_os_error(),
                 Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
             ),
@@ -305,6 +309,35 @@ impl Batch {
     pub fn frontier(&self) -> &Frontier {
         &self.frontier
     }
+
+    /// Each record's seq and bytes, in order.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let starts = std::iter::once(0).chain(self.records.iter().map(|&(_, end)| end));
+        self.records
+            .iter()
+            .zip(starts)
+            .map(|(&(seq, end), start)| (seq, &self.bytes[start..end]))
+    }
+
+    /// Appends `next`, a batch built on this batch's head, keeping this
+    /// batch's base: the two then commit as one. Fails, changing nothing,
+    /// when `next` is built on another state.
+    pub fn absorb(&mut self, next: &Batch) -> Result<(), StoreError> {
+        if next.base.size != self.head.size || next.base.hash != self.head.hash {
+            return Err(StoreError::Inconsistent(format!(
+                "a batch built on {} records cannot follow one ending at {}",
+                next.base.size, self.head.size
+            )));
+        }
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&next.bytes);
+        self.records
+            .extend(next.records.iter().map(|&(seq, end)| (seq, offset + end)));
+        self.nodes.extend_from_slice(&next.nodes);
+        self.head = next.head;
+        self.frontier.clone_from(&next.frontier);
+        Ok(())
+    }
 }
 
 impl Store {
@@ -394,6 +427,21 @@ impl Store {
         self.log_id
     }
 
+    /// The secret keying the ack journal's frame tags (crate::journal),
+    /// created on first use.
+    pub fn journal_key(&self) -> Result<[u8; 32], StoreError> {
+        let _gate = self.read_gate();
+        let mut wtxn = self.env.write_txn()?;
+        if let Some(key) = self.meta.get(&wtxn, META_JOURNAL_KEY)? {
+            return <[u8; 32]>::try_from(key)
+                .map_err(|_| StoreError::CorruptMeta("journal_key is not 32 bytes"));
+        }
+        let key: [u8; 32] = rand::random();
+        self.meta.put(&mut wtxn, META_JOURNAL_KEY, &key)?;
+        wtxn.commit()?;
+        Ok(key)
+    }
+
     /// The committed head.
     pub fn head(&self) -> Result<Head, StoreError> {
         let _gate = self.read_gate();
@@ -441,49 +489,60 @@ impl Store {
     /// first when it is nearly full. All or nothing: on error nothing of the
     /// batch is stored and the committed state is unchanged.
     pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
-        let committed = self.frontier().size();
-        if batch.base.size != committed {
-            return Err(StoreError::Inconsistent(format!(
-                "a batch built on {} records was offered to a log of {committed}",
-                batch.base.size
-            )));
+        self.append_all(&[batch])
+    }
+
+    /// Commits batches, each built on the one before and the first on the
+    /// committed state, in one transaction: all or nothing.
+    pub fn append_all(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let mut size = self.frontier().size();
+        let mut bytes = 0;
+        for batch in batches {
+            if batch.base.size != size {
+                return Err(StoreError::Inconsistent(format!(
+                    "a batch built on {} records was offered to a log of {size}",
+                    batch.base.size
+                )));
+            }
+            size = batch.head.size;
+            bytes += batch.bytes.len();
         }
-        self.grow_if_needed(batch.bytes.len())?;
-        match self.try_append(batch) {
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
+        self.grow_if_needed(bytes)?;
+        match self.try_append(batches, last) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
-                self.grow(batch.bytes.len())?;
-                self.try_append(batch)
+                self.grow(bytes)?;
+                self.try_append(batches, last)
             }
             other => other,
         }
     }
 
-    fn try_append(&self, batch: &Batch) -> Result<(), StoreError> {
+    fn try_append(&self, batches: &[&Batch], last: &Batch) -> Result<(), StoreError> {
         let mut wtxn = self.env.write_txn()?;
         // The same keys as `records` (u64 big-endian), encoded here on the
         // stack: heed's U64 codec allocates every key (5% of this thread).
         let records = self.records.remap_key_type::<Bytes>();
-        let mut start = 0;
-        for &(seq, end) in &batch.records {
-            let record = batch.bytes.get(start..end).ok_or_else(|| {
-                StoreError::Inconsistent(format!("batch offsets out of range at seq {seq}"))
-            })?;
-            records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
-            start = end;
-        }
-        for (level, index, node) in &batch.nodes {
-            self.tree.put_with_flags(
-                &mut wtxn,
-                PutFlags::APPEND,
-                &tree_key(*level, *index),
-                node,
-            )?;
+        for batch in batches {
+            for (seq, record) in batch.records() {
+                records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
+            }
+            for (level, index, node) in &batch.nodes {
+                self.tree.put_with_flags(
+                    &mut wtxn,
+                    PutFlags::APPEND,
+                    &tree_key(*level, *index),
+                    node,
+                )?;
+            }
         }
         self.meta
-            .put(&mut wtxn, META_FRONTIER, &batch.frontier.to_bytes())?;
-        self.meta.put(&mut wtxn, META_HEAD, &batch.head.encode())?;
+            .put(&mut wtxn, META_FRONTIER, &last.frontier.to_bytes())?;
+        self.meta.put(&mut wtxn, META_HEAD, &last.head.encode())?;
         wtxn.commit()?;
-        self.frontier().clone_from(&batch.frontier);
+        self.frontier().clone_from(&last.frontier);
         Ok(())
     }
 
@@ -564,8 +623,20 @@ impl Store {
                 max: self.sizing.max,
             });
         }
-        let wanted = current.saturating_mul(2).max(current + incoming * 8);
-        let new_size = wanted.min(self.sizing.max);
+        // LMDB takes only whole pages (heed refuses other sizes).
+        let page = page_size() as usize;
+        let wanted = current
+            .saturating_mul(2)
+            .max(current.saturating_add(incoming.saturating_mul(8)));
+        let new_size = wanted
+            .div_ceil(page)
+            .saturating_mul(page)
+            .min(self.sizing.max / page * page);
+        if new_size <= current {
+            return Err(StoreError::MapAtMaximum {
+                max: self.sizing.max,
+            });
+        }
         let _exclusive = self
             .resize_gate
             .write()
@@ -863,6 +934,18 @@ mod tests {
             page.iter().map(|r| r.seq).collect::<Vec<_>>(),
             (6395..6400).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_batch_larger_than_an_eighth_of_the_map_grows_it_by_whole_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        // 300 records of 1,001 bytes: the map grows by 8 x the batch, which
+        // is no multiple of the page size.
+        let (batch, _) = batch_of(&store, 300, 1001);
+        store.append(&batch).unwrap();
+        assert_eq!(store.map_bytes() % page_size(), 0);
+        assert_eq!(store.verify().unwrap(), batch.head());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use tally_attest::entry_hash;
 use tally_client::proto::{self, peer, response, Peer, Response};
 use tally_daemon::access::Access;
 use tally_daemon::config::Config;
+use tally_daemon::journal::Journal;
 use tally_daemon::sequencer;
 use tally_daemon::server::{serve_connection, Shared};
 use tally_daemon::store::Store;
@@ -61,11 +62,15 @@ impl Daemon {
             .tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .unwrap_or_else(|err| panic!("cannot create a temporary directory: {err}"));
+        let store_dir = dir.path().join("store");
         let store = Arc::new(
-            Store::open(&dir.path().join("store"), config.map_sizing())
+            Store::open(&store_dir, config.map_sizing())
                 .unwrap_or_else(|err| panic!("cannot open the store: {err}")),
         );
-        let (sequencer, thread) = sequencer::start(store.clone(), config.batch_policy())
+        // The ack journal too: small appends are acked from it.
+        let (journal, _) = Journal::recover(&store_dir, &store)
+            .unwrap_or_else(|err| panic!("cannot open the ack journal: {err}"));
+        let (sequencer, thread) = sequencer::start(store.clone(), Some(journal), config.batch_policy())
             .unwrap_or_else(|err| panic!("cannot start the sequencer: {err}"));
         // As `tally_daemon::run` builds it, minus the TPM. Default grants:
         // the peer below (uid 1000) may append and read, not anchor, so the
@@ -210,6 +215,12 @@ fuzz_target!(|data: &[u8]| {
         let responses = harness
             .runtime
             .block_on(converse(daemon.shared.clone(), stream));
+        // Acks may come from the ack journal: what was acked is readable
+        // once `settle` returns (as every reading request does first).
+        harness
+            .runtime
+            .block_on(daemon.shared.sequencer.settle())
+            .unwrap_or_else(|err| panic!("settle: {err}"));
         check_responses(&responses, &daemon.store);
         // Access denials are appended without anyone awaiting them, so they
         // may still be in the sequencer: verify once it is idle (`verify`
