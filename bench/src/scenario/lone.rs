@@ -50,7 +50,14 @@ impl Runner {
         let daemon = Daemon::start(&options.tallyd, temp.path(), &Setup::default())?;
         Ok(Runner {
             payload: shape.payload,
-            runtime: load::runtime()?,
+            // A lone client is one task waiting on one socket: a current-thread
+            // runtime, as such a program would use. On a multi-thread one,
+            // every reply is read by a worker thread and handed to the thread
+            // blocked in `block_on`: a wake-up that costs the client, not
+            // tallyd, 0.03-0.1 of the ratio here (docs/BENCHMARKS.md).
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
             daemon,
             cpu: CpuMeter::default(),
             rtt: Histogram::new_with_bounds(1, 600_000_000, 3)
