@@ -237,7 +237,7 @@ impl Journal {
         let body_len = len - FRAME_HEADER - TRAILER;
         let count = u32::try_from(batch.len()).map_err(io::Error::other)?;
         let body_len = u32::try_from(body_len).map_err(io::Error::other)?;
-        let trailer = batch.head().hash;
+        let trailer = batch.tip().hash;
         let key = self.key;
         let blocks = len.div_ceil(BLOCK);
         let mut fields = [0u8; 24];
@@ -443,13 +443,13 @@ fn replay(frames: &[Frame], store: &Store, path: &Path) -> Result<u64, JournalEr
         detail,
     };
     let mut batch = store.start_batch()?;
-    let head = batch.head();
+    let head = batch.tip();
     let records = frames
         .iter()
         .flat_map(|frame| (frame.first_seq..).zip(frame.records.iter()))
         .filter(|&(seq, _)| seq >= head.size);
     for (seq, record) in records {
-        let expected = batch.head();
+        let expected = batch.tip();
         if seq != expected.size {
             return Err(mismatch(format!(
                 "it holds record {seq} where record {} is due (the store holds {} records)",
@@ -507,7 +507,7 @@ mod tests {
             .iter()
             .map(|&size| {
                 let mut batch = next.clone();
-                batch.restart(next.head(), next.frontier());
+                batch.restart(next.tip(), next.frontier());
                 for i in 0..size {
                     batch
                         .push(|bytes| bytes.extend_from_slice(&[tag, i as u8, 7, 7, 7]))

@@ -31,7 +31,7 @@ use tally_client::proto::{Event, Peer, RecordBody};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit};
 
 use crate::journal::Journal;
-use crate::store::{Batch, Head, Store, StoreError};
+use crate::store::{Batch, Head, Store, StoreError, Tip};
 use tally_attest::merkle::Frontier;
 
 /// One client request's worth of events, their record bodies encoded.
@@ -479,10 +479,9 @@ impl Pipeline {
         let committed = lock_durable(self).commit(&self.store, &taken.batch, &self.policy);
         match committed {
             Ok(place) => {
-                let head = taken.batch.head();
-                self.acked.store(head.size, Ordering::Release);
+                self.acked.store(taken.batch.tip().size, Ordering::Release);
                 if place == Place::Store {
-                    self.head_tx.send_replace(head);
+                    self.head_tx.send_replace(taken.batch.head());
                 }
                 taken.succeed();
                 let mut building = lock(self);
@@ -629,7 +628,7 @@ impl Durable {
     ) -> Result<Place, StoreError> {
         if batch.byte_len() <= policy.journal_max_bytes {
             if let Some(journal) = &self.journal {
-                if batch.base().0 != self.journaled.head() {
+                if batch.base().0 != self.journaled.tip() {
                     return Err(StoreError::Inconsistent(
                         "a batch does not follow the journaled ones".into(),
                     ));
@@ -650,14 +649,14 @@ impl Durable {
         } else {
             store.append_all(&[&self.journaled, batch])?;
         }
-        self.cleared(batch.head(), batch.frontier());
+        self.cleared(batch.tip(), batch.frontier());
         Ok(Place::Store)
     }
 
     /// Switches the journal to its other region and returns the batches
     /// journaled so far, to be applied while new ones go there.
     fn switch(&mut self) -> Batch {
-        let next = Batch::new(self.journaled.head(), self.journaled.frontier().clone());
+        let next = Batch::new(self.journaled.tip(), self.journaled.frontier().clone());
         if let Some(journal) = &mut self.journal {
             journal.switch();
         }
@@ -684,12 +683,12 @@ impl Durable {
         store.append(&self.journaled)?;
         let head = self.journaled.head();
         let frontier = self.journaled.frontier().clone();
-        self.cleared(head, &frontier);
+        self.cleared(head.into(), &frontier);
         Ok(Some(head))
     }
 
     /// The store holds everything up to `head`: the journal starts over.
-    fn cleared(&mut self, head: Head, frontier: &Frontier) {
+    fn cleared(&mut self, head: Tip, frontier: &Frontier) {
         self.journaled.restart(head, frontier);
         self.other_busy = false;
         if let Some(journal) = &mut self.journal {
@@ -725,7 +724,7 @@ impl Building {
 
     /// Opens a new batch on the state after the open one; returns the old.
     fn replace_open(&mut self) -> Pending {
-        let after = self.open.batch.head();
+        let after = self.open.batch.tip();
         let mut next = self
             .spares
             .pop()

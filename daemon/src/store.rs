@@ -90,19 +90,40 @@ pub struct Head {
     pub root: Hash,
 }
 
-impl Head {
-    const EMPTY: Head = Head {
-        size: 0,
-        hash: GENESIS_PREV,
-        root: merkle::EMPTY_ROOT,
-    };
+/// A position in the chain: the number of records and the last entry hash
+/// (which pins every record before it). A [`Head`] without its Merkle root,
+/// which costs a hash per level of the tree to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    pub size: u64,
+    pub hash: Hash,
+}
 
+impl Tip {
+    /// The `head` meta value: size u64 big-endian || hash.
     fn encode(&self) -> [u8; 40] {
         let mut out = [0u8; 40];
         out[..8].copy_from_slice(&self.size.to_be_bytes());
         out[8..].copy_from_slice(&self.hash);
         out
     }
+}
+
+impl From<Head> for Tip {
+    fn from(head: Head) -> Tip {
+        Tip {
+            size: head.size,
+            hash: head.hash,
+        }
+    }
+}
+
+impl Head {
+    const EMPTY: Head = Head {
+        size: 0,
+        hash: GENESIS_PREV,
+        root: merkle::EMPTY_ROOT,
+    };
 
     /// The stored (size, hash); the root comes from the frontier.
     fn decode(bytes: &[u8], root: Hash) -> Option<Head> {
@@ -198,7 +219,7 @@ pub struct Store {
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// The committed state the batch builds on.
-    base: Head,
+    base: Tip,
     base_frontier: Frontier,
     /// Concatenated record bytes.
     bytes: Vec<u8>,
@@ -208,13 +229,14 @@ pub struct Batch {
     nodes: Vec<(u8, u64, Hash)>,
     /// Size and last entry hash after the records (the root is derived from
     /// `frontier` when asked for).
-    head: Head,
+    head: Tip,
     frontier: Frontier,
 }
 
 impl Batch {
     /// An empty batch on the state `head`, whose Merkle edge is `frontier`.
-    pub fn new(head: Head, frontier: Frontier) -> Batch {
+    pub fn new(head: impl Into<Tip>, frontier: Frontier) -> Batch {
+        let head = head.into();
         Batch {
             base: head,
             base_frontier: frontier.clone(),
@@ -227,7 +249,8 @@ impl Batch {
     }
 
     /// Empties the batch (keeping its buffers) and bases it on `head`.
-    pub fn restart(&mut self, head: Head, frontier: &Frontier) {
+    pub fn restart(&mut self, head: impl Into<Tip>, frontier: &Frontier) {
+        let head = head.into();
         self.base = head;
         self.base_frontier.clone_from(frontier);
         self.bytes.clear();
@@ -293,16 +316,23 @@ impl Batch {
     }
 
     /// The committed state the batch builds on.
-    pub fn base(&self) -> (Head, &Frontier) {
+    pub fn base(&self) -> (Tip, &Frontier) {
         (self.base, &self.base_frontier)
     }
 
-    /// The state after the batch's records, root included.
+    /// The state after the batch's records, root included (a hash per
+    /// level of the tree).
     pub fn head(&self) -> Head {
         Head {
+            size: self.head.size,
+            hash: self.head.hash,
             root: self.frontier.root(),
-            ..self.head
         }
+    }
+
+    /// The state after the batch's records, without the root.
+    pub fn tip(&self) -> Tip {
+        self.head
     }
 
     /// The Merkle edge after the batch's records.
@@ -323,7 +353,7 @@ impl Batch {
     /// batch's base: the two then commit as one. Fails, changing nothing,
     /// when `next` is built on another state.
     pub fn absorb(&mut self, next: &Batch) -> Result<(), StoreError> {
-        if next.base.size != self.head.size || next.base.hash != self.head.hash {
+        if next.base != self.head {
             return Err(StoreError::Inconsistent(format!(
                 "a batch built on {} records cannot follow one ending at {}",
                 next.base.size, self.head.size
@@ -386,7 +416,7 @@ impl Store {
                     &FORMAT_VERSION.to_be_bytes(),
                 )?;
                 meta.put(&mut wtxn, META_LOG_ID, &log_id)?;
-                meta.put(&mut wtxn, META_HEAD, &Head::EMPTY.encode())?;
+                meta.put(&mut wtxn, META_HEAD, &Tip::from(Head::EMPTY).encode())?;
                 meta.put(&mut wtxn, META_FRONTIER, &Frontier::new().to_bytes())?;
                 log_id
             }
