@@ -296,9 +296,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
     }
     if selected.lone {
         settle();
-        eprintln!("tally-bench: lone client, with write+fdatasync and bare heed of one record");
+        eprintln!(
+            "tally-bench: lone client, with write+fdatasync, an in-place write and bare heed of one record"
+        );
         let mut runner = scenario::lone::Runner::start(options, &options.lone)?;
-        let (mut fsync, mut heed, mut socket) = (None, None, None);
+        let (mut fsync, mut in_place, mut heed, mut socket) = (None, None, None, None);
         let request_bytes = load::append_request_bytes(options.lone.payload);
         for _ in 0..rounds {
             runner.slice(options.lone.duration / rounds as u32)?;
@@ -309,6 +311,10 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             Timed::accumulate(
                 &mut fsync,
                 baseline::fsync::measure(work_dir, shape, baseline_slice)?,
+            )?;
+            Timed::accumulate(
+                &mut in_place,
+                baseline::fsync::measure_in_place(work_dir, shape, baseline_slice)?,
             )?;
             Timed::accumulate(
                 &mut heed,
@@ -324,6 +330,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             .as_ref()
             .map(|timed| SocketBaseline::from(timed, request_bytes));
         results.baselines.fsync_single = fsync.as_ref().map(FsyncBaseline::from);
+        results.baselines.in_place_single = in_place.as_ref().map(FsyncBaseline::from);
         results.baselines.heed_single = heed.as_ref().map(HeedBaseline::from);
     }
     if selected.verify {

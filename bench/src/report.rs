@@ -34,6 +34,10 @@ pub struct Baselines {
     /// (b') write + fdatasync of one record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync_single: Option<FsyncBaseline>,
+    /// (b'') one 4 KiB block written in place, O_DIRECT | O_DSYNC (the ack
+    /// journal's write).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_place_single: Option<FsyncBaseline>,
     /// (d) round trips over a Unix socket pair, a one-event append's size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<socket::SocketBaseline>,

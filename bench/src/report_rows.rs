@@ -156,6 +156,27 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             ),
         );
     }
+    if let Some(in_place) = &results.baselines.in_place_single {
+        push(
+            rows,
+            "baseline: in-place write",
+            "per s, one 4 KiB block, O_DIRECT|O_DSYNC",
+            format!(
+                "{} (p50 / p99 {:.2} / {:.2} ms)",
+                count(in_place.commits_per_sec),
+                in_place.p50_ms,
+                in_place.p99_ms
+            ),
+        );
+        if let Some(lone) = &results.lone {
+            push(
+                rows,
+                "lone client",
+                "ratio to the in-place write (stricter floor)",
+                format!("{:.2}", lone.events_per_sec / in_place.events_per_sec),
+            );
+        }
+    }
     if let Some(heed) = &results.baselines.heed_single {
         push(
             rows,
@@ -181,11 +202,28 @@ pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
                 socket.p99_ms
             ),
         );
+        if let Some(in_place) = &results.baselines.in_place_single {
+            let ceiling = 1e3 / (in_place.p50_ms + socket.p50_ms);
+            push(
+                rows,
+                "lone client ceiling",
+                "1 / (in-place write p50 + socket p50), ratio to fsync",
+                format!(
+                    "{} /s, {:.2}",
+                    count(ceiling),
+                    results
+                        .baselines
+                        .fsync_single
+                        .as_ref()
+                        .map_or(f64::NAN, |fsync| ceiling / fsync.events_per_sec)
+                ),
+            );
+        }
         if let Some(fsync) = &results.baselines.fsync_single {
             let ceiling = 1e3 / (fsync.p50_ms + socket.p50_ms);
             push(
                 rows,
-                "lone client ceiling",
+                "lone client ceiling, append",
                 "1 / (fdatasync p50 + socket p50), ratio to fsync",
                 format!(
                     "{} /s, {:.2}",

@@ -5,6 +5,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -61,5 +62,53 @@ pub fn measure(
         file.sync_data()?;
         written += bytes.len() as u64;
         Ok(written < MAX_FILE_BYTES)
+    })
+}
+
+/// The in-place file: 4 MiB, written once, then overwritten a block at a
+/// time from the start again.
+const IN_PLACE_BYTES: usize = 4 << 20;
+const BLOCK: usize = 4096;
+
+/// Baseline (b''): the ack journal's own write, bare. One 4 KiB block per
+/// commit, holding one record, overwritten in place in a file written once
+/// beforehand, through `O_DIRECT | O_DSYNC` (`O_DSYNC` alone where the file
+/// system has no `O_DIRECT`): no allocation and no file size to commit, one
+/// system call. The floor under any design that acks after one small
+/// durable write; stricter than (b'), which appends.
+pub fn measure_in_place(
+    work_dir: &std::path::Path,
+    shape: Shape,
+    duration: Duration,
+) -> anyhow::Result<Timed> {
+    let temp = crate::scenario::temp_dir(work_dir, "in-place")?;
+    let path = temp.path().join("journal");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    file.write_all(&vec![0; IN_PLACE_BYTES])?;
+    file.sync_all()?;
+    let open = |flags| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(&path)
+    };
+    let file =
+        open(nix::libc::O_DSYNC | nix::libc::O_DIRECT).or_else(|_| open(nix::libc::O_DSYNC))?;
+    // A block-aligned block inside a larger buffer, holding the record.
+    let (record, _) = super::records(shape);
+    let mut buffer = vec![0u8; 2 * BLOCK];
+    let start = buffer.as_ptr().align_offset(BLOCK);
+    let block = &mut buffer[start..start + BLOCK];
+    let len = record.len().min(BLOCK);
+    block[..len].copy_from_slice(&record[..len]);
+    let block = &*block;
+    super::timed(duration, shape, BLOCK, |commit| {
+        let offset = (commit as usize * BLOCK) % IN_PLACE_BYTES;
+        file.write_all_at(block, offset as u64)?;
+        Ok(true)
     })
 }
