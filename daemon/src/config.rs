@@ -21,6 +21,9 @@ pub const DEFAULT_BATCH_MAX_EVENTS: usize = 16_384;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 20;
 pub const DEFAULT_BATCH_LINGER_MICROS: u64 = 0;
 pub const DEFAULT_ACK_JOURNAL_MAX_BYTES: usize = 16 << 10;
+/// A journaled batch always fits in the active region, which is applied
+/// once a quarter full.
+pub const MAX_ACK_JOURNAL_BATCH: usize = crate::journal::REGION / 2;
 pub const DEFAULT_READ_PAGE_RECORDS: usize = 1024;
 pub const DEFAULT_MAP_INITIAL_BYTES: usize = 1 << 30;
 pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
@@ -279,6 +282,14 @@ impl Config {
                 ),
             });
         }
+        if self.ack_journal_max_bytes > MAX_ACK_JOURNAL_BATCH {
+            return Err(ConfigError::Invalid {
+                field: "ack_journal_max_bytes",
+                message: format!(
+                    "must be at most {MAX_ACK_JOURNAL_BATCH} (half a region of the ack journal)"
+                ),
+            });
+        }
         self.tpm.counter_index()?;
         self.access
             .validate()
@@ -379,5 +390,21 @@ mod tests {
                 ..
             })
         ));
+        let config = Config {
+            ack_journal_max_bytes: MAX_ACK_JOURNAL_BATCH + 1,
+            ..Config::default()
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Invalid {
+                field: "ack_journal_max_bytes",
+                ..
+            })
+        ));
+        let config = Config {
+            ack_journal_max_bytes: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok(), "0 turns the journal off");
     }
 }

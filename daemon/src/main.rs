@@ -86,7 +86,8 @@ fn main() -> ExitCode {
 
 /// Exit status 3: refused to start because the store and the TPM counter
 /// disagree (a rollback or a restored backup), a decision for an operator
-/// (`--accept-rollback`), never for a restart loop (systemd:
+/// (`--accept-rollback`), or because the ack journal holds acked events it
+/// cannot give back intact (docs/OPERATIONS.md); never for a restart loop (systemd:
 /// RestartPreventExitStatus=3 78). 78 (sysexits EX_CONFIG): the
 /// configuration is invalid; retrying cannot help either. 2: usage errors
 /// (clap). 1: anything else.
@@ -96,6 +97,7 @@ pub const EXIT_CONFIG: u8 = 78;
 fn exit_code(err: &anyhow::Error) -> ExitCode {
     use tally_daemon::anchor::StartupError;
     use tally_daemon::config::ConfigError;
+    use tally_daemon::journal::JournalError;
     use tally_daemon::socket::SocketError;
     use tally_daemon::DaemonError;
     if err.downcast_ref::<ConfigError>().is_some() {
@@ -104,6 +106,11 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
     match err.downcast_ref::<DaemonError>() {
         Some(DaemonError::Startup(
             StartupError::StoreBehindTpm { .. } | StartupError::TpmBehindStore { .. },
+        )) => ExitCode::from(EXIT_REFUSED),
+        // Acked events the store lacks and the journal cannot give back
+        // intact: an operator looks before anything is served.
+        Some(DaemonError::Journal(
+            JournalError::Damaged { .. } | JournalError::Mismatch { .. },
         )) => ExitCode::from(EXIT_REFUSED),
         Some(DaemonError::Config(_)) => ExitCode::from(EXIT_CONFIG),
         // tallyd.socket and tallyd.toml disagree: a restart cannot help.
