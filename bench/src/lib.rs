@@ -107,6 +107,11 @@ pub struct LatencyOptions {
 pub struct LoneOptions {
     pub duration: Duration,
     pub payload: usize,
+    /// Slices, each followed by a slice of every baseline. The lone client
+    /// and the flush it is compared with both follow the disk's mood from
+    /// second to second (0.76-0.91 over back-to-back 5-slice runs): finer
+    /// alternation keeps the ratio about tallyd.
+    pub rounds: usize,
 }
 
 /// Verification: export N events, verify the bundle in-process.
@@ -190,8 +195,9 @@ impl Options {
                 payload: PAYLOAD_BYTES,
             },
             lone: LoneOptions {
-                duration: Duration::from_secs(5),
+                duration: Duration::from_secs(10),
                 payload: PAYLOAD_BYTES,
+                rounds: 20,
             },
             verify: VerifyOptions {
                 events: 1_000_000,
@@ -226,6 +232,7 @@ impl Options {
             },
             lone: LoneOptions {
                 duration: Duration::from_secs(1),
+                rounds: 2,
                 ..full.lone
             },
             verify: VerifyOptions {
@@ -300,6 +307,8 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             "tally-bench: lone client, with write+fdatasync, an in-place write and bare heed of one record"
         );
         let mut runner = scenario::lone::Runner::start(options, &options.lone)?;
+        let rounds = options.lone.rounds.max(1);
+        let baseline_slice = options.baseline_duration / rounds as u32;
         let (mut fsync, mut in_place, mut heed, mut socket) = (None, None, None, None);
         let request_bytes = load::append_request_bytes(options.lone.payload);
         for _ in 0..rounds {

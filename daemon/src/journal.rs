@@ -62,7 +62,7 @@ pub const BLOCK: usize = 4096;
 pub const CAPACITY: usize = 2 * REGION;
 
 /// Size of one region.
-pub const REGION: usize = 2 << 20;
+pub const REGION: usize = 8 << 20;
 
 /// The journal's file name, in the store's directory.
 pub const FILE_NAME: &str = "ack-journal";

@@ -159,7 +159,7 @@ pub struct BatchPolicy {
 
 /// The default of [`BatchPolicy::apply_after`]: what a follower may lag
 /// behind the acks of a trickle of small appends.
-pub const APPLY_AFTER: Duration = Duration::from_millis(10);
+pub const APPLY_AFTER: Duration = Duration::from_millis(100);
 
 /// Journaled batches are committed to LMDB once they take this many bytes
 /// of the journal's region.
