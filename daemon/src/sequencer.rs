@@ -293,7 +293,9 @@ struct Pipeline {
     drained: Notify,
     policy: BatchPolicy,
     store: Arc<Store>,
-    /// Where batches are made durable; only the commit thread locks it.
+    /// Where batches are made durable; locked by whoever holds the commit
+    /// role, and by the commit thread after an apply. Lock order: `building`
+    /// before `durable`, never the other way round.
     durable: Mutex<Durable>,
     /// Size of the log as acked (journaled or in the store).
     acked: AtomicU64,
@@ -568,8 +570,10 @@ impl Pipeline {
             drop(role);
             applied
         };
-        let pending = !lock_durable(self).journaled.is_empty();
+        // Under the open batch's lock, so that a submitter journaling now
+        // either is counted here or schedules its own apply after.
         let mut building = lock(self);
+        let pending = !lock_durable(self).journaled.is_empty();
         match applied {
             Ok(head) => {
                 if let Some(head) = head {
