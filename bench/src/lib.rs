@@ -255,10 +255,16 @@ impl Options {
 /// are deleted, and with `-o discard` the next journal commit trims them,
 /// which stalled the following scenario's fsyncs for tens of milliseconds
 /// (p99 ack latency at 200k/s went from ~4 ms alone to 51 ms right after
-/// the throughput scenario).
-fn settle() {
+/// the throughput scenario). So: `sync`, then wait until small flushes are
+/// fast again ([`disk_probe::wait_quiet`]), and say how long that took.
+fn settle(work_dir: &std::path::Path) -> anyhow::Result<()> {
     nix::unistd::sync();
-    std::thread::sleep(Duration::from_millis(500));
+    let waited = disk_probe::wait_quiet(work_dir, Duration::from_secs(10))?;
+    eprintln!(
+        "tally-bench: disk quiet after {:.1} s",
+        waited.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Runs the selected scenarios and their baselines, each baseline in slices
@@ -293,7 +299,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         results.baselines.fsync_batch = fsync.as_ref().map(FsyncBaseline::from);
     }
     if selected.latency {
-        settle();
+        settle(work_dir)?;
         for &rate in &options.latency.rates {
             eprintln!("tally-bench: latency at {rate} events/s offered");
             results
@@ -302,7 +308,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         }
     }
     if selected.lone {
-        settle();
+        settle(work_dir)?;
         eprintln!(
             "tally-bench: lone client, with write+fdatasync, an in-place write and bare heed of one record"
         );
@@ -343,7 +349,7 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         results.baselines.heed_single = heed.as_ref().map(HeedBaseline::from);
     }
     if selected.verify {
-        settle();
+        settle(work_dir)?;
         eprintln!(
             "tally-bench: verify ({} events), with bare SHA-256 over the same records",
             options.verify.events
@@ -353,12 +359,12 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         results.baselines.sha256 = Some(sha);
     }
     if selected.memory {
-        settle();
+        settle(work_dir)?;
         eprintln!("tally-bench: memory under overload");
         results.memory = Some(scenario::memory::run(options, &options.memory)?);
     }
     if selected.anchoring {
-        settle();
+        settle(work_dir)?;
         match &options.anchoring {
             Some(anchoring) => {
                 eprintln!("tally-bench: anchoring on vs off");
