@@ -1160,6 +1160,22 @@ mod tests {
         journal
     }
 
+    /// A pipeline with the journal, on a fresh store whose map stops at
+    /// `max`, driven by hand (no commit thread).
+    fn journaled_pipeline(
+        max: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Store>,
+        Pipeline,
+        watch::Receiver<Head>,
+    ) {
+        let (dir, store) = store(max);
+        let journal = journal(&dir, &store);
+        let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        (dir, store, pipeline, head)
+    }
+
     /// What the commit thread does when an apply is due.
     fn apply_now(pipeline: &Pipeline) {
         lock(pipeline).committing = true;
@@ -1168,11 +1184,9 @@ mod tests {
 
     #[test]
     fn a_lone_job_is_journaled_and_acked_by_its_submitter_and_readable_after_the_apply() {
-        let (dir, store) = store(1 << 30);
-        let journal = journal(&dir, &store);
         // No commit thread: a job nobody else competes with is committed by
         // the submitting call itself.
-        let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let (_dir, store, pipeline, head) = journaled_pipeline(1 << 30);
         let counter = Arc::new(AtomicU64::new(0));
         let mut acked = Vec::new();
         for _ in 0..3 {
@@ -1193,9 +1207,7 @@ mod tests {
 
     #[test]
     fn journaled_acks_survive_a_crash_before_the_apply() {
-        let (dir, store) = store(1 << 30);
-        let journal = journal(&dir, &store);
-        let (pipeline, _) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let (dir, store, pipeline, _) = journaled_pipeline(1 << 30);
         let counter = Arc::new(AtomicU64::new(0));
         let mut acked = Vec::new();
         // Some applied, some only journaled (in both regions) at the "crash".
@@ -1219,9 +1231,7 @@ mod tests {
     #[test]
     fn a_failed_apply_keeps_acked_events_in_the_journal() {
         // A map that cannot grow past 2 MiB; 10 KiB jobs are journaled.
-        let (dir, store) = store(2 << 20);
-        let journal = journal(&dir, &store);
-        let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(64)).unwrap();
+        let (dir, store, pipeline, head) = journaled_pipeline(2 << 20);
         let counter = Arc::new(AtomicU64::new(0));
         let mut acked = Vec::new();
         let offer = |acked: &mut Vec<Ack>| {
