@@ -206,8 +206,17 @@ impl Daemon {
         self.runs += 1;
         let stderr = File::create(self.stderr_path(self.runs))
             .context("cannot create the daemon's stderr log")?;
+        // Readiness as systemd sees it (`READY=1` once the socket accepts),
+        // not by connecting: a probe connection would hold one of the peer's
+        // connection slots until the daemon noticed it close, and a test of
+        // the per-peer limit raced it.
+        let notify_path = self.dir.path().join(format!("notify-{}", self.runs));
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path)
+            .context("cannot bind the readiness socket")?;
+        notify.set_read_timeout(Some(Duration::from_millis(10)))?;
         let child = Command::new(binary("tallyd")?)
             .args(self.base_args())
+            .env("NOTIFY_SOCKET", &notify_path)
             .envs(self.opts.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -216,9 +225,13 @@ impl Daemon {
             .context("cannot spawn tallyd")?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut message = [0u8; 512];
         loop {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
-                return Ok(());
+            if let Ok(len) = notify.recv(&mut message) {
+                let text = String::from_utf8_lossy(&message[..len]);
+                if text.lines().any(|line| line == "READY=1") {
+                    return Ok(());
+                }
             }
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -235,7 +248,6 @@ impl Daemon {
                     self.stderr()
                 );
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
