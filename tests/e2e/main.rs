@@ -14,6 +14,7 @@ mod concurrency;
 mod crash;
 mod follow;
 mod fuzz_corpus;
+mod journal;
 mod limits;
 mod paging;
 mod proofs;
