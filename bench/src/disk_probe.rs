@@ -4,7 +4,7 @@
 //! whatever the daemon does (a journal commit, trimming freed blocks); when
 //! an ack latency tail coincides with a slow probe, the disk is the cause.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,26 +25,15 @@ pub struct DiskProbe {
 impl DiskProbe {
     pub fn start(dir: &Path) -> anyhow::Result<DiskProbe> {
         let path = dir.join("disk-probe");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
-        file.write_all_at(&[0u8; 4096], 0)?;
-        file.sync_all()?;
+        let file = probe_file(&path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
             .name("bench-disk-probe".into())
             .spawn(move || {
-                let block = [1u8; 4096];
                 let mut slowest = Duration::ZERO;
                 while !flag.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    file.write_all_at(&block, 0)?;
-                    file.sync_data()?;
-                    slowest = slowest.max(started.elapsed());
+                    slowest = slowest.max(timed_flush(&file)?);
                     thread::sleep(PERIOD);
                 }
                 std::fs::remove_file(&path)?;
@@ -75,25 +64,36 @@ pub fn wait_quiet(dir: &Path, max: Duration) -> anyhow::Result<Duration> {
     const QUIET_IN_A_ROW: usize = 10;
     let started = Instant::now();
     let path = dir.join("disk-quiet-probe");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)?;
-    file.write_all_at(&[0u8; 4096], 0)?;
-    file.sync_all()?;
+    let file = probe_file(&path)?;
     let mut quiet = 0;
     while quiet < QUIET_IN_A_ROW && started.elapsed() < max {
         thread::sleep(Duration::from_millis(50));
-        let flush = Instant::now();
-        file.write_all_at(&[1u8; 4096], 0)?;
-        file.sync_data()?;
-        quiet = if flush.elapsed() < QUIET_FLUSH {
+        quiet = if timed_flush(&file)? < QUIET_FLUSH {
             quiet + 1
         } else {
             0
         };
     }
     std::fs::remove_file(&path)?;
+    Ok(started.elapsed())
+}
+
+/// A 4 KiB file at `path`, written and synced once, for [`timed_flush`].
+fn probe_file(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    file.write_all_at(&[0u8; 4096], 0)?;
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Rewrites the probe file's block and flushes it; how long that took.
+fn timed_flush(file: &File) -> std::io::Result<Duration> {
+    let started = Instant::now();
+    file.write_all_at(&[1u8; 4096], 0)?;
+    file.sync_data()?;
     Ok(started.elapsed())
 }

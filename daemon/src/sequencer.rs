@@ -328,7 +328,9 @@ struct Building {
     /// Someone (the commit thread, or a submitter committing its own job)
     /// is committing or applying: nobody else may until it is done.
     committing: bool,
-    /// Bytes of the ack journal taken.
+    /// Bytes of the ack journal's active region taken: a copy of
+    /// `Durable`'s, kept here so a submitter deciding whether to commit its
+    /// own job need not lock `durable` (which a commit may hold for a flush).
     journal_used: usize,
     /// `apply_due` as the commit thread last saw it before it waited.
     apply_due_seen: Option<Instant>,
@@ -1018,30 +1020,43 @@ mod tests {
         assert_eq!(store.head().unwrap(), head);
     }
 
-    #[test]
-    fn concurrent_jobs_are_chained_densely_and_acked_with_their_entry_hashes() {
-        let (_dir, store) = store(1 << 30);
-        let (handle, thread) = start(store.clone(), None, policy(64)).unwrap();
-        let counter = Arc::new(AtomicU64::new(0));
+    /// Four threads each submit 40 jobs of 1-7 events, one at a time, and
+    /// call `after_ack` with each job's acks; returns every ack.
+    fn submit_from_four_threads(
+        handle: &SequencerHandle,
+        counter: &Arc<AtomicU64>,
+        after_ack: impl Fn(&SequencerHandle, &[Ack]) + Clone + Send + 'static,
+    ) -> Vec<Ack> {
         let senders: Vec<_> = (0..4)
             .map(|_| {
                 let handle = handle.clone();
                 let counter = counter.clone();
+                let after_ack = after_ack.clone();
                 thread::spawn(move || {
                     let mut acked = Vec::new();
                     for size in (1..=40).map(|i| i % 7 + 1) {
                         let (job, answer) = job(size, 100, &counter);
                         submit(&handle, job);
-                        acked.extend(answered(answer).unwrap());
+                        let acks = answered(answer).unwrap();
+                        after_ack(&handle, &acks);
+                        acked.extend(acks);
                     }
                     acked
                 })
             })
             .collect();
-        let acked: Vec<Ack> = senders
+        senders
             .into_iter()
             .flat_map(|sender| sender.join().unwrap())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_jobs_are_chained_densely_and_acked_with_their_entry_hashes() {
+        let (_dir, store) = store(1 << 30);
+        let (handle, thread) = start(store.clone(), None, policy(64)).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let acked = submit_from_four_threads(&handle, &counter, |_, _| {});
         let head = *handle.head.borrow();
         drop(handle);
         thread.join().unwrap();
@@ -1273,36 +1288,18 @@ mod tests {
         let journal = journal(&dir, &store);
         let (handle, thread) = start(store.clone(), Some(journal), journaling(64)).unwrap();
         let counter = Arc::new(AtomicU64::new(0));
-        let senders: Vec<_> = (0..4)
-            .map(|_| {
-                let handle = handle.clone();
-                let counter = counter.clone();
-                let store = store.clone();
-                thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .unwrap();
-                    let mut acked = Vec::new();
-                    for size in (1..=40).map(|i| i % 7 + 1) {
-                        let (job, answer) = job(size, 100, &counter);
-                        submit(&handle, job);
-                        let acks = answered(answer).unwrap();
-                        // Read your writes: after settle, the store has it.
-                        runtime.block_on(handle.settle()).unwrap();
-                        let last = acks.last().unwrap();
-                        let read = store.read(last.seq, 1, usize::MAX).unwrap();
-                        assert_eq!(tally_attest::entry_hash(&read[0].bytes), last.entry_hash);
-                        acked.extend(acks);
-                    }
-                    acked
-                })
-            })
-            .collect();
-        let acked: Vec<Ack> = senders
-            .into_iter()
-            .flat_map(|sender| sender.join().unwrap())
-            .collect();
+        let reader = store.clone();
+        let acked = submit_from_four_threads(&handle, &counter, move |handle, acks| {
+            // Read your writes: after settle, the store has it.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(handle.settle()).unwrap();
+            let last = acks.last().unwrap();
+            let read = reader.read(last.seq, 1, usize::MAX).unwrap();
+            assert_eq!(tally_attest::entry_hash(&read[0].bytes), last.entry_hash);
+        });
         drop(handle);
         thread.join().unwrap();
         assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
