@@ -11,6 +11,7 @@
 //!   for `tpm2_checkquote`.
 //! * [`merkle`]: RFC 6962 / RFC 9162 Merkle tree hashing, an incremental
 //!   frontier, inclusion and consistency proofs and their verification.
+//! * [`identity`]: the log identity verifiers pin, and reviewed-gap acknowledgements.
 //! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
 //! * [`proof`]: inclusion and consistency proof files bound to TPM anchors.
 //! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
@@ -23,6 +24,7 @@ pub mod anchor;
 pub mod bundle;
 pub mod chain;
 pub mod evidence;
+pub mod identity;
 pub mod merkle;
 pub mod note;
 pub mod proof;

@@ -316,33 +316,50 @@ pub fn verify_quote(
 pub struct VerifiedEvidence {
     /// The certified counter value.
     pub counter: u64,
-    /// TPM clock at the NV certify.
+    /// TPM clock at the NV certify (owner key: resetCount and restartCount obfuscated).
     pub counter_clock: ClockInfo,
-    /// TPM clock at the quote.
+    /// TPM clock at the quote (AK: real resetCount and restartCount).
     pub quote_clock: ClockInfo,
     /// The quoted pcrDigest.
     pub pcr_digest: Vec<u8>,
 }
 
-/// Verifies a whole [`Evidence`] against the verifier's own expectations: the AK, the
-/// qualifying data the verifier computed itself (never trusted from the evidence), and
-/// the counter index it pinned. Checks the certify, then the quote, then that the
-/// evidence's unsigned `counter` field equals the certified value.
+/// The two TPM keys whose signatures make up Tally's evidence.
+///
+/// The NV_Certify of the counter is signed by the *owner key*, an owner-hierarchy
+/// primary: TPM2_Clear replaces the owner seed, so after a Clear (which also lets an
+/// orderly counter restart low) the TPM can no longer produce this key, and evidence
+/// made afterwards does not verify. The Quote is signed by the *AK*, an
+/// endorsement-hierarchy primary: its TPMS_CLOCK_INFO carries the real resetCount and
+/// restartCount (the TPM obfuscates them for owner-hierarchy signers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceKeys {
+    /// Signs the Quote (endorsement hierarchy).
+    pub ak: AkPublicKey,
+    /// Signs the NV_Certify of the counter (owner hierarchy).
+    pub owner_key: AkPublicKey,
+}
+
+/// Verifies a whole [`Evidence`] against the verifier's own expectations: the two
+/// keys, the qualifying data the verifier computed itself (never trusted from the
+/// evidence), and the counter index it pinned. Checks the certify (owner key), then
+/// the quote (AK), then that the evidence's unsigned `counter` field equals the
+/// certified value.
 pub fn verify_evidence(
-    ak: &AkPublicKey,
+    keys: &EvidenceKeys,
     evidence: &Evidence,
     expected_qualifying_data: &[u8; 32],
     expected_counter_index: u32,
 ) -> Result<VerifiedEvidence, VerifyError> {
     let name = tally_counter_name(expected_counter_index);
     let counter = verify_nv_certify(
-        ak,
+        &keys.owner_key,
         &evidence.nv_certify,
         expected_qualifying_data,
         Some(&name),
     )?;
     let quote = verify_quote(
-        ak,
+        &keys.ak,
         &evidence.quote,
         expected_qualifying_data,
         &evidence.pcrs,

@@ -1,0 +1,503 @@
+//! What a verifier checks on one anchor, on a sequence of anchors and on a
+//! fresh attestation (docs/DESIGN.md section 9). Every failure is a named
+//! variant; nothing here reads a file or talks to a TPM.
+
+use crate::anchor::{
+    anchor_hash, anchor_qualifying_data, decode_anchor, fresh_qualifying_data, Checkpoint,
+    EvidenceRecord, FreshAttestation,
+};
+use crate::evidence::parse::ClockInfo;
+use crate::evidence::verify::{
+    verify_evidence, EvidenceKeys, VerifiedEvidence, VerifyError as EvidenceError,
+};
+use crate::identity::GapAck;
+use crate::record::Hash;
+
+/// What a verifier pins: the two TPM keys, the counter index and, from a log
+/// identity, the log id and the log's checkpoint key.
+#[derive(Debug, Clone)]
+pub struct AnchorPolicy {
+    pub keys: EvidenceKeys,
+    pub counter_index: u32,
+    /// The log's Ed25519 checkpoint key; when set, every checkpoint must be a
+    /// C2SP signed note with a valid signature by it.
+    pub log_key: Option<crate::note::Verifier>,
+    /// When set, every checkpoint must be for this log.
+    pub log_id: Option<[u8; 16]>,
+}
+
+/// Why an anchor or attestation does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnchorError {
+    #[error("malformed record: {0}")]
+    Decode(String),
+    #[error("checkpoint is malformed: {0}")]
+    BadCheckpoint(&'static str),
+    #[error("the checkpoint has no anchor line: it is not an anchor's")]
+    MissingAnchorLine,
+    #[error("a fresh attestation's checkpoint must not carry an anchor line")]
+    UnexpectedAnchorLine,
+    #[error("the anchor line names counter {line} but the TPM certified {certified}")]
+    CounterLineMismatch { line: u64, certified: u64 },
+    #[error("no TPM evidence")]
+    MissingEvidence,
+    #[error("counter index {found:#010x} is not the pinned index {expected:#010x}")]
+    WrongCounterIndex { expected: u32, found: u32 },
+    #[error("TPM evidence does not verify: {0}")]
+    Evidence(EvidenceError),
+    #[error("checkpoint is for log {found}, not {expected}")]
+    WrongLog { expected: String, found: String },
+    #[error("attestation was made for another nonce (replayed or mixed up)")]
+    NonceMismatch,
+    #[error("checkpoint signature: {0}")]
+    CheckpointSignature(String),
+}
+
+/// An anchor whose TPM evidence verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAnchor {
+    pub counter: u64,
+    pub checkpoint: Checkpoint,
+    /// The TPM clock of the quote (AK-signed, so resetCount and restartCount are real).
+    pub clock: ClockInfo,
+    /// [`anchor_hash`] of the record's bytes.
+    pub hash: Hash,
+    pub evidence: VerifiedEvidence,
+}
+
+impl VerifiedAnchor {
+    /// The previous anchor's hash this one names (`None` on a genesis anchor).
+    pub fn prev(&self) -> Option<Hash> {
+        self.checkpoint.anchor.and_then(|line| line.prev)
+    }
+}
+
+fn verify_bound_evidence(
+    policy: &AnchorPolicy,
+    evidence: Option<&EvidenceRecord>,
+    qualifying_data: [u8; 32],
+) -> Result<VerifiedEvidence, AnchorError> {
+    let record = evidence.ok_or(AnchorError::MissingEvidence)?;
+    if record.counter_index != policy.counter_index {
+        return Err(AnchorError::WrongCounterIndex {
+            expected: policy.counter_index,
+            found: record.counter_index,
+        });
+    }
+    let evidence = record.to_evidence(qualifying_data)?;
+    verify_evidence(
+        &policy.keys,
+        &evidence,
+        &qualifying_data,
+        policy.counter_index,
+    )
+    .map_err(AnchorError::Evidence)
+}
+
+/// When the policy pins a log key, checks that `checkpoint` is a signed note
+/// with a valid signature by it.
+pub fn check_note_signature(policy: &AnchorPolicy, checkpoint: &[u8]) -> Result<(), AnchorError> {
+    let Some(key) = &policy.log_key else {
+        return Ok(());
+    };
+    let opened = crate::note::open(checkpoint, std::slice::from_ref(key))
+        .map_err(|err| AnchorError::CheckpointSignature(err.to_string()))?;
+    if opened.verified_by.is_empty() {
+        return Err(AnchorError::CheckpointSignature(format!(
+            "not signed by {}",
+            key.name()
+        )));
+    }
+    Ok(())
+}
+
+fn check_log_id(policy: &AnchorPolicy, checkpoint: &Checkpoint) -> Result<(), AnchorError> {
+    match policy.log_id {
+        Some(expected) if expected != checkpoint.log_id => Err(AnchorError::WrongLog {
+            expected: hex::encode(expected),
+            found: hex::encode(checkpoint.log_id),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Verifies one stored anchor: its checkpoint (with its anchor line), its log
+/// id and checkpoint signature when pinned, and its TPM evidence, whose
+/// certified counter must be the one the anchor line names. It does not check
+/// the checkpoint against records or other anchors: see `verify::verify_bundle`.
+pub fn verify_anchor(policy: &AnchorPolicy, bytes: &[u8]) -> Result<VerifiedAnchor, AnchorError> {
+    let record = decode_anchor(bytes)?;
+    let checkpoint = Checkpoint::parse(&record.checkpoint)?;
+    let line = checkpoint.anchor.ok_or(AnchorError::MissingAnchorLine)?;
+    check_log_id(policy, &checkpoint)?;
+    check_note_signature(policy, &record.checkpoint)?;
+    let qualifying_data = anchor_qualifying_data(&record.checkpoint);
+    let evidence = verify_bound_evidence(policy, record.evidence.as_ref(), qualifying_data)?;
+    if line.counter != evidence.counter {
+        return Err(AnchorError::CounterLineMismatch {
+            line: line.counter,
+            certified: evidence.counter,
+        });
+    }
+    Ok(VerifiedAnchor {
+        counter: evidence.counter,
+        checkpoint,
+        clock: evidence.quote_clock,
+        hash: anchor_hash(bytes),
+        evidence,
+    })
+}
+
+/// A fresh attestation whose evidence verified for the verifier's nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedFresh {
+    /// The TPM's counter when the attestation was made (an open value).
+    pub counter: u64,
+    pub checkpoint: Checkpoint,
+    /// The TPM clock of the quote.
+    pub clock: ClockInfo,
+}
+
+/// Verifies a fresh attestation for `nonce` (the verifier's own copy: the
+/// attestation's nonce field is only compared, never trusted).
+pub fn verify_fresh(
+    policy: &AnchorPolicy,
+    attestation: &FreshAttestation,
+    nonce: &[u8],
+) -> Result<VerifiedFresh, AnchorError> {
+    if attestation.nonce != nonce {
+        return Err(AnchorError::NonceMismatch);
+    }
+    let checkpoint = Checkpoint::parse(&attestation.checkpoint)?;
+    if checkpoint.anchor.is_some() {
+        return Err(AnchorError::UnexpectedAnchorLine);
+    }
+    check_log_id(policy, &checkpoint)?;
+    check_note_signature(policy, &attestation.checkpoint)?;
+    let qualifying_data = fresh_qualifying_data(&attestation.checkpoint, nonce);
+    let evidence = verify_bound_evidence(policy, attestation.evidence.as_ref(), qualifying_data)
+        .map_err(|err| match err {
+            // With the nonce fields equal, a qualifying-data mismatch means the
+            // evidence was made for another nonce or checkpoint.
+            AnchorError::Evidence(EvidenceError::QualifyingDataMismatch) => {
+                AnchorError::NonceMismatch
+            }
+            other => other,
+        })?;
+    Ok(VerifiedFresh {
+        counter: evidence.counter,
+        checkpoint,
+        clock: evidence.quote_clock,
+    })
+}
+
+/// How two consecutive anchors relate, when they do not follow each other as
+/// an honest daemon makes them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CounterFinding {
+    /// A counter value between them has no anchor: an anchor was removed, or
+    /// the counter was moved by someone else.
+    #[error("counter gap: anchor {after} is followed by anchor {next} ({} counter values without an anchor)", next - after - 1)]
+    Gap { after: u64, next: u64 },
+    /// As `Gap`, across a TPM reset: consistent with an orderly counter's
+    /// forward jump after an unclean reset (power loss), and equally with
+    /// removed anchors. Reported as a gap, never as continuity; a reviewed
+    /// one can be acknowledged (`--accept-gap`).
+    #[error("counter gap across a TPM reset: anchor {after} (reset count {reset_before}) is followed by anchor {next} (reset count {reset_after}); an orderly counter jumps forward after an unclean TPM reset (power loss), but removed anchors cannot be ruled out")]
+    GapAcrossReset {
+        after: u64,
+        next: u64,
+        reset_before: u32,
+        reset_after: u32,
+    },
+    /// The counter did not increase: duplicated or reordered anchors.
+    #[error("counter did not increase: anchor {after} is followed by anchor {next}")]
+    NotIncreasing { after: u64, next: u64 },
+    /// The anchor does not name the anchor before it: anchors were replaced,
+    /// or come from another log.
+    #[error("anchor {next} does not name anchor {after} as its predecessor (the chain of anchors is broken)")]
+    PrevMismatch { after: u64, next: u64 },
+    /// A later anchor covers fewer records than an earlier one.
+    #[error("log shrank: anchor {after} covers {size_before} records, the next anchor {next} only {size_after}")]
+    SizeShrank {
+        after: u64,
+        next: u64,
+        size_before: u64,
+        size_after: u64,
+    },
+    /// The TPM clock went back within one TPM reset.
+    #[error("TPM clock went back between anchors {after} and {next} ({clock_before} ms -> {clock_after} ms, same reset count)")]
+    ClockWentBack {
+        after: u64,
+        next: u64,
+        clock_before: u64,
+        clock_after: u64,
+    },
+    /// The TPM's reset count went down: TPM2_Clear resets it (and lets an
+    /// orderly counter restart low), or the evidence is from another TPM.
+    #[error("TPM reset count went back between anchors {after} and {next} ({reset_before} -> {reset_after}): the TPM was cleared (TPM2_Clear) or replaced")]
+    ResetCountWentBack {
+        after: u64,
+        next: u64,
+        reset_before: u32,
+        reset_after: u32,
+    },
+}
+
+/// A counter gap a person reviewed and acknowledged (`--accept-gap`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcknowledgedGap {
+    pub after: u64,
+    pub next: u64,
+    pub reviewed_by: String,
+    pub reason: String,
+}
+
+/// Checks anchors one at a time, in bundle order, against the one before:
+/// consecutive counter values, a chain of anchor hashes, growing sizes and a
+/// TPM clock that does not go back. Keeps only the previous anchor, so a
+/// bundle of millions of anchors is checked in constant memory.
+#[derive(Debug)]
+pub struct SequenceChecker<'a> {
+    prev: Option<VerifiedAnchor>,
+    acks: &'a [GapAck],
+    /// The gaps an acknowledgement covered, in order.
+    pub acknowledged: Vec<AcknowledgedGap>,
+}
+
+impl<'a> SequenceChecker<'a> {
+    /// A checker that accepts exactly the gaps `acks` name (each pinned by the
+    /// hashes of the anchors on both sides).
+    pub fn new(acks: &'a [GapAck]) -> Self {
+        SequenceChecker {
+            prev: None,
+            acks,
+            acknowledged: Vec::new(),
+        }
+    }
+
+    /// The last anchor pushed.
+    pub fn last(&self) -> Option<&VerifiedAnchor> {
+        self.prev.as_ref()
+    }
+
+    /// Checks `next` against the previous anchor; returns what is wrong.
+    pub fn push(&mut self, next: VerifiedAnchor) -> Vec<CounterFinding> {
+        let findings = match &self.prev {
+            Some(prev) => self.compare(prev, &next),
+            None => Vec::new(),
+        };
+        self.prev = Some(next);
+        findings
+    }
+
+    fn compare(&mut self, a: &VerifiedAnchor, b: &VerifiedAnchor) -> Vec<CounterFinding> {
+        let mut findings = Vec::new();
+        let (after, next) = (a.counter, b.counter);
+        if next <= after {
+            findings.push(CounterFinding::NotIncreasing { after, next });
+        } else if next != after + 1 {
+            let ack = self.acks.iter().find(|ack| {
+                (ack.after_counter, ack.after_anchor, ack.next_counter, ack.next_anchor)
+                    == (after, a.hash, next, b.hash)
+            });
+            match ack {
+                Some(ack) => self.acknowledged.push(AcknowledgedGap {
+                    after,
+                    next,
+                    reviewed_by: ack.reviewed_by.clone(),
+                    reason: ack.reason.clone(),
+                }),
+                None if b.clock.reset_count > a.clock.reset_count => {
+                    findings.push(CounterFinding::GapAcrossReset {
+                        after,
+                        next,
+                        reset_before: a.clock.reset_count,
+                        reset_after: b.clock.reset_count,
+                    })
+                }
+                None => findings.push(CounterFinding::Gap { after, next }),
+            }
+        }
+        if b.prev() != Some(a.hash) {
+            findings.push(CounterFinding::PrevMismatch { after, next });
+        }
+        if b.checkpoint.size < a.checkpoint.size {
+            findings.push(CounterFinding::SizeShrank {
+                after,
+                next,
+                size_before: a.checkpoint.size,
+                size_after: b.checkpoint.size,
+            });
+        }
+        findings.extend(clock_finding(after, &a.clock, next, &b.clock));
+        findings
+    }
+}
+
+/// A TPM clock at `next` that cannot follow the one at `after` on one TPM
+/// that was never cleared.
+pub fn clock_finding(
+    after: u64,
+    a: &ClockInfo,
+    next: u64,
+    b: &ClockInfo,
+) -> Option<CounterFinding> {
+    if b.reset_count < a.reset_count {
+        Some(CounterFinding::ResetCountWentBack {
+            after,
+            next,
+            reset_before: a.reset_count,
+            reset_after: b.reset_count,
+        })
+    } else if b.reset_count == a.reset_count && b.clock < a.clock {
+        Some(CounterFinding::ClockWentBack {
+            after,
+            next,
+            clock_before: a.clock,
+            clock_after: b.clock,
+        })
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::anchor::AnchorLine;
+
+    fn anchor(counter: u64, size: u64, reset_count: u32, clock: u64) -> VerifiedAnchor {
+        let clock = ClockInfo {
+            clock,
+            reset_count,
+            restart_count: 0,
+            safe: true,
+        };
+        VerifiedAnchor {
+            counter,
+            checkpoint: Checkpoint {
+                log_id: [0x11; 16],
+                size,
+                root: [0xab; 32],
+                anchor: Some(AnchorLine {
+                    counter,
+                    prev: Some([counter.wrapping_sub(1) as u8; 32]),
+                }),
+            },
+            clock,
+            hash: [counter as u8; 32],
+            evidence: VerifiedEvidence {
+                counter,
+                counter_clock: clock,
+                quote_clock: clock,
+                pcr_digest: vec![],
+            },
+        }
+    }
+
+    fn findings(anchors: &[VerifiedAnchor], acks: &[GapAck]) -> Vec<CounterFinding> {
+        let mut checker = SequenceChecker::new(acks);
+        anchors
+            .iter()
+            .flat_map(|a| checker.push(a.clone()))
+            .collect()
+    }
+
+    fn linked(mut b: VerifiedAnchor, a: &VerifiedAnchor) -> VerifiedAnchor {
+        if let Some(line) = b.checkpoint.anchor.as_mut() {
+            line.prev = Some(a.hash);
+        }
+        b
+    }
+
+    #[test]
+    fn sequence_findings_are_named() {
+        let a = anchor(5, 10, 1, 100);
+        assert!(findings(&[a.clone(), anchor(6, 20, 1, 200)], &[]).is_empty());
+        assert_eq!(
+            findings(&[a.clone(), linked(anchor(7, 20, 1, 200), &a)], &[]),
+            vec![CounterFinding::Gap { after: 5, next: 7 }]
+        );
+        assert_eq!(
+            findings(&[a.clone(), linked(anchor(255, 20, 2, 10), &a)], &[]),
+            vec![CounterFinding::GapAcrossReset {
+                after: 5,
+                next: 255,
+                reset_before: 1,
+                reset_after: 2
+            }]
+        );
+        assert_eq!(
+            findings(&[a.clone(), linked(anchor(5, 20, 1, 200), &a)], &[]),
+            vec![CounterFinding::NotIncreasing { after: 5, next: 5 }]
+        );
+        assert_eq!(
+            findings(&[a.clone(), anchor(6, 9, 1, 200)], &[]),
+            vec![CounterFinding::SizeShrank {
+                after: 5,
+                next: 6,
+                size_before: 10,
+                size_after: 9
+            }]
+        );
+        assert_eq!(
+            findings(&[a.clone(), anchor(6, 10, 1, 50)], &[]),
+            vec![CounterFinding::ClockWentBack {
+                after: 5,
+                next: 6,
+                clock_before: 100,
+                clock_after: 50
+            }]
+        );
+        assert_eq!(
+            findings(&[a.clone(), anchor(6, 10, 0, 500)], &[]),
+            vec![CounterFinding::ResetCountWentBack {
+                after: 5,
+                next: 6,
+                reset_before: 1,
+                reset_after: 0
+            }]
+        );
+        let mut unlinked = anchor(6, 20, 1, 200);
+        unlinked.checkpoint.anchor = Some(AnchorLine {
+            counter: 6,
+            prev: Some([0xee; 32]),
+        });
+        assert_eq!(
+            findings(&[a, unlinked], &[]),
+            vec![CounterFinding::PrevMismatch { after: 5, next: 6 }]
+        );
+    }
+
+    #[test]
+    fn only_the_acknowledged_gap_is_accepted() {
+        let a = anchor(5, 10, 1, 100);
+        let b = linked(anchor(255, 20, 2, 10), &a);
+        let ack = GapAck {
+            log_id: [0x11; 16],
+            after_counter: 5,
+            after_anchor: a.hash,
+            next_counter: 255,
+            next_anchor: b.hash,
+            reviewed_by: "oncall".into(),
+            reason: "power loss on 2026-11-30".into(),
+            reviewed_at_unix: 0,
+        };
+        let mut checker = SequenceChecker::new(std::slice::from_ref(&ack));
+        assert!(checker.push(a.clone()).is_empty());
+        assert!(checker.push(b.clone()).is_empty());
+        assert_eq!(checker.acknowledged.len(), 1);
+        // The same acknowledgement does not cover another pair of anchors.
+        let other = linked(anchor(255, 20, 2, 10), &a);
+        let mut other = other;
+        other.hash = [0x77; 32];
+        assert_eq!(
+            findings(&[a, other], std::slice::from_ref(&ack)).len(),
+            1,
+            "a gap with other anchors stays a finding"
+        );
+    }
+}
