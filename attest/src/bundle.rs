@@ -4,7 +4,7 @@
 //! Layout (docs/DESIGN.md has the byte-level description):
 //!
 //! ```text
-//! MAGIC ("tally-bundle-v1\n", 16 bytes)
+//! MAGIC ("tally-bundle-v2\n", 16 bytes)
 //! section*   where section = kind (1 byte) || len (u32 big-endian) || len bytes
 //! ```
 //!
@@ -22,7 +22,16 @@ use prost::Message;
 use crate::record::Hash;
 
 /// First bytes of every bundle file.
-pub const MAGIC: &[u8; 16] = b"tally-bundle-v1\n";
+pub const MAGIC: &[u8; 16] = b"tally-bundle-v2\n";
+
+/// The magic of version 1 (anchoring v1), refused with its own message.
+const MAGIC_V1: &[u8; 16] = b"tally-bundle-v1\n";
+
+/// Most anchor sections a reader accepts: 2^24, over five years of anchors
+/// every 10 s. Anchors are streamed ([`BundleReader::next_anchor`]), so this
+/// bounds what a verifier keeps per anchor (a few dozen bytes), not the
+/// sections themselves.
+pub const MAX_ANCHORS: u64 = 1 << 24;
 
 /// Largest section a reader accepts (a record is far smaller; this bounds
 /// memory when reading a hostile file).
@@ -68,7 +77,7 @@ pub struct BundleHeader {
 }
 
 /// Version written into [`BundleHeader::format_version`].
-pub const BUNDLE_FORMAT_VERSION: u32 = 1;
+pub const BUNDLE_FORMAT_VERSION: u32 = 2;
 
 /// Why a file is not a readable bundle. These are format errors; damage to the
 /// log inside a well-formed bundle is a [`crate::Damage`].
@@ -79,6 +88,10 @@ pub enum BundleError {
     Io(#[from] io::Error),
     #[error("not a Tally bundle (bad magic)")]
     BadMagic,
+    #[error("this is a version 1 bundle (anchoring v1, whose guarantee did not hold against root); this build reads version 2 only: export the log again with a current tallyd")]
+    VersionOne,
+    #[error("more than {MAX_ANCHORS} anchor sections")]
+    TooManyAnchors,
     #[error(
         "bundle format version {found} is not supported (this build reads {BUNDLE_FORMAT_VERSION})"
     )]
@@ -166,8 +179,10 @@ impl<W: Write> BundleWriter<W> {
 pub struct BundleReader<R: BufRead> {
     input: R,
     header: BundleHeader,
-    /// The anchor sections, read with the header.
-    anchors: Vec<Vec<u8>>,
+    /// Anchor sections read so far.
+    anchors_read: u64,
+    /// Set once the anchors are over (anchors after a record are an error).
+    anchors_done: bool,
     /// The first section after the anchors, read ahead.
     pending: Option<(SectionKind, Vec<u8>, u64)>,
     /// Byte offset of the next section, for error messages.
@@ -181,13 +196,17 @@ impl<R: BufRead> BundleReader<R> {
     pub fn new(mut input: R) -> Result<Self, BundleError> {
         let mut magic = [0u8; MAGIC.len()];
         read_exact_or(&mut input, &mut magic, "in the magic")?;
+        if &magic == MAGIC_V1 {
+            return Err(BundleError::VersionOne);
+        }
         if &magic != MAGIC {
             return Err(BundleError::BadMagic);
         }
         let mut reader = BundleReader {
             input,
             header: BundleHeader::default(),
-            anchors: Vec::new(),
+            anchors_read: 0,
+            anchors_done: false,
             pending: None,
             offset: MAGIC.len() as u64,
             done: false,
@@ -209,23 +228,39 @@ impl<R: BufRead> BundleReader<R> {
         }
         header.head()?;
         reader.header = header;
-        loop {
-            let offset = reader.offset;
-            let mut section = Vec::new();
-            match reader.section(&mut section)? {
-                SectionKind::Anchor => reader.anchors.push(section),
-                kind => {
-                    reader.pending = Some((kind, section, offset));
-                    break;
-                }
-            }
-        }
         Ok(reader)
     }
 
-    /// The anchor sections (protobuf `AnchorRecord` bytes), in file order.
-    pub fn anchors(&self) -> &[Vec<u8>] {
-        &self.anchors
+    /// Reads the next anchor section (protobuf `AnchorRecord` bytes) into
+    /// `buf`. Returns `Ok(false)` once the anchors are over (the section after
+    /// them is kept for [`BundleReader::next_record`]). Anchors are streamed so
+    /// that memory does not grow with their number.
+    pub fn next_anchor(&mut self, buf: &mut Vec<u8>) -> Result<bool, BundleError> {
+        if self.anchors_done {
+            return Ok(false);
+        }
+        let offset = self.offset;
+        match self.section(buf)? {
+            SectionKind::Anchor => {
+                self.anchors_read += 1;
+                if self.anchors_read > MAX_ANCHORS {
+                    return Err(BundleError::TooManyAnchors);
+                }
+                Ok(true)
+            }
+            kind => {
+                self.anchors_done = true;
+                self.pending = Some((kind, std::mem::take(buf), offset));
+                Ok(false)
+            }
+        }
+    }
+
+    /// Skips the anchor sections not read yet.
+    pub fn skip_anchors(&mut self) -> Result<(), BundleError> {
+        let mut buf = Vec::new();
+        while self.next_anchor(&mut buf)? {}
+        Ok(())
     }
 
     /// The bundle's header.
@@ -239,6 +274,7 @@ impl<R: BufRead> BundleReader<R> {
         if self.done {
             return Ok(false);
         }
+        self.skip_anchors()?;
         let (kind, offset) = match self.pending.take() {
             Some((kind, bytes, offset)) => {
                 *buf = bytes;
@@ -367,8 +403,13 @@ mod tests {
         writer.record(b"r").unwrap();
         let bytes = writer.finish().unwrap();
         let mut reader = BundleReader::new(bytes.as_slice()).unwrap();
-        assert_eq!(reader.anchors(), &[b"a1".to_vec(), b"a2".to_vec()]);
         let mut buf = Vec::new();
+        let mut anchors = Vec::new();
+        while reader.next_anchor(&mut buf).unwrap() {
+            anchors.push(buf.clone());
+        }
+        assert_eq!(anchors, [b"a1".to_vec(), b"a2".to_vec()]);
+        assert!(!reader.next_anchor(&mut buf).unwrap(), "stays over");
         assert!(reader.next_record(&mut buf).unwrap());
         assert_eq!(buf, b"r");
         assert!(!reader.next_record(&mut buf).unwrap());
@@ -402,6 +443,10 @@ mod tests {
         let mut bytes = bundle(&[b"one"]);
         bytes[0] ^= 1;
         assert!(matches!(read_all(&bytes), Err(BundleError::BadMagic)));
+
+        let mut bytes = bundle(&[b"one"]);
+        bytes[..16].copy_from_slice(MAGIC_V1);
+        assert!(matches!(read_all(&bytes), Err(BundleError::VersionOne)));
 
         let mut bytes = bundle(&[b"one"]);
         bytes.push(0);

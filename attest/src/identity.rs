@@ -115,13 +115,18 @@ impl LogIdentity {
             });
         }
         let log_id = hex_array::<16>("log_id", &file.log_id)?;
-        let log_key = crate::note::Verifier::parse(&file.log_key).map_err(|e| field("log_key", e))?;
+        let log_key =
+            crate::note::Verifier::parse(&file.log_key).map_err(|e| field("log_key", e))?;
         let origin = format!("tally/{}", file.log_id);
         if log_key.name() != origin {
-            return Err(field("log_key", format!("is named {}, not {origin}", log_key.name())));
+            return Err(field(
+                "log_key",
+                format!("is named {}, not {origin}", log_key.name()),
+            ));
         }
         let ak = AkPublicKey::from_pem(&file.ak).map_err(|e| field("ak", e))?;
-        let owner_key = AkPublicKey::from_pem(&file.owner_key).map_err(|e| field("owner_key", e))?;
+        let owner_key =
+            AkPublicKey::from_pem(&file.owner_key).map_err(|e| field("owner_key", e))?;
         let counter_index = parse_nv_index(&file.counter_index)
             .ok_or_else(|| field("counter_index", "not an NV index handle"))?;
         Ok(LogIdentity {
@@ -263,8 +268,8 @@ mod tests {
     const AK_SEC1: [u8; 65] = [
         4, 107, 23, 209, 242, 225, 44, 66, 71, 248, 188, 230, 229, 99, 164, 64, 242, 119, 3, 125,
         129, 45, 235, 51, 160, 244, 161, 57, 69, 216, 152, 194, 150, 79, 227, 66, 226, 254, 26,
-        127, 155, 142, 231, 235, 74, 124, 15, 158, 22, 43, 206, 51, 87, 107, 49, 94, 206, 203,
-        182, 64, 104, 55, 191, 81, 245,
+        127, 155, 142, 231, 235, 74, 124, 15, 158, 22, 43, 206, 51, 87, 107, 49, 94, 206, 203, 182,
+        64, 104, 55, 191, 81, 245,
     ];
 
     fn identity() -> LogIdentity {

@@ -1,13 +1,15 @@
 //! Proof files: an inclusion proof of one record, or a consistency proof
 //! between two log sizes, each bound to TPM anchors so that a verifier needs
-//! nothing but the AK public key (and about a kilobyte).
+//! nothing but the log's identity (and about a kilobyte). With an identity
+//! the policy pins the log id, so a proof from another log on the same TPM
+//! fails as `WrongLog`.
 //!
 //! The roots a proof is checked against come only from anchors whose TPM
 //! evidence verifies: a proof file cannot bring its own root.
 
 use prost::Message;
 
-use crate::anchor::{decode_anchor, verify_anchor, AnchorError, AnchorPolicy, VerifiedAnchor};
+use crate::anchor::{verify_anchor, AnchorError, AnchorPolicy, VerifiedAnchor};
 use crate::merkle::{self, MerkleError};
 use crate::record::{entry_hash, Hash, RecordError, RecordHeader};
 
@@ -118,7 +120,7 @@ pub fn verify_inclusion(
     policy: &AnchorPolicy,
     file: &InclusionProofFile,
 ) -> Result<VerifiedInclusion, ProofError> {
-    let anchor = verify_anchor(policy, &decode_anchor(&file.anchor)?)?;
+    let anchor = verify_anchor(policy, &file.anchor)?;
     let (header, _) = RecordHeader::parse(&file.record)?;
     if header.seq != file.seq {
         return Err(ProofError::SeqMismatch {
@@ -155,8 +157,8 @@ pub fn verify_consistency(
     policy: &AnchorPolicy,
     file: &ConsistencyProofFile,
 ) -> Result<VerifiedConsistency, ProofError> {
-    let old = verify_anchor(policy, &decode_anchor(&file.old_anchor)?)?;
-    let new = verify_anchor(policy, &decode_anchor(&file.new_anchor)?)?;
+    let old = verify_anchor(policy, &file.old_anchor)?;
+    let new = verify_anchor(policy, &file.new_anchor)?;
     if old.checkpoint.log_id != new.checkpoint.log_id {
         return Err(ProofError::DifferentLogs);
     }

@@ -64,6 +64,10 @@ pub struct VerifiedAnchor {
     /// [`anchor_hash`] of the record's bytes.
     pub hash: Hash,
     pub evidence: VerifiedEvidence,
+    /// False when only parsed ([`parse_anchor_unverified`]): its TPM
+    /// signatures were not checked and it is trusted only through the chain
+    /// of anchor hashes.
+    pub signature_checked: bool,
 }
 
 impl VerifiedAnchor {
@@ -146,6 +150,41 @@ pub fn verify_anchor(policy: &AnchorPolicy, bytes: &[u8]) -> Result<VerifiedAnch
         clock: evidence.quote_clock,
         hash: anchor_hash(bytes),
         evidence,
+        signature_checked: true,
+    })
+}
+
+/// Parses a stored anchor *without* checking any signature: counter from its
+/// anchor line, clocks and pcrDigest from the unverified attest structures.
+/// For `--anchors newest`, where only the chain of anchor hashes binds such
+/// an anchor to one whose signatures were checked.
+pub fn parse_anchor_unverified(bytes: &[u8]) -> Result<VerifiedAnchor, AnchorError> {
+    use crate::evidence::parse::{parse_attest, Attested};
+    let record = decode_anchor(bytes)?;
+    let checkpoint = Checkpoint::parse(&record.checkpoint)?;
+    let line = checkpoint.anchor.ok_or(AnchorError::MissingAnchorLine)?;
+    let evidence = record
+        .evidence
+        .as_ref()
+        .ok_or(AnchorError::MissingEvidence)?;
+    let certify = parse_attest(&evidence.nv_certify_attest).map_err(AnchorError::Evidence)?;
+    let quote = parse_attest(&evidence.quote_attest).map_err(AnchorError::Evidence)?;
+    let pcr_digest = match quote.attested {
+        Attested::Quote(info) => info.pcr_digest,
+        Attested::Nv(_) => Vec::new(),
+    };
+    Ok(VerifiedAnchor {
+        counter: line.counter,
+        checkpoint,
+        clock: quote.clock_info,
+        hash: anchor_hash(bytes),
+        evidence: VerifiedEvidence {
+            counter: line.counter,
+            counter_clock: certify.clock_info,
+            quote_clock: quote.clock_info,
+            pcr_digest,
+        },
+        signature_checked: false,
     })
 }
 
@@ -285,8 +324,8 @@ impl<'a> SequenceChecker<'a> {
 
     /// Checks `next` against the previous anchor; returns what is wrong.
     pub fn push(&mut self, next: VerifiedAnchor) -> Vec<CounterFinding> {
-        let findings = match &self.prev {
-            Some(prev) => self.compare(prev, &next),
+        let findings = match self.prev.take() {
+            Some(prev) => self.compare(&prev, &next),
             None => Vec::new(),
         };
         self.prev = Some(next);
@@ -300,8 +339,12 @@ impl<'a> SequenceChecker<'a> {
             findings.push(CounterFinding::NotIncreasing { after, next });
         } else if next != after + 1 {
             let ack = self.acks.iter().find(|ack| {
-                (ack.after_counter, ack.after_anchor, ack.next_counter, ack.next_anchor)
-                    == (after, a.hash, next, b.hash)
+                (
+                    ack.after_counter,
+                    ack.after_anchor,
+                    ack.next_counter,
+                    ack.next_anchor,
+                ) == (after, a.hash, next, b.hash)
             });
             match ack {
                 Some(ack) => self.acknowledged.push(AcknowledgedGap {
@@ -395,6 +438,7 @@ mod tests {
                 quote_clock: clock,
                 pcr_digest: vec![],
             },
+            signature_checked: true,
         }
     }
 
