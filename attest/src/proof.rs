@@ -25,20 +25,18 @@ pub struct ProofFile {
 /// A verified proof of either kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifiedProof {
-    Inclusion(VerifiedInclusion),
-    Consistency(VerifiedConsistency),
+    Inclusion(Box<VerifiedInclusion>),
+    Consistency(Box<VerifiedConsistency>),
 }
 
 /// Verifies a [`ProofFile`] of either kind.
 pub fn verify_proof_file(policy: &AnchorPolicy, bytes: &[u8]) -> Result<VerifiedProof, ProofError> {
     let file = ProofFile::decode(bytes).map_err(|err| ProofError::Decode(err.to_string()))?;
     match (file.inclusion, file.consistency) {
-        (Some(inclusion), None) => {
-            verify_inclusion(policy, &inclusion).map(VerifiedProof::Inclusion)
-        }
-        (None, Some(consistency)) => {
-            verify_consistency(policy, &consistency).map(VerifiedProof::Consistency)
-        }
+        (Some(inclusion), None) => verify_inclusion(policy, &inclusion)
+            .map(|verified| VerifiedProof::Inclusion(Box::new(verified))),
+        (None, Some(consistency)) => verify_consistency(policy, &consistency)
+            .map(|verified| VerifiedProof::Consistency(Box::new(verified))),
         _ => Err(ProofError::Decode(
             "a proof file holds exactly one proof".into(),
         )),

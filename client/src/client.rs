@@ -176,10 +176,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// A fresh TPM attestation for `nonce` (1 to 64 bytes): the bytes of a
-    /// `tally_attest::anchor::FreshAttestation`.
-    pub async fn attest(&mut self, nonce: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    /// `tally_attest::anchor::FreshAttestation`. With `since_size` (the log
+    /// size of the newest anchor the verifier holds, e.g. an export's), it
+    /// also carries every anchor made after that one and a consistency proof.
+    pub async fn attest(
+        &mut self,
+        nonce: Vec<u8>,
+        since_size: Option<u64>,
+    ) -> Result<Vec<u8>, ClientError> {
         let id = self
-            .send(request::Body::Attest(proto::AttestRequest { nonce }))
+            .send(request::Body::Attest(proto::AttestRequest {
+                nonce,
+                since_size,
+            }))
             .await?;
         match self.recv(id).await? {
             response::Body::Attest(reply) => Ok(reply.attestation),

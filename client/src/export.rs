@@ -17,6 +17,8 @@ pub struct ExportSummary {
     pub size: u64,
     /// Anchors written (those covering at most `size` records).
     pub anchors: usize,
+    /// The log size the newest written anchor covers (for `tally attest --since`).
+    pub last_anchor_size: Option<u64>,
     pub head_hash: [u8; 32],
     pub path: PathBuf,
 }
@@ -68,6 +70,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // Anchors that cover at most the exported records, in counter order.
     let mut anchors = Vec::new();
+    let mut last_anchor_size = None;
     let mut from_counter = 0u64;
     loop {
         let page = client.read_anchors(from_counter, 0).await?;
@@ -83,6 +86,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
                 })?;
             if checkpoint.size <= status.size {
                 anchors.push(stored.anchor);
+                last_anchor_size = Some(checkpoint.size);
             }
         }
     }
@@ -149,6 +153,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(ExportSummary {
         size: status.size,
         anchors: anchors.len(),
+        last_anchor_size,
         head_hash,
         path: path.to_owned(),
     })

@@ -1,7 +1,9 @@
 //! `tally`: the command-line client for tallyd, and the offline verifier.
 //!
-//! Exit codes: 0 success; 1 verification failed (the log is damaged);
-//! 2 any other error (bad usage, daemon unreachable, I/O).
+//! Exit codes: 0 success (a verification: PASS); 1 verification failed
+//! (FAIL: the log is damaged); 2 any other error (bad usage, daemon
+//! unreachable, I/O); 3 a verification that is PARTIAL (something it needs
+//! was not given, so it cannot say PASS).
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, IsTerminal, Write};
@@ -59,26 +61,43 @@ enum Command {
         /// The bundle file to write.
         #[arg(long, short)]
         out: PathBuf,
+        /// Right after the export, also take a fresh attestation for --nonce
+        /// that carries the anchors made since (written to FILE, default OUT.att).
+        #[arg(long, requires = "nonce", num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
+        attest: Option<PathBuf>,
+        /// Your nonce for --attest, hex (1 to 64 bytes).
+        #[arg(long, requires = "attest")]
+        nonce: Option<String>,
     },
-    /// Verify a bundle offline (no daemon, no TPM needed): chain intact,
-    /// anchors valid (--ak), counter continuous, current (--attestation,
-    /// --nonce). Exits 1 naming the first violation.
+    /// Verify a bundle offline (no daemon, no TPM needed) against the log's
+    /// identity: chain intact, origin (genesis), anchors valid, counter
+    /// continuous, current (--attestation, --nonce). Exit 0 PASS, 1 FAIL
+    /// (naming the first violation), 3 PARTIAL (naming what was not checked).
     Verify(cli::verify::VerifyArgs),
     /// Get a fresh TPM attestation bound to your nonce.
     Attest {
         /// Your nonce, hex (1 to 64 bytes); pass the same to `tally verify --nonce`.
         #[arg(long)]
         nonce: String,
+        /// The bundle you will verify (or the log size its newest anchor
+        /// covers): the attestation then carries the anchors made since, so a
+        /// log that kept growing still verifies as current.
+        #[arg(long, value_name = "BUNDLE|SIZE")]
+        since: Option<String>,
         /// Where to write the attestation.
         #[arg(long, short)]
         out: PathBuf,
     },
+    /// Acknowledge a reviewed counter gap (e.g. an orderly counter's jump
+    /// after a power loss), pinned by the anchors on both sides, for
+    /// `tally verify --accept-gap`.
+    GapAck(cli::tpm::GapAckArgs),
     /// Anchor the log's head in the TPM now (instead of waiting for the interval).
     Anchor,
     /// Write an inclusion or consistency proof, bound to TPM anchors.
     #[command(subcommand)]
     Prove(cli::proof::Prove),
-    /// Verify a proof file offline with only the AK public key.
+    /// Verify a proof file offline against the log's identity.
     VerifyProof(cli::proof::VerifyProofArgs),
     /// Write each anchor's quote of a bundle as the files tpm2_checkquote reads,
     /// and print the tpm2_checkquote command for each.
@@ -188,15 +207,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ak,
             out_dir,
         } => cli::tpm::quote_files(&bundle, &ak, &out_dir)?,
-        Command::Attest { nonce, out } => {
-            cli::tpm::attest(&mut connect(&target).await?, &nonce, &out).await?
+        Command::Attest { nonce, since, out } => {
+            let since = since.as_deref().map(cli::tpm::since_size).transpose()?;
+            cli::tpm::attest(&mut connect(&target).await?, &nonce, since, &out).await?
         }
+        Command::GapAck(args) => cli::tpm::gap_ack(&args)?,
         Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => append(&target, args).await?,
         Command::Tail { from, follow, json } => tail(&target, from, follow, json).await?,
-        Command::Export { out } => export(&target, &out).await?,
+        Command::Export { out, attest, nonce } => export(&target, &out, attest.zip(nonce)).await?,
         Command::Status { json } => status(&target, json).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -417,7 +438,11 @@ fn progress_bar(what: &str) -> ProgressBar {
     bar
 }
 
-async fn export(target: &Target, out: &Path) -> anyhow::Result<()> {
+async fn export(
+    target: &Target,
+    out: &Path,
+    attest: Option<(PathBuf, String)>,
+) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let bar = progress_bar("exporting");
     let summary = tally_client::export::export(&mut client, out, |done, total| {
@@ -433,6 +458,13 @@ async fn export(target: &Target, out: &Path) -> anyhow::Result<()> {
         summary.path.display(),
         hex::encode(summary.head_hash)
     );
+    if let Some((path, nonce)) = attest {
+        let path = match path.as_os_str().is_empty() {
+            true => PathBuf::from(format!("{}.att", out.display())),
+            false => path,
+        };
+        cli::tpm::attest(&mut client, &nonce, summary.last_anchor_size, &path).await?;
+    }
     Ok(())
 }
 
@@ -469,6 +501,7 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
                 "last_anchor_age_millis": status.last_anchor_age_millis,
                 "unanchored_events": status.unanchored_events,
                 "last_anchor_error": status.last_anchor_error,
+                "oldest_unanchored_age_millis": status.oldest_unanchored_age_millis,
             })
         );
     } else {
@@ -502,7 +535,11 @@ async fn status(target: &Target, json: bool) -> anyhow::Result<()> {
             );
         }
         if status.tpm_enabled {
-            println!("unanchored:    {} records", status.unanchored_events);
+            println!(
+                "unanchored:    {} records (oldest acked {:.1} s ago)",
+                status.unanchored_events,
+                status.oldest_unanchored_age_millis as f64 / 1000.0
+            );
             if !status.last_anchor_error.is_empty() {
                 println!("anchor error:  {}", status.last_anchor_error);
             }

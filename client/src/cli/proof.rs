@@ -4,11 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use tally_attest::anchor::AnchorPolicy;
 use tally_attest::proof::{verify_proof_file, VerifiedProof};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cli::verify::{load_ak, load_log_key, parse_index, DEFAULT_COUNTER_INDEX};
+use crate::cli::verify::{load_trust, TrustArgs};
 use crate::Client;
 
 #[derive(Debug, clap::Subcommand)]
@@ -40,16 +39,8 @@ pub enum Prove {
 pub struct VerifyProofArgs {
     /// A proof file from `tally prove`.
     pub proof: PathBuf,
-    /// The TPM attestation key's public key (PEM).
-    #[arg(long)]
-    pub ak: PathBuf,
-    /// The NV counter index the anchors must certify.
-    #[arg(long, default_value = DEFAULT_COUNTER_INDEX)]
-    pub counter_index: String,
-    /// The log's Ed25519 checkpoint key (or a file holding it): the anchors'
-    /// checkpoints must be signed by it.
-    #[arg(long)]
-    pub log_key: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
@@ -65,22 +56,26 @@ pub async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Verifies either kind of proof file; exit 1 when it does not verify.
+/// Verifies either kind of proof file: exit 0 when it verifies against the
+/// log's identity, 1 when it does not verify, 3 when it verifies with keys
+/// given one by one (the log is then not pinned).
 pub fn verify_proof(args: &VerifyProofArgs) -> anyhow::Result<ExitCode> {
-    let policy = AnchorPolicy {
-        ak: load_ak(&args.ak)?,
-        counter_index: parse_index(&args.counter_index)?,
-        log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
+    let (Some(policy), identity) = load_trust(&args.trust)? else {
+        anyhow::bail!(
+            "tally verify-proof needs the log's identity (--identity FILE) or --ak and --owner-key"
+        );
     };
     let bytes = std::fs::read(&args.proof)
         .with_context(|| format!("cannot read {}", args.proof.display()))?;
     let result = verify_proof_file(&policy, &bytes).map(|verified| match verified {
         VerifiedProof::Consistency(verified) => format!(
-            "OK: the log of {} records (TPM counter {}) extends the log of {} records (TPM counter {})",
+            "OK: log {}: the log of {} records (TPM counter {}) extends the log of {} records (TPM counter {})",
+            hex::encode(verified.new.checkpoint.log_id),
             verified.new.checkpoint.size, verified.new.counter, verified.old.checkpoint.size, verified.old.counter
         ),
         VerifiedProof::Inclusion(verified) => format!(
-            "OK: record seq {} (entry hash {}) is in the log of {} records anchored at TPM counter {}",
+            "OK: log {}: record seq {} (entry hash {}) is in the log of {} records anchored at TPM counter {}",
+            hex::encode(verified.anchor.checkpoint.log_id),
             verified.seq,
             hex::encode(verified.entry_hash),
             verified.anchor.checkpoint.size,
@@ -88,9 +83,14 @@ pub fn verify_proof(args: &VerifyProofArgs) -> anyhow::Result<ExitCode> {
         ),
     });
     Ok(match result {
+        Ok(line) if identity.is_some() => {
+            println!("{line} (the log the identity names)");
+            ExitCode::SUCCESS
+        }
         Ok(line) => {
             println!("{line}");
-            ExitCode::SUCCESS
+            println!("PARTIAL: the log id is not pinned (keys given one by one, no --identity): the proof may come from another log on the same TPM");
+            ExitCode::from(3)
         }
         Err(err) => {
             println!("FAILED: {err}");

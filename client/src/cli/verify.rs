@@ -1,4 +1,4 @@
-//! `tally verify`: one verdict per property, exit 1 on any failure.
+//! `tally verify`: one verdict per property; exit 0 PASS, 1 FAIL, 3 PARTIAL.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -8,36 +8,76 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use prost::Message;
 use serde_json::{json, Value};
-use tally_attest::anchor::{AnchorPolicy, FreshAttestation};
-use tally_attest::evidence::verify::AkPublicKey;
-use tally_attest::verify::{AnchorsVerdict, CounterVerdict, CurrentVerdict};
+use tally_attest::anchor::{verify_anchor, AnchorPolicy, FreshAttestation};
+use tally_attest::evidence::verify::{AkPublicKey, EvidenceKeys};
+use tally_attest::identity::{parse_nv_index, GapAck, LogIdentity};
+use tally_attest::verify::{
+    AnchorChecks, AnchorsVerdict, CounterVerdict, CurrentVerdict, Origin, OriginVerdict, Verdict,
+};
 use tally_attest::{verify_bundle, Report, VerifyOptions};
 
 /// Default NV counter index of tallyd.
 pub const DEFAULT_COUNTER_INDEX: &str = "0x01c17a11";
 
+/// Which anchors' TPM signatures to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AnchorsArg {
+    /// Every anchor (default; the only mode that can PASS).
+    All,
+    /// Only the origin's and the newest anchor's (fast; at best PARTIAL).
+    Newest,
+}
+
+/// Where the verifier's trust comes from: a log identity, or explicit keys.
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// The log's identity (identity.json), taken at provisioning from
+    /// `tallyd identity` over a channel you trust and kept by you. It pins
+    /// the TPM's keys, the counter, the log key and the genesis anchor. Do
+    /// not read it from the host you are checking: root there can replace it.
+    #[arg(long, conflicts_with_all = ["ak", "owner_key", "counter_index"])]
+    pub identity: Option<PathBuf>,
+    /// Instead of --identity (scripting): the AK public key (PEM). Without a
+    /// pinned genesis (or --trusted) the verdict is PARTIAL at best.
+    #[arg(long, requires = "owner_key")]
+    pub ak: Option<PathBuf>,
+    /// With --ak: the TPM owner key's public key (PEM, <data_dir>/tpm/owner-key.pem).
+    #[arg(long, requires = "ak")]
+    pub owner_key: Option<PathBuf>,
+    /// With --ak: the NV counter index the anchors must certify.
+    #[arg(long, requires = "ak")]
+    pub counter_index: Option<String>,
+    /// With --ak: the log's Ed25519 checkpoint key (a C2SP verifier key, or a
+    /// file holding it): every checkpoint must be signed by it.
+    #[arg(long, requires = "ak")]
+    pub log_key: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// The bundle file (from `tally export`).
     pub bundle: PathBuf,
-    /// The TPM attestation key's public key (PEM), obtained out of band (from
-    /// `tallyd provision`, i.e. <data_dir>/tpm/ak.pem). Without it, TPM
-    /// anchors are not checked.
-    #[arg(long)]
-    pub ak: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// A fresh attestation (from `tally attest`) to check the log is current.
-    #[arg(long, requires_all = ["ak", "nonce"])]
+    #[arg(long, requires = "nonce")]
     pub attestation: Option<PathBuf>,
     /// The nonce (hex) you chose for that attestation.
     #[arg(long, requires = "attestation")]
     pub nonce: Option<String>,
-    /// The NV counter index the anchors must certify.
-    #[arg(long, default_value = DEFAULT_COUNTER_INDEX)]
-    pub counter_index: String,
-    /// The log's Ed25519 checkpoint key (C2SP verifier key, or a file holding
-    /// it, e.g. <data_dir>/tpm/log-key.pub): every checkpoint must be signed by it.
-    #[arg(long, requires = "ak")]
-    pub log_key: Option<String>,
+    /// An anchor you verified before (from --save-trusted): verification
+    /// starts there instead of at the genesis; earlier anchors are not checked again.
+    #[arg(long)]
+    pub trusted: Option<PathBuf>,
+    /// After a PASS, write the newest closed anchor here, for a later --trusted.
+    #[arg(long)]
+    pub save_trusted: Option<PathBuf>,
+    /// A reviewed counter gap to accept (from `tally gap-ack`); repeatable.
+    #[arg(long)]
+    pub accept_gap: Vec<PathBuf>,
+    /// Which anchors' TPM signatures to check.
+    #[arg(long, value_enum, default_value_t = AnchorsArg::All)]
+    pub anchors: AnchorsArg,
     /// Print the verdicts as JSON.
     #[arg(long)]
     pub json: bool,
@@ -45,8 +85,12 @@ pub struct VerifyArgs {
 
 /// Parses "0x01c17a11" (or without 0x) as an NV index handle.
 pub fn parse_index(text: &str) -> anyhow::Result<u32> {
-    let digits = text.trim_start_matches("0x").trim_start_matches("0X");
-    u32::from_str_radix(digits, 16).with_context(|| format!("{text:?} is not a hex NV index"))
+    let hex = if text.starts_with("0x") || text.starts_with("0X") {
+        text.to_owned()
+    } else {
+        format!("0x{text}")
+    };
+    parse_nv_index(&hex).with_context(|| format!("{text:?} is not a hex NV index"))
 }
 
 /// A C2SP verifier key given inline or as a file.
@@ -55,77 +99,136 @@ pub fn load_log_key(text: &str) -> anyhow::Result<tally_attest::note::Verifier> 
         Ok(contents) => contents,
         Err(_) => text.to_owned(),
     };
-    tally_attest::note::Verifier::parse(key.trim())
-        .with_context(|| format!("{text:?} is not a log key"))
+    tally_attest::note::Verifier::parse(key.trim()).with_context(|| {
+        format!("{text:?} is not a log key (a tally/<log id>+<key id>+<base64> string, or a file holding one, e.g. <data_dir>/tpm/log-key.pub)")
+    })
 }
 
-/// Reads a PEM AK public key.
-pub fn load_ak(path: &Path) -> anyhow::Result<AkPublicKey> {
+/// Reads a PEM P-256 public key.
+pub fn load_key(path: &Path) -> anyhow::Result<AkPublicKey> {
     let pem =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     AkPublicKey::from_pem(&pem)
         .with_context(|| format!("{} is not a P-256 public key in PEM", path.display()))
 }
 
-pub fn run(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
-    let policy = match &args.ak {
-        Some(path) => Some(AnchorPolicy {
-            ak: load_ak(path)?,
-            counter_index: parse_index(&args.counter_index)?,
-            log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
-        }),
-        None => None,
+/// Reads an identity file.
+pub fn load_identity(path: &Path) -> anyhow::Result<LogIdentity> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    LogIdentity::from_json(&text)
+        .with_context(|| format!("{} is not a Tally log identity", path.display()))
+}
+
+/// The policy and, from an identity, the genesis origin.
+pub fn load_trust(args: &TrustArgs) -> anyhow::Result<(Option<AnchorPolicy>, Option<LogIdentity>)> {
+    if let Some(path) = &args.identity {
+        let identity = load_identity(path)?;
+        return Ok((Some(identity.policy.clone()), Some(identity)));
+    }
+    let (Some(ak), Some(owner_key)) = (&args.ak, &args.owner_key) else {
+        return Ok((None, None));
     };
+    let policy = AnchorPolicy {
+        keys: EvidenceKeys {
+            ak: load_key(ak)?,
+            owner_key: load_key(owner_key)?,
+        },
+        counter_index: parse_index(
+            args.counter_index
+                .as_deref()
+                .unwrap_or(DEFAULT_COUNTER_INDEX),
+        )?,
+        log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
+        log_id: None,
+    };
+    Ok((Some(policy), None))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+pub fn run(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
+    let (policy, identity) = load_trust(&args.trust)?;
+    if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some()) {
+        anyhow::bail!("--attestation and --trusted need the log's identity (--identity FILE)");
+    }
     let attestation = match &args.attestation {
-        Some(path) => {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            Some(
-                FreshAttestation::decode(bytes.as_slice())
-                    .with_context(|| format!("{} is not a Tally attestation", path.display()))?,
-            )
-        }
+        Some(path) => Some(
+            FreshAttestation::decode(read(path)?.as_slice())
+                .with_context(|| format!("{} is not a Tally attestation", path.display()))?,
+        ),
         None => None,
     };
     let nonce = match &args.nonce {
         Some(text) => hex::decode(text).context("--nonce is not hex")?,
         None => Vec::new(),
     };
+    let mut origin = identity.as_ref().map(|identity| Origin::Genesis {
+        counter: identity.genesis_counter,
+        anchor: identity.genesis_anchor,
+    });
+    if let (Some(path), Some(policy)) = (&args.trusted, &policy) {
+        let trusted = verify_anchor(policy, &read(path)?)
+            .with_context(|| format!("the trusted anchor {} does not verify", path.display()))?;
+        origin = Some(Origin::Trusted {
+            counter: trusted.counter,
+            anchor: trusted.hash,
+        });
+    }
+    let gaps = args
+        .accept_gap
+        .iter()
+        .map(|path| {
+            GapAck::from_json(&String::from_utf8_lossy(&read(path)?))
+                .with_context(|| format!("{} is not a gap acknowledgement", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let file = File::open(&args.bundle)
         .with_context(|| format!("cannot open {}", args.bundle.display()))?;
     let options = VerifyOptions {
         policy: policy.as_ref(),
+        origin,
         fresh: attestation
             .as_ref()
             .map(|attestation| (attestation, nonce.as_slice())),
+        acknowledged_gaps: &gaps,
+        anchor_checks: match args.anchors {
+            AnchorsArg::All => AnchorChecks::All,
+            AnchorsArg::Newest => AnchorChecks::Newest,
+        },
     };
     let report = match verify_bundle(BufReader::with_capacity(1 << 20, file), options, progress) {
         Ok(report) => report,
         Err(err) => {
             if args.json {
-                println!("{}", json!({"ok": false, "error": err.to_string()}));
+                println!(
+                    "{}",
+                    json!({"ok": false, "verdict": "fail", "error": err.to_string()})
+                );
             } else {
                 println!("bundle readable: FAILED: {err}");
+                println!("verdict:            FAIL");
             }
             return Ok(ExitCode::from(1));
         }
     };
+    let verdict = report.verdict();
     if args.json {
-        println!("{}", to_json(&report));
+        println!("{}", to_json(&report, &verdict));
     } else {
-        print_human(
-            &report,
-            policy
-                .as_ref()
-                .and_then(|p| p.log_key.as_ref())
-                .map(|key| key.to_key_string()),
-        );
+        print_human(&report, &verdict, policy.as_ref());
     }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    if let (Verdict::Pass, Some(path), Some(bytes)) =
+        (&verdict, &args.save_trusted, &report.last_closed_anchor)
+    {
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        if !args.json {
+            println!("trusted anchor written to {}", path.display());
+        }
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
 }
 
 fn chain_line(report: &Report) -> String {
@@ -139,10 +242,45 @@ fn chain_line(report: &Report) -> String {
     }
 }
 
+fn origin_line(verdict: &OriginVerdict) -> String {
+    match verdict {
+        OriginVerdict::Genesis { counter } => {
+            format!("OK (the first anchor is the log's genesis, counter {counter}, as the identity pins it)")
+        }
+        OriginVerdict::Trusted { counter, size } => format!(
+            "OK (from your trusted anchor, counter {counter}, {size} records; earlier anchors not checked again)"
+        ),
+        OriginVerdict::Mismatch {
+            expected_counter,
+            found_counter: Some(found),
+        } => format!(
+            "FAILED: the first anchor (counter {found}) is not the pinned one (counter {expected_counter}): another log, a log rebuilt from seq 0, or its first anchors deleted"
+        ),
+        OriginVerdict::Mismatch {
+            expected_counter, ..
+        } => format!("FAILED: the pinned anchor (counter {expected_counter}) is not in the bundle"),
+        OriginVerdict::NotPinned(why) => format!("NOT CHECKED: {why}"),
+    }
+}
+
 fn anchors_line(verdict: &AnchorsVerdict) -> String {
     match verdict {
-        AnchorsVerdict::Valid { count } => format!("OK ({count} anchors, TPM evidence verified)"),
+        AnchorsVerdict::Valid {
+            count,
+            signatures_checked,
+        } if count == signatures_checked => {
+            format!("OK ({count} anchors, TPM evidence verified for each)")
+        }
+        AnchorsVerdict::Valid {
+            count,
+            signatures_checked,
+        } => format!(
+            "OK ({count} anchors; TPM evidence verified for {signatures_checked}, the others bound to them by the chain of anchor hashes only)"
+        ),
         AnchorsVerdict::Invalid(violation) => format!("FAILED: {violation}"),
+        AnchorsVerdict::NoAnchors => {
+            "FAILED: the bundle has no anchors, so nothing in it is protected (anchors stripped?)".into()
+        }
         AnchorsVerdict::NotChecked(why) => format!("NOT CHECKED: {why}"),
     }
 }
@@ -150,7 +288,7 @@ fn anchors_line(verdict: &AnchorsVerdict) -> String {
 fn counter_line(verdict: &CounterVerdict) -> String {
     match verdict {
         CounterVerdict::Continuous { first, last } => {
-            format!("OK (counter {first} to {last}, no gap)")
+            format!("OK (counter {first} to {last}, no gap, each anchor names the one before)")
         }
         CounterVerdict::Broken(findings) => {
             let text: Vec<String> = findings.iter().map(ToString::to_string).collect();
@@ -162,72 +300,160 @@ fn counter_line(verdict: &CounterVerdict) -> String {
 
 fn current_line(verdict: &CurrentVerdict) -> String {
     match verdict {
-        CurrentVerdict::Current { counter, grown_since: 0 } => {
-            format!("OK (the last anchor is the TPM's current counter {counter})")
+        CurrentVerdict::Current {
+            tpm_counter,
+            anchors_since,
+            grown_by,
+        } => {
+            let mut line = format!(
+                "OK (the TPM's counter is {tpm_counter}, one past the last anchor {}: every anchor's value is closed)",
+                tpm_counter - 1
+            );
+            if *anchors_since > 0 || *grown_by > 0 {
+                line.push_str(&format!(
+                    "; the log grew by {grown_by} records since this export ({anchors_since} newer anchors checked, consistent with this bundle)"
+                ));
+            }
+            line
         }
-        CurrentVerdict::Current { counter, grown_since } => format!(
-            "OK (the last anchor is the TPM's current counter {counter}; the live log has {grown_since} newer, unanchored records not in this bundle)"
-        ),
         CurrentVerdict::NotCurrent {
             last_anchor,
             tpm_counter,
         } => format!(
-            "FAILED: not current: {} anchors missing (the log's last anchor is counter {last_anchor}, the TPM's counter is {tpm_counter}): rolled back, truncated, or an older export",
-            tpm_counter - last_anchor
+            "FAILED: not current: {} anchored counter values are missing (the last anchor here is {last_anchor}, the TPM's counter is {tpm_counter}): rolled back, truncated, or an older export (take the attestation with `tally attest --since BUNDLE`)",
+            tpm_counter - last_anchor - 1
         ),
         CurrentVerdict::AttestationBehind {
             last_anchor,
             tpm_counter,
         } => format!(
-            "FAILED: the attestation's counter {tpm_counter} is behind the log's last anchor {last_anchor} (an old attestation, or another counter)"
+            "FAILED: the attestation's counter {tpm_counter} is not past the last anchor {last_anchor} (an old attestation, another counter, or a value still open)"
         ),
         CurrentVerdict::NoAnchor { tpm_counter } => {
             format!("FAILED: the log has no anchor to compare with the TPM's counter {tpm_counter}")
         }
+        CurrentVerdict::ClockWentBack(finding) => format!("FAILED: attestation: {finding}"),
         CurrentVerdict::Invalid(error) => format!("FAILED: attestation: {error}"),
         CurrentVerdict::Inconsistent(why) => format!("FAILED: {why}"),
         CurrentVerdict::NotChecked(why) => format!("NOT CHECKED: {why}"),
     }
 }
 
-fn print_human(report: &Report, log_key_name: Option<String>) {
+fn coverage_line(report: &Report) -> Option<String> {
+    let coverage = report.coverage?;
+    let tail = coverage.size - coverage.protected;
+    let protected = match coverage.protected {
+        0 => "no records".to_owned(),
+        n => format!("seqs 0..{} ({n} records)", n - 1),
+    };
+    Some(format!(
+        "{protected} covered by closed anchors; unprotected tail: {}",
+        match tail {
+            0 => "none".to_owned(),
+            n => format!(
+                "seqs {}..{} ({n} records not yet covered by a closed anchor)",
+                coverage.protected,
+                coverage.size - 1
+            ),
+        }
+    ))
+}
+
+fn verdict_text(report: &Report, verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Pass if report.acknowledged_gaps.is_empty() => "PASS".into(),
+        Verdict::Pass => {
+            let gaps: Vec<String> = report
+                .acknowledged_gaps
+                .iter()
+                .map(|gap| {
+                    format!(
+                        "counter {} -> {}, reviewed by {}: {}",
+                        gap.after, gap.next, gap.reviewed_by, gap.reason
+                    )
+                })
+                .collect();
+            format!(
+                "PASS with {} acknowledged gap{} ({})",
+                gaps.len(),
+                if gaps.len() == 1 { "" } else { "s" },
+                gaps.join("; ")
+            )
+        }
+        Verdict::Fail => "FAIL".into(),
+        Verdict::Partial(missing) => format!("PARTIAL (not checked: {})", missing.join("; ")),
+    }
+}
+
+fn print_human(report: &Report, verdict: &Verdict, policy: Option<&AnchorPolicy>) {
+    println!("log:                {}", hex::encode(&report.header.log_id));
     println!("chain intact:       {}", chain_line(report));
+    println!("origin:             {}", origin_line(&report.origin));
     println!("anchors valid:      {}", anchors_line(&report.anchors));
     println!("counter continuous: {}", counter_line(&report.counter));
     println!("current:            {}", current_line(&report.current));
-    if let Some(unanchored) = report.unanchored {
-        println!("unanchored tail:    {unanchored} records after the last anchor (not yet protected against rollback)");
+    if let Some(line) = coverage_line(report) {
+        println!("protected:          {line}");
     }
     if matches!(report.anchors, AnchorsVerdict::Valid { .. }) {
-        match &log_key_name {
-            Some(name) => println!("checkpoint keys:    OK (every checkpoint is signed by {name})"),
-            None => println!("checkpoint keys:    NOT CHECKED (no --log-key)"),
+        match policy.and_then(|policy| policy.log_key.as_ref()) {
+            Some(key) => println!(
+                "checkpoint keys:    OK (every checkpoint is signed by {})",
+                key.to_key_string()
+            ),
+            None => println!("checkpoint keys:    NOT CHECKED (no log key)"),
         }
     }
-    if matches!(report.anchors, AnchorsVerdict::NotChecked(_)) {
-        println!("note: without TPM anchors checked, a consistent rewrite of the whole bundle is not detected");
+    if policy.is_none() {
+        println!("note: without the log's identity, a consistent rewrite of the whole bundle is not detected");
     }
-    println!(
-        "verdict:            {}",
-        if report.passed() { "PASS" } else { "FAIL" }
-    );
+    println!("verdict:            {}", verdict_text(report, verdict));
 }
 
-fn to_json(report: &Report) -> Value {
+fn to_json(report: &Report, verdict: &Verdict) -> Value {
     let (size, head) = match &report.chain {
         Ok(chain) => (Some(chain.size), Some(hex::encode(chain.head_hash))),
         Err(_) => (None, None),
     };
+    let word = match verdict {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "fail",
+        Verdict::Partial(_) => "partial",
+    };
+    let not_checked: Vec<&str> = match verdict {
+        Verdict::Partial(missing) => missing.clone(),
+        _ => Vec::new(),
+    };
+    let current_counter = match &report.current {
+        CurrentVerdict::Current { tpm_counter, .. }
+        | CurrentVerdict::NotCurrent { tpm_counter, .. }
+        | CurrentVerdict::AttestationBehind { tpm_counter, .. }
+        | CurrentVerdict::NoAnchor { tpm_counter } => Some(*tpm_counter),
+        _ => None,
+    };
     json!({
-        "ok": report.passed(),
+        "ok": *verdict == Verdict::Pass,
+        "verdict": word,
+        "exit_code": verdict.exit_code(),
+        "not_checked": not_checked,
         "log_id": hex::encode(&report.header.log_id),
         "size": size,
         "head_hash": head,
         "first_bad_seq": report.chain.as_ref().err().map(|damage| damage.first_bad_seq()),
         "chain": chain_line(report),
+        "origin": origin_line(&report.origin),
         "anchors": anchors_line(&report.anchors),
+        "anchor_count": match report.anchors {
+            AnchorsVerdict::Valid { count, .. } => Some(count),
+            _ => None,
+        },
         "counter": counter_line(&report.counter),
         "current": current_line(&report.current),
-        "unanchored": report.unanchored,
+        "tpm_counter": current_counter,
+        "protected_records": report.coverage.map(|coverage| coverage.protected),
+        "unprotected_tail": report.coverage.map(|coverage| coverage.size - coverage.protected),
+        "acknowledged_gaps": report.acknowledged_gaps.iter().map(|gap| json!({
+            "after": gap.after, "next": gap.next, "reviewed_by": gap.reviewed_by, "reason": gap.reason,
+        })).collect::<Vec<_>>(),
     })
 }
