@@ -22,7 +22,7 @@ step "starting swtpm (a software TPM: fine for a demo, proves nothing against ro
 TCTI=$(bash "$here/swtpm.sh" start "$work/tpm")
 echo "TCTI=$TCTI"
 
-step "provisioning the TPM: NV counter + attestation key (the AK public key is what verifiers pin)"
+step "provisioning the TPM: NV counter, owner record, attestation key and owner key"
 "$bin/tallyd" --data-dir "$work/data" --tcti "$TCTI" provision >"$work/ak.pem"
 cat "$work/ak.pem"
 
@@ -45,6 +45,10 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+step "the log's identity, born with its genesis anchor: what a verifier pins (here: copied off the host now)"
+"$bin/tallyd" --data-dir "$work/data" identity >"$work/identity.json"
+cat "$work/identity.json"
+
 step "appending events"
 "$bin/tally" append --kind model.load --actor inference-1 --subject llama-3-8b \
     --attr model_sha256=9f2c... --payload '{"quantization":"q4"}' --content-type application/json
@@ -60,18 +64,17 @@ step "the last two events"
 step "anchoring the head in the TPM now (it also happens every 10 s by itself)"
 "$bin/tally" anchor
 
-step "export, then a fresh TPM attestation for a nonce only the verifier knows"
-"$bin/tally" export --out "$work/log.tally"
+step "export, and a fresh TPM attestation for a nonce only the verifier knows (carrying any anchor made since)"
 nonce=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-"$bin/tally" attest --nonce "$nonce" --out "$work/fresh.att"
+"$bin/tally" export --out "$work/log.tally" --attest "$work/fresh.att" --nonce "$nonce"
 
-step "verify offline: chain, anchors (AK), counter continuity, currentness (attestation)"
-"$bin/tally" verify "$work/log.tally" --ak "$work/ak.pem" --log-key "$work/data/tpm/log-key.pub" \
+step "verify offline against the pinned identity: chain, origin (genesis), anchors, counter, currentness"
+"$bin/tally" verify "$work/log.tally" --identity "$work/identity.json" \
     --attestation "$work/fresh.att" --nonce "$nonce"
 
-step "a Merkle inclusion proof of one event, checked with only the AK and the log key"
+step "a Merkle inclusion proof of one event, checked with only the identity"
 "$bin/tally" prove inclusion --seq 4242 --out "$work/seq4242.proof"
-"$bin/tally" verify-proof "$work/seq4242.proof" --ak "$work/ak.pem" --log-key "$work/data/tpm/log-key.pub"
+"$bin/tally" verify-proof "$work/seq4242.proof" --identity "$work/identity.json"
 
 step "tampering with one byte of one record: verify must fail and name it"
 python3 - "$work/log.tally" "$work/tampered.tally" <<'PY'
@@ -80,8 +83,12 @@ data = bytearray(open(sys.argv[1], "rb").read())
 data[len(data) // 2] ^= 0x01
 open(sys.argv[2], "wb").write(data)
 PY
-if "$bin/tally" verify "$work/tampered.tally" --ak "$work/ak.pem"; then
-    echo "DEMO FAILED: the tampered bundle verified" >&2
+set +e
+"$bin/tally" verify "$work/tampered.tally" --identity "$work/identity.json"
+code=$?
+set -e
+if [ "$code" != 1 ]; then
+    echo "DEMO FAILED: the tampered bundle did not FAIL (exit $code)" >&2
     exit 1
 fi
 step "stopping tallyd (clean shutdown), then cross-checking with tpm2-tools"
