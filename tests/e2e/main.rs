@@ -8,6 +8,7 @@
 
 mod access;
 mod anchoring;
+mod anchoring_v2;
 mod bad_input;
 mod cli;
 mod concurrency;
