@@ -12,7 +12,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::anchor::{AnchorPolicy, VerifiedAnchor};
 use crate::evidence::verify::{AkPublicKey, EvidenceKeys};
 use crate::record::Hash;
 
@@ -34,6 +33,19 @@ pub enum IdentityError {
     },
     #[error("field {field}: {why}")]
     Field { field: &'static str, why: String },
+}
+
+/// What a verifier pins: the two TPM keys, the counter index and, from a log
+/// identity, the log id and the log's checkpoint key.
+#[derive(Debug, Clone)]
+pub struct AnchorPolicy {
+    pub keys: EvidenceKeys,
+    pub counter_index: u32,
+    /// The log's Ed25519 checkpoint key; when set, every checkpoint must be a
+    /// C2SP signed note with a valid signature by it.
+    pub log_key: Option<crate::note::Verifier>,
+    /// When set, every checkpoint must be for this log.
+    pub log_id: Option<[u8; 16]>,
 }
 
 /// The TPM's self-description at provisioning (informational).
@@ -200,20 +212,22 @@ struct GapAckFile {
 }
 
 impl GapAck {
-    /// The acknowledgement of the gap between two verified anchors.
+    /// The acknowledgement of the gap between two verified anchors, each
+    /// given as (counter, anchor hash).
     pub fn between(
-        after: &VerifiedAnchor,
-        next: &VerifiedAnchor,
+        log_id: [u8; 16],
+        after: (u64, Hash),
+        next: (u64, Hash),
         reviewed_by: &str,
         reason: &str,
         reviewed_at_unix: u64,
     ) -> GapAck {
         GapAck {
-            log_id: after.checkpoint.log_id,
-            after_counter: after.counter,
-            after_anchor: after.hash,
-            next_counter: next.counter,
-            next_anchor: next.hash,
+            log_id,
+            after_counter: after.0,
+            after_anchor: after.1,
+            next_counter: next.0,
+            next_anchor: next.1,
             reviewed_by: reviewed_by.to_owned(),
             reason: reason.to_owned(),
             reviewed_at_unix,

@@ -7,19 +7,19 @@
 
 use prost::Message;
 use tally_attest::anchor::{
-    check_note_signature, decode_anchor, AnchorPolicy, Checkpoint, EvidenceRecord, FreshAttestation,
+    check_note_signature, decode_anchor, verify_anchor, AnchorPolicy, Checkpoint, EvidenceRecord,
+    FreshAttestation,
 };
 use tally_attest::evidence::parse::{parse_attest, parse_pcr_selection_bytes, parse_signature};
-use tally_attest::evidence::verify::{AkPublicKey, VerifyError};
-use tally_attest::note::Verifier;
+use tally_attest::evidence::verify::{AkPublicKey, EvidenceKeys};
+use tally_attest::identity::{GapAck, LogIdentity};
+use tally_attest::verify::{AnchorChecks, Origin};
 use tally_attest::{verify_bundle, VerifyOptions};
 
-/// The AK of the swtpm that produced the seed bundle and `fresh.att`: with it
-/// the fuzzer reaches the "evidence verifies" paths, not only the parsers.
-const SWTPM_AK_PEM: &str = include_str!("../fixtures/swtpm-ak.pem");
-
-/// The checkpoint (C2SP signed note) key of the log that made the seeds.
-const LOG_KEY: &str = include_str!("../fixtures/log-key.pub");
+/// The identity of the log (on swtpm) that produced the seed bundle and
+/// `fresh.att`: with it the fuzzer reaches the "evidence verifies" paths,
+/// not only the parsers.
+const IDENTITY: &str = include_str!("../fixtures/identity.json");
 
 /// A fresh attestation from that swtpm (log size 3, counter 3) and its nonce.
 const FRESH_ATTESTATION: &[u8] = include_bytes!("../fixtures/fresh.att");
@@ -43,7 +43,7 @@ const COUNTER_INDEX: u32 = 0x01c1_7a11;
 /// Fixed verifier inputs, built once per process.
 #[derive(Debug)]
 pub struct Fixtures {
-    swtpm: AnchorPolicy,
+    identity: LogIdentity,
     unrelated: AnchorPolicy,
     fresh: FreshAttestation,
 }
@@ -51,21 +51,28 @@ pub struct Fixtures {
 impl Fixtures {
     /// Fails only on a broken checkout (the fixtures are not findings).
     pub fn load() -> Result<Fixtures, String> {
-        let log_key = Verifier::parse(LOG_KEY.trim()).map_err(|err| err.to_string())?;
-        let ak = |key: Result<AkPublicKey, VerifyError>| key.map_err(|err| err.to_string());
+        let unrelated =
+            AkPublicKey::from_sec1(&UNRELATED_AK_SEC1).map_err(|err| err.to_string())?;
         Ok(Fixtures {
-            swtpm: AnchorPolicy {
-                ak: ak(AkPublicKey::from_pem(SWTPM_AK_PEM))?,
-                counter_index: COUNTER_INDEX,
-                log_key: Some(log_key),
-            },
+            identity: LogIdentity::from_json(IDENTITY).map_err(|err| err.to_string())?,
             unrelated: AnchorPolicy {
-                ak: ak(AkPublicKey::from_sec1(&UNRELATED_AK_SEC1))?,
+                keys: EvidenceKeys {
+                    ak: unrelated.clone(),
+                    owner_key: unrelated,
+                },
                 counter_index: COUNTER_INDEX,
                 log_key: None,
+                log_id: None,
             },
             fresh: FreshAttestation::decode(FRESH_ATTESTATION).map_err(|err| err.to_string())?,
         })
+    }
+
+    fn genesis(&self) -> Origin {
+        Origin::Genesis {
+            counter: self.identity.genesis_counter,
+            anchor: self.identity.genesis_anchor,
+        }
     }
 }
 
@@ -73,34 +80,57 @@ impl Fixtures {
 /// and with the swtpm's AK and log key plus a fresh attestation. Returns how
 /// many of the three runs produced a report (for the corpus test's summary).
 pub fn bundle_verify(data: &[u8], fixtures: &Fixtures) -> usize {
+    // An acknowledgement that names no real anchors: it must never turn a
+    // finding into a PASS, and parsing it in the loop costs nothing.
+    let gap = [GapAck {
+        log_id: fixtures.identity.log_id,
+        after_counter: 1,
+        after_anchor: [1; 32],
+        next_counter: 9,
+        next_anchor: [9; 32],
+        reviewed_by: "fuzz".into(),
+        reason: "fuzz".into(),
+        reviewed_at_unix: 0,
+    }];
     let runs = [
         VerifyOptions::default(),
         VerifyOptions {
             policy: Some(&fixtures.unrelated),
-            fresh: None,
+            ..VerifyOptions::default()
         },
         VerifyOptions {
-            policy: Some(&fixtures.swtpm),
+            policy: Some(&fixtures.identity.policy),
+            origin: Some(fixtures.genesis()),
             fresh: Some((&fixtures.fresh, &FRESH_NONCE)),
+            acknowledged_gaps: &gap,
+            anchor_checks: AnchorChecks::All,
+        },
+        VerifyOptions {
+            policy: Some(&fixtures.identity.policy),
+            origin: Some(fixtures.genesis()),
+            anchor_checks: AnchorChecks::Newest,
+            ..VerifyOptions::default()
         },
     ];
     runs.into_iter()
         .filter_map(|options| verify_bundle(data, options, |_, _| {}).ok())
         // Rendering the verdicts runs every Display impl on hostile values too.
         .map(|report| {
-            let _ = format!("{report:?} {}", report.passed());
+            let _ = format!("{report:?} {:?}", report.verdict());
         })
         .count()
 }
 
-/// True when `data` verifies completely (chain, anchors, counter, current)
-/// with the fixtures' swtpm AK, log key and fresh attestation: holds for the
+/// True when `data` verifies completely (chain, origin, anchors, counter,
+/// current) with the fixtures' identity and fresh attestation: holds for the
 /// seed bundle `corpus/bundle_verify/anchored_swtpm.tally`, which keeps the
 /// fixtures and the seeds from drifting apart.
 pub fn passes_with_fixtures(data: &[u8], fixtures: &Fixtures) -> bool {
     let options = VerifyOptions {
-        policy: Some(&fixtures.swtpm),
+        policy: Some(&fixtures.identity.policy),
+        origin: Some(fixtures.genesis()),
         fresh: Some((&fixtures.fresh, &FRESH_NONCE)),
+        ..VerifyOptions::default()
     };
     verify_bundle(data, options, |_, _| {}).is_ok_and(|report| report.passed())
 }
@@ -112,14 +142,19 @@ pub fn passes_with_fixtures(data: &[u8], fixtures: &Fixtures) -> bool {
 pub fn parse_all(data: &[u8], fixtures: &Fixtures) -> usize {
     let mut parsed = count([
         Checkpoint::parse(data).is_ok(),
-        check_note_signature(&fixtures.swtpm, data).is_ok(),
+        check_note_signature(&fixtures.identity.policy, data).is_ok(),
+        verify_anchor(&fixtures.identity.policy, data).is_ok(),
+        LogIdentity::from_json(&String::from_utf8_lossy(data)).is_ok(),
+        GapAck::from_json(&String::from_utf8_lossy(data)).is_ok(),
         parse_attest(data).is_ok(),
         parse_signature(data).is_ok(),
         parse_pcr_selection_bytes(data).is_ok(),
     ]);
     if let Ok(anchor) = decode_anchor(data) {
         parsed += 1 + usize::from(Checkpoint::parse(&anchor.checkpoint).is_ok());
-        parsed += usize::from(check_note_signature(&fixtures.swtpm, &anchor.checkpoint).is_ok());
+        parsed += usize::from(
+            check_note_signature(&fixtures.identity.policy, &anchor.checkpoint).is_ok(),
+        );
         parsed += anchor.evidence.as_ref().map_or(0, parse_evidence);
     }
     if let Ok(fresh) = FreshAttestation::decode(data) {

@@ -2,57 +2,15 @@
 //! fresh attestation (docs/DESIGN.md section 9). Every failure is a named
 //! variant; nothing here reads a file or talks to a TPM.
 
-use crate::anchor::{
+use crate::anchor::error::AnchorError;
+use crate::anchor::format::{
     anchor_hash, anchor_qualifying_data, decode_anchor, fresh_qualifying_data, Checkpoint,
     EvidenceRecord, FreshAttestation,
 };
 use crate::evidence::parse::ClockInfo;
-use crate::evidence::verify::{
-    verify_evidence, EvidenceKeys, VerifiedEvidence, VerifyError as EvidenceError,
-};
-use crate::identity::GapAck;
+use crate::evidence::verify::{verify_evidence, VerifiedEvidence, VerifyError as EvidenceError};
+use crate::identity::{AnchorPolicy, GapAck};
 use crate::record::Hash;
-
-/// What a verifier pins: the two TPM keys, the counter index and, from a log
-/// identity, the log id and the log's checkpoint key.
-#[derive(Debug, Clone)]
-pub struct AnchorPolicy {
-    pub keys: EvidenceKeys,
-    pub counter_index: u32,
-    /// The log's Ed25519 checkpoint key; when set, every checkpoint must be a
-    /// C2SP signed note with a valid signature by it.
-    pub log_key: Option<crate::note::Verifier>,
-    /// When set, every checkpoint must be for this log.
-    pub log_id: Option<[u8; 16]>,
-}
-
-/// Why an anchor or attestation does not verify.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AnchorError {
-    #[error("malformed record: {0}")]
-    Decode(String),
-    #[error("checkpoint is malformed: {0}")]
-    BadCheckpoint(&'static str),
-    #[error("the checkpoint has no anchor line: it is not an anchor's")]
-    MissingAnchorLine,
-    #[error("a fresh attestation's checkpoint must not carry an anchor line")]
-    UnexpectedAnchorLine,
-    #[error("the anchor line names counter {line} but the TPM certified {certified}")]
-    CounterLineMismatch { line: u64, certified: u64 },
-    #[error("no TPM evidence")]
-    MissingEvidence,
-    #[error("counter index {found:#010x} is not the pinned index {expected:#010x}")]
-    WrongCounterIndex { expected: u32, found: u32 },
-    #[error("TPM evidence does not verify: {0}")]
-    Evidence(EvidenceError),
-    #[error("checkpoint is for log {found}, not {expected}")]
-    WrongLog { expected: String, found: String },
-    #[error("attestation was made for another nonce (replayed or mixed up)")]
-    NonceMismatch,
-    #[error("checkpoint signature: {0}")]
-    CheckpointSignature(String),
-}
 
 /// An anchor whose TPM evidence verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,7 +368,7 @@ pub fn clock_finding(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::anchor::AnchorLine;
+    use crate::anchor::format::AnchorLine;
 
     fn anchor(counter: u64, size: u64, reset_count: u32, clock: u64) -> VerifiedAnchor {
         let clock = ClockInfo {

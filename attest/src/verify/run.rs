@@ -339,17 +339,17 @@ pub fn verify_bundle<R: BufRead>(
         .policy
         .map(|policy| AnchorPass::new(policy, options, &header));
     if let Some(pass) = pass.as_mut() {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(BATCH + 1);
         let mut buf = Vec::new();
         while reader.next_anchor(&mut buf)? {
             batch.push(std::mem::take(&mut buf));
-            if batch.len() == BATCH {
-                // Whether this batch holds the last anchor is known only
-                // from the next section; a full batch is never the last
-                // for `--anchors newest` unless nothing follows, which the
-                // final (possibly empty) batch below handles.
-                let next = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                pass.run_batch(next, false);
+            if batch.len() > BATCH {
+                // Keep the newest anchor back: whether it is the bundle's
+                // last (checked in full under `--anchors newest`) is known
+                // only once the next section is read.
+                let newest = batch.pop().into_iter().collect();
+                let full = std::mem::replace(&mut batch, newest);
+                pass.run_batch(full, false);
             }
         }
         pass.run_batch(batch, true);

@@ -121,8 +121,9 @@ pub fn gap_ack(args: &GapAckArgs) -> anyhow::Result<()> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |elapsed| elapsed.as_secs());
                 let ack = GapAck::between(
-                    &after,
-                    &anchor,
+                    after.checkpoint.log_id,
+                    (after.counter, after.hash),
+                    (anchor.counter, anchor.hash),
                     &args.reviewed_by,
                     &args.reason,
                     reviewed_at_unix,
