@@ -746,3 +746,39 @@ async fn a_reviewed_power_loss_gap_passes_once_acknowledged() {
     expect(&run, 0, "PASS with 1 acknowledged gap (counter");
     assert!(run.stdout.contains("power cut in rack 4"), "{}", run.stdout);
 }
+
+#[test]
+fn the_documented_hardening_makes_tpm2_clear_fail() {
+    //! docs/OPERATIONS.md "Hardening": set a lockout auth kept off the host,
+    //! then TPM2_ClearControl(disable): TPM2_Clear fails with the empty
+    //! lockout auth, and even with the secret, until platform auth re-enables it.
+    let Some(tpm) = Swtpm::start() else { return };
+    let ran = |bin: &str, args: &[&str]| {
+        let out = tpm.tool(bin, args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(ran("tpm2_changeauth", &["-c", "lockout", "kept-off-host"]).0);
+    assert!(
+        ran(
+            "tpm2_clearcontrol",
+            &["-C", "l", "-P", "kept-off-host", "s"]
+        )
+        .0
+    );
+    let caps = tpm.tool("tpm2_getcap", &["properties-variable"]);
+    let caps = String::from_utf8_lossy(&caps.stdout).into_owned();
+    assert!(
+        caps.lines()
+            .any(|line| line.contains("disableClear") && line.trim_end().ends_with('1')),
+        "{caps}"
+    );
+    let (cleared, err) = ran("tpm2_clear", &["-c", "l"]);
+    assert!(!cleared, "TPM2_Clear with the empty lockout auth must fail");
+    assert!(err.contains("authorization"), "{err}");
+    let (cleared, err) = ran("tpm2_clear", &["-c", "l", "kept-off-host"]);
+    assert!(!cleared, "TPM2_Clear must stay disabled");
+    assert!(err.contains("disabled"), "{err}");
+}
