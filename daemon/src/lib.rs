@@ -9,6 +9,7 @@ pub mod access;
 pub mod anchor;
 pub mod config;
 pub mod datadir;
+pub mod exposure;
 mod handlers;
 pub mod journal;
 pub mod limits;
@@ -28,13 +29,13 @@ use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::anchor::{Anchorer, StartupError};
+use crate::anchor::{startup, Anchorer, StartupError};
 use crate::config::{Config, ConfigError};
 use crate::datadir::{DataDirError, DataDirLock};
 use crate::journal::{Journal, JournalError};
+use crate::sequencer::SequencerHandle;
 use crate::server::{Anchoring, Shared};
 use crate::socket::SocketError;
-use crate::store::Head;
 use crate::store::{Store, StoreError};
 
 /// e.g. "tallyd/0.1.0".
@@ -65,6 +66,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("this log has no identity yet: it is born with the log's genesis anchor, at the first start with a TPM")]
+    NoIdentity,
 }
 
 /// Choices made on the command line for one run.
@@ -72,8 +75,9 @@ pub enum DaemonError {
 pub struct RunOptions {
     /// The config file, re-read for `[access]` on SIGHUP.
     pub config_path: Option<std::path::PathBuf>,
-    /// Operator override: start although the TPM counter does not match the
-    /// store (logged; verifiers still report the gap).
+    /// Operator override: start although the TPM counter is ahead of the store's
+    /// newest anchor (a rollback): anchor at once at the TPM's value (logged;
+    /// verifiers report the gap until it is reviewed).
     pub accept_rollback: bool,
 }
 
@@ -110,25 +114,37 @@ fn reload_access_on_sighup(
     });
 }
 
-/// Starts the TPM worker and provisions idempotently: the counter index and
-/// the attestation key. Writes the AK public key (PEM and TPM2B_PUBLIC) and
-/// any EK certificates to `<data_dir>/tpm/`.
-pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), DaemonError> {
+/// Starts the TPM worker (it connects on its first request).
+pub fn spawn_tpm(config: &Config) -> Result<TpmHandle, DaemonError> {
     // Hierarchy passwords come from the environment only, never from the
     // config file (which is often world-readable).
     let auth = |name: &str| std::env::var(name).unwrap_or_default().into_bytes();
-    let tpm = TpmHandle::spawn(TpmConfig {
+    Ok(TpmHandle::spawn(TpmConfig {
         tcti: config.tpm.tcti.clone(),
         counter_index: config.tpm.counter_index()?,
         pcrs: PcrSpec::parse(&config.tpm.pcrs)?,
         owner_auth: auth("TALLYD_TPM_OWNER_AUTH"),
         endorsement_auth: auth("TALLYD_TPM_ENDORSEMENT_AUTH"),
         ..TpmConfig::default()
-    })?;
+    })?)
+}
+
+/// Starts the TPM worker and provisions idempotently (see [`provision_with`]).
+pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), DaemonError> {
+    let tpm = spawn_tpm(config)?;
+    let provisioned = provision_with(&tpm, config).await?;
+    Ok((tpm, provisioned))
+}
+
+/// Provisions idempotently: the counter index, the attestation key and the
+/// owner key. Writes their public keys (`ak.pem`, `ak.pub` as TPM2B_PUBLIC,
+/// `owner-key.pem`) and any EK certificates to `<data_dir>/tpm/`.
+pub async fn provision_with(tpm: &TpmHandle, config: &Config) -> Result<Provisioned, DaemonError> {
     let provisioned = tpm.provision().await?;
     let dir = config.data_dir.join("tpm");
     write_file(&dir, "ak.pem", provisioned.ak.pem.as_bytes())?;
     write_file(&dir, "ak.pub", &provisioned.ak.tpm2b_public)?;
+    write_file(&dir, "owner-key.pem", provisioned.owner_key.pem.as_bytes())?;
     for cert in &provisioned.ek_certificates {
         write_file(&dir, &format!("ek-{:08x}.der", cert.index), &cert.der)?;
     }
@@ -144,9 +160,44 @@ pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), Daem
         counter = provisioned.counter,
         defined_now = provisioned.counter_defined_now,
         ak = %dir.join("ak.pem").display(),
+        owner_key = %dir.join("owner-key.pem").display(),
         "TPM provisioned"
     );
-    Ok((tpm, provisioned))
+    Ok(provisioned)
+}
+
+/// Where the identity file is written: `<data_dir>/tpm/identity.json`.
+pub fn identity_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("tpm").join("identity.json")
+}
+
+/// Writes the store's identity to `<data_dir>/tpm/identity.json` (when it is
+/// missing or differs: the store is the source) and logs where it is.
+fn write_identity_file(config: &Config, store: &Store) -> Result<(), DaemonError> {
+    let Some(json) = store.identity()? else {
+        return Ok(());
+    };
+    let path = identity_path(&config.data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == json => {}
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "the identity file differs from the store's identity: rewriting it from the store");
+            write_file(&config.data_dir.join("tpm"), "identity.json", json.as_bytes())?;
+        }
+        Err(_) => write_file(&config.data_dir.join("tpm"), "identity.json", json.as_bytes())?,
+    }
+    tracing::info!(
+        identity = %path.display(),
+        "this log's identity: give verifiers a copy over a channel they trust (tally verify --identity)"
+    );
+    Ok(())
+}
+
+/// The log identity JSON from the store at `config.data_dir` (read-only: the
+/// daemon may be running).
+pub fn read_identity(config: &Config) -> Result<String, DaemonError> {
+    let dir = datadir::store_dir(&config.data_dir);
+    Store::read_identity(&dir)?.ok_or(DaemonError::NoIdentity)
 }
 
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DaemonError> {
@@ -156,30 +207,39 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::WriteFile { path, source })
 }
 
-/// Provisions, runs the start-up check (which completes an interrupted
-/// anchor, or refuses a store that is behind the TPM), and starts the
-/// anchoring task.
+/// Checks the TPM against the store, provisions, loads the log key, runs the
+/// start-up table (genesis, closing an interrupted anchor, or a refusal), and
+/// starts the anchoring task.
 async fn start_anchoring(
     config: &Config,
     options: &RunOptions,
     store: &Arc<store::Store>,
-    head: watch::Receiver<Head>,
+    sequencer: &SequencerHandle,
     shutdown: &CancellationToken,
 ) -> Result<(Anchoring, tokio::task::JoinHandle<Anchorer>), DaemonError> {
-    let (tpm, _) = provision(config).await?;
+    let tpm = spawn_tpm(config)?;
+    let timeout = Duration::from_secs(config.tpm.timeout_secs);
+    // Before provisioning, which would define a counter a TPM2_Clear deleted.
+    startup::check_before_provisioning(&tpm, store, config.tpm.counter_index()?, timeout).await?;
+    let provisioned = provision_with(&tpm, config).await?;
     let interval = Duration::from_secs(config.tpm.anchor_interval_secs);
     let origin = format!("tally/{}", hex::encode(store.log_id()));
     let signer =
         Arc::new(log_key::load_or_create(&tpm, &config.data_dir.join("tpm"), &origin).await?);
+    let ack_times = sequencer.ack_times();
     let mut anchorer = Anchorer::new(
         store.clone(),
         tpm.clone(),
         signer.clone(),
-        head,
+        sequencer.downgrade(),
+        ack_times.clone(),
         interval,
-        Duration::from_secs(config.tpm.timeout_secs),
+        timeout,
     )?;
-    anchorer.startup_check(options.accept_rollback).await?;
+    anchorer
+        .start_up(options.accept_rollback, &provisioned)
+        .await?;
+    write_identity_file(config, store)?;
     let status = anchorer.status.clone();
     let (commands, commands_rx) = mpsc::channel(16);
     let task = tokio::spawn(anchorer.run(interval, commands_rx, shutdown.clone()));
@@ -189,7 +249,8 @@ async fn start_anchoring(
             signer,
             commands,
             status,
-            timeout: Duration::from_secs(config.tpm.timeout_secs),
+            ack_times,
+            timeout,
         },
         task,
     ))
@@ -229,14 +290,8 @@ pub async fn run(
         sequencer::start(store.clone(), journal, config.batch_policy())?;
     let (anchoring, anchor_task) = if config.tpm.enabled {
         let anchor_shutdown = CancellationToken::new();
-        let (anchoring, task) = start_anchoring(
-            config,
-            &options,
-            &store,
-            sequencer.head.clone(),
-            &anchor_shutdown,
-        )
-        .await?;
+        let (anchoring, task) =
+            start_anchoring(config, &options, &store, &sequencer, &anchor_shutdown).await?;
         (Some(anchoring), Some((task, anchor_shutdown)))
     } else {
         tracing::warn!("TPM anchoring is OFF: the log is a hash chain only, and a root attacker can rewrite it undetected");
@@ -298,7 +353,8 @@ pub async fn run(
         }
     }
     if let Some((task, anchor_shutdown)) = anchor_task {
-        // Stop periodic anchoring, then anchor what the drain committed.
+        // Stop periodic anchoring, then anchor what the drain committed (the
+        // stopped sequencer applied the ack journal: this is every acked event).
         anchor_shutdown.cancel();
         match task.await {
             Ok(mut anchorer) => anchorer.final_anchor().await,

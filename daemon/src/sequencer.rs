@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use prost::Message;
 use tally_client::proto::{Event, Peer, RecordBody};
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit};
 
+use crate::exposure::AckTimes;
 use crate::journal::Journal;
 use crate::store::{Batch, Head, Store, StoreError, Tip};
 use tally_attest::merkle::Frontier;
@@ -179,6 +180,35 @@ pub struct SequencerHandle {
     pub head: watch::Receiver<Head>,
 }
 
+/// A handle that does not keep the sequencer running: the anchorer holds one, so
+/// that dropping every [`SequencerHandle`] still stops the commit thread.
+#[derive(Debug, Clone)]
+pub struct WeakSequencer {
+    submitter: Weak<Submitter>,
+    /// The store's head, as [`SequencerHandle::head`] (also sent once more when the
+    /// commit thread stops, after its last apply).
+    pub head: watch::Receiver<Head>,
+}
+
+impl WeakSequencer {
+    /// [`SequencerHandle::settle`] while the sequencer runs. Once it has stopped, its
+    /// commit thread has applied the journal (or logged why not) and `head` is final:
+    /// `Ok` without waiting.
+    pub async fn settle(&self) -> Result<(), String> {
+        let Some(submitter) = self.submitter.upgrade() else {
+            return Ok(());
+        };
+        // Dropped at the end of this call: if every other handle went meanwhile, this
+        // drop closes the pipeline, as the last handle's drop would have.
+        SequencerHandle {
+            submitter,
+            head: self.head.clone(),
+        }
+        .settle()
+        .await
+    }
+}
+
 /// Closes the pipeline when the last handle goes.
 #[derive(Debug)]
 struct Submitter {
@@ -219,6 +249,19 @@ impl SequencerHandle {
             };
             drained.await;
         }
+    }
+
+    /// A handle that does not keep the sequencer running.
+    pub fn downgrade(&self) -> WeakSequencer {
+        WeakSequencer {
+            submitter: Arc::downgrade(&self.submitter),
+            head: self.head.clone(),
+        }
+    }
+
+    /// When the events not yet anchored were acked (the sequencer records every ack).
+    pub fn ack_times(&self) -> Arc<AckTimes> {
+        self.submitter.pipeline.ack_times.clone()
     }
 
     /// Like [`SequencerHandle::submit`], but never waits.
@@ -299,6 +342,8 @@ struct Pipeline {
     durable: Mutex<Durable>,
     /// Size of the log as acked (journaled or in the store).
     acked: AtomicU64,
+    /// When each batch not yet anchored was acked (status' exposure window).
+    ack_times: Arc<AckTimes>,
     /// Small batches go to the ack journal.
     journal_enabled: bool,
     /// The store's head, sent after every LMDB commit.
@@ -408,6 +453,7 @@ impl Pipeline {
             drained: Notify::new(),
             policy,
             acked: AtomicU64::new(batch.head().size),
+            ack_times: Arc::new(AckTimes::new(batch.head().size)),
             journal_enabled: journal.is_some() && policy.journal_max_bytes > 0,
             durable: Mutex::new(Durable {
                 journal,
@@ -484,6 +530,8 @@ impl Pipeline {
         match committed {
             Ok(place) => {
                 self.acked.store(taken.batch.tip().size, Ordering::Release);
+                self.ack_times
+                    .acked(taken.batch.tip().size, crate::exposure::now_unix_nanos());
                 if place == Place::Store {
                     self.head_tx.send_replace(taken.batch.head());
                 }
@@ -849,10 +897,16 @@ fn commit_loop(pipeline: &Pipeline) {
             Work::Apply => pipeline.apply(role),
             Work::Stop => {
                 match lock_durable(pipeline).apply(&pipeline.store) {
-                    Ok(head) => tracing::debug!(
-                        size = head.map(|head| head.size),
-                        "sequencer stopped: every handle dropped, all committed"
-                    ),
+                    Ok(head) => {
+                        // The final anchor (after the drain) reads the head here.
+                        if let Some(head) = head {
+                            pipeline.head_tx.send_replace(head);
+                        }
+                        tracing::debug!(
+                            size = head.map(|head| head.size),
+                            "sequencer stopped: every handle dropped, all committed"
+                        )
+                    }
                     Err(err) => tracing::error!(
                         %err,
                         "sequencer stopped with events in the ack journal: the next start commits them to the store"

@@ -12,9 +12,8 @@
 //! | `meta`    | `"format_version"`    | u32 big-endian                         |
 //! | `meta`    | `"log_id"`            | 16 random bytes                        |
 //! | `meta`    | `"head"`              | size u64 big-endian \|\| head hash (32) |
-//! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor) |
-//! | `meta`    | `"anchor_intent"`     | counter u64 BE: an increment to this value is in progress |
-//! | `meta`    | `"tpm_counter_base"`  | TPM counter u64 BE when anchoring began for this log |
+//! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor), the bytes hashed |
+//! | `meta`    | `"identity"`          | the log identity JSON (attest::identity), written with the genesis anchor |
 //! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 4) |
 //! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
 //! | `meta`    | `"journal_key"`       | 32 random bytes keying the ack journal's frame tags |
@@ -23,7 +22,9 @@
 //! the records (level 0 is a record's entry hash).
 //!
 //! Two threads write: the sequencer (records, `head`) and the anchorer
-//! (anchors, intent, base; a few small transactions per anchor). LMDB
+//! (anchors and, with the genesis anchor, `identity`; one small transaction
+//! per anchor). No meta key authorizes anything about the TPM counter: an
+//! anchor is committed only with evidence at its counter value. LMDB
 //! serialises write transactions; both open theirs under the resize gate.
 //!
 //! Commit order of a batch: records are put with `MDB_APPEND` in seq order,
@@ -44,13 +45,12 @@ use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
 /// Version of the on-disk layout described above. A data directory written
 /// with another version is refused, never silently reinterpreted.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const META_FORMAT_VERSION: &str = "format_version";
 const META_LOG_ID: &str = "log_id";
 const META_HEAD: &str = "head";
-const META_ANCHOR_INTENT: &str = "anchor_intent";
-const META_TPM_COUNTER_BASE: &str = "tpm_counter_base";
+const META_IDENTITY: &str = "identity";
 const META_FRONTIER: &str = "frontier";
 const META_JOURNAL_KEY: &str = "journal_key";
 
@@ -159,6 +159,12 @@ pub enum StoreError {
     Lmdb(#[from] heed::Error),
     #[error("data directory was written by format version {found}; this tallyd reads format version {FORMAT_VERSION} only")]
     IncompatibleFormat { found: u32 },
+    #[error(
+        "data directory was written by format {found} (anchoring v1: anchor intent and counter base); this tallyd \
+         writes format {FORMAT_VERSION} (anchoring v2: closed counter values, owner key, log identity) and cannot read it. \
+         Export the log with the old tallyd (tally export), keep the bundle, and start this tallyd on a new data directory"
+    )]
+    AnchoringV1 { found: u32 },
     #[error("store metadata is corrupt: {0}")]
     CorruptMeta(&'static str),
     #[error("store is inconsistent: {0}")]
@@ -424,6 +430,9 @@ impl Store {
                 let version = <[u8; 4]>::try_from(version)
                     .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
                 let found = u32::from_be_bytes(version);
+                if (1..FORMAT_VERSION).contains(&found) {
+                    return Err(StoreError::AnchoringV1 { found });
+                }
                 if found != FORMAT_VERSION {
                     return Err(StoreError::IncompatibleFormat { found });
                 }
@@ -782,13 +791,7 @@ impl Store {
     pub fn anchor_for_size(&self, size: u64) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        let covered = |bytes: &[u8]| {
-            tally_attest::anchor::decode_anchor(bytes)
-                .ok()
-                .and_then(|record| tally_attest::anchor::Checkpoint::parse(&record.checkpoint).ok())
-                .map(|checkpoint| checkpoint.size)
-                .ok_or(StoreError::CorruptMeta("an anchor record does not decode"))
-        };
+        let covered = anchor_size;
         let found = |entry: Option<(u64, &[u8])>| -> Result<_, StoreError> {
             match entry {
                 Some((counter, bytes)) => {
@@ -832,58 +835,82 @@ impl Store {
         found(before.transpose()?)
     }
 
-    /// The pending anchor intent (an increment to this counter value was
-    /// started and its anchor not yet committed), if any.
-    pub fn anchor_intent(&self) -> Result<Option<u64>, StoreError> {
-        self.meta_u64(META_ANCHOR_INTENT)
-    }
-
-    /// The TPM counter value when anchoring began for this log, if it has.
-    pub fn tpm_counter_base(&self) -> Result<Option<u64>, StoreError> {
-        self.meta_u64(META_TPM_COUNTER_BASE)
-    }
-
-    /// Durably records that an increment to `counter` is about to happen.
-    /// Contract: returns only once committed (fsynced).
-    pub fn put_anchor_intent(&self, counter: u64) -> Result<(), StoreError> {
-        self.write_meta(|store, wtxn| {
-            store
-                .meta
-                .put(wtxn, META_ANCHOR_INTENT, &counter.to_be_bytes())
-        })
-    }
-
-    /// Durably clears the anchor intent (the increment did not happen or is moot).
-    pub fn clear_anchor_intent(&self) -> Result<(), StoreError> {
-        self.write_meta(|store, wtxn| store.meta.delete(wtxn, META_ANCHOR_INTENT).map(|_| ()))
-    }
-
-    /// Durably sets the TPM counter base (anchoring starts, or an operator
-    /// accepted a counter jump).
-    pub fn set_tpm_counter_base(&self, counter: u64) -> Result<(), StoreError> {
-        self.write_meta(|store, wtxn| {
-            store
-                .meta
-                .put(wtxn, META_TPM_COUNTER_BASE, &counter.to_be_bytes())
-        })
-    }
-
-    /// Commits an anchor record and clears the intent, in one transaction.
-    pub fn commit_anchor(&self, counter: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.write_meta(|store, wtxn| {
-            store.anchors.put(wtxn, &counter, record)?;
-            store.meta.delete(wtxn, META_ANCHOR_INTENT).map(|_| ())
-        })
-    }
-
-    fn meta_u64(&self, key: &str) -> Result<Option<u64>, StoreError> {
+    /// The *oldest* anchor whose checkpoint covers exactly `size` records (`size`
+    /// 0 included: the genesis anchor of a log anchored while empty), with its
+    /// counter and size. Later anchors may cover the same size (an anchor on
+    /// request, a gap anchor); [`Store::anchor_for_size`] finds the newest.
+    pub fn first_anchor_for_size(
+        &self,
+        size: u64,
+    ) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        match self.meta.get(&rtxn, key)? {
+        let (Some((first, _)), Some((last, _))) =
+            (self.anchors.first(&rtxn)?, self.anchors.last(&rtxn)?)
+        else {
+            return Ok(None);
+        };
+        // The smallest counter value `end` such that the first anchor at or
+        // after it covers at least `size` (or there is none): that anchor is
+        // the first covering at least `size`. Sizes never decrease with the
+        // counter, so the predicate is monotonic. u128: `last + 1`.
+        let (mut begin, mut end) = (u128::from(first), u128::from(last) + 1);
+        while begin < end {
+            let mid = begin + (end - begin) / 2;
+            let at_least = match u64::try_from(mid) {
+                Ok(mid) => match self.anchors.range(&rtxn, &(mid..))?.next() {
+                    Some(entry) => anchor_size(entry?.1)? >= size,
+                    None => true,
+                },
+                Err(_) => true,
+            };
+            if at_least {
+                end = mid;
+            } else {
+                begin = mid + 1;
+            }
+        }
+        let Ok(end) = u64::try_from(end) else {
+            return Ok(None);
+        };
+        match self.anchors.range(&rtxn, &(end..))?.next().transpose()? {
+            Some((counter, bytes)) => {
+                let covered = anchor_size(bytes)?;
+                Ok((covered == size).then(|| (counter, bytes.to_vec(), covered)))
+            }
             None => Ok(None),
-            Some(bytes) => <[u8; 8]>::try_from(bytes)
-                .map(|bytes| Some(u64::from_be_bytes(bytes)))
-                .map_err(|_| StoreError::CorruptMeta("a counter value is not 8 bytes")),
+        }
+    }
+
+    /// Commits an anchor record under its counter value. Contract: returns only
+    /// once committed (fsynced); the bytes are stored (and later hashed) verbatim.
+    pub fn commit_anchor(&self, counter: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| store.anchors.put(wtxn, &counter, record))
+    }
+
+    /// Commits the log's genesis anchor and its identity (JSON) in one transaction:
+    /// a store with anchors always has its identity.
+    pub fn commit_genesis(
+        &self,
+        counter: u64,
+        record: &[u8],
+        identity: &str,
+    ) -> Result<(), StoreError> {
+        self.write_meta(|store, wtxn| {
+            store.anchors.put(wtxn, &counter, record)?;
+            store.meta.put(wtxn, META_IDENTITY, identity.as_bytes())
+        })
+    }
+
+    /// The log identity JSON written with the genesis anchor, if there is one.
+    pub fn identity(&self) -> Result<Option<String>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        match self.meta.get(&rtxn, META_IDENTITY)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|_| StoreError::CorruptMeta("identity is not UTF-8")),
         }
     }
 
@@ -904,6 +931,15 @@ impl Store {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The log size an anchor record's checkpoint covers.
+fn anchor_size(bytes: &[u8]) -> Result<u64, StoreError> {
+    tally_attest::anchor::decode_anchor(bytes)
+        .ok()
+        .and_then(|record| tally_attest::anchor::Checkpoint::parse(&record.checkpoint).ok())
+        .map(|checkpoint| checkpoint.size)
+        .ok_or(StoreError::CorruptMeta("an anchor record does not decode"))
 }
 
 fn page_size() -> u64 {
@@ -1047,28 +1083,23 @@ mod tests {
     }
 
     #[test]
-    fn anchors_intent_and_base_survive_reopen() {
+    fn anchors_and_the_identity_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), SMALL).unwrap();
             assert_eq!(store.last_anchor().unwrap(), None);
-            store.set_tpm_counter_base(255).unwrap();
-            store.put_anchor_intent(256).unwrap();
-            store.commit_anchor(256, b"first").unwrap();
-            assert_eq!(store.anchor_intent().unwrap(), None);
-            store.put_anchor_intent(257).unwrap();
+            assert_eq!(store.identity().unwrap(), None);
+            store.commit_genesis(255, b"first", "{\"id\": 1}\n").unwrap();
         }
         let store = Store::open(dir.path(), SMALL).unwrap();
-        assert_eq!(store.tpm_counter_base().unwrap(), Some(255));
-        assert_eq!(store.anchor_intent().unwrap(), Some(257));
-        assert_eq!(store.last_anchor().unwrap(), Some((256, b"first".to_vec())));
-        store.commit_anchor(257, b"second").unwrap();
+        assert_eq!(store.identity().unwrap().as_deref(), Some("{\"id\": 1}\n"));
+        assert_eq!(store.last_anchor().unwrap(), Some((255, b"first".to_vec())));
+        store.commit_anchor(256, b"second").unwrap();
         assert_eq!(store.anchors(0, 10).unwrap().len(), 2);
         assert_eq!(
-            store.anchors(257, 10).unwrap(),
-            vec![(257, b"second".to_vec())]
+            store.anchors(256, 10).unwrap(),
+            vec![(256, b"second".to_vec())]
         );
-        store.clear_anchor_intent().unwrap();
     }
 
     #[test]
@@ -1080,6 +1111,7 @@ mod tests {
                 log_id: [7; 16],
                 size,
                 root: [1; 32],
+                anchor: None,
             };
             prost::Message::encode_to_vec(&tally_attest::anchor::AnchorRecord {
                 checkpoint: checkpoint.to_text().into_bytes(),
@@ -1110,11 +1142,22 @@ mod tests {
                 .find(|&&(_, covered)| size == 0 || covered == size)
                 .map(|&(counter, covered)| (counter, record(covered), covered))
         };
+        let expected_first = |size: u64| {
+            anchors
+                .iter()
+                .find(|&&(_, covered)| covered == size)
+                .map(|&(counter, covered)| (counter, record(covered), covered))
+        };
         for size in 0..=110 {
             assert_eq!(
                 store.anchor_for_size(size).unwrap(),
                 expected(size),
                 "size {size}"
+            );
+            assert_eq!(
+                store.first_anchor_for_size(size).unwrap(),
+                expected_first(size),
+                "first, size {size}"
             );
         }
         assert_eq!(store.anchor_for_size(u64::MAX).unwrap(), None);
@@ -1128,6 +1171,39 @@ mod tests {
             store.anchor_for_size(101).unwrap().map(|found| found.0),
             Some(300)
         );
+        assert_eq!(
+            store.first_anchor_for_size(200).unwrap().map(|found| found.0),
+            Some(u64::MAX)
+        );
+        assert_eq!(store.first_anchor_for_size(201).unwrap(), None);
+    }
+
+    #[test]
+    fn the_first_anchor_for_size_zero_is_an_empty_logs_genesis() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), SMALL).unwrap();
+        let record = |size: u64| {
+            prost::Message::encode_to_vec(&tally_attest::anchor::AnchorRecord {
+                checkpoint: tally_attest::anchor::Checkpoint {
+                    log_id: [7; 16],
+                    size,
+                    root: [1; 32],
+                    anchor: None,
+                }
+                .to_text()
+                .into_bytes(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(store.first_anchor_for_size(0).unwrap(), None);
+        for (counter, size) in [(3u64, 0u64), (4, 0), (5, 9)] {
+            store.commit_anchor(counter, &record(size)).unwrap();
+        }
+        assert_eq!(
+            store.first_anchor_for_size(0).unwrap().map(|found| found.0),
+            Some(3)
+        );
+        assert_eq!(store.anchor_for_size(0).unwrap().map(|found| found.0), Some(5), "0: the newest");
     }
 
     #[test]
@@ -1146,5 +1222,28 @@ mod tests {
             Err(StoreError::IncompatibleFormat { found: 7 }) => {}
             other => panic!("expected IncompatibleFormat, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_format_3_store_is_refused_naming_anchoring_v1_and_the_way_out() {
+        //! Format 3 kept `anchor_intent` / `tpm_counter_base`; anchoring v2 cannot
+        //! continue its anchors, so it is refused with what to do.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), SMALL).unwrap();
+            let mut wtxn = store.env.write_txn().unwrap();
+            store
+                .meta
+                .put(&mut wtxn, META_FORMAT_VERSION, &3u32.to_be_bytes())
+                .unwrap();
+            wtxn.commit().unwrap();
+        }
+        let err = Store::open(dir.path(), SMALL).unwrap_err();
+        assert!(matches!(err, StoreError::AnchoringV1 { found: 3 }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("format 3"), "{message}");
+        assert!(message.contains("anchoring v2"), "{message}");
+        assert!(message.contains("export"), "{message}");
+        assert!(message.contains("old tallyd"), "{message}");
     }
 }

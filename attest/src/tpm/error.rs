@@ -104,6 +104,41 @@ pub enum TpmError {
         /// nameAlg found.
         found_name_alg: u16,
     },
+    /// The owner record's index (counter index + 1) exists with another shape.
+    #[error(
+        "NV index {index:#010x} (the owner record, counter index + 1) has attributes {found_attributes:#010x} and \
+         size {found_size}, expected {expected:#010x} (OWNERWRITE | OWNERREAD) and 32: another tool owns this index; \
+         choose another tpm.counter_index",
+        expected = crate::tpm::owner::OWNER_RECORD_ATTRIBUTES
+    )]
+    OwnerRecordWrongShape {
+        /// The NV index handle.
+        index: u32,
+        /// The attributes found (status bits excluded).
+        found_attributes: u32,
+        /// Data size found.
+        found_size: usize,
+    },
+    /// The owner record's index holds something that is not an owner record.
+    #[error("NV index {index:#010x} (the owner record, counter index + 1) does not hold a Tally owner record: another tool writes it; choose another tpm.counter_index")]
+    OwnerRecordMalformed {
+        /// The NV index handle.
+        index: u32,
+    },
+    /// The owner record names another log; it is never overwritten.
+    #[error(
+        "NV index {index:#010x} already records that the counter belongs to log {log_id} (genesis at counter {genesis_counter}); \
+         refusing to overwrite it: choose another tpm.counter_index, or, if that log is gone for good, undefine the record \
+         (tpm2_nvundefine {index:#010x} -C o)"
+    )]
+    OwnerRecordTaken {
+        /// The NV index handle.
+        index: u32,
+        /// The log id found, hex.
+        log_id: String,
+        /// The genesis counter found.
+        genesis_counter: u64,
+    },
     /// The counter index is not defined: run provisioning first.
     #[error("NV counter index {index:#010x} is not defined (not provisioned)")]
     CounterNotDefined {

@@ -1,5 +1,6 @@
-//! The anchor operation: NV_Increment + NV_Certify + Quote, all bound to one 32-byte
-//! qualifying data, and the fresh attestation (same without the increment).
+//! Evidence: NV_Certify of the counter (owner key) + Quote (AK), both bound to one
+//! 32-byte qualifying data. The same operation serves an anchor (the daemon increments
+//! afterwards, closing the value) and a fresh attestation (the value stays open).
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,6 @@ use crate::evidence::{
     Evidence, PcrBankSelection, PcrValues, SignedAttest, StepTimings, TPM_ALG_SHA256,
 };
 use crate::tpm::error::{classify, TpmError};
-use crate::tpm::provision::increment_counter;
 
 /// Default quoted PCRs: the SRTM measurements of firmware and boot loader.
 pub const DEFAULT_PCR_SPEC: &str = "sha256:0,1,2,3,4,5,6,7";
@@ -84,58 +84,34 @@ impl Default for PcrSpec {
     }
 }
 
-/// What an anchor needs loaded in the TPM connection.
+/// What evidence needs loaded in the TPM connection.
 #[derive(Debug, Clone, Copy)]
-pub struct AnchorKeys {
-    /// The loaded AK.
+pub struct EvidenceKeys {
+    /// The loaded AK (signs the quote).
     pub ak: KeyHandle,
+    /// The loaded owner key (signs the counter's NV_Certify).
+    pub owner_key: KeyHandle,
     /// ESYS handle of the counter index.
     pub counter: NvIndexHandle,
     /// TPM handle of the counter index (recorded in the evidence).
     pub counter_index: u32,
 }
 
-/// Anchors `qualifying_data` (the daemon passes SHA-256 of its checkpoint): increments
-/// the counter, then certifies the new value and quotes `pcrs`, both with
-/// `qualifying_data`. Contract: on `Ok`, the counter moved by exactly one and the
-/// evidence holds that value; on `Err` after the increment, the counter has moved but no
-/// evidence exists for that value (a verifier sees a gap, never a fake).
-pub fn anchor(
+/// Evidence over `qualifying_data` at the counter's current value: TPM2_NV_Certify of
+/// the counter signed by the owner key, and TPM2_Quote of `pcrs` signed by the AK, both
+/// with `qualifying_data`. Never increments: an anchor closes its counter value with a
+/// separate [`increment_counter`](crate::tpm::provision::increment_counter) once it is
+/// committed, and a fresh attestation leaves the value open.
+pub fn certify(
     ctx: &mut Context,
-    keys: &AnchorKeys,
+    keys: &EvidenceKeys,
     pcrs: &PcrSpec,
     qualifying_data: &[u8; 32],
-) -> Result<Evidence, TpmError> {
-    attest_inner(ctx, keys, pcrs, qualifying_data, true)
-}
-
-/// Fresh attestation for a verifier's nonce: NV_Certify of the current counter value and
-/// a quote, both with `nonce_digest` as qualifying data. Does not increment (no NV wear).
-pub fn attest_fresh(
-    ctx: &mut Context,
-    keys: &AnchorKeys,
-    pcrs: &PcrSpec,
-    nonce_digest: &[u8; 32],
-) -> Result<Evidence, TpmError> {
-    attest_inner(ctx, keys, pcrs, nonce_digest, false)
-}
-
-fn attest_inner(
-    ctx: &mut Context,
-    keys: &AnchorKeys,
-    pcrs: &PcrSpec,
-    qualifying_data: &[u8; 32],
-    increment: bool,
 ) -> Result<Evidence, TpmError> {
     let start = Instant::now();
     let mut timings = StepTimings::default();
-    if increment {
-        increment_counter(ctx, keys.counter)?;
-        timings.increment = start.elapsed();
-    }
-    let t = Instant::now();
     let (nv_certify, counter) = certify_counter(ctx, keys, qualifying_data)?;
-    timings.nv_certify = t.elapsed();
+    timings.nv_certify = start.elapsed();
     let (quote, pcr_values, quote_time, read_time) =
         quote_pcrs(ctx, keys.ak, pcrs, qualifying_data)?;
     timings.quote = quote_time;
@@ -152,11 +128,12 @@ fn attest_inner(
     })
 }
 
-/// TPM2_NV_Certify of the whole 8-byte counter, signed by the AK (scheme from the key),
-/// owner authorization for the read. Returns the signed attest and the certified value.
+/// TPM2_NV_Certify of the whole 8-byte counter, signed by the owner key (scheme from
+/// the key), owner authorization for the read. Returns the signed attest and the
+/// certified value.
 fn certify_counter(
     ctx: &mut Context,
-    keys: &AnchorKeys,
+    keys: &EvidenceKeys,
     qualifying_data: &[u8; 32],
 ) -> Result<(SignedAttest, u64), TpmError> {
     let op = "TPM2_NV_Certify";
@@ -164,13 +141,13 @@ fn certify_counter(
     let (attest, signature) = ctx
         .execute_with_sessions(
             (
-                Some(AuthSession::Password), // AK (empty auth)
+                Some(AuthSession::Password), // owner key (empty auth)
                 Some(AuthSession::Password), // owner, to read the index
                 None,
             ),
             |c| {
                 c.nv_certify(
-                    keys.ak,
+                    keys.owner_key,
                     NvAuth::Owner,
                     keys.counter,
                     data,

@@ -1,4 +1,5 @@
-//! Idempotent provisioning: the NV counter index and the attestation key (AK).
+//! Idempotent provisioning: the NV counter index, the attestation key (AK) and the
+//! owner key (OK).
 //!
 //! **AK choice: a primary key in the endorsement hierarchy, re-created on every
 //! connection from a fixed template, never persisted.** A primary key is derived from
@@ -10,6 +11,13 @@
 //! signer is in the endorsement or platform hierarchy: the verifier can see reboots. The
 //! cost is one CreatePrimary per connection (a few ms on swtpm, tens to hundreds of ms on
 //! a chip); the worker keeps the key loaded while its connection lives.
+//!
+//! **Owner key: the same kind of primary, in the owner hierarchy.** It signs the
+//! NV_Certify of the counter. TPM2_Clear replaces the owner seed (and deletes the
+//! counter, which an orderly counter may then restart low): after a Clear the same
+//! template yields another key, so evidence made after a Clear cannot verify against
+//! the owner key a verifier pinned. The price: the TPM obfuscates resetCount and
+//! restartCount in what this key signs, so verifiers read them from the AK's quote.
 
 use sha2::{Digest as _, Sha256};
 use tss_esapi::attributes::{NvIndexAttributesBuilder, ObjectAttributesBuilder};
@@ -39,6 +47,9 @@ pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
 /// yields a new AK.
 const AK_UNIQUE_LABEL: &[u8] = b"tally attestation key v1";
 
+/// Label hashed into the owner key template's `unique` field (see [`AK_UNIQUE_LABEL`]).
+const OWNER_KEY_UNIQUE_LABEL: &[u8] = b"tally owner key v1";
+
 /// NV indices where a TCG EK Credential Profile TPM stores EK certificates.
 pub const EK_CERT_INDICES: [(u32, &str); 4] = [
     (0x01C0_0002, "RSA 2048 EK certificate"),
@@ -48,9 +59,10 @@ pub const EK_CERT_INDICES: [(u32, &str); 4] = [
     (0x01C0_0016, "ECC NIST P-384 EK certificate (high range)"),
 ];
 
-/// The attestation key's public part, in the forms verifiers and tools need.
+/// A signing key's public part (the AK's or the owner key's), in the forms verifiers
+/// and tools need.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AkPublic {
+pub struct KeyPublic {
     /// PEM SubjectPublicKeyInfo (for p256, openssl and `tpm2_checkquote -u`).
     pub pem: String,
     /// Marshalled TPM2B_PUBLIC (for tools that load the TPM's own structure).
@@ -59,13 +71,46 @@ pub struct AkPublic {
     pub name: Vec<u8>,
 }
 
-/// A loaded AK: its transient handle (valid for the current connection) and public part.
+/// A loaded signing primary (AK or owner key): its transient handle (valid for the
+/// current connection) and public part.
 #[derive(Debug, Clone)]
-pub struct LoadedAk {
+pub struct LoadedKey {
     /// Transient handle; flush it before dropping the connection.
     pub handle: KeyHandle,
     /// Public part.
-    pub public: AkPublic,
+    pub public: KeyPublic,
+}
+
+/// Which of Tally's two signing primaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningKey {
+    /// Endorsement hierarchy; signs quotes.
+    Ak,
+    /// Owner hierarchy; signs the counter's NV_Certify.
+    OwnerKey,
+}
+
+impl SigningKey {
+    fn label(self) -> &'static [u8] {
+        match self {
+            SigningKey::Ak => AK_UNIQUE_LABEL,
+            SigningKey::OwnerKey => OWNER_KEY_UNIQUE_LABEL,
+        }
+    }
+
+    fn hierarchy(self) -> Hierarchy {
+        match self {
+            SigningKey::Ak => Hierarchy::Endorsement,
+            SigningKey::OwnerKey => Hierarchy::Owner,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SigningKey::Ak => "AK",
+            SigningKey::OwnerKey => "owner key",
+        }
+    }
 }
 
 /// An EK certificate read from NV.
@@ -118,7 +163,16 @@ pub fn set_hierarchy_auth(
 /// The fixed AK template: restricted ECC P-256 signing key, ECDSA/SHA-256, fixedTPM,
 /// fixedParent, sensitiveDataOrigin, userWithAuth (empty auth), unique = SHA-256(label).
 pub fn ak_template() -> Result<Public, TpmError> {
-    let op = "AK template";
+    signing_template(SigningKey::Ak)
+}
+
+/// The fixed owner key template: the AK's with its own `unique` label.
+pub fn owner_key_template() -> Result<Public, TpmError> {
+    signing_template(SigningKey::OwnerKey)
+}
+
+fn signing_template(key: SigningKey) -> Result<Public, TpmError> {
+    let op = "signing key template";
     let ecc = PublicEccParametersBuilder::new()
         .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
         .with_curve(EccCurve::NistP256)
@@ -138,7 +192,7 @@ pub fn ak_template() -> Result<Public, TpmError> {
         .with_restricted(true)
         .build()
         .map_err(|e| classify(op, e))?;
-    let unique_x = EccParameter::try_from(Sha256::digest(AK_UNIQUE_LABEL).to_vec())
+    let unique_x = EccParameter::try_from(Sha256::digest(key.label()).to_vec())
         .map_err(|e| classify(op, e))?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)
@@ -153,16 +207,30 @@ pub fn ak_template() -> Result<Public, TpmError> {
 /// Creates (re-derives) the AK as an endorsement-hierarchy primary and returns its
 /// handle and public part. Contract: the caller flushes `handle` when done; calling this
 /// twice on one TPM yields the same public key.
-pub fn load_ak(ctx: &mut Context) -> Result<LoadedAk, TpmError> {
-    let template = ak_template()?;
+pub fn load_ak(ctx: &mut Context) -> Result<LoadedKey, TpmError> {
+    load_signing_key(ctx, SigningKey::Ak)
+}
+
+/// Creates (re-derives) the owner key as an owner-hierarchy primary (owner auth).
+/// Same contract as [`load_ak`]; after TPM2_Clear it yields another key.
+pub fn load_owner_key(ctx: &mut Context) -> Result<LoadedKey, TpmError> {
+    load_signing_key(ctx, SigningKey::OwnerKey)
+}
+
+fn load_signing_key(ctx: &mut Context, key: SigningKey) -> Result<LoadedKey, TpmError> {
+    let template = signing_template(key)?;
+    let op = match key {
+        SigningKey::Ak => "TPM2_CreatePrimary(AK)",
+        SigningKey::OwnerKey => "TPM2_CreatePrimary(owner key)",
+    };
     let created = ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
-            c.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            c.create_primary(key.hierarchy(), template, None, None, None, None)
         })
-        .map_err(|e| classify("TPM2_CreatePrimary(AK)", e))?;
+        .map_err(|e| classify(op, e))?;
     let handle = created.key_handle;
-    match ak_public(ctx, handle, created.out_public) {
-        Ok(public) => Ok(LoadedAk { handle, public }),
+    match key_public(ctx, key, handle, created.out_public) {
+        Ok(public) => Ok(LoadedKey { handle, public }),
         Err(e) => {
             // Do not leak the transient object on a conversion failure.
             let _ = ctx.flush_context(handle.into());
@@ -171,13 +239,21 @@ pub fn load_ak(ctx: &mut Context) -> Result<LoadedAk, TpmError> {
     }
 }
 
-/// Exports the AK public part as PEM, TPM2B_PUBLIC and Name.
-fn ak_public(ctx: &mut Context, handle: KeyHandle, public: Public) -> Result<AkPublic, TpmError> {
-    let op = "AK public export";
+/// Exports a signing key's public part as PEM, TPM2B_PUBLIC and Name.
+fn key_public(
+    ctx: &mut Context,
+    key: SigningKey,
+    handle: KeyHandle,
+    public: Public,
+) -> Result<KeyPublic, TpmError> {
+    let op = match key {
+        SigningKey::Ak => "AK public export",
+        SigningKey::OwnerKey => "owner key public export",
+    };
     let Public::Ecc { ref unique, .. } = public else {
         return Err(TpmError::UnexpectedOutput {
             op,
-            what: "AK public area is not ECC",
+            what: "public area is not ECC",
         });
     };
     let mut sec1 = vec![0x04];
@@ -185,7 +261,7 @@ fn ak_public(ctx: &mut Context, handle: KeyHandle, public: Public) -> Result<AkP
         if coord.len() > 32 {
             return Err(TpmError::UnexpectedOutput {
                 op,
-                what: "AK coordinate longer than 32 bytes",
+                what: "coordinate longer than 32 bytes",
             });
         }
         sec1.extend(std::iter::repeat_n(0u8, 32 - coord.len()));
@@ -195,17 +271,18 @@ fn ak_public(ctx: &mut Context, handle: KeyHandle, public: Public) -> Result<AkP
         .and_then(|k| k.to_pem())
         .map_err(|_| TpmError::UnexpectedOutput {
             op,
-            what: "AK point is not on P-256",
+            what: "point is not on P-256",
         })?;
     let tpm2b_public = PublicBuffer::try_from(public)
         .and_then(|b| b.marshall())
         .map_err(|e| classify(op, e))?;
     let name = ctx
         .tr_get_name(handle.into())
-        .map_err(|e| classify("Esys_TR_GetName(AK)", e))?
+        .map_err(|e| classify("Esys_TR_GetName", e))?
         .value()
         .to_vec();
-    Ok(AkPublic {
+    tracing::debug!(key = key.name(), "signing key loaded");
+    Ok(KeyPublic {
         pem,
         tpm2b_public,
         name,

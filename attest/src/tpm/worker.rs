@@ -5,9 +5,10 @@
 //! * requests are served one at a time, in arrival order (the TPM is single-threaded);
 //! * a failed request returns its error to its caller and the thread goes on;
 //! * after a transport failure (or a TPM restart under an open connection) the thread
-//!   drops its connection; the next request reconnects, re-derives the AK and re-opens
-//!   the counter, so requests succeed again once the TPM is back;
-//! * the AK (the only transient object) is flushed whenever a connection is dropped;
+//!   drops its connection; the next request reconnects, re-derives the AK and the owner
+//!   key and re-opens the counter, so requests succeed again once the TPM is back;
+//! * the AK and the owner key (the only transient objects kept) are flushed whenever a
+//!   connection is dropped;
 //! * the thread exits when every [`TpmHandle`] is dropped, flushing and closing first.
 
 use tokio::sync::{mpsc, oneshot};
@@ -16,8 +17,9 @@ use tss_esapi::Context;
 
 use crate::evidence::Evidence;
 use crate::tpm::error::{classify, TpmError};
-use crate::tpm::ops::{self, AnchorKeys, PcrSpec};
-use crate::tpm::provision::{self, AkPublic, EkCertificate, LoadedAk, DEFAULT_COUNTER_INDEX};
+use crate::tpm::ops::{self, EvidenceKeys, PcrSpec};
+use crate::tpm::owner::{self, OwnerRecord};
+use crate::tpm::provision::{self, EkCertificate, KeyPublic, LoadedKey, DEFAULT_COUNTER_INDEX};
 use crate::tpm::tcti::{self, TpmVendorInfo};
 
 /// Default bound of the request queue: callers wait (backpressure) beyond it.
@@ -32,7 +34,8 @@ pub struct TpmConfig {
     pub counter_index: u32,
     /// Owner hierarchy authorization value (empty on a fresh TPM).
     pub owner_auth: Vec<u8>,
-    /// Endorsement hierarchy authorization value (the AK is an endorsement primary).
+    /// Endorsement hierarchy authorization value (the AK is an endorsement primary; the
+    /// owner key is an owner primary and uses `owner_auth`).
     pub endorsement_auth: Vec<u8>,
     /// PCRs to quote.
     pub pcrs: PcrSpec,
@@ -53,11 +56,23 @@ impl Default for TpmConfig {
     }
 }
 
+/// The public parts of Tally's two signing keys in this TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmKeys {
+    /// Signs quotes (endorsement hierarchy; survives TPM2_Clear).
+    pub ak: KeyPublic,
+    /// Signs the counter's NV_Certify (owner hierarchy; another key after TPM2_Clear).
+    pub owner_key: KeyPublic,
+}
+
 /// Result of provisioning.
 #[derive(Debug, Clone)]
 pub struct Provisioned {
     /// The AK's public part (same on every call for a given TPM).
-    pub ak: AkPublic,
+    pub ak: KeyPublic,
+    /// The owner key's public part (same on every call until the owner hierarchy is
+    /// cleared).
+    pub owner_key: KeyPublic,
     /// Counter index handle.
     pub counter_index: u32,
     /// Counter value after provisioning.
@@ -86,8 +101,10 @@ enum Request {
         crate::tpm::seal::SealedBlob,
         Reply<zeroize::Zeroizing<Vec<u8>>>,
     ),
-    Anchor([u8; 32], Reply<Evidence>),
-    Fresh([u8; 32], Reply<Evidence>),
+    Certify([u8; 32], Reply<Evidence>),
+    Keys(Reply<TpmKeys>),
+    ReadOwnerRecord(Reply<Option<OwnerRecord>>),
+    WriteOwnerRecord(OwnerRecord, Reply<()>),
     VendorInfo(Reply<TpmVendorInfo>),
     Release(Reply<()>),
 }
@@ -127,13 +144,15 @@ impl TpmHandle {
         rx.await.map_err(|_| TpmError::WorkerGone)?
     }
 
-    /// Provisions idempotently: counter index (defined + incremented once if absent,
-    /// attributes checked if present), AK, EK certificates, vendor info.
+    /// Provisions idempotently: counter index (defined + incremented once if absent, so
+    /// that it reads; attributes checked if present), AK, owner key, EK certificates,
+    /// vendor info. Does not touch the owner record.
     pub async fn provision(&self) -> Result<Provisioned, TpmError> {
         self.call(Request::Provision).await
     }
 
-    /// Reads the counter's current value.
+    /// Reads the counter's current value ([`TpmError::CounterNotDefined`] if the index
+    /// is absent: never provisioned, or deleted by TPM2_Clear).
     pub async fn read_counter(&self) -> Result<u64, TpmError> {
         self.call(Request::ReadCounter).await
     }
@@ -159,14 +178,28 @@ impl TpmHandle {
         self.call(Request::Increment).await
     }
 
-    /// Increments the counter, then NV_Certify + Quote with `qualifying_data`.
-    pub async fn anchor(&self, qualifying_data: [u8; 32]) -> Result<Evidence, TpmError> {
-        self.call(|r| Request::Anchor(qualifying_data, r)).await
+    /// Evidence at the counter's current value: NV_Certify by the owner key + Quote by
+    /// the AK, both with `qualifying_data`. Never increments.
+    pub async fn certify(&self, qualifying_data: [u8; 32]) -> Result<Evidence, TpmError> {
+        self.call(|r| Request::Certify(qualifying_data, r)).await
     }
 
-    /// NV_Certify + Quote with `nonce_digest`, without incrementing.
-    pub async fn attest_fresh(&self, nonce_digest: [u8; 32]) -> Result<Evidence, TpmError> {
-        self.call(|r| Request::Fresh(nonce_digest, r)).await
+    /// The public parts of the AK and the owner key (derives them; changes nothing).
+    pub async fn keys(&self) -> Result<TpmKeys, TpmError> {
+        self.call(Request::Keys).await
+    }
+
+    /// The owner record at `counter_index + 1` (see [`crate::tpm::owner`]); `None` when
+    /// absent or never written.
+    pub async fn read_owner_record(&self) -> Result<Option<OwnerRecord>, TpmError> {
+        self.call(Request::ReadOwnerRecord).await
+    }
+
+    /// Writes the owner record, defining its index if absent. Refuses an index of
+    /// another shape, and one that already names another record.
+    pub async fn write_owner_record(&self, record: &OwnerRecord) -> Result<(), TpmError> {
+        let record = *record;
+        self.call(|r| Request::WriteOwnerRecord(record, r)).await
     }
 
     /// Manufacturer / vendor strings (see [`TpmVendorInfo::is_software_tpm`]).
@@ -174,7 +207,7 @@ impl TpmHandle {
         self.call(Request::VendorInfo).await
     }
 
-    /// Drops the connection (flushing the AK); the next request reconnects. Lets another
+    /// Drops the connection (flushing the keys); the next request reconnects. Lets another
     /// client use a TPM that serves one connection at a time (swtpm without a resource
     /// manager).
     pub async fn release(&self) -> Result<(), TpmError> {
@@ -185,13 +218,14 @@ impl TpmHandle {
 /// One live TPM connection with what Tally keeps loaded in it.
 struct Connection {
     ctx: Context,
-    ak: LoadedAk,
+    ak: LoadedKey,
+    owner_key: LoadedKey,
     /// ESYS handle of the counter index, opened on first use.
     counter: Option<NvIndexHandle>,
 }
 
 impl Connection {
-    /// Connects, sets hierarchy auths and re-derives the AK.
+    /// Connects, sets hierarchy auths and re-derives the AK and the owner key.
     fn open(config: &TpmConfig, tcti: &str) -> Result<Connection, TpmError> {
         let conf = tcti::parse_tcti(tcti)?;
         let mut ctx = Context::new(conf).map_err(|e| match classify("connect", e) {
@@ -211,9 +245,17 @@ impl Connection {
             Err(e) => tracing::debug!(error = %e, "cannot list transient objects"),
         }
         let ak = provision::load_ak(&mut ctx)?;
+        let owner_key = match provision::load_owner_key(&mut ctx) {
+            Ok(key) => key,
+            Err(e) => {
+                let _ = ctx.flush_context(ak.handle.into());
+                return Err(e);
+            }
+        };
         Ok(Connection {
             ctx,
             ak,
+            owner_key,
             counter: None,
         })
     }
@@ -229,9 +271,10 @@ impl Connection {
         Ok(h)
     }
 
-    fn anchor_keys(&mut self, index: u32) -> Result<AnchorKeys, TpmError> {
-        Ok(AnchorKeys {
+    fn evidence_keys(&mut self, index: u32) -> Result<EvidenceKeys, TpmError> {
+        Ok(EvidenceKeys {
             ak: self.ak.handle,
+            owner_key: self.owner_key.handle,
             counter: self.counter(index)?,
             counter_index: index,
         })
@@ -240,10 +283,12 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        // Flush the AK explicitly (without a resource manager it would otherwise occupy
-        // a transient slot until TPM reset). Errors are moot if the TPM is gone.
-        if let Err(e) = self.ctx.flush_context(self.ak.handle.into()) {
-            tracing::debug!(error = %e, "flushing the AK on disconnect failed");
+        // Flush the keys explicitly (without a resource manager they would otherwise
+        // occupy transient slots until TPM reset). Errors are moot if the TPM is gone.
+        for key in [self.ak.handle, self.owner_key.handle] {
+            if let Err(e) = self.ctx.flush_context(key.into()) {
+                tracing::debug!(error = %e, "flushing a key on disconnect failed");
+            }
         }
     }
 }
@@ -282,16 +327,30 @@ impl Worker {
                         provision::read_counter(&mut c.ctx, h)
                     }));
                 }
-                Request::Anchor(qd, r) => {
+                Request::Certify(qd, r) => {
                     let _ = r.send(self.with_conn(|c, cfg| {
-                        let keys = c.anchor_keys(cfg.counter_index)?;
-                        ops::anchor(&mut c.ctx, &keys, &cfg.pcrs, &qd)
+                        let keys = c.evidence_keys(cfg.counter_index)?;
+                        ops::certify(&mut c.ctx, &keys, &cfg.pcrs, &qd)
                     }));
                 }
-                Request::Fresh(nonce, r) => {
+                Request::Keys(r) => {
+                    let _ = r.send(self.with_conn(|c, _| {
+                        Ok(TpmKeys {
+                            ak: c.ak.public.clone(),
+                            owner_key: c.owner_key.public.clone(),
+                        })
+                    }));
+                }
+                Request::ReadOwnerRecord(r) => {
                     let _ = r.send(self.with_conn(|c, cfg| {
-                        let keys = c.anchor_keys(cfg.counter_index)?;
-                        ops::attest_fresh(&mut c.ctx, &keys, &cfg.pcrs, &nonce)
+                        let index = owner::owner_record_index(cfg.counter_index)?;
+                        owner::read_owner_record(&mut c.ctx, index)
+                    }));
+                }
+                Request::WriteOwnerRecord(record, r) => {
+                    let _ = r.send(self.with_conn(|c, cfg| {
+                        let index = owner::owner_record_index(cfg.counter_index)?;
+                        owner::write_owner_record(&mut c.ctx, index, &record)
                     }));
                 }
                 Request::VendorInfo(r) => {
@@ -336,6 +395,7 @@ fn provision_all(c: &mut Connection, cfg: &TpmConfig) -> Result<Provisioned, Tpm
     let ek_certificates = provision::read_ek_certificates(&mut c.ctx)?;
     Ok(Provisioned {
         ak: c.ak.public.clone(),
+        owner_key: c.owner_key.public.clone(),
         counter_index: cfg.counter_index,
         counter: state.value,
         counter_defined_now: state.defined_now,
