@@ -123,10 +123,15 @@ pub(crate) async fn load_page(
     })
 }
 
-pub(crate) async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) -> Outgoing {
-    use tally_attest::anchor::{
-        fresh_qualifying_data, Checkpoint, EvidenceRecord, FreshAttestation,
-    };
+/// A fresh attestation for the caller's nonce, made by the anchoring task (so no
+/// anchor interleaves): the current checkpoint certified at the open counter value,
+/// never incremented; with `since_size`, the anchors made since the caller's.
+pub(crate) async fn fresh_attestation(
+    id: u64,
+    request: proto::AttestRequest,
+    shared: &Shared,
+) -> Outgoing {
+    use crate::anchor::{FreshError, FreshRequest};
     let Some(anchoring) = &shared.anchoring else {
         return error(
             id,
@@ -134,6 +139,7 @@ pub(crate) async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) 
             "this daemon runs without a TPM".into(),
         );
     };
+    let nonce = request.nonce;
     if nonce.is_empty() || nonce.len() > MAX_NONCE_BYTES {
         let message = format!(
             "the nonce must be 1 to {MAX_NONCE_BYTES} bytes, not {}",
@@ -141,51 +147,31 @@ pub(crate) async fn fresh_attestation(id: u64, nonce: Vec<u8>, shared: &Shared) 
         );
         return error(id, ErrorCode::BadRequest, message);
     }
-    let head = *shared.sequencer.head.borrow();
-    let text = Checkpoint {
-        log_id: shared.store.log_id(),
-        size: head.size,
-        root: head.root,
-    }
-    .to_text();
-    let checkpoint = match tally_attest::note::sign(&text, &anchoring.signer) {
-        Ok(signed) => signed,
-        Err(err) => {
-            return error(
-                id,
-                ErrorCode::Internal,
-                format!("cannot sign the checkpoint: {err}"),
-            )
-        }
+    let fresh = FreshRequest {
+        nonce: nonce.to_vec(),
+        since_size: request.since_size,
+        max_reply_bytes: shared.limits.max_frame,
     };
-    let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &nonce);
-    let evidence = match tokio::time::timeout(
-        anchoring.timeout,
-        anchoring.tpm.attest_fresh(qualifying_data),
-    )
-    .await
+    let (reply, done) = oneshot::channel();
+    if anchoring
+        .commands
+        .send(AnchorCommand::Fresh(fresh, reply))
+        .await
+        .is_err()
     {
-        Ok(Ok(evidence)) => evidence,
-        Ok(Err(err)) => return error(id, ErrorCode::TpmUnavailable, format!("TPM: {err}")),
-        Err(_) => {
-            return error(
-                id,
-                ErrorCode::TpmUnavailable,
-                "the TPM did not answer in time".into(),
-            )
-        }
-    };
-    let attestation = FreshAttestation {
-        checkpoint: checkpoint.into_bytes(),
-        nonce,
-        evidence: Some(EvidenceRecord::from_evidence(&evidence)),
-    };
-    Outgoing::Ready(Response {
-        id,
-        body: Some(response::Body::Attest(proto::AttestReply {
-            attestation: attestation.encode_to_vec(),
-        })),
-    })
+        return error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into());
+    }
+    match done.await {
+        Ok(Ok(attestation)) => Outgoing::Ready(Response {
+            id,
+            body: Some(response::Body::Attest(proto::AttestReply {
+                attestation: attestation.encode_to_vec(),
+            })),
+        }),
+        Ok(Err(FreshError::OutOfRange(message))) => error(id, ErrorCode::OutOfRange, message),
+        Ok(Err(FreshError::Anchor(err))) => error(id, ErrorCode::TpmUnavailable, err.to_string()),
+        Err(_) => error(id, ErrorCode::ShuttingDown, "anchoring has stopped".into()),
+    }
 }
 
 pub(crate) async fn anchor_now(id: u64, shared: &Shared) -> Outgoing {
@@ -245,6 +231,11 @@ pub(crate) fn status(id: u64, shared: &Shared) -> Outgoing {
         .anchoring
         .as_ref()
         .and_then(|anchoring| anchoring.status.lock().ok().map(|status| status.clone()));
+    // Acked events no closed anchor covers, and since when (the exposure window).
+    let exposure = shared
+        .anchoring
+        .as_ref()
+        .map(|anchoring| anchoring.ack_times.exposure());
     let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
         .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
         .unwrap_or(0);
@@ -273,9 +264,14 @@ pub(crate) fn status(id: u64, shared: &Shared) -> Outgoing {
                         .max(0);
                     (age_nanos / 1_000_000) as u64
                 }),
-            unanchored_events: anchor
-                .as_ref()
-                .map_or(0, |a| head.size.saturating_sub(a.last_size)),
+            unanchored_events: exposure.map_or(0, |e| e.unanchored),
+            oldest_unanchored_age_millis: exposure.and_then(|e| e.oldest_acked_unix_nanos).map_or(
+                0,
+                |acked| {
+                    let age_nanos = now_unix_nanos().saturating_sub(acked).max(0);
+                    (age_nanos / 1_000_000) as u64
+                },
+            ),
             last_anchor_error: anchor
                 .as_ref()
                 .and_then(|a| a.last_error.clone())

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::ops::PcrSpec;
 use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::anchor::{startup, Anchorer, StartupError};
@@ -182,9 +182,17 @@ fn write_identity_file(config: &Config, store: &Store) -> Result<(), DaemonError
         Ok(found) if found == json => {}
         Ok(_) => {
             tracing::warn!(path = %path.display(), "the identity file differs from the store's identity: rewriting it from the store");
-            write_file(&config.data_dir.join("tpm"), "identity.json", json.as_bytes())?;
+            write_file(
+                &config.data_dir.join("tpm"),
+                "identity.json",
+                json.as_bytes(),
+            )?;
         }
-        Err(_) => write_file(&config.data_dir.join("tpm"), "identity.json", json.as_bytes())?,
+        Err(_) => write_file(
+            &config.data_dir.join("tpm"),
+            "identity.json",
+            json.as_bytes(),
+        )?,
     }
     tracing::info!(
         identity = %path.display(),

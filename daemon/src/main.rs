@@ -56,16 +56,22 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Run {
-        /// Start even though the TPM counter is ahead of (or behind) the
-        /// store's newest anchor, i.e. after a detected rollback. Logged; the
-        /// gap stays visible to verifiers.
+        /// Start even though the TPM counter is ahead of the store's newest
+        /// anchor (a detected rollback): anchor at once at the TPM's value.
+        /// Logged loudly; verifiers report the gap until it is reviewed
+        /// (tally gap-ack).
         #[arg(long)]
         accept_rollback: bool,
     },
     /// Provision the TPM (idempotent): define the NV counter, derive the
-    /// attestation key, write ak.pem / ak.pub / EK certificates to
-    /// <data_dir>/tpm/, and print the AK public key.
+    /// attestation key and the owner key, write ak.pem / ak.pub /
+    /// owner-key.pem / EK certificates to <data_dir>/tpm/, and print both
+    /// public keys.
     Provision,
+    /// Print the log's identity (JSON, what verifiers pin: tally verify
+    /// --identity) from the store. Works while the daemon runs; fails before
+    /// the log's first start with a TPM.
+    Identity,
     /// Check the stored chain offline (the daemon must be stopped) and print its head.
     Check,
     /// Print the effective configuration as TOML and exit.
@@ -84,10 +90,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit status 3: refused to start because the store and the TPM counter
-/// disagree (a rollback or a restored backup), a decision for an operator
-/// (`--accept-rollback`), or because the ack journal holds acked events it
-/// cannot give back intact (docs/OPERATIONS.md); never for a restart loop (systemd:
+/// Exit status 3: refused to start because the store and the TPM disagree (a
+/// rollback or a restored backup, a cleared or other TPM, a counter owned by
+/// another log, deleted anchors: each a decision for an operator, see
+/// docs/OPERATIONS.md), because the store is of the old anchoring format, or
+/// because the ack journal holds acked events it cannot give back intact;
+/// never for a restart loop (systemd:
 /// RestartPreventExitStatus=3 78). 78 (sysexits EX_CONFIG): the
 /// configuration is invalid; retrying cannot help either. 2: usage errors
 /// (clap). 1: anything else.
@@ -95,18 +103,18 @@ pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_CONFIG: u8 = 78;
 
 fn exit_code(err: &anyhow::Error) -> ExitCode {
-    use tally_daemon::anchor::StartupError;
     use tally_daemon::config::ConfigError;
     use tally_daemon::journal::JournalError;
     use tally_daemon::socket::SocketError;
+    use tally_daemon::store::StoreError;
     use tally_daemon::DaemonError;
     if err.downcast_ref::<ConfigError>().is_some() {
         return ExitCode::from(EXIT_CONFIG);
     }
     match err.downcast_ref::<DaemonError>() {
-        Some(DaemonError::Startup(
-            StartupError::StoreBehindTpm { .. } | StartupError::TpmBehindStore { .. },
-        )) => ExitCode::from(EXIT_REFUSED),
+        Some(DaemonError::Startup(refusal)) if refusal.is_refusal() => ExitCode::from(EXIT_REFUSED),
+        // Written by the anchoring v1 tallyd: export it with that one.
+        Some(DaemonError::Store(StoreError::AnchoringV1 { .. })) => ExitCode::from(EXIT_REFUSED),
         // Acked events the store lacks and the journal cannot give back
         // intact: an operator looks before anything is served.
         Some(DaemonError::Journal(
@@ -180,6 +188,10 @@ fn real_main() -> anyhow::Result<()> {
             },
         ),
         Command::Provision => provision(&config),
+        Command::Identity => {
+            print!("{}", tally_daemon::read_identity(&config)?);
+            Ok(())
+        }
         Command::Check => check(&config),
         Command::Config => {
             print!("{}", config.to_toml()?);
@@ -200,7 +212,7 @@ fn provision(config: &Config) -> anyhow::Result<()> {
     let (_, provisioned) = runtime()?.block_on(tally_daemon::provision(config))?;
     let dir = config.data_dir.join("tpm");
     eprintln!(
-        "TPM {} {}: counter {:#010x} = {}{}; AK public key written to {}",
+        "TPM {} {}: counter {:#010x} = {}{}; AK public key written to {}, owner key to {}",
         provisioned.vendor.manufacturer,
         provisioned.vendor.vendor,
         provisioned.counter_index,
@@ -210,9 +222,10 @@ fn provision(config: &Config) -> anyhow::Result<()> {
         } else {
             ""
         },
-        dir.join("ak.pem").display()
+        dir.join("ak.pem").display(),
+        dir.join("owner-key.pem").display()
     );
-    print!("{}", provisioned.ak.pem);
+    print!("{}{}", provisioned.ak.pem, provisioned.owner_key.pem);
     Ok(())
 }
 

@@ -135,6 +135,8 @@ pub struct Anchoring {
     /// To ask the anchoring task for an anchor now.
     pub commands: mpsc::Sender<AnchorCommand>,
     pub status: Arc<std::sync::Mutex<AnchorStatus>>,
+    /// When the events no closed anchor covers were acked (status' exposure window).
+    pub ack_times: Arc<crate::exposure::AckTimes>,
     /// Give up on a TPM command after this long.
     pub timeout: Duration,
 }
@@ -288,6 +290,10 @@ async fn accept_failed(err: std::io::Error) {
 }
 
 /// A response the writer owes the client, in request order.
+// `Ready` holds a whole `Response` (a status reply is ~230 bytes): each is built
+// once and moved to the writer; boxing it would add an allocation per response
+// to save a few moves.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outgoing {
     Ready(Response),
     Append {
@@ -507,7 +513,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Some(request::Body::Status(_)) => handlers::status(id, shared),
             Some(request::Body::Attest(attest)) => {
-                handlers::fresh_attestation(id, attest.nonce, shared).await
+                handlers::fresh_attestation(id, attest, shared).await
             }
             Some(request::Body::Anchor(_)) => handlers::anchor_now(id, shared).await,
             Some(request::Body::ReadAnchors(read)) => {

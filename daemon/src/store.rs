@@ -461,6 +461,52 @@ impl Store {
         Ok(store)
     }
 
+    /// The log identity JSON of the store under `dir`, opened read-only: works
+    /// while the daemon runs (LMDB serves readers in other processes). `None`:
+    /// no store there yet, or no genesis anchor yet.
+    pub fn read_identity(dir: &Path) -> Result<Option<String>, StoreError> {
+        if !dir.join("data.mdb").exists() {
+            return Ok(None);
+        }
+        let mut options = EnvOpenOptions::new().read_txn_without_tls();
+        options.max_dbs(4);
+        // SAFETY: READ_ONLY is not one of the unsafe flags (NO_SYNC, NO_META_SYNC,
+        // NO_LOCK): readers take LMDB's reader lock. The environment is opened
+        // once in this process (the `tallyd identity` command), read-only, so the
+        // files are not modified from here.
+        let env = unsafe {
+            options.flags(heed::EnvFlags::READ_ONLY);
+            options.open(dir)
+        }?;
+        let opened = env.open_databases_and_commit(env.read_txn()?, |opener, rtxn| {
+            let meta = opener.open_database::<Str, Bytes>(rtxn, Some("meta"))?;
+            Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit(meta))
+        })?;
+        let meta = match opened {
+            CommitOrAbort::Commit(Some(meta)) => meta,
+            CommitOrAbort::Commit(None) => return Ok(None),
+            CommitOrAbort::Abort(never) => match never {},
+        };
+        let rtxn = env.read_txn()?;
+        if let Some(version) = meta.get(&rtxn, META_FORMAT_VERSION)? {
+            let found = <[u8; 4]>::try_from(version)
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
+            if (1..FORMAT_VERSION).contains(&found) {
+                return Err(StoreError::AnchoringV1 { found });
+            }
+            if found != FORMAT_VERSION {
+                return Err(StoreError::IncompatibleFormat { found });
+            }
+        }
+        match meta.get(&rtxn, META_IDENTITY)? {
+            None => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|_| StoreError::CorruptMeta("identity is not UTF-8")),
+        }
+    }
+
     /// The log's random identity.
     pub fn log_id(&self) -> [u8; 16] {
         self.log_id
@@ -873,13 +919,14 @@ impl Store {
         let Ok(end) = u64::try_from(end) else {
             return Ok(None);
         };
-        match self.anchors.range(&rtxn, &(end..))?.next().transpose()? {
+        let found = match self.anchors.range(&rtxn, &(end..))?.next().transpose()? {
             Some((counter, bytes)) => {
                 let covered = anchor_size(bytes)?;
-                Ok((covered == size).then(|| (counter, bytes.to_vec(), covered)))
+                (covered == size).then(|| (counter, bytes.to_vec(), covered))
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(found)
     }
 
     /// Commits an anchor record under its counter value. Contract: returns only
@@ -1089,7 +1136,9 @@ mod tests {
             let store = Store::open(dir.path(), SMALL).unwrap();
             assert_eq!(store.last_anchor().unwrap(), None);
             assert_eq!(store.identity().unwrap(), None);
-            store.commit_genesis(255, b"first", "{\"id\": 1}\n").unwrap();
+            store
+                .commit_genesis(255, b"first", "{\"id\": 1}\n")
+                .unwrap();
         }
         let store = Store::open(dir.path(), SMALL).unwrap();
         assert_eq!(store.identity().unwrap().as_deref(), Some("{\"id\": 1}\n"));
@@ -1172,7 +1221,10 @@ mod tests {
             Some(300)
         );
         assert_eq!(
-            store.first_anchor_for_size(200).unwrap().map(|found| found.0),
+            store
+                .first_anchor_for_size(200)
+                .unwrap()
+                .map(|found| found.0),
             Some(u64::MAX)
         );
         assert_eq!(store.first_anchor_for_size(201).unwrap(), None);
@@ -1203,7 +1255,11 @@ mod tests {
             store.first_anchor_for_size(0).unwrap().map(|found| found.0),
             Some(3)
         );
-        assert_eq!(store.anchor_for_size(0).unwrap().map(|found| found.0), Some(5), "0: the newest");
+        assert_eq!(
+            store.anchor_for_size(0).unwrap().map(|found| found.0),
+            Some(5),
+            "0: the newest"
+        );
     }
 
     #[test]
@@ -1239,7 +1295,10 @@ mod tests {
             wtxn.commit().unwrap();
         }
         let err = Store::open(dir.path(), SMALL).unwrap_err();
-        assert!(matches!(err, StoreError::AnchoringV1 { found: 3 }), "{err:?}");
+        assert!(
+            matches!(err, StoreError::AnchoringV1 { found: 3 }),
+            "{err:?}"
+        );
         let message = err.to_string();
         assert!(message.contains("format 3"), "{message}");
         assert!(message.contains("anchoring v2"), "{message}");

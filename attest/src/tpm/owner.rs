@@ -69,7 +69,9 @@ pub fn owner_record_index(counter_index: u32) -> Result<u32, TpmError> {
         .filter(|index| index >> 24 == 0x01)
         .ok_or(TpmError::InvalidConfig {
             what: "counter_index",
-            value: format!("{counter_index:#010x} (its owner record would be outside the owner NV range)"),
+            value: format!(
+                "{counter_index:#010x} (its owner record would be outside the owner NV range)"
+            ),
         })
 }
 

@@ -23,6 +23,7 @@
 //! leaves T open and unused (the next anchor uses it); a crash after 5 leaves T == A at
 //! the next start, which closes A before anything else ([`startup`]).
 
+pub mod fresh;
 pub mod startup;
 
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,7 @@ use crate::exposure::{now_unix_nanos, AckTimes};
 use crate::sequencer::WeakSequencer;
 use crate::store::{Head, Store, StoreError};
 
+pub use fresh::{FreshError, FreshRequest};
 pub use startup::StartupError;
 
 /// Why an anchor could not be made. Nothing half-done is committed; an anchor whose
@@ -91,6 +93,11 @@ pub struct AnchorStatus {
 pub enum AnchorCommand {
     /// Anchor the settled head now; reply with (counter, AnchorRecord bytes).
     Now(oneshot::Sender<Result<(u64, Vec<u8>), String>>),
+    /// A fresh attestation (serialized with anchors: see [`fresh`]).
+    Fresh(
+        FreshRequest,
+        oneshot::Sender<Result<tally_attest::anchor::FreshAttestation, FreshError>>,
+    ),
 }
 
 /// The newest anchor in the store.
@@ -202,10 +209,7 @@ impl Anchorer {
 
     /// Step 1: apply the ack journal, so that the head covers every acked event.
     async fn settle(&self) -> Result<Head, AnchorError> {
-        self.sequencer
-            .settle()
-            .await
-            .map_err(AnchorError::Settle)?;
+        self.sequencer.settle().await.map_err(AnchorError::Settle)?;
         Ok(self.head())
     }
 
@@ -306,7 +310,11 @@ impl Anchorer {
 
     /// The TPM counter is past `counter`: if that is the newest anchor, it is closed.
     fn closed(&mut self, counter: u64) {
-        let Some(newest) = self.newest.as_mut().filter(|newest| newest.counter == counter) else {
+        let Some(newest) = self
+            .newest
+            .as_mut()
+            .filter(|newest| newest.counter == counter)
+        else {
             return;
         };
         newest.closed = true;
@@ -416,6 +424,10 @@ impl Anchorer {
                 command = commands.recv() => match command {
                     Some(AnchorCommand::Now(reply)) => {
                         let result = self.anchor_logged().await;
+                        let _ = reply.send(result);
+                    }
+                    Some(AnchorCommand::Fresh(request, reply)) => {
+                        let result = self.fresh(request).await;
                         let _ = reply.send(result);
                     }
                     None => break,

@@ -21,12 +21,12 @@
 
 use std::time::Duration;
 
+use tally_attest::anchor::AnchorPolicy;
 use tally_attest::evidence::verify::{AkPublicKey, EvidenceKeys};
 use tally_attest::identity::{IdentityError, LogIdentity, TpmDescription};
 use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::owner::OwnerRecord;
 use tally_attest::tpm::worker::{Provisioned, TpmHandle};
-use tally_attest::anchor::AnchorPolicy;
 
 use super::{crash_point, AnchorError, Anchorer, Newest};
 use crate::exposure::now_unix_nanos;
@@ -222,7 +222,8 @@ impl Anchorer {
                 if owner.is_none() {
                     self.rewrite_owner_record().await?;
                 }
-                self.continue_after(newest, tpm_now, accept_rollback).await?;
+                self.continue_after(newest, tpm_now, accept_rollback)
+                    .await?;
             }
             None => {
                 let size = self.head().size;
@@ -316,11 +317,7 @@ impl Anchorer {
              anchoring now at counter {tpm_now}: verifiers will report the gap {a} -> {tpm_now} until it is reviewed"
         );
         let (counter, _) = self.anchor_once().await?;
-        tracing::error!(
-            counter,
-            after = a,
-            "gap anchor made (--accept-rollback)"
-        );
+        tracing::error!(counter, after = a, "gap anchor made (--accept-rollback)");
         Ok(())
     }
 
@@ -402,7 +399,12 @@ impl Anchorer {
     /// When record `seq` was received (it was acked after that).
     fn receive_time(&self, seq: u64) -> Option<i64> {
         use prost::Message;
-        let record = self.store.read(seq, 1, usize::MAX).ok()?.into_iter().next()?;
+        let record = self
+            .store
+            .read(seq, 1, usize::MAX)
+            .ok()?
+            .into_iter()
+            .next()?;
         let body = record.bytes.get(tally_attest::HEADER_LEN..)?;
         tally_client::proto::RecordBody::decode(body)
             .ok()
