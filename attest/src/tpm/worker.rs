@@ -7,8 +7,10 @@
 //! * after a transport failure (or a TPM restart under an open connection) the thread
 //!   drops its connection; the next request reconnects, re-derives the AK and the owner
 //!   key and re-opens the counter, so requests succeed again once the TPM is back;
-//! * the AK and the owner key (the only transient objects kept) are flushed whenever a
-//!   connection is dropped;
+//! * the AK and the owner key (the only transient objects kept) are loaded on first
+//!   use and flushed whenever a connection is dropped, and before sealing or unsealing:
+//!   a TPM without a resource manager (swtpm on a socket) has only 3 transient object
+//!   slots, and sealing needs the storage primary plus one for the object;
 //! * the thread exits when every [`TpmHandle`] is dropped, flushing and closing first.
 
 use tokio::sync::{mpsc, oneshot};
@@ -218,14 +220,15 @@ impl TpmHandle {
 /// One live TPM connection with what Tally keeps loaded in it.
 struct Connection {
     ctx: Context,
-    ak: LoadedKey,
-    owner_key: LoadedKey,
+    /// Loaded on first use (see the module docs).
+    ak: Option<LoadedKey>,
+    owner_key: Option<LoadedKey>,
     /// ESYS handle of the counter index, opened on first use.
     counter: Option<NvIndexHandle>,
 }
 
 impl Connection {
-    /// Connects, sets hierarchy auths and re-derives the AK and the owner key.
+    /// Connects and sets hierarchy auths; the keys are derived on first use.
     fn open(config: &TpmConfig, tcti: &str) -> Result<Connection, TpmError> {
         let conf = tcti::parse_tcti(tcti)?;
         let mut ctx = Context::new(conf).map_err(|e| match classify("connect", e) {
@@ -244,18 +247,10 @@ impl Connection {
             ),
             Err(e) => tracing::debug!(error = %e, "cannot list transient objects"),
         }
-        let ak = provision::load_ak(&mut ctx)?;
-        let owner_key = match provision::load_owner_key(&mut ctx) {
-            Ok(key) => key,
-            Err(e) => {
-                let _ = ctx.flush_context(ak.handle.into());
-                return Err(e);
-            }
-        };
         Ok(Connection {
             ctx,
-            ak,
-            owner_key,
+            ak: None,
+            owner_key: None,
             counter: None,
         })
     }
@@ -271,10 +266,49 @@ impl Connection {
         Ok(h)
     }
 
+    /// The AK, derived if not loaded.
+    fn ak(&mut self) -> Result<&LoadedKey, TpmError> {
+        let ak = match self.ak.take() {
+            Some(ak) => ak,
+            None => provision::load_ak(&mut self.ctx)?,
+        };
+        Ok(self.ak.insert(ak))
+    }
+
+    /// The owner key, derived if not loaded.
+    fn owner_key(&mut self) -> Result<&LoadedKey, TpmError> {
+        let key = match self.owner_key.take() {
+            Some(key) => key,
+            None => provision::load_owner_key(&mut self.ctx)?,
+        };
+        Ok(self.owner_key.insert(key))
+    }
+
+    /// Both keys' public parts.
+    fn keys(&mut self) -> Result<TpmKeys, TpmError> {
+        Ok(TpmKeys {
+            ak: self.ak()?.public.clone(),
+            owner_key: self.owner_key()?.public.clone(),
+        })
+    }
+
+    /// Flushes the loaded keys (to free transient slots); they are derived again on
+    /// next use.
+    fn unload_keys(&mut self) {
+        for key in [self.ak.take(), self.owner_key.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = self.ctx.flush_context(key.handle.into()) {
+                tracing::debug!(error = %e, "flushing a key failed");
+            }
+        }
+    }
+
     fn evidence_keys(&mut self, index: u32) -> Result<EvidenceKeys, TpmError> {
         Ok(EvidenceKeys {
-            ak: self.ak.handle,
-            owner_key: self.owner_key.handle,
+            ak: self.ak()?.handle,
+            owner_key: self.owner_key()?.handle,
             counter: self.counter(index)?,
             counter_index: index,
         })
@@ -285,11 +319,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Flush the keys explicitly (without a resource manager they would otherwise
         // occupy transient slots until TPM reset). Errors are moot if the TPM is gone.
-        for key in [self.ak.handle, self.owner_key.handle] {
-            if let Err(e) = self.ctx.flush_context(key.into()) {
-                tracing::debug!(error = %e, "flushing a key on disconnect failed");
-            }
-        }
+        self.unload_keys();
     }
 }
 
@@ -313,12 +343,16 @@ impl Worker {
                     }));
                 }
                 Request::Seal(secret, r) => {
-                    let _ =
-                        r.send(self.with_conn(|c, _| crate::tpm::seal::seal(&mut c.ctx, &secret)));
+                    let _ = r.send(self.with_conn(|c, _| {
+                        c.unload_keys();
+                        crate::tpm::seal::seal(&mut c.ctx, &secret)
+                    }));
                 }
                 Request::Unseal(blob, r) => {
-                    let _ =
-                        r.send(self.with_conn(|c, _| crate::tpm::seal::unseal(&mut c.ctx, &blob)));
+                    let _ = r.send(self.with_conn(|c, _| {
+                        c.unload_keys();
+                        crate::tpm::seal::unseal(&mut c.ctx, &blob)
+                    }));
                 }
                 Request::Increment(r) => {
                     let _ = r.send(self.with_conn(|c, cfg| {
@@ -334,12 +368,7 @@ impl Worker {
                     }));
                 }
                 Request::Keys(r) => {
-                    let _ = r.send(self.with_conn(|c, _| {
-                        Ok(TpmKeys {
-                            ak: c.ak.public.clone(),
-                            owner_key: c.owner_key.public.clone(),
-                        })
-                    }));
+                    let _ = r.send(self.with_conn(|c, _| c.keys()));
                 }
                 Request::ReadOwnerRecord(r) => {
                     let _ = r.send(self.with_conn(|c, cfg| {
@@ -393,9 +422,10 @@ fn provision_all(c: &mut Connection, cfg: &TpmConfig) -> Result<Provisioned, Tpm
     let state = provision::ensure_counter(&mut c.ctx, cfg.counter_index, c.counter)?;
     c.counter = Some(state.handle);
     let ek_certificates = provision::read_ek_certificates(&mut c.ctx)?;
+    let keys = c.keys()?;
     Ok(Provisioned {
-        ak: c.ak.public.clone(),
-        owner_key: c.owner_key.public.clone(),
+        ak: keys.ak,
+        owner_key: keys.owner_key,
         counter_index: cfg.counter_index,
         counter: state.value,
         counter_defined_now: state.defined_now,
