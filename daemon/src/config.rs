@@ -54,7 +54,9 @@ pub struct TpmSettings {
     /// TCTI; unset: `TCTI`, then `TPM2TOOLS_TCTI`, then `device:/dev/tpmrm0`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcti: Option<String>,
-    /// NV counter index handle, e.g. "0x01c17a11".
+    /// NV counter index handle, e.g. "0x01c17a11" (a TOML integer such as
+    /// 0x01c17a11 is taken too). The owner record takes the next index.
+    #[serde(deserialize_with = "string_or_integer")]
     pub counter_index: String,
     /// PCRs quoted with every anchor, tpm2-tools syntax (SHA-256 bank only).
     pub pcrs: String,
@@ -84,17 +86,35 @@ impl TpmSettings {
             .counter_index
             .trim_start_matches("0x")
             .trim_start_matches("0X");
+        // Below 0x01ffffff: the owner record lives at counter_index + 1.
         u32::from_str_radix(digits, 16)
             .ok()
-            .filter(|index| (0x0100_0000..0x0200_0000).contains(index))
+            .filter(|index| (0x0100_0000..0x01ff_ffff).contains(index))
             .ok_or_else(|| ConfigError::Invalid {
                 field: "tpm.counter_index",
                 message: format!(
-                    "{:?} is not an NV index handle 0x01000000..0x01ffffff",
+                    "{:?} is not an NV index handle 0x01000000..0x01fffffe (the owner record takes the next index)",
                     self.counter_index
                 ),
             })
     }
+}
+
+/// `counter_index = "0x01c17a11"` or `counter_index = 0x01c17a11`: kept as the
+/// hex string either way.
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Index {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Index::deserialize(deserializer)? {
+        Index::Text(text) => text,
+        Index::Number(number) => format!("{number:#010x}"),
+    })
 }
 
 /// The daemon's settings. Every field has a default; see `tallyd.example.toml`.
@@ -364,6 +384,17 @@ mod tests {
         let example = include_str!("../../tallyd.example.toml");
         let parsed: Config = toml::from_str(example).unwrap();
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn the_counter_index_is_a_hex_string_or_a_toml_integer_below_the_last_index() {
+        let as_text: Config = toml::from_str("[tpm]\ncounter_index = \"0x01c17b11\"\n").unwrap();
+        let as_number: Config = toml::from_str("[tpm]\ncounter_index = 0x01c17b11\n").unwrap();
+        assert_eq!(as_text.tpm.counter_index().unwrap(), 0x01c1_7b11);
+        assert_eq!(as_number, as_text);
+        // The owner record needs the next index.
+        let last: Config = toml::from_str("[tpm]\ncounter_index = 0x01ffffff\n").unwrap();
+        assert!(last.tpm.counter_index().is_err());
     }
 
     #[test]

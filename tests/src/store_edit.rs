@@ -5,15 +5,15 @@
 use std::path::Path;
 
 use heed::types::{Bytes, Str, U64};
-use heed::{byteorder::BigEndian, Database, Env, EnvOpenOptions, RwTxn};
+use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, RwTxn};
 
 /// The store's named databases.
 #[derive(Debug, Clone, Copy)]
 pub struct Dbs {
-    pub records: Database<U64<BigEndian>, Bytes>,
-    pub anchors: Database<U64<BigEndian>, Bytes>,
-    pub meta: Database<Str, Bytes>,
-    pub tree: Database<Bytes, Bytes>,
+    pub records: Database<'static, U64<BigEndian>, Bytes>,
+    pub anchors: Database<'static, U64<BigEndian>, Bytes>,
+    pub meta: Database<'static, Str, Bytes>,
+    pub tree: Database<'static, Bytes, Bytes>,
 }
 
 /// Opens `<data_dir>/store` (the daemon must be stopped) and runs `edit` in
@@ -23,13 +23,27 @@ pub fn edit<T>(
     edit: impl FnOnce(&mut RwTxn<'_>, &Dbs) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let env = open(data_dir)?;
-    let mut wtxn = env.write_txn()?;
-    let dbs = Dbs {
-        records: open_db(&env, &mut wtxn, "records")?,
-        anchors: open_db(&env, &mut wtxn, "anchors")?,
-        meta: open_db(&env, &mut wtxn, "meta")?,
-        tree: open_db(&env, &mut wtxn, "tree")?,
+    // heed 0.23: databases are opened in a transaction of their own.
+    let opened = env.create_databases_and_commit(env.write_txn()?, |opener, wtxn| {
+        let dbs = (
+            opener.create_database(wtxn, Some("records"))?,
+            opener.create_database(wtxn, Some("anchors"))?,
+            opener.create_database(wtxn, Some("meta"))?,
+            opener.create_database(wtxn, Some("tree"))?,
+        );
+        Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit(dbs))
+    })?;
+    let (records, anchors, meta, tree) = match opened {
+        CommitOrAbort::Commit(dbs) => dbs,
+        CommitOrAbort::Abort(never) => match never {},
     };
+    let dbs = Dbs {
+        records,
+        anchors,
+        meta,
+        tree,
+    };
+    let mut wtxn = env.write_txn()?;
     let out = edit(&mut wtxn, &dbs)?;
     wtxn.commit()?;
     Ok(out)
@@ -41,15 +55,6 @@ fn open(data_dir: &Path) -> anyhow::Result<Env> {
     // SAFETY: the daemon is stopped and nothing else in this process opens
     // this environment, which is all heed asks.
     Ok(unsafe { options.open(data_dir.join("store")) }?)
-}
-
-fn open_db<K: 'static, V: 'static>(
-    env: &Env,
-    wtxn: &mut RwTxn<'_>,
-    name: &str,
-) -> anyhow::Result<Database<K, V>> {
-    env.open_database(wtxn, Some(name))?
-        .ok_or_else(|| anyhow::anyhow!("the store has no {name} database"))
 }
 
 /// Deletes every anchor (what a restored copy "with its anchors deleted" is).
@@ -69,8 +74,12 @@ pub fn empty_the_log(data_dir: &Path) -> anyhow::Result<()> {
         dbs.records.clear(wtxn)?;
         dbs.anchors.clear(wtxn)?;
         dbs.tree.clear(wtxn)?;
-        dbs.meta.delete(wtxn, "head")?;
-        dbs.meta.delete(wtxn, "frontier")?;
+        // An empty log's head and Merkle frontier, as a fresh store has them.
+        let mut head = 0u64.to_be_bytes().to_vec();
+        head.extend_from_slice(&tally_attest::GENESIS_PREV);
+        dbs.meta.put(wtxn, "head", &head)?;
+        let frontier = tally_attest::merkle::Frontier::new().to_bytes();
+        dbs.meta.put(wtxn, "frontier", &frontier)?;
         Ok(())
     })
 }
