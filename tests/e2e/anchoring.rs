@@ -1,6 +1,7 @@
 //! TPM anchoring end to end: the real tallyd on a real swtpm per test
-//! (never a mock), the real `tally` CLI as the responder's verifier, and
-//! tpm2-tools as an independent cross-check.
+//! (never a mock), the real `tally` CLI as the responder's verifier (holding
+//! the log's identity, as `tallyd identity` prints it), and tpm2-tools as an
+//! independent cross-check.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -77,9 +78,20 @@ fn ak(daemon: &Daemon) -> String {
     daemon.data_dir().join("tpm/ak.pem").display().to_string()
 }
 
+/// The verifier's copy of the log's identity, taken as it is at provisioning
+/// (`tallyd identity`), outside the data directory.
+fn identity(daemon: &Daemon) -> String {
+    let out = path(daemon.dir(), "identity.json");
+    if !Path::new(&out).exists() {
+        let json = run_ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
+        std::fs::write(&out, json).unwrap();
+    }
+    out
+}
+
 fn verify(daemon: &Daemon, bundle: &str, extra: &[&str]) -> Run {
-    let ak = ak(daemon);
-    let mut args = vec!["verify", bundle, "--ak", ak.as_str()];
+    let identity = identity(daemon);
+    let mut args = vec!["verify", bundle, "--identity", identity.as_str()];
     args.extend_from_slice(extra);
     tally(daemon, &args)
 }
@@ -136,7 +148,7 @@ async fn rollback_is_refused_at_start_and_named_by_the_verifier() {
     let Some(tpm) = Swtpm::start() else { return };
     let mut daemon = anchored_daemon(&tpm, "");
     append(&daemon, 0, 200).await;
-    assert_eq!(anchor(&daemon), 2, "provisioning leaves the counter at 1");
+    assert_eq!(anchor(&daemon), 2, "the genesis anchor took 1");
     let old_bundle = export(&daemon, "old.bundle");
     assert!(daemon.terminate().unwrap().success());
     let old_copy = daemon.dir().join("data-old");
@@ -177,7 +189,9 @@ async fn rollback_is_refused_at_start_and_named_by_the_verifier() {
     );
     assert_eq!(stale.code, 1, "{stale:?}");
     assert!(
-        stale.stdout.contains("not current: 2 anchors missing"),
+        stale
+            .stdout
+            .contains("not current: 2 anchored counter values are missing"),
         "{}",
         stale.stdout
     );
@@ -212,7 +226,8 @@ async fn truncation_and_a_removed_anchor_are_named() {
     let attestation = attest(&daemon, nonce, "fresh.att");
     let fresh = ["--attestation", attestation.as_str(), "--nonce", nonce];
     let all = sections(&bundle);
-    assert_eq!(all.iter().filter(|(kind, _)| *kind == ANCHOR).count(), 4);
+    // The genesis anchor and four more.
+    assert_eq!(all.iter().filter(|(kind, _)| *kind == ANCHOR).count(), 5);
     assert_eq!(all.iter().filter(|(kind, _)| *kind == RECORD).count(), 200);
     let ok = verify(&daemon, &bundle, &fresh);
     assert_eq!(ok.code, 0, "{}", ok.stdout);
@@ -245,10 +260,11 @@ async fn truncation_and_a_removed_anchor_are_named() {
     // The attacker also drops the last anchor and rewrites the header to match:
     // only the TPM's current counter exposes it.
     let mut header = BundleHeader::decode(all[0].1.as_slice()).unwrap();
+    // The fourth anchor (genesis, then three): the fifth is dropped.
     let third = AnchorRecord::decode(
         all.iter()
             .filter(|(kind, _)| *kind == ANCHOR)
-            .nth(2)
+            .nth(3)
             .unwrap()
             .1
             .as_slice(),
@@ -267,7 +283,7 @@ async fn truncation_and_a_removed_anchor_are_named() {
     sections_out.extend(
         all.iter()
             .filter(|(kind, _)| *kind == ANCHOR)
-            .take(3)
+            .take(4)
             .cloned(),
     );
     sections_out.extend(
@@ -286,7 +302,8 @@ async fn truncation_and_a_removed_anchor_are_named() {
         run.stdout
     );
     assert!(
-        run.stdout.contains("not current: 1 anchors missing"),
+        run.stdout
+            .contains("not current: 1 anchored counter values are missing"),
         "{}",
         run.stdout
     );
@@ -301,7 +318,7 @@ async fn truncation_and_a_removed_anchor_are_named() {
                 return true;
             }
             anchor_index += 1;
-            anchor_index != 2
+            anchor_index != 3 // counter 3 (the genesis is 1)
         })
         .cloned()
         .collect();
@@ -319,7 +336,7 @@ async fn truncation_and_a_removed_anchor_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_evidence_is_rejected_each_with_its_own_error() {
-    //! Another TPM's AK, a replayed attestation for another nonce, and a
+    //! Another TPM's keys, a replayed attestation for another nonce, and a
     //! checkpoint that is not the one the TPM signed.
     let Some(tpm) = Swtpm::start() else { return };
     let Some(other_tpm) = Swtpm::start() else {
@@ -330,7 +347,8 @@ async fn forged_evidence_is_rejected_each_with_its_own_error() {
     anchor(&daemon);
     let bundle = export(&daemon, "b.bundle");
 
-    // The other TPM's AK, as `tallyd provision` exports it.
+    // The other TPM's keys, as `tallyd provision` exports them, in place of
+    // this log's in the identity (a verifier who pinned the wrong TPM).
     let other_dir = daemon.dir().join("other");
     let provision = tally_tests::tallyd(&[
         OsStr::new("--data-dir"),
@@ -341,11 +359,16 @@ async fn forged_evidence_is_rejected_each_with_its_own_error() {
     ])
     .unwrap();
     assert_eq!(provision.code, 0, "{provision:?}");
-    let other_ak = other_dir.join("tpm/ak.pem");
-    let run = tally(
-        &daemon,
-        &["verify", &bundle, "--ak", &other_ak.display().to_string()],
-    );
+    let mut wrong: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(identity(&daemon)).unwrap()).unwrap();
+    for (field, file) in [("ak", "ak.pem"), ("owner_key", "owner-key.pem")] {
+        wrong[field] = std::fs::read_to_string(other_dir.join("tpm").join(file))
+            .unwrap()
+            .into();
+    }
+    let wrong_identity = path(daemon.dir(), "wrong-identity.json");
+    std::fs::write(&wrong_identity, wrong.to_string()).unwrap();
+    let run = tally(&daemon, &["verify", &bundle, "--identity", &wrong_identity]);
     assert_eq!(run.code, 1);
     assert!(
         run.stdout.contains("anchors valid:      FAILED"),
@@ -369,33 +392,75 @@ async fn forged_evidence_is_rejected_each_with_its_own_error() {
         run.stdout
     );
 
-    // The anchor's checkpoint changed (claims one more record): the TPM signed another digest.
+    // The second anchor's checkpoint changed (claims one more record), its
+    // signature line kept: the log key's signature (and the TPM's qualifying
+    // data) no longer cover it.
     let mut all = sections(&bundle);
-    let (_, anchor_bytes) = all.iter_mut().find(|(kind, _)| *kind == ANCHOR).unwrap();
+    let (_, anchor_bytes) = all
+        .iter_mut()
+        .filter(|(kind, _)| *kind == ANCHOR)
+        .nth(1)
+        .unwrap();
     let mut record = AnchorRecord::decode(anchor_bytes.as_slice()).unwrap();
-    let mut checkpoint = tally_attest::anchor::Checkpoint::parse(&record.checkpoint).unwrap();
-    checkpoint.size += 1;
-    record.checkpoint = checkpoint.to_text().into_bytes();
+    let checkpoint = tally_attest::anchor::Checkpoint::parse(&record.checkpoint).unwrap();
+    let note = String::from_utf8(record.checkpoint.clone()).unwrap();
+    let edited = note.replacen(
+        &format!("\n{}\n", checkpoint.size),
+        &format!("\n{}\n", checkpoint.size + 1),
+        1,
+    );
+    assert_ne!(edited, note);
+    record.checkpoint = edited.into_bytes();
     *anchor_bytes = record.encode_to_vec();
     let tampered = path(daemon.dir(), "tampered.bundle");
     write_sections(&tampered, &all);
     let run = verify(&daemon, &tampered, &[]);
-    assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("qualifying data"), "{}", run.stdout);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("anchors valid:      FAILED"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("checkpoint signature"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// The TPM counter's value (tallyd must be stopped: swtpm serves one
+/// connection at a time).
+fn nvread(tpm: &Swtpm) -> u64 {
+    let out = tpm.tool("tpm2_nvread", &["0x01c17a11", "-C", "o"]);
+    assert!(out.status.success(), "{out:?}");
+    u64::from_be_bytes(out.stdout[..8].try_into().unwrap())
+}
+
+fn status(daemon: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&run_ok(tally(daemon, &["status", "--json"]), "status")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_each_step_of_anchoring_recovers_without_a_false_alarm() {
-    //! TALLYD_CRASH_POINT aborts tallyd after the intent, after the counter
-    //! increment, and after the evidence: each restart starts cleanly, keeps
-    //! every acked event, and the log verifies as current with no counter gap.
-    for point in ["after-intent", "after-increment", "after-evidence"] {
+    //! TALLYD_CRASH_POINT aborts tallyd after the evidence (nothing committed:
+    //! the open value is used by the next anchor), after the anchor commit
+    //! (its value not closed: the start closes it) and after the increment.
+    //! Each restart starts cleanly, anchors at once what the store holds past
+    //! its newest anchor, keeps every acked event, and the log verifies as
+    //! current with no counter gap.
+    for point in ["after-evidence", "after-anchor-commit", "after-increment"] {
         let Some(tpm) = Swtpm::start() else { return };
         let mut daemon = anchored_daemon(&tpm, "");
         append(&daemon, 0, 100).await;
-        assert_eq!(anchor(&daemon), 2);
+        // Genesis at 1 (provisioning leaves the counter at 1), closed: 2 is open.
+        assert_eq!(anchor(&daemon), 2, "{point}");
         // Nothing new since the anchor: the clean shutdown adds no anchor.
-        daemon.terminate().unwrap();
+        assert!(daemon.terminate().unwrap().success());
+        assert_eq!(
+            nvread(&tpm),
+            3,
+            "{point}: the newest anchor's value is closed"
+        );
         daemon.set_env(&[("TALLYD_CRASH_POINT", point)]);
         daemon.restart().unwrap();
         append(&daemon, 100, 100).await;
@@ -408,19 +473,27 @@ async fn a_crash_at_each_step_of_anchoring_recovers_without_a_false_alarm() {
             tally_tests::wait_until(Duration::from_secs(10), || !daemon.is_running()).await,
             "{point}: tallyd did not abort"
         );
+        // What the crash left in the TPM: certify never increments; only the
+        // step after the commit does.
+        let expected_counter = if point == "after-increment" { 4 } else { 3 };
+        assert_eq!(nvread(&tpm), expected_counter, "{point}");
         daemon.set_env(&[]);
         daemon
             .restart()
             .unwrap_or_else(|err| panic!("{point}: false alarm at restart: {err}"));
-        let status: serde_json::Value =
-            serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+        // The start anchors the 100 events the crashed anchor was for (after
+        // the evidence: at the unused value 3), or finds them anchored at 3.
+        let status = status(&daemon);
         assert_eq!(status["size"], 200, "{point}");
-        let expected_after_recovery = if point == "after-intent" { 2 } else { 3 };
+        assert_eq!(status["last_anchor_counter"], 3, "{point}: {status}");
+        assert_eq!(status["last_anchor_size"], 200, "{point}: {status}");
+        assert_eq!(status["unanchored_events"], 0, "{point}: {status}");
         assert_eq!(
-            status["last_anchor_counter"], expected_after_recovery,
+            status["oldest_unanchored_age_millis"], 0,
             "{point}: {status}"
         );
-        assert_eq!(anchor(&daemon), expected_after_recovery + 1, "{point}");
+        append(&daemon, 200, 10).await;
+        assert_eq!(anchor(&daemon), 4, "{point}");
         let bundle = export(&daemon, "b.bundle");
         let attestation = attest(&daemon, "5eed", "a.att");
         let run = verify(
@@ -430,6 +503,8 @@ async fn a_crash_at_each_step_of_anchoring_recovers_without_a_false_alarm() {
         );
         assert_eq!(run.code, 0, "{point}: {}", run.stdout);
         assert!(run.stdout.contains("no gap"), "{point}: {}", run.stdout);
+        assert!(daemon.terminate().unwrap().success());
+        assert_eq!(nvread(&tpm), 5, "{point}: closed at shutdown");
     }
 }
 
@@ -502,7 +577,8 @@ async fn appends_continue_while_the_tpm_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm2_tools_accept_our_quotes_and_read_our_counter() {
     //! Interop: tpm2_checkquote accepts every exported anchor quote with the
-    //! exported AK; tpm2_nvread reads the counter tallyd reports.
+    //! exported AK; tpm2_nvread reads the counter one past the newest anchor
+    //! tallyd reports (its value is closed).
     let Some(tpm) = Swtpm::start() else { return };
     let mut daemon = anchored_daemon(&tpm, "");
     for round in 0..3 {
@@ -532,7 +608,7 @@ async fn tpm2_tools_accept_our_quotes_and_read_our_counter() {
         "tally quote-files",
     );
     let lines: Vec<&str> = commands.lines().collect();
-    assert_eq!(lines.len(), 3, "{commands}");
+    assert_eq!(lines.len(), 4, "the genesis anchor and three: {commands}");
     for line in lines {
         let args: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(args[0], "tpm2_checkquote");
@@ -559,7 +635,7 @@ async fn tpm2_tools_accept_our_quotes_and_read_our_counter() {
         String::from_utf8_lossy(&nvread.stderr)
     );
     let value = u64::from_be_bytes(nvread.stdout[..8].try_into().unwrap());
-    assert_eq!(value, reported);
+    assert_eq!(value, reported + 1, "the newest anchor's value is closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
