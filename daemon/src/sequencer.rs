@@ -1362,4 +1362,42 @@ mod tests {
         let (_, replayed) = Journal::recover(dir.path(), &store).unwrap();
         assert_eq!(replayed, 0);
     }
+
+    #[test]
+    fn a_weak_handle_settles_records_ack_times_and_does_not_keep_the_sequencer_running() {
+        //! The anchorer holds a weak handle: the drain's last handle drop must
+        //! still stop the commit thread, and after the stop the head it sees
+        //! includes what the stop applied from the journal.
+        let (dir, store) = store(1 << 30);
+        let journal = journal(&dir, &store);
+        let (handle, thread) = start(store.clone(), Some(journal), journaling(64)).unwrap();
+        let weak = handle.downgrade();
+        let ack_times = handle.ack_times();
+        let counter = Arc::new(AtomicU64::new(0));
+        let (first, answer) = job(3, 10, &counter);
+        submit(&handle, first);
+        answered(answer).unwrap();
+        let exposure = ack_times.exposure();
+        assert_eq!(exposure.unanchored, 3);
+        assert!(exposure.oldest_acked_unix_nanos.is_some());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(weak.settle()).unwrap();
+        assert_eq!(
+            weak.head.borrow().size,
+            3,
+            "settled: the store holds the acked events"
+        );
+        let (second, answer) = job(2, 10, &counter);
+        submit(&handle, second);
+        answered(answer).unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        // Stopped: settle returns at once, and the head includes the stop's apply.
+        runtime.block_on(weak.settle()).unwrap();
+        assert_eq!(weak.head.borrow().size, 5);
+        assert_eq!(store.head().unwrap().size, 5);
+    }
 }
