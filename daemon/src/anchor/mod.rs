@@ -358,10 +358,12 @@ impl Anchorer {
             // next attempt closes it (step 2).
             tracing::warn!(%err, counter, "the anchor is committed but its counter value is not closed yet; the next attempt closes it");
         }
+        let elapsed = started.elapsed();
         tracing::info!(
             counter,
             size = head.size,
-            millis = started.elapsed().as_millis() as u64,
+            millis = elapsed.as_millis() as u64,
+            micros = elapsed.as_micros() as u64,
             "anchored"
         );
         Ok((counter, record))
