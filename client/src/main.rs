@@ -63,8 +63,9 @@ enum Command {
         out: PathBuf,
         /// Right after the export, also take a fresh attestation for --nonce
         /// that carries the anchors made since (written to FILE, default OUT.att).
-        #[arg(long, requires = "nonce", num_args = 0..=1, default_missing_value = "", value_name = "FILE")]
-        attest: Option<PathBuf>,
+        #[arg(long, requires = "nonce", value_name = "FILE")]
+        #[allow(clippy::option_option)]
+        attest: Option<Option<PathBuf>>,
         /// Your nonce for --attest, hex (1 to 64 bytes).
         #[arg(long, requires = "attest")]
         nonce: Option<String>,
@@ -441,7 +442,7 @@ fn progress_bar(what: &str) -> ProgressBar {
 async fn export(
     target: &Target,
     out: &Path,
-    attest: Option<(PathBuf, String)>,
+    attest: Option<(Option<PathBuf>, String)>,
 ) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let bar = progress_bar("exporting");
@@ -459,10 +460,7 @@ async fn export(
         hex::encode(summary.head_hash)
     );
     if let Some((path, nonce)) = attest {
-        let path = match path.as_os_str().is_empty() {
-            true => PathBuf::from(format!("{}.att", out.display())),
-            false => path,
-        };
+        let path = path.unwrap_or_else(|| PathBuf::from(format!("{}.att", out.display())));
         cli::tpm::attest(&mut client, &nonce, summary.last_anchor_size, &path).await?;
     }
     Ok(())

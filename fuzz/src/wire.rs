@@ -77,6 +77,7 @@ pub fn stream(data: &[u8]) -> Vec<u8> {
             4 => Some(request::Body::Status(proto::StatusRequest {})),
             5 => Some(request::Body::Attest(proto::AttestRequest {
                 nonce: input.bytes(80).to_vec(),
+                since_size: (input.byte() & 1 == 1).then(|| input.seq()),
             })),
             6 => Some(request::Body::Anchor(proto::AnchorRequest {})),
             7 => Some(request::Body::ReadAnchors(proto::ReadAnchorsRequest {

@@ -434,8 +434,8 @@ async fn tpm2_clear_is_refused_by_tallyd_and_evident_to_the_verifier() {
     // AK still signs, the owner key that certifies the counter is another.
     let last = sections(&bundle)
         .into_iter()
-        .filter(|(kind, _)| *kind == ANCHOR)
-        .last()
+        .rev()
+        .find(|(kind, _)| *kind == ANCHOR)
         .unwrap()
         .1;
     let record = decode_anchor(&last).unwrap();
@@ -775,10 +775,12 @@ fn the_documented_hardening_makes_tpm2_clear_fail() {
             .any(|line| line.contains("disableClear") && line.trim_end().ends_with('1')),
         "{caps}"
     );
-    let (cleared, err) = ran("tpm2_clear", &["-c", "l"]);
-    assert!(!cleared, "TPM2_Clear with the empty lockout auth must fail");
-    assert!(err.contains("authorization"), "{err}");
+    // With the secret first: one wrong attempt locks the lockout hierarchy
+    // out (dictionary attack protection) and would hide the "disabled".
     let (cleared, err) = ran("tpm2_clear", &["-c", "l", "kept-off-host"]);
     assert!(!cleared, "TPM2_Clear must stay disabled");
     assert!(err.contains("disabled"), "{err}");
+    let (cleared, err) = ran("tpm2_clear", &["-c", "l"]);
+    assert!(!cleared, "TPM2_Clear with the empty lockout auth must fail");
+    assert!(err.contains("authorization"), "{err}");
 }

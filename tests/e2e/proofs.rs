@@ -17,7 +17,7 @@ fn ok(run: Run) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
+async fn inclusion_and_consistency_proofs_verify_with_only_the_identity() {
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = Daemon::start(DaemonOpts {
         tpm: format!(
@@ -42,7 +42,16 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         .unwrap();
     ok(tally(&daemon, &["anchor"]));
     let ak = daemon.data_dir().join("tpm/ak.pem").display().to_string();
+    let owner_key = daemon
+        .data_dir()
+        .join("tpm/owner-key.pem")
+        .display()
+        .to_string();
     let path = |name: &str| daemon.dir().join(name).display().to_string();
+    let id = path("identity.json");
+    let identity = daemon.tallyd(&["identity"]).unwrap();
+    assert_eq!(identity.code, 0, "{identity:?}");
+    std::fs::write(&id, &identity.stdout).unwrap();
 
     // Inclusion of a record against the newest anchor (1537 records).
     let seq = rand::random::<u64>() % 1537;
@@ -58,7 +67,10 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
             &inclusion,
         ],
     ));
-    let out = ok(tally(&daemon, &["verify-proof", &inclusion, "--ak", &ak]));
+    let out = ok(tally(
+        &daemon,
+        &["verify-proof", &inclusion, "--identity", &id],
+    ));
     assert!(
         out.contains(&format!("record seq {seq} ")) && out.contains("log of 1537 records"),
         "{out}"
@@ -80,7 +92,8 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         ],
     ));
     assert!(
-        ok(tally(&daemon, &["verify-proof", &older, "--ak", &ak])).contains("log of 1000 records")
+        ok(tally(&daemon, &["verify-proof", &older, "--identity", &id]))
+            .contains("log of 1000 records")
     );
     let beyond = tally(
         &daemon,
@@ -128,18 +141,24 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         .join("tpm/log-key.pub")
         .display()
         .to_string();
-    let out = ok(tally(
+    // Keys given one by one (no identity): the proof verifies, but the log
+    // is not pinned, so the verdict is PARTIAL (exit 3).
+    let run = tally(
         &daemon,
         &[
             "verify-proof",
             &inclusion,
             "--ak",
             &ak,
+            "--owner-key",
+            &owner_key,
             "--log-key",
             &log_key,
         ],
-    ));
-    assert!(out.starts_with("OK"), "{out}");
+    );
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stdout.starts_with("OK"), "{}", run.stdout);
+    assert!(run.stdout.contains("PARTIAL"), "{}", run.stdout);
     let stranger = "tally/00000000000000000000000000000000+e643c1fb+AUfA+ZUXaylh7DiUNgfPt7eh7CaX8ej3dmEiaU4YbXXe";
     let run = tally(
         &daemon,
@@ -148,6 +167,8 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
             &inclusion,
             "--ak",
             &ak,
+            "--owner-key",
+            &owner_key,
             "--log-key",
             stranger,
         ],
@@ -160,20 +181,20 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
     );
     let bundle = path("log.bundle");
     ok(tally(&daemon, &["export", "--out", &bundle]));
-    let out = ok(tally(
-        &daemon,
-        &["verify", &bundle, "--ak", &ak, "--log-key", &log_key],
-    ));
-    assert!(out.contains("checkpoint keys:    OK"), "{out}");
+    let run = tally(&daemon, &["verify", &bundle, "--identity", &id]);
+    // No fresh attestation: PARTIAL (exit 3), with everything else OK.
+    assert_eq!(run.code, 3, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("checkpoint keys:    OK"),
+        "{}",
+        run.stdout
+    );
     // A tampered log fails against its anchored checkpoints: one record
     // rewritten and the chain after it recomputed consistently (the strongest
     // rewrite a root attacker can make without the TPM) breaks the roots.
     let rewritten = path("rewritten.bundle");
     rewrite_record_consistently(&bundle, &rewritten, 700);
-    let run = tally(
-        &daemon,
-        &["verify", &rewritten, "--ak", &ak, "--log-key", &log_key],
-    );
+    let run = tally(&daemon, &["verify", &rewritten, "--identity", &id]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(
         run.stdout.contains("chain intact:       OK"),
@@ -200,7 +221,10 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
             &consistency,
         ],
     ));
-    let out = ok(tally(&daemon, &["verify-proof", &consistency, "--ak", &ak]));
+    let out = ok(tally(
+        &daemon,
+        &["verify-proof", &consistency, "--identity", &id],
+    ));
     assert!(
         out.contains("the log of 1537 records") && out.contains("extends the log of 1000 records"),
         "{out}"
@@ -235,7 +259,7 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
         .encode_to_vec(),
     )
     .unwrap();
-    let run = tally(&daemon, &["verify-proof", &tampered, "--ak", &ak]);
+    let run = tally(&daemon, &["verify-proof", &tampered, "--identity", &id]);
     assert_eq!(run.code, 1);
     assert!(
         run.stdout.contains("FAILED") && run.stdout.contains("root"),
@@ -256,7 +280,7 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
     )
     .unwrap();
     assert_eq!(
-        tally(&daemon, &["verify-proof", &tampered, "--ak", &ak]).code,
+        tally(&daemon, &["verify-proof", &tampered, "--identity", &id]).code,
         1
     );
 
@@ -268,7 +292,26 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
     record.checkpoint = checkpoint.to_text().into_bytes();
     bad.consistency.as_mut().unwrap().old_anchor = record.encode_to_vec();
     std::fs::write(&tampered, bad.encode_to_vec()).unwrap();
-    let run = tally(&daemon, &["verify-proof", &tampered, "--ak", &ak]);
+    // The identity pins the log key, so the edited checkpoint fails on its
+    // signature; with the TPM keys alone, on the TPM's qualifying data.
+    let run = tally(&daemon, &["verify-proof", &tampered, "--identity", &id]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("checkpoint signature"),
+        "{}",
+        run.stdout
+    );
+    let run = tally(
+        &daemon,
+        &[
+            "verify-proof",
+            &tampered,
+            "--ak",
+            &ak,
+            "--owner-key",
+            &owner_key,
+        ],
+    );
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("qualifying data"), "{}", run.stdout);
 
@@ -286,7 +329,18 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_ak() {
     .unwrap();
     assert_eq!(provision.code, 0, "{provision:?}");
     let other_ak = other.join("tpm/ak.pem").display().to_string();
-    let run = tally(&daemon, &["verify-proof", &inclusion, "--ak", &other_ak]);
+    let other_owner = other.join("tpm/owner-key.pem").display().to_string();
+    let run = tally(
+        &daemon,
+        &[
+            "verify-proof",
+            &inclusion,
+            "--ak",
+            &other_ak,
+            "--owner-key",
+            &other_owner,
+        ],
+    );
     assert_eq!(run.code, 1);
     assert!(run.stdout.contains("signature"), "{}", run.stdout);
 }

@@ -247,6 +247,9 @@ impl<'a> AnchorPass<'a> {
             let position = self.position;
             self.position += 1;
             match result {
+                // The daemon starts after the oldest anchor covering
+                // `since_size`; later ones of the same size are in the bundle.
+                Some(Ok(anchor)) if anchor.counter <= base.counter => {}
                 Some(Ok(anchor)) => self.push(anchor, bytes.clone()),
                 Some(Err(error)) => {
                     self.failure = Some(AnchorViolation::Invalid { position, error })
