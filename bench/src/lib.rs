@@ -21,6 +21,7 @@ pub mod report;
 mod report_rows;
 pub mod scenario;
 pub mod swtpm;
+pub mod synth;
 
 use baseline::fsync::FsyncBaseline;
 use baseline::heed_loop::HeedBaseline;
