@@ -15,6 +15,7 @@ use std::time::Duration;
 pub mod baseline;
 pub mod daemon;
 pub mod disk_probe;
+pub mod ecdsa_table;
 pub mod load;
 pub mod procfs;
 pub mod report;
