@@ -14,7 +14,6 @@ use p256::ecdsa::Signature;
 use p256::elliptic_curve::group::Curve as _;
 use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::point::AffineCoordinates;
-use p256::elliptic_curve::Field as _;
 use p256::{AffinePoint, FieldBytes, ProjectivePoint, Scalar, U256};
 
 /// Multiples of one point: `rows[i][j] = j * 16^i * P`.
@@ -98,6 +97,7 @@ mod tests {
     use super::*;
     use p256::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
     use p256::ecdsa::SigningKey;
+    use p256::elliptic_curve::Field as _;
     use rand::{Rng, SeedableRng};
 
     #[test]
