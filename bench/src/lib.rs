@@ -15,12 +15,14 @@ use std::time::Duration;
 pub mod baseline;
 pub mod daemon;
 pub mod disk_probe;
+pub mod ecdsa_table;
 pub mod load;
 pub mod procfs;
 pub mod report;
 mod report_rows;
 pub mod scenario;
 pub mod swtpm;
+pub mod synth;
 
 use baseline::fsync::FsyncBaseline;
 use baseline::heed_loop::HeedBaseline;

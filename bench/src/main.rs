@@ -6,6 +6,7 @@
 //! target/release/tally-bench --swtpm    # everything, about 1.5 minutes
 //! target/release/tally-bench --quick    # everything in under 30 s
 //! (without --swtpm or --tcti the anchoring scenario is skipped)
+//! target/release/tally-bench verify-anchors --records 10000000 --anchors 1000000 --dir DIR
 //! ```
 
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ use tally_bench::{AnchoringOptions, Options, Scenarios};
 #[derive(Debug, Parser)]
 #[command(about = "Measure tallyd against same-run baselines (docs/BENCHMARKS.md)")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Every scenario with short runs and small sizes (under 30 s).
     #[arg(long)]
     quick: bool,
@@ -74,8 +77,66 @@ struct Args {
     anchor_latency: Option<usize>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Verify a synthetic bundle of N records and M anchors (evidence signed
+    /// by software P-256 keys the identity pins) against the same records
+    /// without anchors and bare SHA-256 (no tallyd, no TPM).
+    VerifyAnchors(VerifyAnchorsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyAnchorsArgs {
+    /// Records in the bundle.
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Anchors (the genesis at size 0 included), spread evenly.
+    #[arg(long, default_value_t = 1_000_000)]
+    anchors: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = tally_bench::PAYLOAD_BYTES)]
+    payload: usize,
+    /// Where the generated bundles are kept (and reused if present).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Timed runs of each configuration, alternating.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Iterations of each single-call microbenchmark.
+    #[arg(long, default_value_t = 2000)]
+    micro_iterations: usize,
+    /// Where to write every figure as JSON [default: DIR/verify-anchors.json].
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn verify_anchors(args: VerifyAnchorsArgs) -> anyhow::Result<()> {
+    use tally_bench::scenario::verify_anchors::{run, VerifyAnchorsOptions};
+    let results = run(&VerifyAnchorsOptions {
+        dir: args.dir.clone(),
+        shape: tally_bench::synth::Shape {
+            records: args.records,
+            anchors: args.anchors,
+            payload: args.payload,
+        },
+        runs: args.runs.max(1),
+        micro_iterations: args.micro_iterations.max(1),
+    })?;
+    print!("{}", results.table());
+    let json = args
+        .json
+        .unwrap_or_else(|| args.dir.join("verify-anchors.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!("\nevery figure: {}", json.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::VerifyAnchors(verify)) = args.command {
+        return verify_anchors(verify);
+    }
     let tallyd = match &args.tallyd {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("tallyd"),

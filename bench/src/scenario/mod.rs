@@ -7,6 +7,7 @@ pub mod lone;
 pub mod memory;
 pub mod throughput;
 pub mod verify;
+pub mod verify_anchors;
 
 use std::path::Path;
 

@@ -119,14 +119,14 @@ pub fn run(options: &Options, shape: &VerifyOptions) -> anyhow::Result<(Verify, 
     ))
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The bundle's records, end to end in memory (for the SHA-256 baseline).
-fn read_records(bundle: &std::path::Path) -> anyhow::Result<Records> {
+pub(crate) fn read_records(bundle: &std::path::Path) -> anyhow::Result<Records> {
     let input = BufReader::with_capacity(1 << 20, File::open(bundle)?);
     let mut reader = BundleReader::new(input).context("cannot read the bundle")?;
     let mut records = Records::default();
