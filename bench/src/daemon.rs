@@ -57,6 +57,11 @@ impl Drop for Daemon {
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The TPM counter index of the next anchoring daemon (its owner record
+/// takes the index after it).
+static NEXT_COUNTER_INDEX: std::sync::atomic::AtomicU32 =
+    std::sync::atomic::AtomicU32::new(0x01c1_7a11);
+
 /// How long a stopping tallyd may take to drain before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -69,7 +74,14 @@ impl Daemon {
         let data = dir.join("data");
         let stderr = dir.join("tallyd.stderr");
         let mut command = Command::new(tallyd);
-        if let Some(config) = &setup.config {
+        let mut config = setup.config.clone().unwrap_or_default();
+        if setup.tpm.is_some() {
+            // Every daemon here is a new log, and one TPM counter belongs
+            // to one log (its owner record): each gets a counter of its own.
+            let index = NEXT_COUNTER_INDEX.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+            config.push_str(&format!("\n[tpm]\ncounter_index = {index:#010x}\n"));
+        }
+        if !config.is_empty() {
             let path = dir.join("tallyd.toml");
             std::fs::write(&path, config)?;
             command.arg("--config").arg(path);
