@@ -1,4 +1,4 @@
-//! Anchoring the log in the TPM (anchoring v2, docs/ANCHORING-V2.md).
+//! Anchoring the log in the TPM (anchoring v2, docs/DESIGN.md section 10).
 //!
 //! Contract: anchoring never blocks appends (it runs on its own task and talks to the
 //! TPM worker thread); an anchor is committed only with TPM evidence for exactly the

@@ -1,5 +1,5 @@
 //! Start-up: compare the store, the TPM counter and the owner record, then close,
-//! continue, make the genesis anchor, or refuse (docs/ANCHORING-V2.md, start-up table).
+//! continue, make the genesis anchor, or refuse (docs/DESIGN.md section 10, start-up table).
 //!
 //! A = the store's newest anchor's counter, T = the TPM counter, O = the owner record,
 //! G = the genesis counter O names.
