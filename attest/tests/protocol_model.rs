@@ -1,4 +1,4 @@
-//! A model of the anchoring protocol v2 (docs/ANCHORING-V2.md), checked exhaustively to a
+//! A model of the anchoring protocol v2 (docs/DESIGN.md section 10), checked exhaustively to a
 //! bounded depth by a breadth-first explorer with a visited set of hashed states.
 //!
 //! **Modelled.** The state is the store (records, `anchors[counter]`, the owner key kept in
@@ -44,9 +44,11 @@
 //! **Findings** (tests `v2_hole_*`, `v2_pinned_*`, `power_loss_*`): tallyd certifies an open value
 //! again after a crash between certify and commit, over a longer checkpoint; whoever holds the
 //! first evidence can swap it in for the closed anchor and drop what only the second covered.
-//! Persisting the checkpoint before certifying (re-certify exactly it) closes that in the model.
-//! A power loss between the owner-record write and the genesis commit makes start-up refuse with
-//! "this log's anchors were deleted", which did not happen.
+//! Persisting the checkpoint before certifying (re-certify exactly it) closes that in the model;
+//! tallyd does so now (`meta.pending_checkpoint`, DESIGN section 10 step 3). A power loss between
+//! the owner-record write and the genesis commit made start-up refuse with "this log's anchors
+//! were deleted", which did not happen; tallyd now makes the genesis then (an empty store without
+//! an identity cannot have lost anything a verifier pinned).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};

@@ -574,7 +574,12 @@ async fn a_crash_at_every_anchor_step_still_passes() {
     //! Debug builds abort at a named point of the anchor commit order; after
     //! a restart the log anchors again and verifies as PASS and current.
     let Some(tpm) = Swtpm::start() else { return };
-    for point in ["after-evidence", "after-anchor-commit", "after-increment"] {
+    for point in [
+        "after-pending",
+        "after-evidence",
+        "after-anchor-commit",
+        "after-increment",
+    ] {
         let mut daemon = daemon(&tpm);
         let id = identity(&daemon, &format!("identity-{point}.json"));
         append(&daemon, 0, 40).await;

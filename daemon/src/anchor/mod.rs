@@ -257,22 +257,27 @@ impl Anchorer {
         counter: u64,
         prev: Option<Hash>,
         head: Head,
-    ) -> Result<(Vec<u8>, i64), AnchorError> {
-        let text = Checkpoint {
-            log_id: self.store.log_id(),
-            size: head.size,
-            root: head.root,
-            anchor: Some(AnchorLine { counter, prev }),
-        }
-        .to_text();
-        // The TPM binds the signed note: one object carries both the portable
-        // Ed25519 signature and the TPM counter and quote.
-        let checkpoint = tally_attest::note::sign(&text, &self.signer)?;
+    ) -> Result<(Vec<u8>, i64, u64), AnchorError> {
+        let (checkpoint, size) = match self.pending(counter, prev, head)? {
+            Some(pending) => pending,
+            None => {
+                let text = Checkpoint {
+                    log_id: self.store.log_id(),
+                    size: head.size,
+                    root: head.root,
+                    anchor: Some(AnchorLine { counter, prev }),
+                }
+                .to_text();
+                // The TPM binds the signed note: one object carries both the
+                // portable Ed25519 signature and the TPM counter and quote.
+                let checkpoint = tally_attest::note::sign(&text, &self.signer)?.into_bytes();
+                self.store.put_pending_checkpoint(counter, &checkpoint)?;
+                (checkpoint, head.size)
+            }
+        };
+        crash_point("after-pending");
         let evidence = self
-            .tpm_call(
-                self.tpm
-                    .certify(anchor_qualifying_data(checkpoint.as_bytes())),
-            )
+            .tpm_call(self.tpm.certify(anchor_qualifying_data(&checkpoint)))
             .await?;
         if evidence.counter != counter {
             return Err(AnchorError::CounterMoved {
@@ -283,12 +288,51 @@ impl Anchorer {
         crash_point("after-evidence");
         let created_unix_nanos = now_unix_nanos();
         let record = AnchorRecord {
-            checkpoint: checkpoint.into_bytes(),
+            checkpoint,
             evidence: Some(EvidenceRecord::from_evidence(&evidence)),
             created_unix_nanos,
         }
         .encode_to_vec();
-        Ok((record, created_unix_nanos))
+        Ok((record, created_unix_nanos, size))
+    }
+
+    /// The checkpoint an earlier attempt recorded for `counter` and may have
+    /// had certified before a crash: reused byte for byte when it still fits
+    /// (same counter and predecessor, a size the store holds with that root),
+    /// so one counter value is never certified over two checkpoints.
+    fn pending(
+        &self,
+        counter: u64,
+        prev: Option<Hash>,
+        head: Head,
+    ) -> Result<Option<(Vec<u8>, u64)>, AnchorError> {
+        let Some((pending_counter, bytes)) = self.store.pending_checkpoint()? else {
+            return Ok(None);
+        };
+        let fits = pending_counter == counter
+            && Checkpoint::parse(&bytes).is_ok_and(|checkpoint| {
+                checkpoint.log_id == self.store.log_id()
+                    && checkpoint.anchor == Some(AnchorLine { counter, prev })
+                    && checkpoint.size <= head.size
+                    && self
+                        .store
+                        .root_at(checkpoint.size)
+                        .is_ok_and(|root| root == checkpoint.root)
+            });
+        if !fits {
+            tracing::info!(
+                pending_counter,
+                counter,
+                "a recorded checkpoint no longer fits this anchor: making a new one"
+            );
+            return Ok(None);
+        }
+        tracing::info!(
+            counter,
+            "certifying the checkpoint recorded before an interrupted anchor again"
+        );
+        let size = Checkpoint::parse(&bytes).map_or(head.size, |checkpoint| checkpoint.size);
+        Ok(Some((bytes, size)))
     }
 
     /// After step 5: `record` is the newest anchor.
@@ -347,11 +391,11 @@ impl Anchorer {
         let head = self.settle().await?;
         let newest = self.newest.ok_or(AnchorError::NoGenesis)?;
         let counter = self.open_value(newest).await?;
-        let (record, created) = self
+        let (record, created, size) = self
             .certified_record(counter, Some(newest.hash), head)
             .await?;
         self.store.commit_anchor(counter, &record)?;
-        self.committed(counter, &record, head.size, created);
+        self.committed(counter, &record, size, created);
         crash_point("after-anchor-commit");
         if let Err(err) = self.close(counter).await {
             // Committed but still open: the events count as unanchored until the
@@ -361,7 +405,7 @@ impl Anchorer {
         let elapsed = started.elapsed();
         tracing::info!(
             counter,
-            size = head.size,
+            size,
             millis = elapsed.as_millis() as u64,
             micros = elapsed.as_micros() as u64,
             "anchored"

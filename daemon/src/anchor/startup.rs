@@ -14,6 +14,7 @@
 //! | T > A+1 | refuse ([`StartupError::StoreBehindTpm`]); `--accept-rollback`: gap anchor at T |
 //! | T < A | refuse ([`StartupError::TpmBehindStore`]) |
 //! | no anchors, O absent, or O = this log with G == T | genesis at T over the current size |
+//! | no anchors, empty store, no identity, O = this log, T > G | genesis at T (a first start cut short) |
 //! | no anchors, O = this log, T > G | refuse ([`StartupError::AnchorsDeleted`]) |
 //!
 //! The checks that need no counter run first ([`check_before_provisioning`]), so that
@@ -227,7 +228,21 @@ impl Anchorer {
             }
             None => {
                 let size = self.head().size;
+                let interrupted_genesis = size == 0 && self.store.identity()?.is_none();
                 match owner {
+                    // The owner record was written but the genesis never
+                    // committed (its identity would be in the store), and the
+                    // counter moved since: a power loss during the first start
+                    // (an orderly counter jumps). No verifier holds an
+                    // identity yet, so nothing can be lost: make the genesis now.
+                    Some(owner) if tpm_now > owner.genesis_counter && interrupted_genesis => {
+                        tracing::warn!(
+                            recorded = owner.genesis_counter,
+                            tpm = tpm_now,
+                            "the first start was interrupted after the owner record was written and the counter moved \
+                             (a power loss?): making the genesis anchor now"
+                        );
+                    }
                     Some(owner) if tpm_now > owner.genesis_counter => {
                         return Err(StartupError::AnchorsDeleted {
                             genesis: owner.genesis_counter,
@@ -345,7 +360,7 @@ impl Anchorer {
         provisioned: &Provisioned,
     ) -> Result<(), StartupError> {
         let head = self.settle().await?;
-        let (record, created) = self.certified_record(counter, None, head).await?;
+        let (record, created, genesis_size) = self.certified_record(counter, None, head).await?;
         let identity = LogIdentity {
             log_id: self.store.log_id(),
             policy: AnchorPolicy {
@@ -358,7 +373,7 @@ impl Anchorer {
                 log_id: Some(self.store.log_id()),
             },
             genesis_counter: counter,
-            genesis_size: head.size,
+            genesis_size,
             genesis_anchor: tally_attest::anchor::anchor_hash(&record),
             tpm: TpmDescription {
                 manufacturer: provisioned.vendor.manufacturer.clone(),
@@ -369,12 +384,12 @@ impl Anchorer {
         .to_json()
         .map_err(AnchorError::from)?;
         self.store.commit_genesis(counter, &record, &identity)?;
-        self.committed(counter, &record, head.size, created);
+        self.committed(counter, &record, genesis_size, created);
         crash_point("after-anchor-commit");
         self.close(counter).await?;
         tracing::info!(
             counter,
-            size = head.size,
+            size = genesis_size,
             log_id = %hex::encode(self.store.log_id()),
             "genesis anchor made: this log's identity is fixed"
         );

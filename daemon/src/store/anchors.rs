@@ -180,7 +180,44 @@ impl Store {
     /// Commits an anchor record under its counter value. Contract: returns only
     /// once committed (fsynced); the bytes are stored (and later hashed) verbatim.
     pub fn commit_anchor(&self, counter: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.write_meta(|store, wtxn| store.anchors.put(wtxn, &counter, record))
+        self.write_meta(|store, wtxn| {
+            store.anchors.put(wtxn, &counter, record)?;
+            store.meta.delete(wtxn, META_PENDING_CHECKPOINT).map(drop)
+        })
+    }
+
+    /// Durably records the signed checkpoint about to be certified at
+    /// `counter`, before the TPM sees it: if a crash comes between the certify
+    /// and the commit, the value is certified again over exactly these bytes,
+    /// so evidence from the lost attempt (if root ever reads it from a core
+    /// dump or swap) cannot stand for a checkpoint the committed anchor does
+    /// not name. It authorizes nothing: root, who can write it, can certify
+    /// the open value over anything anyway.
+    pub fn put_pending_checkpoint(
+        &self,
+        counter: u64,
+        checkpoint: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut value = counter.to_be_bytes().to_vec();
+        value.extend_from_slice(checkpoint);
+        self.write_meta(|store, wtxn| store.meta.put(wtxn, META_PENDING_CHECKPOINT, &value))
+    }
+
+    /// The checkpoint [`Store::put_pending_checkpoint`] recorded, if its
+    /// anchor was never committed.
+    pub fn pending_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let Some(value) = self.meta.get(&rtxn, META_PENDING_CHECKPOINT)? else {
+            return Ok(None);
+        };
+        let (counter, checkpoint) =
+            value
+                .split_first_chunk::<8>()
+                .ok_or(StoreError::CorruptMeta(
+                    "pending_checkpoint is shorter than 8 bytes",
+                ))?;
+        Ok(Some((u64::from_be_bytes(*counter), checkpoint.to_vec())))
     }
 
     /// Commits the log's genesis anchor and its identity (JSON) in one transaction:
@@ -193,6 +230,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.write_meta(|store, wtxn| {
             store.anchors.put(wtxn, &counter, record)?;
+            store.meta.delete(wtxn, META_PENDING_CHECKPOINT)?;
             store.meta.put(wtxn, META_IDENTITY, identity.as_bytes())
         })
     }

@@ -14,6 +14,7 @@
 //! | `meta`    | `"head"`              | size u64 big-endian \|\| head hash (32) |
 //! | `anchors` | TPM counter, u64 BE   | `AnchorRecord` protobuf (attest::anchor), the bytes hashed |
 //! | `meta`    | `"identity"`          | the log identity JSON (attest::identity), written with the genesis anchor |
+//! | `meta`    | `"pending_checkpoint"` | counter u64 BE \|\| the signed checkpoint about to be certified at it; deleted with the anchor's commit |
 //! | `tree`    | last leaf u64 BE \|\| level u8 | hash of the complete Merkle subtree (level >= 4) |
 //! | `meta`    | `"frontier"`          | the Merkle tree's right edge (attest::merkle::Frontier) |
 //! | `meta`    | `"journal_key"`       | 32 random bytes keying the ack journal's frame tags |
@@ -53,6 +54,7 @@ const META_FORMAT_VERSION: &str = "format_version";
 const META_LOG_ID: &str = "log_id";
 const META_HEAD: &str = "head";
 const META_IDENTITY: &str = "identity";
+const META_PENDING_CHECKPOINT: &str = "pending_checkpoint";
 const META_FRONTIER: &str = "frontier";
 const META_JOURNAL_KEY: &str = "journal_key";
 
