@@ -9,50 +9,15 @@ use std::time::Duration;
 
 use prost::Message;
 use tally_attest::anchor::AnchorRecord;
-use tally_attest::bundle::{BundleHeader, MAGIC};
+use tally_attest::bundle::BundleHeader;
+use tally_tests::anchored::{
+    self, anchor, append, copy_dir, ok, sections, write_sections, ANCHOR, HEADER, RECORD,
+};
 use tally_tests::swtpm::Swtpm;
-use tally_tests::{append_pipelined, Daemon, DaemonOpts, Run};
-
-/// A daemon anchoring in `tpm`, anchoring only when asked (`tally anchor`),
-/// so that tests decide when anchors happen.
-fn anchored_daemon(tpm: &Swtpm, extra_tpm: &str) -> Daemon {
-    Daemon::start(DaemonOpts {
-        tpm: format!(
-            "enabled = true\ntcti = \"{}\"\nanchor_interval_secs = 3600\n{extra_tpm}",
-            tpm.tcti()
-        ),
-        ..DaemonOpts::default()
-    })
-    .unwrap()
-}
-
-fn run_ok(run: Run, what: &str) -> String {
-    assert_eq!(run.code, 0, "{what} failed: {run:?}");
-    run.stdout
-}
+use tally_tests::{Daemon, DaemonOpts, Run};
 
 fn tally(daemon: &Daemon, args: &[&str]) -> Run {
     daemon.tally(args).unwrap()
-}
-
-async fn append(daemon: &Daemon, first: u64, count: u64) {
-    let mut client = daemon.client().await.unwrap();
-    let batches = (first..first + count)
-        .step_by(50)
-        .map(|start| start..(start + 50).min(first + count));
-    append_pipelined(&mut client, batches, 4, |_, _| {})
-        .await
-        .unwrap();
-}
-
-fn anchor(daemon: &Daemon) -> u64 {
-    let out = run_ok(tally(daemon, &["anchor"]), "tally anchor");
-    // "anchored: TPM counter N, log size S, head H"
-    out.split("TPM counter ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected tally anchor output: {out}"))
 }
 
 fn path(dir: &Path, name: &str) -> String {
@@ -61,13 +26,13 @@ fn path(dir: &Path, name: &str) -> String {
 
 fn export(daemon: &Daemon, name: &str) -> String {
     let out = path(daemon.dir(), name);
-    run_ok(tally(daemon, &["export", "--out", &out]), "tally export");
+    ok(tally(daemon, &["export", "--out", &out]), "tally export");
     out
 }
 
 fn attest(daemon: &Daemon, nonce: &str, name: &str) -> String {
     let out = path(daemon.dir(), name);
-    run_ok(
+    ok(
         tally(daemon, &["attest", "--nonce", nonce, "--out", &out]),
         "tally attest",
     );
@@ -83,7 +48,7 @@ fn ak(daemon: &Daemon) -> String {
 fn identity(daemon: &Daemon) -> String {
     let out = path(daemon.dir(), "identity.json");
     if !Path::new(&out).exists() {
-        let json = run_ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
+        let json = ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
         std::fs::write(&out, json).unwrap();
     }
     out
@@ -96,57 +61,13 @@ fn verify(daemon: &Daemon, bundle: &str, extra: &[&str]) -> Run {
     tally(daemon, &args)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
-}
-
-/// The sections of a bundle file: (kind, bytes).
-fn sections(bundle: &str) -> Vec<(u8, Vec<u8>)> {
-    let bytes = std::fs::read(bundle).unwrap();
-    assert_eq!(&bytes[..MAGIC.len()], MAGIC);
-    let mut out = Vec::new();
-    let mut at = MAGIC.len();
-    while at < bytes.len() {
-        let kind = bytes[at];
-        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-        out.push((kind, bytes[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
-    }
-    out
-}
-
-fn write_sections(bundle: &str, sections: &[(u8, Vec<u8>)]) {
-    let mut bytes = MAGIC.to_vec();
-    for (kind, body) in sections {
-        bytes.push(*kind);
-        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(body);
-    }
-    std::fs::write(bundle, bytes).unwrap();
-}
-
-const HEADER: u8 = 0x01;
-const RECORD: u8 = 0x02;
-const ANCHOR: u8 = 0x03;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_is_refused_at_start_and_named_by_the_verifier() {
     //! Restoring an old copy of the data directory: tallyd refuses to start
     //! and says how many anchors are missing; the old export checked against
     //! a fresh attestation is "not current"; a fresh export is current.
     let Some(tpm) = Swtpm::start() else { return };
-    let mut daemon = anchored_daemon(&tpm, "");
+    let mut daemon = anchored::daemon(&tpm, "");
     append(&daemon, 0, 200).await;
     assert_eq!(anchor(&daemon), 2, "the genesis anchor took 1");
     let old_bundle = export(&daemon, "old.bundle");
@@ -216,7 +137,7 @@ async fn truncation_and_a_removed_anchor_are_named() {
     //! Cutting the tail of an export (records, then records and anchors with
     //! a forged header) and removing an anchor from the middle.
     let Some(tpm) = Swtpm::start() else { return };
-    let daemon = anchored_daemon(&tpm, "");
+    let daemon = anchored::daemon(&tpm, "");
     for round in 0..4 {
         append(&daemon, round * 50, 50).await;
         anchor(&daemon);
@@ -342,7 +263,7 @@ async fn forged_evidence_is_rejected_each_with_its_own_error() {
     let Some(other_tpm) = Swtpm::start() else {
         return;
     };
-    let daemon = anchored_daemon(&tpm, "");
+    let daemon = anchored::daemon(&tpm, "");
     append(&daemon, 0, 20).await;
     anchor(&daemon);
     let bundle = export(&daemon, "b.bundle");
@@ -437,7 +358,7 @@ fn nvread(tpm: &Swtpm) -> u64 {
 }
 
 fn status(daemon: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&run_ok(tally(daemon, &["status", "--json"]), "status")).unwrap()
+    serde_json::from_str(&ok(tally(daemon, &["status", "--json"]), "status")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -450,7 +371,7 @@ async fn a_crash_at_each_step_of_anchoring_recovers_without_a_false_alarm() {
     //! current with no counter gap.
     for point in ["after-evidence", "after-anchor-commit", "after-increment"] {
         let Some(tpm) = Swtpm::start() else { return };
-        let mut daemon = anchored_daemon(&tpm, "");
+        let mut daemon = anchored::daemon(&tpm, "");
         append(&daemon, 0, 100).await;
         // Genesis at 1 (provisioning leaves the counter at 1), closed: 2 is open.
         assert_eq!(anchor(&daemon), 2, "{point}");
@@ -535,7 +456,7 @@ async fn appends_continue_while_the_tpm_is_unavailable() {
         "appends stalled while the TPM was paused"
     );
     let status: serde_json::Value =
-        serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+        serde_json::from_str(&ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
     assert!(
         status["unanchored_events"].as_u64().unwrap() > 0,
         "{status}"
@@ -580,20 +501,20 @@ async fn tpm2_tools_accept_our_quotes_and_read_our_counter() {
     //! exported AK; tpm2_nvread reads the counter one past the newest anchor
     //! tallyd reports (its value is closed).
     let Some(tpm) = Swtpm::start() else { return };
-    let mut daemon = anchored_daemon(&tpm, "");
+    let mut daemon = anchored::daemon(&tpm, "");
     for round in 0..3 {
         append(&daemon, round * 10, 10).await;
         anchor(&daemon);
     }
     let status: serde_json::Value =
-        serde_json::from_str(&run_ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
+        serde_json::from_str(&ok(tally(&daemon, &["status", "--json"]), "status")).unwrap();
     let reported = status["last_anchor_counter"].as_u64().unwrap();
     let bundle = export(&daemon, "b.bundle");
     // swtpm serves one connection at a time: stop tallyd to let tpm2-tools in.
     assert!(daemon.terminate().unwrap().success());
 
     let out_dir = daemon.dir().join("quotes");
-    let commands = run_ok(
+    let commands = ok(
         tally(
             &daemon,
             &[
@@ -646,7 +567,7 @@ async fn an_unclean_tpm_reset_is_reported_as_a_gap_never_as_continuity() {
     let Some(mut tpm) = Swtpm::start() else {
         return;
     };
-    let daemon = anchored_daemon(&tpm, "");
+    let daemon = anchored::daemon(&tpm, "");
     append(&daemon, 0, 10).await;
     let before = anchor(&daemon);
     tpm.kill();

@@ -12,58 +12,22 @@ use prost::Message;
 use tally_attest::anchor::{
     anchor_hash, anchor_qualifying_data, decode_anchor, AnchorLine, Checkpoint, EvidenceRecord,
 };
-use tally_attest::bundle::{BundleHeader, MAGIC};
+use tally_attest::bundle::BundleHeader;
 use tally_attest::evidence::verify::verify_evidence;
 use tally_attest::identity::LogIdentity;
 use tally_attest::tpm::worker::{TpmConfig, TpmHandle};
+use tally_tests::anchored::{
+    anchor, append, copy_dir, ok, opts, sections, write_sections, ANCHOR, HEADER, RECORD,
+};
 use tally_tests::swtpm::Swtpm;
-use tally_tests::{append_pipelined, store_edit, Daemon, DaemonOpts, Run};
+use tally_tests::{store_edit, Daemon, Run};
+
+fn daemon(tpm: &Swtpm) -> Daemon {
+    tally_tests::anchored::daemon(tpm, "")
+}
 
 const COUNTER: &str = "0x01c17a11";
 const OWNER_RECORD: &str = "0x01c17a12";
-const HEADER: u8 = 0x01;
-const RECORD: u8 = 0x02;
-const ANCHOR: u8 = 0x03;
-
-/// A daemon anchoring in `tpm` only when asked (`tally anchor`).
-fn daemon(tpm: &Swtpm) -> Daemon {
-    Daemon::start(opts(tpm)).unwrap()
-}
-
-fn opts(tpm: &Swtpm) -> DaemonOpts {
-    DaemonOpts {
-        tpm: format!(
-            "enabled = true\ntcti = \"{}\"\nanchor_interval_secs = 3600\n",
-            tpm.tcti()
-        ),
-        ..DaemonOpts::default()
-    }
-}
-
-fn ok(run: Run, what: &str) -> String {
-    assert_eq!(run.code, 0, "{what} failed: {run:?}");
-    run.stdout
-}
-
-async fn append(daemon: &Daemon, first: u64, count: u64) {
-    let mut client = daemon.client().await.unwrap();
-    let batches = (first..first + count)
-        .step_by(50)
-        .map(|start| start..(start + 50).min(first + count));
-    append_pipelined(&mut client, batches, 4, |_, _| {})
-        .await
-        .unwrap();
-}
-
-/// `tally anchor`; returns the counter value anchored.
-fn anchor(daemon: &Daemon) -> u64 {
-    let out = ok(daemon.tally(&["anchor"]).unwrap(), "tally anchor");
-    out.split("TPM counter ")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected tally anchor output: {out}"))
-}
 
 fn file(daemon: &Daemon, name: &str) -> String {
     daemon.dir().join(name).display().to_string()
@@ -108,44 +72,6 @@ fn expect(run: &Run, code: i32, expected: &str) {
         "expected {expected:?} in:\n{}",
         run.stdout
     );
-}
-
-/// The bundle's sections (kind, bytes).
-fn sections(bundle: &str) -> Vec<(u8, Vec<u8>)> {
-    let bytes = std::fs::read(bundle).unwrap();
-    assert_eq!(&bytes[..MAGIC.len()], MAGIC);
-    let mut at = MAGIC.len();
-    let mut out = Vec::new();
-    while at < bytes.len() {
-        let kind = bytes[at];
-        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
-        out.push((kind, bytes[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
-    }
-    out
-}
-
-fn write_sections(path: &str, sections: &[(u8, Vec<u8>)]) {
-    let mut bytes = MAGIC.to_vec();
-    for (kind, body) in sections {
-        bytes.push(*kind);
-        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(body);
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The counter's value as tpm2-tools reads it (the daemon must be stopped:
@@ -520,7 +446,7 @@ async fn keys_without_a_genesis_are_partial_and_a_proof_from_another_log_is_name
     assert!(run.stdout.contains("no genesis"), "{}", run.stdout);
     assert!(first.terminate().unwrap().success());
 
-    let mut other_opts = opts(&tpm);
+    let mut other_opts = opts(&tpm, "");
     other_opts.tpm.push_str("counter_index = 0x01c17b11\n");
     let other = Daemon::start(other_opts).unwrap();
     append(&other, 0, 30).await;
@@ -560,7 +486,7 @@ async fn a_second_log_on_the_same_counter_is_refused_naming_the_owner() {
         .unwrap()
         .to_owned();
     assert!(production.terminate().unwrap().success());
-    let err = Daemon::start(opts(&tpm))
+    let err = Daemon::start(opts(&tpm, ""))
         .expect_err("a second log on the same counter must be refused")
         .to_string();
     assert!(err.contains("exit status: 3"), "{err}");

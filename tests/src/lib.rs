@@ -10,6 +10,7 @@
 //! calling thread for at most a few seconds); tests that keep clients busy
 //! meanwhile use a multi-threaded runtime.
 
+pub mod anchored;
 pub mod raw;
 pub mod store_edit;
 pub mod swtpm;
