@@ -9,18 +9,16 @@
 //! that an honest mistake (two data directories on one counter, or a log whose anchors
 //! were deleted) is named at start-up instead of surfacing later as a verifier's gap.
 
-use tss_esapi::attributes::NvIndexAttributesBuilder;
 use tss_esapi::constants::nv_index_type::NvIndexType;
-use tss_esapi::handles::{NvIndexHandle, NvIndexTpmHandle};
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+use tss_esapi::handles::NvIndexHandle;
+use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
+use tss_esapi::structures::MaxNvBuffer;
 use tss_esapi::Context;
 
 use crate::evidence::tpma_nv;
 use crate::tpm::error::{classify, tpm_base_code, TpmError, TPM_RC_NV_UNINITIALIZED};
-use crate::tpm::provision::open_nv_index;
+use crate::tpm::provision::{define_owner_index, open_nv_index};
 
 /// First bytes of an owner record.
 pub const OWNER_RECORD_MAGIC: &[u8; 8] = b"TALLYOWN";
@@ -178,28 +176,14 @@ fn write_opened(
 }
 
 fn define(ctx: &mut Context, index: u32) -> Result<NvIndexHandle, TpmError> {
-    let op = "TPM2_NV_DefineSpace(owner record)";
-    let tpm_handle = NvIndexTpmHandle::new(index).map_err(|_| TpmError::InvalidConfig {
-        what: "counter_index",
-        value: format!("{index:#010x}"),
-    })?;
-    let attributes = NvIndexAttributesBuilder::new()
-        .with_nv_index_type(NvIndexType::Ordinary)
-        .with_owner_write(true)
-        .with_owner_read(true)
-        .build()
-        .map_err(|e| classify(op, e))?;
-    let public = NvPublicBuilder::new()
-        .with_nv_index(tpm_handle)
-        .with_index_name_algorithm(HashingAlgorithm::Sha256)
-        .with_index_attributes(attributes)
-        .with_data_area_size(OWNER_RECORD_LEN)
-        .build()
-        .map_err(|e| classify(op, e))?;
-    ctx.execute_with_session(Some(AuthSession::Password), |c| {
-        c.nv_define_space(Provision::Owner, None, public)
-    })
-    .map_err(|e| classify(op, e))
+    define_owner_index(
+        ctx,
+        "TPM2_NV_DefineSpace(owner record)",
+        index,
+        NvIndexType::Ordinary,
+        false,
+        OWNER_RECORD_LEN as u16,
+    )
 }
 
 /// Releases the ESYS object of an NV index (the index itself stays defined).

@@ -401,23 +401,42 @@ pub fn ensure_counter(
 /// TPM2_NV_DefineSpace of Tally's counter (owner auth). See [`tpma_nv::TALLY_COUNTER`]
 /// for why it is ORDERLY.
 fn define_counter(ctx: &mut Context, index: u32) -> Result<NvIndexHandle, TpmError> {
-    let op = "TPM2_NV_DefineSpace";
+    define_owner_index(
+        ctx,
+        "TPM2_NV_DefineSpace",
+        index,
+        NvIndexType::Counter,
+        true,
+        8,
+    )
+}
+
+/// TPM2_NV_DefineSpace (owner auth) of an owner-readable, owner-writable index
+/// with a SHA-256 name.
+pub(crate) fn define_owner_index(
+    ctx: &mut Context,
+    op: &'static str,
+    index: u32,
+    kind: NvIndexType,
+    orderly: bool,
+    size: u16,
+) -> Result<NvIndexHandle, TpmError> {
     let tpm_handle = NvIndexTpmHandle::new(index).map_err(|_| TpmError::InvalidConfig {
         what: "counter_index",
         value: format!("{index:#010x}"),
     })?;
     let attributes = NvIndexAttributesBuilder::new()
-        .with_nv_index_type(NvIndexType::Counter)
+        .with_nv_index_type(kind)
         .with_owner_write(true)
         .with_owner_read(true)
-        .with_orderly(true)
+        .with_orderly(orderly)
         .build()
         .map_err(|e| classify(op, e))?;
     let public = NvPublicBuilder::new()
         .with_nv_index(tpm_handle)
         .with_index_name_algorithm(HashingAlgorithm::Sha256)
         .with_index_attributes(attributes)
-        .with_data_area_size(8)
+        .with_data_area_size(size.into())
         .build()
         .map_err(|e| classify(op, e))?;
     ctx.execute_with_session(Some(AuthSession::Password), |c| {

@@ -85,11 +85,10 @@ impl Store {
     pub fn anchor_for_size(&self, size: u64) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        let covered = anchor_size;
         let found = |entry: Option<(u64, &[u8])>| -> Result<_, StoreError> {
             match entry {
                 Some((counter, bytes)) => {
-                    let covered = covered(bytes)?;
+                    let covered = anchor_size(bytes)?;
                     Ok((size == 0 || covered == size).then(|| (counter, bytes.to_vec(), covered)))
                 }
                 None => Ok(None),
@@ -98,30 +97,12 @@ impl Store {
         if size == 0 {
             return found(self.anchors.last(&rtxn)?);
         }
-        let (Some((first, _)), Some((last, _))) =
-            (self.anchors.first(&rtxn)?, self.anchors.last(&rtxn)?)
-        else {
-            return Ok(None);
-        };
         // The smallest counter value `end` such that the first anchor at or
         // after it covers more than `size` (or there is none): the anchor
-        // wanted, if any, is the last one before `end`. u128: `last + 1`.
-        let (mut begin, mut end) = (u128::from(first), u128::from(last) + 1);
-        while begin < end {
-            let mid = begin + (end - begin) / 2;
-            let above = match u64::try_from(mid) {
-                Ok(mid) => match self.anchors.range(&rtxn, &(mid..))?.next() {
-                    Some(entry) => covered(entry?.1)? > size,
-                    None => true,
-                },
-                Err(_) => true,
-            };
-            if above {
-                end = mid;
-            } else {
-                begin = mid + 1;
-            }
-        }
+        // wanted, if any, is the last one before `end`.
+        let Some(end) = self.first_counter_where(&rtxn, |covered| covered > size)? else {
+            return Ok(None);
+        };
         let before = match u64::try_from(end) {
             Ok(end) => self.anchors.rev_range(&rtxn, &(..end))?.next(),
             Err(_) => self.anchors.rev_iter(&rtxn)?.next(),
@@ -139,31 +120,11 @@ impl Store {
     ) -> Result<Option<(u64, Vec<u8>, u64)>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        let (Some((first, _)), Some((last, _))) =
-            (self.anchors.first(&rtxn)?, self.anchors.last(&rtxn)?)
-        else {
+        // The first anchor covering at least `size` starts the run of
+        // anchors at or after the counter value found.
+        let Some(end) = self.first_counter_where(&rtxn, |covered| covered >= size)? else {
             return Ok(None);
         };
-        // The smallest counter value `end` such that the first anchor at or
-        // after it covers at least `size` (or there is none): that anchor is
-        // the first covering at least `size`. Sizes never decrease with the
-        // counter, so the predicate is monotonic. u128: `last + 1`.
-        let (mut begin, mut end) = (u128::from(first), u128::from(last) + 1);
-        while begin < end {
-            let mid = begin + (end - begin) / 2;
-            let at_least = match u64::try_from(mid) {
-                Ok(mid) => match self.anchors.range(&rtxn, &(mid..))?.next() {
-                    Some(entry) => anchor_size(entry?.1)? >= size,
-                    None => true,
-                },
-                Err(_) => true,
-            };
-            if at_least {
-                end = mid;
-            } else {
-                begin = mid + 1;
-            }
-        }
         let Ok(end) = u64::try_from(end) else {
             return Ok(None);
         };
@@ -175,6 +136,41 @@ impl Store {
             None => None,
         };
         Ok(found)
+    }
+
+    /// Binary search over counter values (at most ~64 seeks): the smallest
+    /// value `end` (as u128: it may be one past the newest anchor) such that
+    /// the first anchor at or after `end` satisfies `above` of its size, or
+    /// there is none. Anchor sizes never decrease with the counter, so
+    /// `above` (monotonic in the size) is monotonic in the counter. `None`:
+    /// no anchors.
+    fn first_counter_where(
+        &self,
+        rtxn: &heed::RoTxn<'_, WithoutTls>,
+        above: impl Fn(u64) -> bool,
+    ) -> Result<Option<u128>, StoreError> {
+        let (Some((first, _)), Some((last, _))) =
+            (self.anchors.first(rtxn)?, self.anchors.last(rtxn)?)
+        else {
+            return Ok(None);
+        };
+        let (mut begin, mut end) = (u128::from(first), u128::from(last) + 1);
+        while begin < end {
+            let mid = begin + (end - begin) / 2;
+            let holds = match u64::try_from(mid) {
+                Ok(mid) => match self.anchors.range(rtxn, &(mid..))?.next() {
+                    Some(entry) => above(anchor_size(entry?.1)?),
+                    None => true,
+                },
+                Err(_) => true,
+            };
+            if holds {
+                end = mid;
+            } else {
+                begin = mid + 1;
+            }
+        }
+        Ok(Some(end))
     }
 
     /// Commits an anchor record under its counter value. Contract: returns only
