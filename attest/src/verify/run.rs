@@ -63,8 +63,6 @@ struct AnchorPass<'a> {
     /// The last two anchors' stored bytes (the newest closed one is one of them).
     last_bytes: Option<Vec<u8>>,
     before_last_bytes: Option<Vec<u8>>,
-    /// Size of the anchor before the last (closed by the last one's existence).
-    before_last_size: Option<u64>,
 }
 
 enum Plan {
@@ -101,7 +99,6 @@ impl<'a> AnchorPass<'a> {
             position: 0,
             last_bytes: None,
             before_last_bytes: None,
-            before_last_size: None,
         }
     }
 
@@ -148,17 +145,17 @@ impl<'a> AnchorPass<'a> {
         }
         let plans = self.plan(&batch, last_batch);
         let results = check_parallel(self.policy, &batch, &plans);
-        for ((bytes, plan), result) in batch.into_iter().zip(plans).zip(results) {
+        for (bytes, result) in batch.into_iter().zip(results) {
             let position = self.position;
             self.position += 1;
-            let anchor = match (plan, result) {
-                (Plan::Skip, _) => continue,
-                (_, Some(Ok(anchor))) => anchor,
-                (_, Some(Err(error))) => {
+            let anchor = match result {
+                // Skipped: before the trusted anchor.
+                None => continue,
+                Some(Ok(anchor)) => anchor,
+                Some(Err(error)) => {
                     self.failure = Some(AnchorViolation::Invalid { position, error });
                     return;
                 }
-                (_, None) => continue,
             };
             self.push(anchor, bytes);
             if self.failure.is_some() {
@@ -175,7 +172,7 @@ impl<'a> AnchorPass<'a> {
             });
             return;
         }
-        if !self.origin_seen || self.count == 0 {
+        if self.count == 0 {
             self.judge_origin(&anchor);
         }
         self.count += 1;
@@ -189,11 +186,6 @@ impl<'a> AnchorPass<'a> {
                 Claimant::Bundle(anchor.counter)
             },
         });
-        self.before_last_size = self
-            .checker
-            .last()
-            .map(|last| last.checkpoint.size)
-            .or(self.before_last_size);
         self.before_last_bytes = self.last_bytes.replace(bytes);
         let findings = self.checker.push(anchor);
         self.findings.extend(findings);
@@ -541,7 +533,13 @@ fn judge(
             protected: if current_ok {
                 last.checkpoint.size.min(size)
             } else {
-                pass.before_last_size.unwrap_or(0).min(size)
+                // The anchor before the last is closed by the last one's existence.
+                pass.claims
+                    .iter()
+                    .rev()
+                    .nth(1)
+                    .map_or(0, |claim| claim.size)
+                    .min(size)
             },
             last_anchor_size: last.checkpoint.size,
         }),
