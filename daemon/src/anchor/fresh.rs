@@ -134,13 +134,7 @@ impl Anchorer {
             }
         }
         let newest_size = match anchors.last() {
-            Some((_, anchor)) => tally_attest::anchor::decode_anchor(anchor)
-                .ok()
-                .and_then(|record| Checkpoint::parse(&record.checkpoint).ok())
-                .map(|checkpoint| checkpoint.size)
-                .ok_or(AnchorError::Store(crate::store::StoreError::CorruptMeta(
-                    "an anchor record does not decode",
-                )))?,
+            Some((_, anchor)) => crate::store::anchor_size(anchor).map_err(AnchorError::from)?,
             None => since_size,
         };
         let consistency = store

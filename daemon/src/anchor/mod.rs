@@ -309,29 +309,29 @@ impl Anchorer {
         let Some((pending_counter, bytes)) = self.store.pending_checkpoint()? else {
             return Ok(None);
         };
-        let fits = pending_counter == counter
-            && Checkpoint::parse(&bytes).is_ok_and(|checkpoint| {
-                checkpoint.log_id == self.store.log_id()
-                    && checkpoint.anchor == Some(AnchorLine { counter, prev })
-                    && checkpoint.size <= head.size
-                    && self
-                        .store
-                        .root_at(checkpoint.size)
-                        .is_ok_and(|root| root == checkpoint.root)
-            });
-        if !fits {
+        let fitting = Checkpoint::parse(&bytes).ok().filter(|checkpoint| {
+            pending_counter == counter
+                && checkpoint.log_id == self.store.log_id()
+                && checkpoint.anchor == Some(AnchorLine { counter, prev })
+                && checkpoint.size <= head.size
+                && self
+                    .store
+                    .root_at(checkpoint.size)
+                    .is_ok_and(|root| root == checkpoint.root)
+        });
+        let Some(checkpoint) = fitting else {
             tracing::info!(
                 pending_counter,
                 counter,
                 "a recorded checkpoint no longer fits this anchor: making a new one"
             );
             return Ok(None);
-        }
+        };
         tracing::info!(
             counter,
             "certifying the checkpoint recorded before an interrupted anchor again"
         );
-        let size = Checkpoint::parse(&bytes).map_or(head.size, |checkpoint| checkpoint.size);
+        let size = checkpoint.size;
         Ok(Some((bytes, size)))
     }
 

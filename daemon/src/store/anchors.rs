@@ -245,7 +245,7 @@ impl Store {
 }
 
 /// The log size an anchor record's checkpoint covers.
-fn anchor_size(bytes: &[u8]) -> Result<u64, StoreError> {
+pub fn anchor_size(bytes: &[u8]) -> Result<u64, StoreError> {
     tally_attest::anchor::decode_anchor(bytes)
         .ok()
         .and_then(|record| tally_attest::anchor::Checkpoint::parse(&record.checkpoint).ok())

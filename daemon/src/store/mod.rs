@@ -46,6 +46,8 @@ use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
 mod anchors;
 
+pub use anchors::anchor_size;
+
 /// Version of the on-disk layout described above. A data directory written
 /// with another version is refused, never silently reinterpreted.
 pub const FORMAT_VERSION: u32 = 4;
