@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod anchor;
+pub mod batch;
 pub mod config;
 pub mod datadir;
 pub mod exposure;
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Sequencer(#[from] sequencer::StartError),
     #[error(transparent)]
     Socket(#[from] SocketError),
     #[error("TPM: {0}")]

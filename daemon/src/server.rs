@@ -562,11 +562,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                                 .collect(),
                         })),
                     },
-                    Ok(Err(AppendError::Full(message))) => {
-                        response_error(id, ErrorCode::StorageFull, message)
+                    Ok(Err(AppendError::Full(cause))) => {
+                        response_error(id, ErrorCode::StorageFull, cause.to_string())
                     }
-                    Ok(Err(AppendError::Storage(message))) => {
-                        response_error(id, ErrorCode::Storage, message)
+                    Ok(Err(AppendError::Storage(cause))) => {
+                        response_error(id, ErrorCode::Storage, cause.to_string())
                     }
                     Err(_) => response_error(
                         id,

@@ -1,0 +1,230 @@
+//! The write batch and the chain positions it moves between: the sequencer
+//! chains records into a [`Batch`] (every hash is computed here, while the
+//! previous batch commits), the ack journal and the store write it unchanged.
+//!
+//! A module of its own, below the sequencer, the journal and the store, so
+//! that each depends on it and none on another for it: the sequencer builds
+//! batches and hands them down; the store never reaches up to the sequencer.
+
+use tally_attest::merkle::{self, Frontier, MerkleError};
+use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
+
+/// Merkle nodes below this level are not stored: a proof recomputes one
+/// from at most 8 records. Storing only levels >= 4 costs one put per 16
+/// records instead of one per record (the tree's puts were a fifth of the
+/// writer's CPU), and keeps proofs at O(log n) reads plus a few records.
+/// A batch keeps exactly the nodes the store's `tree` database holds.
+pub const STORED_MIN_LEVEL: u8 = 4;
+
+/// The log's size, the entry hash of its last record, and its Merkle root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Number of records; the next seq.
+    pub size: u64,
+    /// Entry hash of record `size - 1`; [`GENESIS_PREV`] when empty.
+    pub hash: Hash,
+    /// RFC 6962 root of the Merkle tree over the `size` entry hashes.
+    pub root: Hash,
+}
+
+impl Head {
+    /// The empty log.
+    pub const EMPTY: Head = Head {
+        size: 0,
+        hash: GENESIS_PREV,
+        root: merkle::EMPTY_ROOT,
+    };
+}
+
+/// A position in the chain: the number of records and the last entry hash
+/// (which pins every record before it). A [`Head`] without its Merkle root,
+/// which costs a hash per level of the tree to compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tip {
+    pub size: u64,
+    /// Entry hash of record `size - 1`; [`GENESIS_PREV`] when empty.
+    pub hash: Hash,
+}
+
+impl From<Head> for Tip {
+    fn from(head: Head) -> Tip {
+        Tip {
+            size: head.size,
+            hash: head.hash,
+        }
+    }
+}
+
+/// [`Batch::absorb`] was given a batch that does not start where this one
+/// ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a batch built on {base} records cannot follow one ending at {end}")]
+pub struct NotContiguous {
+    /// Size of the state the offered batch was built on.
+    pub base: u64,
+    /// Size after the batch it was to follow.
+    pub end: u64,
+}
+
+/// A write batch: records chained onto a committed state, the Merkle nodes
+/// they complete, and the state after them.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The committed state the batch builds on.
+    base: Tip,
+    base_frontier: Frontier,
+    /// Concatenated record bytes.
+    bytes: Vec<u8>,
+    /// (seq, end offset in `bytes`) of each record.
+    records: Vec<(u64, usize)>,
+    /// (level, index, hash) of the stored Merkle nodes the records complete.
+    nodes: Vec<(u8, u64, Hash)>,
+    /// Size and last entry hash after the records (the root is derived from
+    /// `frontier` when asked for).
+    head: Tip,
+    frontier: Frontier,
+}
+
+impl Batch {
+    /// An empty batch on the state `head`, whose Merkle edge is `frontier`.
+    pub fn new(head: impl Into<Tip>, frontier: Frontier) -> Batch {
+        let head = head.into();
+        Batch {
+            base: head,
+            base_frontier: frontier.clone(),
+            bytes: Vec::new(),
+            records: Vec::new(),
+            nodes: Vec::new(),
+            head,
+            frontier,
+        }
+    }
+
+    /// Empties the batch (keeping its buffers) and bases it on `head`.
+    pub fn restart(&mut self, head: impl Into<Tip>, frontier: &Frontier) {
+        let head = head.into();
+        self.base = head;
+        self.base_frontier.clone_from(frontier);
+        self.bytes.clear();
+        self.records.clear();
+        self.nodes.clear();
+        self.head = head;
+        self.frontier.clone_from(frontier);
+    }
+
+    /// Appends one record: its header (the next seq, the previous entry
+    /// hash), then the body `write_body` appends. Returns the record's seq
+    /// and entry hash. Fails only when the Merkle tree is full (2^64
+    /// leaves), leaving the batch unchanged.
+    pub fn push(
+        &mut self,
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(u64, Hash), MerkleError> {
+        let start = self.bytes.len();
+        let seq = self.head.size;
+        RecordHeader {
+            seq,
+            prev_hash: self.head.hash,
+        }
+        .encode_into(&mut self.bytes);
+        write_body(&mut self.bytes);
+        let hash = entry_hash(&self.bytes[start..]);
+        let nodes = &mut self.nodes;
+        let pushed = self.frontier.push(hash, |level, index, node| {
+            if level >= STORED_MIN_LEVEL {
+                nodes.push((level, index, *node));
+            }
+        });
+        if let Err(err) = pushed {
+            self.bytes.truncate(start);
+            return Err(err);
+        }
+        self.records.push((seq, self.bytes.len()));
+        self.head.size = seq + 1;
+        self.head.hash = hash;
+        Ok((seq, hash))
+    }
+
+    /// Whether `count` more records fit in the log (2^64 - 1 at most).
+    pub fn has_room(&self, count: usize) -> bool {
+        u64::try_from(count)
+            .ok()
+            .and_then(|count| self.head.size.checked_add(count))
+            .is_some_and(|end| end < u64::MAX)
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of the records.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The committed state the batch builds on.
+    pub fn base(&self) -> (Tip, &Frontier) {
+        (self.base, &self.base_frontier)
+    }
+
+    /// The state after the batch's records, root included (a hash per
+    /// level of the tree).
+    pub fn head(&self) -> Head {
+        Head {
+            size: self.head.size,
+            hash: self.head.hash,
+            root: self.frontier.root(),
+        }
+    }
+
+    /// The state after the batch's records, without the root.
+    pub fn tip(&self) -> Tip {
+        self.head
+    }
+
+    /// The Merkle edge after the batch's records.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// Each record's seq and bytes, in order.
+    pub fn records(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        let starts = std::iter::once(0).chain(self.records.iter().map(|&(_, end)| end));
+        self.records
+            .iter()
+            .zip(starts)
+            .map(|(&(seq, end), start)| (seq, &self.bytes[start..end]))
+    }
+
+    /// (level, index, hash) of each stored Merkle node (level >=
+    /// [`STORED_MIN_LEVEL`]) the records complete, in the order they were
+    /// completed.
+    pub fn nodes(&self) -> &[(u8, u64, Hash)] {
+        &self.nodes
+    }
+
+    /// Appends `next`, a batch built on this batch's head, keeping this
+    /// batch's base: the two then commit as one. Fails, changing nothing,
+    /// when `next` is built on another state.
+    pub fn absorb(&mut self, next: &Batch) -> Result<(), NotContiguous> {
+        if next.base != self.head {
+            return Err(NotContiguous {
+                base: next.base.size,
+                end: self.head.size,
+            });
+        }
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&next.bytes);
+        self.records
+            .extend(next.records.iter().map(|&(seq, end)| (seq, offset + end)));
+        self.nodes.extend_from_slice(&next.nodes);
+        self.head = next.head;
+        self.frontier.clone_from(&next.frontier);
+        Ok(())
+    }
+}

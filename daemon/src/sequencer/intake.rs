@@ -1,0 +1,312 @@
+//! The state the submitters and the commit thread share ([`Pipeline`]), and
+//! how a job enters it: [`Pipeline::offer`] chains it onto the open batch
+//! (sealing a full one), and commits it at once when it is alone.
+//! Who may touch which field when: the protocol table in `mod.rs`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::{watch, Notify};
+
+use super::durable::Durable;
+use super::job::{Ack, AppendError, AppendJob, FullCause, StorageCause, SubmitError};
+use super::policy::{BatchPolicy, APPLY_AT_BYTES};
+use crate::batch::{Batch, Head};
+use crate::exposure::AckTimes;
+use crate::journal::Journal;
+use crate::store::{Store, StoreError};
+
+/// What the submitters and the commit thread share.
+#[derive(Debug)]
+pub(super) struct Pipeline {
+    /// The open batch's lock (lock 1 of the protocol table).
+    pub(super) building: Mutex<Building>,
+    /// Signalled when the commit thread may have work: a job joined the open
+    /// batch, the role was given back with work waiting, an apply was
+    /// requested, the last handle went.
+    pub(super) filled: Condvar,
+    /// Signalled when a batch is taken (there is room again) or failed.
+    pub(super) drained: Notify,
+    pub(super) policy: BatchPolicy,
+    pub(super) store: Arc<Store>,
+    /// Where batches are made durable (lock 2 of the protocol table).
+    pub(super) durable: Mutex<Durable>,
+    /// Size of the log as acked (journaled or in the store).
+    pub(super) acked: AtomicU64,
+    /// When each batch not yet anchored was acked (status' exposure window).
+    pub(super) ack_times: Arc<AckTimes>,
+    /// Small batches go to the ack journal.
+    pub(super) journal_enabled: bool,
+    /// The readable head: the store's, sent after every LMDB commit.
+    pub(super) head_tx: watch::Sender<Head>,
+}
+
+/// Guarded by [`Pipeline::building`]; each flag's writers and readers are in
+/// the protocol table.
+#[derive(Debug)]
+pub(super) struct Building {
+    /// The batch being built, on the state after the last sealed batch (or,
+    /// if none, after the batch being committed).
+    pub(super) open: Pending,
+    /// Full batches waiting for the commit thread, oldest first, each built
+    /// on the state after the one before: while a commit stalls (a slow
+    /// fsync), appends keep being accepted up to `max_jobs` (and the queue
+    /// byte budget), and each commit stays within the batch limits.
+    pub(super) sealed: VecDeque<Pending>,
+    /// Empty batches, reused.
+    pub(super) spares: Vec<Pending>,
+    /// Every handle is gone: commit what is open, then stop.
+    pub(super) closed: bool,
+    /// The commit thread has ended: nothing more will be taken.
+    pub(super) stopped: bool,
+    /// Journaled batches are due to be committed to LMDB at this time.
+    pub(super) apply_due: Option<Instant>,
+    /// A reader waits for the journaled batches.
+    pub(super) apply_requested: bool,
+    /// The commit role is held: nobody else may commit or apply.
+    pub(super) committing: bool,
+    /// Bytes of the ack journal's active region taken: a copy of
+    /// `Durable`'s, so that a submitter deciding whether to commit its own
+    /// job need not lock `durable` (which a commit may hold for a flush).
+    pub(super) journal_used: usize,
+    /// `apply_due` as the commit thread last saw it before it waited.
+    pub(super) apply_due_seen: Option<Instant>,
+}
+
+impl Pipeline {
+    /// A pipeline on the store's committed state, and a receiver of its
+    /// readable head.
+    pub(super) fn new(
+        store: Arc<Store>,
+        journal: Option<Journal>,
+        policy: BatchPolicy,
+    ) -> Result<(Pipeline, watch::Receiver<Head>), StoreError> {
+        let batch = store.start_batch()?;
+        let (head_tx, head_rx) = watch::channel(batch.head());
+        let pipeline = Pipeline {
+            building: Mutex::new(Building {
+                open: Pending::new(batch.clone()),
+                sealed: VecDeque::new(),
+                spares: Vec::new(),
+                closed: false,
+                stopped: false,
+                apply_due: None,
+                apply_requested: false,
+                committing: false,
+                journal_used: 0,
+                apply_due_seen: None,
+            }),
+            filled: Condvar::new(),
+            drained: Notify::new(),
+            policy,
+            acked: AtomicU64::new(batch.head().size),
+            ack_times: Arc::new(AckTimes::new(batch.head().size)),
+            journal_enabled: journal.is_some() && policy.journal_max_bytes > 0,
+            durable: Mutex::new(Durable {
+                journal,
+                journaled: batch,
+                other_busy: false,
+            }),
+            store,
+            head_tx,
+        };
+        Ok((pipeline, head_rx))
+    }
+
+    /// Adds the job to the open batch (sealing it first if it is full),
+    /// unless `max_jobs` jobs are already waiting.
+    pub(super) fn offer(&self, job: AppendJob) -> Result<(), SubmitError> {
+        let mut building = lock(self);
+        if building.stopped {
+            return Err(SubmitError::Stopped(job));
+        }
+        if building.jobs_waiting() >= self.policy.max_jobs {
+            return Err(SubmitError::Busy(job));
+        }
+        if building.open.is_full(&self.policy) {
+            building.seal();
+        }
+        // Nothing else waits and nobody commits: this job is the whole next
+        // batch, so the submitter commits it itself when it is journaled (one
+        // flush; no hand-off to the commit thread and back, which costs a
+        // lone client a fifth of its round trip).
+        let alone = !building.committing
+            && building.sealed.is_empty()
+            && building.open.jobs.is_empty()
+            && !building.apply_due_by(Instant::now());
+        if let Err(error) = building.open.add(job) {
+            tracing::error!(%error, "append refused");
+            building.open.fail(&error);
+        }
+        if alone && self.journals(&building.open.batch, building.journal_used) {
+            building.committing = true;
+            let taken = self.take(&mut building);
+            drop(building);
+            self.commit_own(taken);
+            return Ok(());
+        }
+        drop(building);
+        self.filled.notify_one();
+        Ok(())
+    }
+
+    /// Whether `batch` goes to the ack journal, which has `used` bytes
+    /// taken, without an apply first.
+    fn journals(&self, batch: &Batch, used: usize) -> bool {
+        self.journal_enabled
+            && batch.byte_len() <= self.policy.journal_max_bytes
+            && used < APPLY_AT_BYTES
+    }
+
+    /// Takes the oldest sealed batch, or else the open one, to commit it.
+    pub(super) fn take(&self, building: &mut Building) -> Pending {
+        let taken = match building.sealed.pop_front() {
+            Some(sealed) => sealed,
+            None => building.replace_open(),
+        };
+        self.drained.notify_waiters();
+        taken
+    }
+}
+
+impl Building {
+    /// Whether the journaled batches are to be applied by `now`.
+    pub(super) fn apply_due_by(&self, now: Instant) -> bool {
+        self.apply_requested || self.apply_due.is_some_and(|due| due <= now)
+    }
+
+    /// Jobs accepted and not yet taken by the commit thread.
+    fn jobs_waiting(&self) -> usize {
+        self.open.jobs.len()
+            + self
+                .sealed
+                .iter()
+                .map(|batch| batch.jobs.len())
+                .sum::<usize>()
+    }
+
+    /// Queues the open batch for the commit thread and opens a new one on
+    /// the state after it.
+    pub(super) fn seal(&mut self) {
+        let sealed = self.replace_open();
+        self.sealed.push_back(sealed);
+    }
+
+    /// Opens a new batch on the state after the open one; returns the old.
+    fn replace_open(&mut self) -> Pending {
+        let after = self.open.batch.tip();
+        let mut next = self
+            .spares
+            .pop()
+            .unwrap_or_else(|| Pending::new(self.open.batch.clone()));
+        next.batch.restart(after, self.open.batch.frontier());
+        std::mem::replace(&mut self.open, next)
+    }
+
+    /// Fails every sealed batch and the open one (each is empty afterwards).
+    pub(super) fn fail_all(&mut self, error: &AppendError) {
+        while let Some(mut sealed) = self.sealed.pop_front() {
+            sealed.fail(error);
+            self.spares.push(sealed);
+        }
+        self.open.fail(error);
+    }
+}
+
+/// A batch and the jobs whose events it holds, with their acks.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) batch: Batch,
+    pub(super) jobs: Vec<AppendJob>,
+    acks: Vec<Vec<Ack>>,
+    /// When the first job arrived, for the linger.
+    pub(super) since: Option<Instant>,
+}
+
+impl Pending {
+    fn new(batch: Batch) -> Pending {
+        Pending {
+            batch,
+            jobs: Vec::new(),
+            acks: Vec::new(),
+            since: None,
+        }
+    }
+
+    pub(super) fn is_full(&self, policy: &BatchPolicy) -> bool {
+        self.batch.len() >= policy.max_events || self.batch.byte_len() >= policy.max_bytes
+    }
+
+    /// Chains the job's records onto the batch, or refuses the job (when
+    /// the log cannot hold that many more records).
+    fn add(&mut self, mut job: AppendJob) -> Result<(), AppendError> {
+        if !self.batch.has_room(job.len()) {
+            let error = AppendError::Full(FullCause::LogAtMaximum);
+            let _ = job.reply.send(Err(error));
+            return Ok(());
+        }
+        let mut acks = Vec::with_capacity(job.len());
+        let mut start = 0;
+        // The bodies are copied into the batch: freed here, not at the ack.
+        let bodies = std::mem::take(&mut job.bodies);
+        for &end in &job.ends {
+            let body = &bodies[start..end];
+            start = end;
+            match self.batch.push(|bytes| bytes.extend_from_slice(body)) {
+                Ok((seq, entry_hash)) => acks.push(Ack { seq, entry_hash }),
+                // Unreachable after `has_room`; if it were not, the batch
+                // holds part of this job and none of it may be committed.
+                Err(err) => {
+                    let error = AppendError::Storage(StorageCause::Merkle(err));
+                    let _ = job.reply.send(Err(error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.jobs.push(job);
+        self.acks.push(acks);
+        Ok(())
+    }
+
+    /// Answers every job with its acks.
+    pub(super) fn succeed(&mut self) {
+        for (job, acks) in self.jobs.drain(..).zip(self.acks.drain(..)) {
+            // A client that went away no longer waits for its ack; its
+            // events are durable all the same.
+            let _ = job.reply.send(Ok(acks));
+        }
+        self.since = None;
+    }
+
+    /// Answers every job with `error` and empties the batch onto the state it
+    /// was built on.
+    pub(super) fn fail(&mut self, error: &AppendError) {
+        for job in self.jobs.drain(..) {
+            let _ = job.reply.send(Err(error.clone()));
+        }
+        self.acks.clear();
+        self.since = None;
+        let (base, frontier) = self.batch.base();
+        let frontier = frontier.clone();
+        self.batch.restart(base, &frontier);
+    }
+}
+
+/// Locks the open batch (lock 1).
+pub(super) fn lock(pipeline: &Pipeline) -> MutexGuard<'_, Building> {
+    pipeline
+        .building
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Locks the durable state (lock 2): never while holding it, take lock 1.
+pub(super) fn lock_durable(pipeline: &Pipeline) -> MutexGuard<'_, Durable> {
+    pipeline
+        .durable
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,224 @@
+//! The `records` database and the `head` meta value: the batch commit, the
+//! reads, and the checks that the head agrees with the records.
+
+use heed::types::Bytes;
+use heed::PutFlags;
+use tally_attest::merkle::Frontier;
+use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
+
+use super::tree::tree_key;
+use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD};
+
+/// A record read back from the store.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// The `head` meta value: size u64 big-endian || the entry hash of record
+/// size - 1 ([`GENESIS_PREV`] when empty).
+pub(super) fn encode_head(tip: Tip) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&tip.size.to_be_bytes());
+    out[8..].copy_from_slice(&tip.hash);
+    out
+}
+
+/// The `head` meta value read back, with `root`, the Merkle root (which is
+/// not stored there: it comes from the frontier).
+pub(super) fn decode_head(bytes: &[u8], root: Hash) -> Option<Head> {
+    let (size, hash) = bytes.split_first_chunk::<8>()?;
+    Some(Head {
+        size: u64::from_be_bytes(*size),
+        hash: hash.try_into().ok()?,
+        root,
+    })
+}
+
+impl Store {
+    /// The committed head.
+    pub fn head(&self) -> Result<Head, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let bytes = self
+            .meta
+            .get(&rtxn, META_HEAD)?
+            .ok_or(StoreError::CorruptMeta("head missing"))?;
+        decode_head(bytes, self.frontier().root())
+            .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))
+    }
+
+    /// Start-up check: `head` agrees with the last stored record and with
+    /// the frontier's size.
+    pub(super) fn check_head(&self) -> Result<(), StoreError> {
+        let head = self.head()?;
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let last = self.records.last(&rtxn)?;
+        let frontier = self.frontier().size();
+        if frontier != head.size {
+            return Err(StoreError::HeadFrontierMismatch {
+                head: head.size,
+                frontier,
+            });
+        }
+        match (head.size, last) {
+            (0, None) => Ok(()),
+            (size, Some((seq, bytes))) if seq + 1 == size && entry_hash(bytes) == head.hash => {
+                Ok(())
+            }
+            (size, last) => Err(StoreError::HeadRecordMismatch {
+                head: size,
+                last: last.map(|(seq, _)| seq),
+            }),
+        }
+    }
+
+    /// An empty batch on the committed state.
+    pub fn start_batch(&self) -> Result<Batch, StoreError> {
+        Ok(Batch::new(self.head()?, self.frontier().clone()))
+    }
+
+    /// Commits a batch built on the committed state (its records, the Merkle
+    /// nodes they complete, the frontier and head after them). Grows the map
+    /// first when it is nearly full. All or nothing: on error nothing of the
+    /// batch is stored and the committed state is unchanged.
+    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.append_all(&[batch])
+    }
+
+    /// Commits batches, each built on the one before and the first on the
+    /// committed state, in one transaction: all or nothing.
+    pub fn append_all(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let mut size = self.frontier().size();
+        let mut bytes = 0;
+        for batch in batches {
+            let base = batch.base().0.size;
+            if base != size {
+                return Err(StoreError::StaleBatch { base, size });
+            }
+            size = batch.tip().size;
+            bytes += batch.byte_len();
+        }
+        let Some(last) = batches.last() else {
+            return Ok(());
+        };
+        self.grow_if_needed(bytes)?;
+        match self.try_append(batches, last) {
+            Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
+                self.grow(bytes)?;
+                self.try_append(batches, last)
+            }
+            other => other,
+        }
+    }
+
+    /// One write transaction, in this order (docs/DESIGN.md, section 5):
+    /// every record with `MDB_APPEND` in seq order and every stored Merkle
+    /// node the records complete (`MDB_APPEND` too: nodes are completed in
+    /// key order), then `frontier` and `head`; the commit fsyncs the data
+    /// pages and then the meta page. A crash at any point leaves either the
+    /// whole transaction or none of it, so `head` always agrees with the
+    /// last record. The in-memory frontier follows only a successful commit.
+    fn try_append(&self, batches: &[&Batch], last: &Batch) -> Result<(), StoreError> {
+        let mut wtxn = self.env.write_txn()?;
+        // The same keys as `records` (u64 big-endian), encoded here on the
+        // stack: heed's U64 codec allocates every key (5% of this thread).
+        let records = self.records.remap_key_type::<Bytes>();
+        for batch in batches {
+            for (seq, record) in batch.records() {
+                records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
+            }
+            for (level, index, node) in batch.nodes() {
+                self.tree.put_with_flags(
+                    &mut wtxn,
+                    PutFlags::APPEND,
+                    &tree_key(*level, *index),
+                    node,
+                )?;
+            }
+        }
+        self.meta
+            .put(&mut wtxn, META_FRONTIER, &last.frontier().to_bytes())?;
+        self.meta
+            .put(&mut wtxn, META_HEAD, &encode_head(last.tip()))?;
+        wtxn.commit()?;
+        self.frontier().clone_from(last.frontier());
+        Ok(())
+    }
+
+    /// Reads records from `from` on: at most `max_records`, and no more once
+    /// `max_bytes` are reached (but always at least one record, if any).
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::with_capacity(max_records.min(4096));
+        let mut bytes_read = 0;
+        for entry in self.records.range(&rtxn, &(from..))?.take(max_records) {
+            let (seq, bytes) = entry?;
+            if !out.is_empty() && bytes_read + bytes.len() > max_bytes {
+                break;
+            }
+            bytes_read += bytes.len();
+            out.push(StoredRecord {
+                seq,
+                bytes: bytes.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks the records from 0 on: dense seqs and every link; then that
+    /// the `head` meta value holds their number and the last one's entry
+    /// hash, and that the frontier's size and the Merkle root recomputed
+    /// from the stored tree agree with them. Used by `tallyd check` and by
+    /// tests.
+    pub fn verify(&self) -> Result<Head, StoreError> {
+        let _gate = self.read_gate();
+        let rtxn = self.env.read_txn()?;
+        let mut running = GENESIS_PREV;
+        let mut size = 0u64;
+        for entry in self.records.iter(&rtxn)? {
+            let (seq, bytes) = entry?;
+            let (header, _) = RecordHeader::parse(bytes)
+                .map_err(|source| StoreError::RecordUnreadable { seq, source })?;
+            if seq != size || header.seq != seq || header.prev_hash != running {
+                return Err(StoreError::ChainBroken { seq });
+            }
+            running = entry_hash(bytes);
+            size += 1;
+        }
+        // The head and the frontier from the same snapshot as the records:
+        // a live store may commit meanwhile.
+        let head_bytes = self
+            .meta
+            .get(&rtxn, META_HEAD)?
+            .ok_or(StoreError::CorruptMeta("head missing"))?
+            .to_vec();
+        let frontier = Frontier::from_bytes(
+            self.meta
+                .get(&rtxn, META_FRONTIER)?
+                .ok_or(StoreError::CorruptMeta("frontier missing"))?,
+        )?;
+        drop(rtxn);
+        let head = decode_head(&head_bytes, frontier.root())
+            .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))?;
+        if head.size != size
+            || head.hash != running
+            || frontier.size() != size
+            || self.root_at(size)? != head.root
+        {
+            return Err(StoreError::HeadMismatch {
+                head: head.size,
+                records: size,
+            });
+        }
+        Ok(head)
+    }
+}
