@@ -1,48 +1,39 @@
-//! The ack journal: a small commit acknowledged after one flush.
+//! The ack journal: a small commit acknowledged after one write.
 //!
 //! An LMDB commit flushes twice (the data pages, then the meta page), and
 //! for a lone client that waits for each ack the second flush is half the
-//! wait. So a small batch is written to this journal instead, a file created
-//! zero-filled at its full size and then only overwritten in place, and
-//! flushed once (`fdatasync`, which then has no file-size metadata to
-//! commit). Its jobs are acked then. The sequencer later commits the
-//! journaled batches to LMDB together. At start-up, [`Journal::recover`]
-//! commits to LMDB what the journal holds and the store does not.
+//! wait. So a small batch is written to this journal instead, as one frame:
+//! one `pwrite` of whole blocks on a descriptor opened `O_DSYNC` (and
+//! `O_DIRECT` where the file system allows it), which returns once the frame
+//! is on stable storage. The file is created zero-filled at its full size
+//! (and fsynced, with its directory) and afterwards only overwritten in
+//! place, so such a write has no allocation or file size to commit. Its
+//! jobs are acked then. The sequencer later commits the journaled batches
+//! to LMDB together (the *apply*). At start-up, [`Journal::recover`] commits
+//! to LMDB what the journal holds and the store does not.
 //!
 //! The file is two regions of [`REGION`] bytes. Frames are written into the
-//! active region from its start. To commit the journaled batches to LMDB
+//! active region from its start, each at a multiple of [`BLOCK`]. To apply
 //! without stopping the acks, the sequencer switches to the other region
-//! ([`Journal::switch`]) and commits them while new frames go there; so a
-//! region is written over only after everything in it is in the store.
+//! ([`Journal::switch`]) and commits the first region's batches while new
+//! frames go to the other; so a region is written over only after everything
+//! in it is in the store.
 //!
-//! Format (docs/DESIGN.md): frames start at multiples of [`BLOCK`] from
-//! the start of a region. A frame is
-//!
-//! | bytes | field                                                       |
-//! |-------|-------------------------------------------------------------|
-//! | 8     | magic `TALLYJ01`                                            |
-//! | 8     | seq of the first record, big-endian                         |
-//! | 4     | number of records n >= 1, big-endian                        |
-//! | 4     | length L of what follows up to the trailer, big-endian      |
-//! | 16    | tag: SHA-256(key \|\| the 24 bytes above \|\| trailer), first 16 bytes |
-//! | L     | n times: record length u32 big-endian, the record's bytes   |
-//! | 32    | entry hash of the last record                               |
-//!
-//! The records are the exact bytes LMDB will hold, so they carry their own
-//! integrity: a frame is valid when its records' seqs count up from the
-//! frame's first seq, each record's `prev_hash` is the entry hash of the one
-//! before, and the last record's entry hash is the trailer. A torn write
-//! breaks that chain. The tag, keyed with a random secret kept in the store
+//! The frame layout, what makes a frame valid, and the replay rules are
+//! docs/DESIGN.md, section 5b (the one table of the layout; the test
+//! `the_frame_layout_is_that_of_the_design_table` pins it). In short: the
+//! records are the exact bytes LMDB will hold, so they carry their own
+//! integrity (seqs count up, each `prev_hash` is the entry hash of the
+//! record before, the last entry hash is the trailer): a torn write breaks
+//! that chain. The tag, keyed with a random secret kept in the store
 //! ([`Store::journal_key`]), binds the header to the trailer (and so to the
 //! records): a client whose payload holds bytes shaped like a frame cannot
 //! make them pass for one.
 //!
 //! A region's content is the run of valid frames from its start in which
 //! each frame continues the one before; frames left from before the region
-//! was last switched to hold lower seqs and end the run. Replay takes the
-//! records of both regions' runs past the store's head, in seq order. The journal's content is the run of valid frames from
-//! offset 0 in which each frame continues the one before; frames left from
-//! before the last `clear` hold lower seqs and end the run.
+//! was last started over hold lower seqs and end the run. Replay takes the
+//! records of both regions' runs past the store's head, in seq order.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -52,7 +43,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tally_attest::{entry_hash, Hash, RecordHeader};
 
-use crate::store::{Batch, Store, StoreError};
+use crate::batch::Batch;
+use crate::store::{Store, StoreError};
 
 /// Frames start at multiples of this (one page): a frame's first block is
 /// never shared with the frame before it.
@@ -67,9 +59,15 @@ pub const REGION: usize = 8 << 20;
 /// The journal's file name, in the store's directory.
 pub const FILE_NAME: &str = "ack-journal";
 
+/// A frame's first bytes.
 const MAGIC: [u8; 8] = *b"TALLYJ01";
+/// Bytes of a frame's header: magic, first seq u64, number of records u32,
+/// length u32, tag.
 const FRAME_HEADER: usize = 8 + 8 + 4 + 4 + TAG;
+/// Bytes of a frame's tag (a truncated SHA-256).
 const TAG: usize = 16;
+/// Bytes of a frame's trailer: the last record's entry hash.
+const TRAILER: usize = 32;
 
 /// The secret that keys frame tags.
 pub type JournalKey = [u8; 32];
@@ -86,7 +84,6 @@ fn tag(key: &JournalKey, fields: &[u8], trailer: &Hash) -> [u8; TAG] {
     tag.copy_from_slice(&digest[..TAG]);
     tag
 }
-const TRAILER: usize = 32;
 
 /// Why the journal could not be used or recovered.
 #[derive(Debug, thiserror::Error)]
@@ -401,13 +398,13 @@ fn parse<'a>(content: &'a [u8], key: &JournalKey, offset: usize) -> Option<Frame
     })
 }
 
-/// The journal's content: the run of valid frames from offset 0, each
+/// A region's content: the run of valid frames from its start, each
 /// continuing the one before. A valid frame further on that would continue
 /// the run (or lies past its end) means a frame in between was acknowledged
 /// and then damaged: an error, rather than a silent loss.
 ///
-/// `applied` is the store's size: frames left from before the last clear
-/// hold only records below it.
+/// `applied` is the store's size: frames left from before the region was
+/// last started over hold only records below it.
 /// `content` is one region, starting at `region` in the file.
 fn scan<'a>(
     content: &'a [u8],
@@ -752,5 +749,59 @@ mod tests {
         assert_eq!(replayed, 2);
         let len = std::fs::metadata(self::file(dir.path())).unwrap().len();
         assert_eq!(len, CAPACITY as u64);
+    }
+
+    #[test]
+    fn the_frame_layout_is_that_of_the_design_table() {
+        //! docs/DESIGN.md, section 5b is the one table of the frame layout:
+        //! this pins every field's offset and size as written to the file.
+        assert_eq!((BLOCK, REGION, CAPACITY), (4096, 8 << 20, 16 << 20));
+        assert_eq!((FRAME_HEADER, TAG, TRAILER), (40, 16, 32));
+        let (dir, store) = store();
+        let (mut journal, _) = Journal::recover(dir.path(), &store).unwrap();
+        let key = journal.key;
+        let written = on_store(&store, &[2, 1], 4);
+        // Frame 0 at the start of region 0; frame 1 at the start of region 1.
+        write(&mut journal, &written[..1]);
+        journal.switch();
+        write(&mut journal, &written[1..]);
+        drop(journal);
+        let file = std::fs::read(file(dir.path())).unwrap();
+        assert_eq!(file.len(), CAPACITY);
+        for (batch, at) in written.iter().zip([0, REGION]) {
+            let frame = &file[at..at + BLOCK];
+            let records: Vec<&[u8]> = batch.records().map(|(_, record)| record).collect();
+            let first_seq = batch.records().next().unwrap().0;
+            // 8: magic.
+            assert_eq!(&frame[0..8], b"TALLYJ01");
+            // 8: seq of the first record, u64 big-endian.
+            assert_eq!(frame[8..16], first_seq.to_be_bytes());
+            // 4: number of records, u32 big-endian.
+            assert_eq!(frame[16..20], (records.len() as u32).to_be_bytes());
+            // 4: L, bytes from after the tag to the trailer, u32 big-endian.
+            let body_len: usize = records.iter().map(|record| 4 + record.len()).sum();
+            assert_eq!(frame[20..24], (body_len as u32).to_be_bytes());
+            // 16: tag, SHA-256(key || the 24 bytes above || trailer), first 16.
+            let trailer = batch.tip().hash;
+            let digest = Sha256::new()
+                .chain_update(key)
+                .chain_update(&frame[..24])
+                .chain_update(trailer)
+                .finalize();
+            assert_eq!(frame[24..40], digest[..16]);
+            // L: each record as length u32 big-endian || its bytes.
+            let mut at = 40;
+            for record in &records {
+                assert_eq!(frame[at..at + 4], (record.len() as u32).to_be_bytes());
+                assert_eq!(&frame[at + 4..at + 4 + record.len()], *record);
+                at += 4 + record.len();
+            }
+            assert_eq!(at, 40 + body_len);
+            // 32: trailer, the entry hash of the last record.
+            assert_eq!(frame[at..at + 32], trailer);
+            assert_eq!(trailer, entry_hash(records.last().unwrap()));
+            // Zeros to the end of the block.
+            assert!(frame[at + 32..].iter().all(|&byte| byte == 0));
+        }
     }
 }

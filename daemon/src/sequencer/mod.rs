@@ -5,11 +5,13 @@
 //!   event the next seq and the previous entry hash, compute its entry hash
 //!   and the Merkle nodes it completes ([`Batch::push`]). The record bodies
 //!   are encoded before the lock is taken ([`AppendJob::new`]).
-//! * The **commit thread** takes the whole open batch as soon as its previous
-//!   commit is done, commits it (one transaction, one fsync) and only then
-//!   acks each of its jobs. A batch that reaches the batch limits while a
-//!   commit is running is sealed (queued) and the next opens behind it, so
-//!   a slow commit does not stop intake until `max_jobs` jobs wait.
+//! * The **commit thread** takes the whole open batch as soon as the previous
+//!   commit is done, makes it durable (a small batch as one write to the ack
+//!   journal, any other in one LMDB transaction) and only then acks each of
+//!   its jobs. A submitter whose job is alone commits it itself. A batch that
+//!   reaches the batch limits while a commit is running is sealed (queued)
+//!   and the next opens behind it, so a slow commit does not stop intake
+//!   until `max_jobs` jobs wait.
 //!
 //! So batch N+1 is built while batch N commits, a batch is whatever arrived
 //! during the previous commit (group commit), and an event crosses one
@@ -20,32 +22,59 @@
 //! built on top of it fails too, and building restarts from the committed
 //! state.
 //!
+//! Files: `job.rs` (what goes in and comes out), `policy.rs` (the tuning),
+//! `intake.rs` (the shared state and [`SequencerHandle::submit`]'s path into
+//! it), `durable.rs` (journal or LMDB), `commit.rs` (the commit role, the
+//! commit thread, the apply); [`Batch`] is `crate::batch`.
+//!
 //! # Protocol
 //!
-//! The one description of what the threads share; the code's comments point
-//! here. "Role holder": whoever holds the commit role (below).
+//! The one description of what the threads share; comments elsewhere point
+//! here. The *role holder* is whoever holds the commit role: the commit
+//! thread, or a submitter committing its own job.
 //!
-//! | what | kind | written by | read by | meaning |
-//! |------|------|------------|---------|---------|
-//! | `building` | lock 1 | submitters ([`Pipeline::offer`]: chain a job, seal), commit thread (`next_work`: take), role holder (after a commit or apply), [`SequencerHandle::settle`], last handle's drop | | guards [`Building`]: the open and sealed batches and every flag below but `acked` and `other_busy`. Held for hashing and bookkeeping, never across a flush |
-//! | `durable` | lock 2 | the role holder only: the journal write or the LMDB commit happens under it; in an apply, released while the switched-out region is committed | | guards [`Durable`]: the ack journal and the batches it holds that the store does not (`journaled`). Order: lock 1 before lock 2, never 2 then 1 (only `apply` nests them) |
-//! | `ack_times` | its own lock | role holder, after a commit | status | a leaf: taken with neither lock held |
-//! | commit role (`committing`) | flag, lock 1 | set by the commit thread in `next_work` (for each commit and apply), or by a submitter in `offer` when its job is alone (nothing open or sealed, no apply due, role free) and is journaled; cleared by [`CommitRole`]'s drop | `offer`, `next_work` (waits while a submitter holds it) | only the holder commits or applies. Given back after the commit; an apply that switches regions gives it back *before* LMDB commits, so submitters journal into the other region meanwhile. The drop wakes the commit thread only if it has work (a job, a sealed batch, `closed`, `apply_requested`, or `apply_due` changed since `apply_due_seen`) |
-//! | `closed` | flag, lock 1 | the last [`SequencerHandle`]'s drop | `next_work`, role drop | commit what is open, apply, stop |
-//! | `stopped` | flag, lock 1 | `Stopped`'s drop (the commit thread ends, even by a panic; fails every waiting job) | `offer` | refuse new jobs ([`SubmitError::Stopped`]) |
-//! | `apply_due` | flag, lock 1 | role holder: set at a journal commit (now + `apply_after` if unset; now once a quarter of the region is used), cleared by an LMDB commit and an apply (re-set if batches were journaled meanwhile; now + 1 s after a failure) | `next_work`, `offer`, role drop | when the journaled batches go to LMDB |
-//! | `apply_requested` | flag, lock 1 | `settle` (sets); `apply` (clears) | `next_work`, `offer`, role drop | a reader waits for the journaled batches: apply now |
-//! | `apply_due_seen` | flag, lock 1 | `next_work`, before it waits (`None` while a submitter holds the role) | role drop | `apply_due` as the commit thread last saw it |
-//! | `journal_used` | flag, lock 1 | role holder, after a commit or apply | `offer` | copy of the journal's used bytes, so `offer` need not take lock 2 |
-//! | `other_busy` | flag, lock 2 | `Durable::switch` (sets), a successful apply or LMDB commit (clears) | `apply` | the other region holds acked batches not in the store: do not switch again |
-//! | `acked` | atomic (Release / Acquire) | role holder, after a successful commit, before the jobs are answered | `settle` | size of the log as acked: journaled or in the store |
-//! | readable head (`head_tx`) | `watch` | role holder, after every LMDB commit (a large batch, an apply, the stop's apply) | [`SequencerHandle::head`], readers, followers, status, the anchorer | the store's committed head |
+//! Locks, taken in this order (never `building` while holding `durable`):
+//!
+//! | lock | guards | taken by | held across a flush? |
+//! |------|--------|----------|----------------------|
+//! | 1. `building` (`Building`) | the open and sealed batches, the spares, and every flag below but `other_busy` and `acked` | submitters in `Pipeline::offer` (chaining a job, sealing), the commit thread waiting in `next_work` (on the `filled` condvar), the role holder after a commit or apply, [`SequencerHandle::settle`], the last handle's drop, `CommitRole`'s and `Stopped`'s drops | no; except that the end of `apply` holds it while it waits for lock 2, which a submitter journaling its own job may hold for its write |
+//! | 2. `durable` (`Durable`) | the ack journal and the batches it holds that the store does not (`journaled`), `other_busy` | the role holder, for the whole journal write or LMDB commit; the commit thread ending an apply after giving the role back | yes: that is what it is for |
+//! | `ack_times` ([`AckTimes`]) | the exposure window | the role holder after each commit; the anchorer; status | a leaf, taken with neither lock held (its own table: `crate::exposure`) |
+//!
+//! The commit role is the `committing` flag. Only its holder commits or
+//! applies. It is taken by the commit thread in `next_work` for each commit
+//! and apply (and put down again there when it finds nothing to do), or by a
+//! submitter in `offer` when its job is alone (role free, nothing sealed,
+//! nothing open, no apply due) and goes to the journal. It is given back by
+//! `CommitRole`'s drop after the commit; an apply that switches the
+//! journal's regions gives it back *before* LMDB commits, so that submitters
+//! journal into the other region meanwhile. The drop wakes the commit thread
+//! only if it has work: a job in the open batch, a sealed batch, `closed`,
+//! `apply_requested`, or an `apply_due` other than `apply_due_seen`.
+//!
+//! | flag | under | written by | read by | meaning |
+//! |------|-------|------------|---------|---------|
+//! | `committing` | lock 1 | see above | `offer`, `next_work` (waits while a submitter holds it) | the commit role is held |
+//! | `closed` | lock 1 | the last [`SequencerHandle`]'s drop | `next_work`, the role's drop | commit what is open, apply the journal, stop |
+//! | `stopped` | lock 1 | `Stopped`'s drop (the commit thread ended, even by a panic; every waiting job is failed) | `offer` | refuse new jobs ([`SubmitError::Stopped`]) |
+//! | `apply_due` | lock 1 | a commit: set by a journal commit (now + `apply_after` if unset; now once a quarter of the region is used), cleared by an LMDB commit; `apply`: cleared at the switch, then re-set if batches were journaled meanwhile, now + 1 s after a failure | `next_work`, `offer`, the role's drop | when the journaled batches go to LMDB |
+//! | `apply_requested` | lock 1 | set by `settle`, cleared by `apply` | `next_work`, `offer`, the role's drop | a reader waits for the journaled batches: apply now |
+//! | `apply_due_seen` | lock 1 | `next_work`, before it waits (`None` while a submitter holds the role) | the role's drop | `apply_due` as the commit thread last saw it |
+//! | `journal_used` | lock 1 | a commit, an apply | `offer` | the journal's bytes used, copied so that `offer` need not take lock 2 |
+//! | `other_busy` | lock 2 | set by `Durable::switch`; cleared by a successful apply or LMDB commit | `apply` | the other region holds acked batches not in the store: do not switch again |
+//! | `acked` | atomic, Release / Acquire | the role holder after a successful commit, before it answers the jobs | `settle` | size of the log as acked: journaled or in the store |
+//! | readable head (`head_tx`) | `watch` channel | after every LMDB commit: a commit to the store, an apply, the stop's apply | [`SequencerHandle::head`]: readers, followers, status, the anchorer | the store's committed head |
+//!
+//! Wake-ups: `filled` (a condvar on lock 1) wakes the commit thread: a job
+//! joined the open batch, `settle` asked for an apply, the role was given
+//! back with work waiting, an apply ended, the last handle went. `drained`
+//! (a `Notify`) wakes submitters waiting for room: a batch was taken or
+//! failed, the commit thread stopped.
 //!
 //! `acked` and the readable head differ by the journaled batches not yet
-//! applied: `acked >= head.size`. A reader calls
-//! [`SequencerHandle::settle`], which sets `apply_requested` when the head
-//! is behind `acked` and waits until it is not: a client reads what it was
-//! acked.
+//! applied: `acked >= head.size`. [`SequencerHandle::settle`] sets
+//! `apply_requested` when the head is behind `acked` and waits until it is
+//! not: a client reads what it was acked.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -71,13 +100,7 @@ pub use durable::CommitError;
 pub use job::{Ack, AppendError, AppendJob, FullCause, QueuedEvents, StorageCause, SubmitError};
 pub use policy::{BatchPolicy, APPLY_AFTER};
 
-#[cfg(doc)]
-use commit::CommitRole;
 use commit::{commit_loop, Stopped};
-#[cfg(doc)]
-use durable::Durable;
-#[cfg(doc)]
-use intake::Building;
 use intake::{lock, Pipeline};
 
 /// How long a reader waits for acked events to become readable.
