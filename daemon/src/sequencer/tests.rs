@@ -1,16 +1,16 @@
 //! The sequencer's unit tests: dense chaining under concurrency, failed
-//! commits, sealing, the ack journal's commits, applies and crash recovery.
+//! commits, sealing, the ack journal's commits, applies and crash recovery,
+//! and a model-based test of random operations against a reference list.
 
 use std::sync::atomic::AtomicU64;
 
-use tally_client::proto::{Event, Peer};
+use tally_client::proto::{peer, Event, Peer, UnixPeer};
 use tokio::sync::oneshot;
 
 use super::commit::CommitRole;
 use super::intake::{lock, Pipeline};
 use super::*;
 use crate::store::MapSizing;
-use tally_client::proto::{peer, UnixPeer};
 
 type Answer = oneshot::Receiver<Result<Vec<Ack>, AppendError>>;
 
@@ -424,4 +424,159 @@ fn a_weak_handle_settles_records_ack_times_and_does_not_keep_the_sequencer_runni
     runtime.block_on(weak.settle()).unwrap();
     assert_eq!(weak.head.borrow().size, 5);
     assert_eq!(store.head().unwrap().size, 5);
+}
+
+/// A small seeded generator (xorshift64*): the model test's runs repeat.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// A hand-driven pipeline with the journal on the store under `dir`, whose
+/// map stops at `max` (the journal replayed first, as at start-up).
+fn reopen(
+    dir: &tempfile::TempDir,
+    max: usize,
+) -> (Arc<Store>, Pipeline, watch::Receiver<Head>, u64) {
+    let sizing = MapSizing {
+        initial: 1 << 20,
+        max,
+    };
+    let store = Arc::new(Store::open(dir.path(), sizing).unwrap());
+    let (journal, replayed) = match Journal::recover(dir.path(), &store) {
+        Ok(recovered) => recovered,
+        // The replay needs more room than this map has: as an operator
+        // would, start again with a larger one.
+        Err(crate::journal::JournalError::Store(err)) if err.is_full() && max < 1 << 30 => {
+            drop(store);
+            return reopen(dir, 1 << 30);
+        }
+        Err(err) => panic!("{err}"),
+    };
+    let (pipeline, head) = Pipeline::new(store.clone(), Some(journal), journaling(8)).unwrap();
+    (store, pipeline, head, replayed)
+}
+
+/// The entry hashes of every record in the store, in seq order.
+fn stored_hashes(store: &Store) -> Vec<[u8; 32]> {
+    let records = store.read(0, usize::MAX, usize::MAX).unwrap();
+    records
+        .iter()
+        .enumerate()
+        .map(|(seq, record)| {
+            assert_eq!(record.seq, seq as u64, "stored seqs are dense");
+            tally_attest::entry_hash(&record.bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn random_offers_seals_commits_applies_failures_and_crashes_keep_exactly_the_acked_records() {
+    //! The reference model is a plain list of the acked entry hashes, in seq
+    //! order. Whatever the sequence of operations, an `Ok` ack extends it
+    //! densely, `acked` is its length, the readable head is a prefix of it,
+    //! and after a crash (everything dropped, the store reopened and the
+    //! journal replayed) the store holds exactly it: nothing acked is lost,
+    //! nothing refused is stored. Small maps make commits and applies fail
+    //! for lack of room; a reopen may give room again.
+    let maxes = [2 << 20, 2 << 20, 1 << 30];
+    for seed in 1..=4u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let dir = tempfile::tempdir().unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let (mut store, mut pipeline, mut head, _) = reopen(&dir, maxes[0]);
+        let mut model: Vec<[u8; 32]> = Vec::new();
+        let mut waiting: Vec<Answer> = Vec::new();
+        let mut refused = 0;
+        for step in 0..250 {
+            match rng.below(20) {
+                // Offer: mostly small jobs (journaled), some too large for
+                // the journal (committed to LMDB with the journaled ones).
+                0..=9 => {
+                    let events = 1 + rng.below(4) as usize;
+                    let payload = if rng.below(4) == 0 {
+                        20_000 + rng.below(20_000) as usize
+                    } else {
+                        10 + rng.below(300) as usize
+                    };
+                    let (job, answer) = job(events, payload, &counter);
+                    if pipeline.offer(job).is_ok() {
+                        waiting.push(answer);
+                    }
+                }
+                10 | 11 => lock(&pipeline).seal(),
+                // What the commit thread does for a commit.
+                12..=15 => {
+                    let mut building = lock(&pipeline);
+                    if !building.open.jobs.is_empty() || !building.sealed.is_empty() {
+                        building.committing = true;
+                        let taken = pipeline.take(&mut building);
+                        drop(building);
+                        pipeline.commit_own(taken);
+                    }
+                }
+                16..=18 => apply_now(&pipeline),
+                // A crash: nothing is stopped or applied; the next start
+                // replays the journal, perhaps with more room.
+                _ => {
+                    drop(pipeline);
+                    drop(store);
+                    (store, pipeline, head, _) =
+                        reopen(&dir, maxes[rng.below(maxes.len() as u64) as usize]);
+                    assert_eq!(
+                        stored_hashes(&store),
+                        model,
+                        "seed {seed}, step {step}: the store after a crash holds exactly the acked records"
+                    );
+                    assert_eq!(store.verify().unwrap().size, model.len() as u64);
+                }
+            }
+            // Collect answers: acks extend the model densely.
+            waiting.retain_mut(|answer| match answer.try_recv() {
+                Ok(Ok(acks)) => {
+                    for ack in acks {
+                        assert_eq!(
+                            ack.seq,
+                            model.len() as u64,
+                            "seed {seed}, step {step}: dense acks"
+                        );
+                        model.push(ack.entry_hash);
+                    }
+                    false
+                }
+                Ok(Err(_)) => {
+                    refused += 1;
+                    false
+                }
+                Err(oneshot::error::TryRecvError::Empty) => true,
+                // Dropped by a crash: never acked.
+                Err(oneshot::error::TryRecvError::Closed) => false,
+            });
+            assert_eq!(pipeline.acked.load(Ordering::Acquire), model.len() as u64);
+            // The readable head is the store's, and a prefix of the model:
+            // its entry hash pins every record before it.
+            let readable = *head.borrow();
+            assert_eq!(store.head().unwrap(), readable);
+            let size = readable.size as usize;
+            assert!(size <= model.len(), "seed {seed}, step {step}");
+            let last = size
+                .checked_sub(1)
+                .map_or(tally_attest::GENESIS_PREV, |at| model[at]);
+            assert_eq!(readable.hash, last, "seed {seed}, step {step}");
+        }
+        assert!(!model.is_empty(), "seed {seed}: something was acked");
+        apply_now(&pipeline);
+        let stored = stored_hashes(&store);
+        assert_eq!(stored[..], model[..stored.len()], "seed {seed}");
+        eprintln!(
+            "seed {seed}: {} records acked, {refused} jobs refused",
+            model.len()
+        );
+    }
 }

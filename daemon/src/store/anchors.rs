@@ -6,7 +6,14 @@
 //! given size is found by binary search over counter values: at most ~64
 //! seeks, however many anchors there are (one every 10 s is ~3 million a year).
 
-use super::*;
+use std::path::Path;
+
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, EnvOpenOptions, WithoutTls};
+
+use super::{
+    Store, StoreError, FORMAT_VERSION, META_FORMAT_VERSION, META_IDENTITY, META_PENDING_CHECKPOINT,
+};
 
 impl Store {
     /// The log identity JSON of the store under `dir`, opened read-only: works
@@ -256,6 +263,7 @@ pub fn anchor_size(bytes: &[u8]) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MapSizing;
 
     const SMALL: MapSizing = MapSizing {
         initial: 1 << 20,
