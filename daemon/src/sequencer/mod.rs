@@ -37,7 +37,7 @@
 //!
 //! | lock | guards | taken by | held across a flush? |
 //! |------|--------|----------|----------------------|
-//! | 1. `building` (`Building`) | the open and sealed batches, the spares, and every flag below but `other_busy` and `acked` | submitters in `Pipeline::offer` (chaining a job, sealing), the commit thread waiting in `next_work` (on the `filled` condvar), the role holder after a commit or apply, [`SequencerHandle::settle`], the last handle's drop, `CommitRole`'s and `Stopped`'s drops | no; except that the end of `apply` holds it while it waits for lock 2, which a submitter journaling its own job may hold for its write |
+//! | 1. `building` (`Building`) | the open and sealed batches, the spares, and every flag below marked lock 1 | submitters in `Pipeline::offer` (chaining a job, sealing), the commit thread waiting in `next_work` (on the `filled` condvar), the role holder after a commit or apply, [`SequencerHandle::settle`], the last handle's drop, `CommitRole`'s and `Stopped`'s drops | no; except that the end of `apply` holds it while it waits for lock 2, which a submitter journaling its own job may hold for its write |
 //! | 2. `durable` (`Durable`) | the ack journal and the batches it holds that the store does not (`journaled`), `other_busy` | the role holder, for the whole journal write or LMDB commit; the commit thread ending an apply after giving the role back | yes: that is what it is for |
 //! | `ack_times` ([`AckTimes`]) | the exposure window | the role holder after each commit; the anchorer; status | a leaf, taken with neither lock held (its own table: `crate::exposure`) |
 //!
