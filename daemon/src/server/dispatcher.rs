@@ -249,6 +249,7 @@ pub(crate) fn record_denial(
     let (reply, _) = oneshot::channel();
     let job = AppendJob::new(
         vec![*event],
+        // The encoding buffer's first guess: a denial event is ~200 bytes.
         256,
         peer.to_proto(),
         received,
