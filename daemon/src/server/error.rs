@@ -18,6 +18,7 @@ pub const MAX_NONCE_BYTES: usize = 64;
 
 /// A refused request or connection, as precise as the protocol allows.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     // The connection.
     #[error("{0}")]

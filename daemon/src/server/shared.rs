@@ -1,5 +1,19 @@
 //! What every connection of the server shares: the store, the sequencer,
 //! budgets and limits, the access policy, and the TPM side.
+//!
+//! The shared state that changes, who writes it and who reads it:
+//!
+//! | state | kind | written by | read by |
+//! |---|---|---|---|
+//! | `queue_budget` | semaphore (bytes) | a reader takes an append's frame length before submitting it; released when the job is answered or dropped | readers (they wait when it is spent) |
+//! | `queued_events` | atomic, relaxed | raised when an append job is built, lowered when it is answered or dropped | status |
+//! | `access` policy | `RwLock` | SIGHUP reload | every request's role check |
+//! | `access` denial window | `Mutex` | a denial (the rate limit of denial events) | the same |
+//! | `connections` | `Mutex` | admitting a connection, dropping its permit | the same |
+//! | `append_rate` | `Mutex` | every append, when a rate is set | the same |
+//! | `anchoring.status` | `Mutex` | the anchoring task | status (a clone) |
+//!
+//! No lock is held while another is taken, and none across an `.await`.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
