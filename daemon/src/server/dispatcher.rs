@@ -117,40 +117,58 @@ impl<'a> Dispatcher<'a> {
         };
         let id = request.id;
         if self.greeted {
-            if let Some((role, name)) = request.body.as_ref().and_then(required_role) {
-                let access = &self.shared.access;
-                if let Err(denial) = access.check(self.peer, self.peer_text, name, role) {
-                    tracing::warn!(peer = %self.peer_text, request = name, role = role.name(), "permission denied");
-                    let error = RequestError::PermissionDenied {
-                        peer: *self.peer,
-                        role: denial.role,
-                        request: denial.request,
-                    };
-                    let shared = self.shared;
-                    record_denial(
-                        &shared.sequencer,
-                        &shared.queued_events,
-                        access,
-                        self.peer,
-                        denial,
-                    );
-                    return Step::Continue(Outgoing::error(id, error));
-                }
+            if let Err(refused) = self.check_role(request.body.as_ref()) {
+                return Step::Continue(Outgoing::error(id, refused));
             }
-            // Read your writes: whatever reads the log first waits until the
-            // store holds every event acked so far (some may be in the ack
-            // journal only).
-            let reads_log = !matches!(
-                request.body,
-                None | Some(request::Body::Hello(_) | request::Body::Append(_))
-            );
-            if reads_log {
-                if let Err(reason) = self.shared.sequencer.settle().await {
-                    return Step::Continue(Outgoing::error(id, RequestError::not_settled(reason)));
-                }
+            if let Err(refused) = self.settle(request.body.as_ref()).await {
+                return Step::Continue(Outgoing::error(id, refused));
             }
         }
         self.serve(id, request.body, frame_len).await
+    }
+
+    /// The role check: a denial is logged, its event appended (unawaited,
+    /// rate limited), and the request refused.
+    fn check_role(&self, body: Option<&request::Body>) -> Result<(), RequestError> {
+        let Some((role, name)) = body.and_then(required_role) else {
+            return Ok(());
+        };
+        let shared = self.shared;
+        let Err(denial) = shared.access.check(self.peer, self.peer_text, name, role) else {
+            return Ok(());
+        };
+        tracing::warn!(peer = %self.peer_text, request = name, role = role.name(), "permission denied");
+        let refused = RequestError::PermissionDenied {
+            peer: *self.peer,
+            role: denial.role,
+            request: denial.request,
+        };
+        record_denial(
+            &shared.sequencer,
+            &shared.queued_events,
+            &shared.access,
+            self.peer,
+            denial,
+        );
+        Err(refused)
+    }
+
+    /// The settle gate, read your writes: whatever reads the log first waits
+    /// until the store holds every event acked so far (some may be in the
+    /// ack journal only).
+    async fn settle(&self, body: Option<&request::Body>) -> Result<(), RequestError> {
+        let reads_log = !matches!(
+            body,
+            None | Some(request::Body::Hello(_) | request::Body::Append(_))
+        );
+        if reads_log {
+            self.shared
+                .sequencer
+                .settle()
+                .await
+                .map_err(RequestError::not_settled)?;
+        }
+        Ok(())
     }
 
     /// The request's handler, once decode, roles and settling allow it.
