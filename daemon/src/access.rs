@@ -8,19 +8,19 @@
 //! * vsock peers: no role unless a grant names their CID (default deny).
 //!
 //! Denied requests get `PERMISSION_DENIED`, a log line naming the peer, and
-//! an `tally.access_denied` event in the log itself, rate limited so that a
-//! flood of denials cannot flood the log.
+//! a `tally.access_denied` event in the log itself, rate limited so that a
+//! flood of denials cannot flood the log. This module decides and builds the
+//! event ([`Access::check`]); the server's dispatcher answers and appends it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tally_client::proto::{peer, Event, Peer};
-use tokio::sync::oneshot;
+use tally_client::proto::Event;
 
-use crate::sequencer::{AppendJob, QueuedEvents, SequencerHandle};
+use crate::clock::now_unix_nanos;
+use crate::peer::PeerId;
 
 /// A capability a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -144,55 +144,70 @@ impl Access {
     }
 
     /// Whether `peer` has `role` under the current policy.
-    pub fn allows(&self, peer: &Peer, role: Role) -> bool {
+    pub fn allows(&self, peer: &PeerId, role: Role) -> bool {
         let Ok(config) = self.config.read() else {
             return false;
         };
-        match &peer.kind {
-            Some(peer::Kind::Unix(unix)) => {
-                unix.uid == 0
-                    || unix.uid == self.own_uid
+        match *peer {
+            PeerId::Unix { uid, gid, .. } => {
+                uid == 0
+                    || uid == self.own_uid
                     || config.unix_default.contains(&role)
                     || config.grants.iter().any(|grant| {
-                        (grant.uid == Some(unix.uid) || grant.gid == Some(unix.gid))
+                        (grant.uid == Some(uid) || grant.gid == Some(gid))
                             && grant.roles.contains(&role)
                     })
             }
-            Some(peer::Kind::Vsock(vsock)) => config
+            PeerId::Vsock { cid, .. } => config
                 .grants
                 .iter()
-                .any(|grant| grant.vsock_cid == Some(vsock.cid) && grant.roles.contains(&role)),
-            None => false,
+                .any(|grant| grant.vsock_cid == Some(cid) && grant.roles.contains(&role)),
         }
     }
 
-    /// Records a denial in the log unless the per-minute budget is spent.
-    /// Never waits: a full queue counts as suppressed.
-    pub fn record_denial(
+    /// `Ok` when `peer` has the `role` that `request` needs; else the denial,
+    /// with the event that records it (see [`Access::denied`]).
+    pub fn check(
         &self,
-        sequencer: &SequencerHandle,
-        queued: &Arc<AtomicU64>,
-        peer: &Peer,
+        peer: &PeerId,
         peer_text: &str,
-        request: &str,
+        request: &'static str,
         role: Role,
-    ) {
+    ) -> Result<(), Denial> {
+        if self.allows(peer, role) {
+            Ok(())
+        } else {
+            Err(self.denied(peer_text, request, role))
+        }
+    }
+
+    /// A denial of `request` to the peer `peer_text` for lack of `role`. Its
+    /// event is `None` when this minute's budget of logged denials is spent
+    /// (the denial is counted, and the next event written says how many were
+    /// not). Writing the event is the caller's: this module only decides.
+    pub fn denied(&self, peer_text: &str, request: &'static str, role: Role) -> Denial {
+        Denial {
+            request,
+            role,
+            event: self.denial_event(peer_text, request, role),
+        }
+    }
+
+    fn denial_event(&self, peer_text: &str, request: &str, role: Role) -> Option<Box<Event>> {
         let budget = self
             .config
             .read()
             .map(|config| config.denials_logged_per_minute)
             .unwrap_or(0);
         let suppressed = {
-            let Ok(mut window) = self.denials.lock() else {
-                return;
-            };
+            let mut window = self.denials.lock().ok()?;
             if window.started.elapsed() >= Duration::from_secs(60) {
                 window.started = Instant::now();
                 window.logged = 0;
             }
             if window.logged >= budget {
                 window.suppressed += 1;
-                return;
+                return None;
             }
             window.logged += 1;
             std::mem::take(&mut window.suppressed)
@@ -204,52 +219,52 @@ impl Access {
             "denials_not_logged_before".to_owned(),
             suppressed.to_string(),
         );
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let event = Event {
+        Some(Box::new(Event {
             kind: "tally.access_denied".into(),
             actor: peer_text.to_owned(),
             subject: request.to_owned(),
             attributes,
             payload: Vec::new(),
             content_type: String::new(),
-            client_time_unix_nanos: now,
-        };
-        let (reply, _) = oneshot::channel();
-        let job = AppendJob::new(
-            vec![event],
-            256,
-            *peer,
-            now,
-            reply,
-            None,
-            QueuedEvents::new(queued, 1),
-        );
-        if sequencer.try_submit(job).is_err() {
-            if let Ok(mut window) = self.denials.lock() {
-                window.suppressed += 1;
-            }
+            client_time_unix_nanos: now_unix_nanos(),
+        }))
+    }
+
+    /// A denial event that could not be written (the sequencer's queue was
+    /// full): counted with the suppressed ones.
+    pub fn denial_not_written(&self) {
+        if let Ok(mut window) = self.denials.lock() {
+            window.suppressed += 1;
         }
     }
+}
+
+/// A request refused for a missing role.
+#[derive(Debug)]
+pub struct Denial {
+    /// The request's name, e.g. "append".
+    pub request: &'static str,
+    /// The role it needs and the peer lacks.
+    pub role: Role,
+    /// The `tally.access_denied` event to append (never waiting for it),
+    /// `None` when the rate limit suppresses it. Its client time is when the
+    /// denial was decided. Boxed: every request's check returns a
+    /// `Result<(), Denial>`, and denials are rare.
+    pub event: Option<Box<Event>>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_client::proto::{UnixPeer, VsockPeer};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
 
-    fn unix(uid: u32, gid: u32) -> Peer {
-        Peer {
-            kind: Some(peer::Kind::Unix(UnixPeer { uid, gid, pid: 1 })),
-        }
+    fn unix(uid: u32, gid: u32) -> PeerId {
+        PeerId::Unix { uid, gid, pid: 1 }
     }
 
-    fn vsock(cid: u32) -> Peer {
-        Peer {
-            kind: Some(peer::Kind::Vsock(VsockPeer { cid, port: 1234 })),
-        }
+    fn vsock(cid: u32) -> PeerId {
+        PeerId::Vsock { cid, port: 1234 }
     }
 
     #[test]
@@ -338,14 +353,8 @@ mod tests {
         });
         let queued = Arc::new(AtomicU64::new(0));
         for _ in 0..5 {
-            access.record_denial(
-                &sequencer,
-                &queued,
-                &unix(5, 5),
-                "unix uid=5",
-                "append",
-                Role::Append,
-            );
+            let denial = access.denied("unix uid=5", "append", Role::Append);
+            crate::server::record_denial(&sequencer, &queued, &access, &unix(5, 5), denial);
         }
         // Dropping the last handle commits what was submitted.
         drop(sequencer);

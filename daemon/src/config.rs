@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::server::Limits;
+use crate::limits::Limits;
 use crate::store::MapSizing;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tally";
@@ -34,8 +34,8 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_SLOW_READER_TIMEOUT_SECS: u64 = 30;
 /// tss-esapi logs every context close at info; keep it to warnings.
 pub const DEFAULT_LOG: &str = "info,tss_esapi=warn";
-/// Default NV counter index (owner range).
-pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
+/// Default NV counter index (owner range), the TPM side's default.
+pub use tally_attest::tpm::provision::DEFAULT_COUNTER_INDEX;
 pub const DEFAULT_PCRS: &str = "sha256:0,1,2,3,4,5,6,7";
 /// Default anchoring interval: at most 3.15M increments a year on a busy log.
 /// The counter is ORDERLY, so the TPM writes it to NV once per 256 increments
@@ -82,13 +82,14 @@ impl Default for TpmSettings {
 impl TpmSettings {
     /// The counter index as a number.
     pub fn counter_index(&self) -> Result<u32, ConfigError> {
+        // Hex with or without "0x" (the attest parser reads text without the
+        // prefix as decimal, so the prefix is put back on).
         let digits = self
             .counter_index
             .trim_start_matches("0x")
             .trim_start_matches("0X");
         // Below 0x01ffffff: the owner record lives at counter_index + 1.
-        u32::from_str_radix(digits, 16)
-            .ok()
+        tally_attest::identity::parse_nv_index(&format!("0x{digits}"))
             .filter(|index| (0x0100_0000..0x01ff_ffff).contains(index))
             .ok_or_else(|| ConfigError::Invalid {
                 field: "tpm.counter_index",

@@ -1,24 +1,30 @@
-//! `tallyd`: receives events over a Unix socket, chains them into an
-//! append-only log in LMDB, and acknowledges each only once it is durable.
+//! `tallyd`: receives events over a Unix socket (and vsock), chains them
+//! into an append-only log in LMDB, and acknowledges each only once it is
+//! durable.
 //!
 //! Pipeline: [`server`] (framing, limits, dispatch) -> [`sequencer`] (the
-//! single writer: group commit, acks) -> [`store`] (LMDB). [`run`] wires them
-//! together; tests call it with a temporary data directory and socket.
+//! single writer: group commit, acks) -> [`store`] (LMDB) -> [`anchor`] (the
+//! TPM). [`run`] wires them together for the `tallyd` binary, which the
+//! end-to-end tests start; [`testing`] wires the same parts in-process
+//! (without sockets and TPM) for the server's tests and the fuzz target.
 
 pub mod access;
 pub mod anchor;
 pub mod batch;
+pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod exposure;
-mod handlers;
 pub mod journal;
 pub mod limits;
 pub mod log_key;
+pub mod peer;
 pub mod sequencer;
 pub mod server;
 pub mod socket;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,8 +45,7 @@ use crate::server::{Anchoring, Shared};
 use crate::socket::SocketError;
 use crate::store::{Store, StoreError};
 
-/// e.g. "tallyd/0.1.0".
-pub const SERVER_NAME: &str = concat!("tallyd/", env!("CARGO_PKG_VERSION"));
+pub use crate::server::SERVER_NAME;
 
 /// Why the daemon could not start (or stopped abnormally).
 #[derive(Debug, thiserror::Error)]

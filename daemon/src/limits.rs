@@ -1,4 +1,5 @@
-//! Connection and rate limits, per daemon and per peer.
+//! Limits: the sizes and timeouts every connection is held to ([`Limits`]),
+//! and the connection and append-rate limits counted per peer.
 //!
 //! A peer is what the kernel says it is: a uid for Unix sockets, a CID for
 //! vsock. Limits protect the daemon and the other clients from one client;
@@ -7,24 +8,43 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tally_client::proto::{peer, Peer};
+use crate::peer::PeerId;
+
+/// Per-connection and per-request limits (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request frame accepted; a larger one closes the connection.
+    pub max_frame: usize,
+    /// Most events in one append request.
+    pub max_events_per_append: usize,
+    /// Most records in one read (or follow) response.
+    pub read_page_records: usize,
+    /// Most requests a connection may have in flight (sent, not yet answered).
+    pub max_inflight_per_connection: usize,
+    /// Bytes of append requests that may wait for the sequencer, in total.
+    pub queue_bytes: usize,
+    /// A connection that sends no request for this long is closed (not
+    /// while it follows the log).
+    pub idle_timeout: Duration,
+    /// A client that does not take a response within this long is
+    /// disconnected, so a stalled reader or follower cannot pin memory.
+    pub slow_reader_timeout: Duration,
+}
 
 /// Who a limit counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerKey {
     Uid(u32),
     Cid(u32),
-    Unknown,
 }
 
 impl PeerKey {
-    pub fn of(peer: &Peer) -> PeerKey {
-        match &peer.kind {
-            Some(peer::Kind::Unix(unix)) => PeerKey::Uid(unix.uid),
-            Some(peer::Kind::Vsock(vsock)) => PeerKey::Cid(vsock.cid),
-            None => PeerKey::Unknown,
+    pub fn of(peer: &PeerId) -> PeerKey {
+        match *peer {
+            PeerId::Unix { uid, .. } => PeerKey::Uid(uid),
+            PeerId::Vsock { cid, .. } => PeerKey::Cid(cid),
         }
     }
 }
@@ -63,7 +83,7 @@ impl ConnectionLimits {
     }
 
     /// Admits a connection from `peer`, or says which limit refuses it.
-    pub fn admit(self: &Arc<Self>, peer: &Peer) -> Result<ConnectionPermit, Refusal> {
+    pub fn admit(self: &Arc<Self>, peer: &PeerId) -> Result<ConnectionPermit, Refusal> {
         let key = PeerKey::of(peer);
         let mut open = self
             .open
@@ -134,7 +154,7 @@ impl AppendRate {
 
     /// Takes `events` tokens from `peer`'s bucket; false (and nothing taken)
     /// when there are not enough.
-    pub fn try_take(&self, peer: &Peer, events: usize) -> bool {
+    pub fn try_take(&self, peer: &PeerId, events: usize) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
@@ -173,15 +193,12 @@ impl AppendRate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_client::proto::UnixPeer;
 
-    fn uid(uid: u32) -> Peer {
-        Peer {
-            kind: Some(peer::Kind::Unix(UnixPeer {
-                uid,
-                gid: uid,
-                pid: 1,
-            })),
+    fn uid(uid: u32) -> PeerId {
+        PeerId::Unix {
+            uid,
+            gid: uid,
+            pid: 1,
         }
     }
 

@@ -2,7 +2,9 @@
 //! well-framed requests built from the input) -> the REAL connection handler,
 //! `tally_daemon::server::serve_connection`, over a `tokio::io::duplex` pipe,
 //! with a real LMDB `Store` (on tmpfs) and the real sequencer thread, wired
-//! like `tally_daemon::run` wires them (anchoring off, default access grants).
+//! by `tally_daemon::testing` as `tally_daemon::run` wires them (anchoring
+//! off, default access grants); the daemon's in-process server tests use the
+//! same set-up.
 //!
 //! Checked on every input:
 //! * nothing panics (libFuzzer aborts on a panic in any thread or task);
@@ -20,19 +22,16 @@
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tally_attest::entry_hash;
-use tally_client::proto::{self, peer, response, Peer, Response};
-use tally_daemon::access::Access;
+use tally_client::proto::{response, Response};
 use tally_daemon::config::Config;
-use tally_daemon::journal::Journal;
-use tally_daemon::sequencer;
 use tally_daemon::server::{serve_connection, Shared};
 use tally_daemon::store::Store;
+use tally_daemon::testing::{unix_peer, InProcess, PIPE_BYTES};
 use tally_fuzz::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
@@ -42,11 +41,9 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 const ROTATE_AT_RECORDS: u64 = 2_000;
 
 /// One daemon's worth of state: what `tally_daemon::run` builds, minus the
-/// socket and the TPM.
+/// socket and the TPM (`tally_daemon::testing::InProcess`).
 struct Daemon {
-    shared: Arc<Shared>,
-    store: Arc<Store>,
-    sequencer: JoinHandle<()>,
+    daemon: InProcess,
     /// Deleted after the store is closed.
     _dir: tempfile::TempDir,
 }
@@ -62,40 +59,19 @@ impl Daemon {
             .tempdir_in("/dev/shm")
             .or_else(|_| tempfile::tempdir())
             .unwrap_or_else(|err| panic!("cannot create a temporary directory: {err}"));
-        let store_dir = dir.path().join("store");
-        let store = Arc::new(
-            Store::open(&store_dir, config.map_sizing())
-                .unwrap_or_else(|err| panic!("cannot open the store: {err}")),
-        );
-        // The ack journal too: small appends are acked from it.
-        let (journal, _) = Journal::recover(&store_dir, &store)
-            .unwrap_or_else(|err| panic!("cannot open the ack journal: {err}"));
-        let (sequencer, thread) = sequencer::start(store.clone(), Some(journal), config.batch_policy())
-            .unwrap_or_else(|err| panic!("cannot start the sequencer: {err}"));
-        // As `tally_daemon::run` builds it, minus the TPM. Default grants:
-        // the peer below (uid 1000) may append and read, not anchor, so the
-        // denial path runs too.
-        let config = Config {
-            data_dir: dir.path().to_owned(),
-            ..config
-        };
-        let access = Arc::new(Access::new(config.access.clone()));
-        let shared = Arc::new(Shared::new(&config, store.clone(), sequencer, access, None));
-        Daemon {
-            shared,
-            store,
-            sequencer: thread,
-            _dir: dir,
-        }
+        // The ack journal is on (small appends are acked from it). Default
+        // grants: the peer below (uid 1000) may append and read, not anchor,
+        // so the denial path runs too.
+        let daemon = InProcess::start(&config, dir.path())
+            .unwrap_or_else(|err| panic!("cannot start the daemon: {err}"));
+        Daemon { daemon, _dir: dir }
     }
 
     /// Drops every sequencer handle; the thread drains its queue and exits.
     fn stop(self) {
-        drop(self.shared);
-        if self.sequencer.join().is_err() {
+        if !self.daemon.stop() {
             panic!("the sequencer thread panicked");
         }
-        drop(self.store);
     }
 }
 
@@ -114,23 +90,13 @@ thread_local! {
     });
 }
 
-fn unix_peer() -> Peer {
-    Peer {
-        kind: Some(peer::Kind::Unix(proto::UnixPeer {
-            uid: 1000,
-            gid: 1000,
-            pid: 4242,
-        })),
-    }
-}
-
 /// Runs one connection: writes `stream`, closes the write side, reads every
 /// response until the daemon closes. Returns the response bytes.
 async fn converse(shared: Arc<Shared>, stream: Vec<u8>) -> Vec<u8> {
-    let (client, server) = tokio::io::duplex(16 * 1024);
+    let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let connection = tokio::spawn(serve_connection(
         server,
-        unix_peer(),
+        unix_peer(1000, 1000, 4242),
         shared,
         CancellationToken::new(),
     ));
@@ -214,19 +180,20 @@ fuzz_target!(|data: &[u8]| {
         let daemon = harness.daemon.get_or_insert_with(Daemon::start);
         let responses = harness
             .runtime
-            .block_on(converse(daemon.shared.clone(), stream));
+            .block_on(converse(daemon.daemon.shared.clone(), stream));
         // Acks may come from the ack journal: what was acked is readable
         // once `settle` returns (as every reading request does first).
         harness
             .runtime
-            .block_on(daemon.shared.sequencer.settle())
+            .block_on(daemon.daemon.shared.sequencer.settle())
             .unwrap_or_else(|err| panic!("settle: {err}"));
-        check_responses(&responses, &daemon.store);
+        check_responses(&responses, &daemon.daemon.store);
         // Access denials are appended without anyone awaiting them, so they
         // may still be in the sequencer: verify once it is idle (`verify`
         // reads records and head in two transactions).
-        wait_until_idle(&daemon.shared);
+        wait_until_idle(&daemon.daemon.shared);
         let head = daemon
+            .daemon
             .store
             .verify()
             .unwrap_or_else(|err| panic!("the store does not verify: {err}"));

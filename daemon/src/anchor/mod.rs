@@ -65,7 +65,7 @@ pub enum AnchorError {
     #[error("cannot sign the checkpoint: {0}")]
     Sign(#[from] tally_attest::note::NoteError),
     #[error("cannot settle the acked events before anchoring: {0}")]
-    Settle(String),
+    Settle(#[from] crate::sequencer::SettleError),
     #[error("the log has no genesis anchor yet")]
     NoGenesis,
     #[error("cannot write the log identity: {0}")]
@@ -92,7 +92,7 @@ pub struct AnchorStatus {
 #[derive(Debug)]
 pub enum AnchorCommand {
     /// Anchor the settled head now; reply with (counter, AnchorRecord bytes).
-    Now(oneshot::Sender<Result<(u64, Vec<u8>), String>>),
+    Now(oneshot::Sender<Result<(u64, Vec<u8>), AnchorError>>),
     /// A fresh attestation (serialized with anchors: see [`fresh`]).
     Fresh(
         FreshRequest,
@@ -209,7 +209,7 @@ impl Anchorer {
 
     /// Step 1: apply the ack journal, so that the head covers every acked event.
     async fn settle(&self) -> Result<Head, AnchorError> {
-        self.sequencer.settle().await.map_err(AnchorError::Settle)?;
+        self.sequencer.settle().await?;
         Ok(self.head())
     }
 
@@ -430,20 +430,15 @@ impl Anchorer {
         }
     }
 
-    fn failed(&self, err: &AnchorError) -> String {
+    fn failed(&self, err: &AnchorError) {
         tracing::warn!(%err, "anchoring failed; appends continue, will retry");
-        let message = err.to_string();
         if let Ok(mut status) = self.status.lock() {
-            status.last_error = Some(message.clone());
+            status.last_error = Some(err.to_string());
         }
-        message
     }
 
-    async fn anchor_logged(&mut self) -> Result<(u64, Vec<u8>), String> {
-        match self.anchor_once().await {
-            Ok(done) => Ok(done),
-            Err(err) => Err(self.failed(&err)),
-        }
+    async fn anchor_logged(&mut self) -> Result<(u64, Vec<u8>), AnchorError> {
+        self.anchor_once().await.inspect_err(|err| self.failed(err))
     }
 
     /// Anchors every `interval` when the log grew, and on request, until `shutdown`.
@@ -489,7 +484,9 @@ impl Anchorer {
         let result = if self.has_new_events() {
             self.anchor_logged().await.map(|_| ())
         } else {
-            self.close_pending().await.map_err(|err| self.failed(&err))
+            self.close_pending()
+                .await
+                .inspect_err(|err| self.failed(err))
         };
         if result.is_ok() && self.newest.is_some_and(|newest| newest.closed) {
             tracing::info!("every acked event is anchored at shutdown");

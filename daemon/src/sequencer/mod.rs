@@ -131,7 +131,7 @@ impl WeakSequencer {
     /// [`SequencerHandle::settle`] while the sequencer runs. Once it has stopped, its
     /// commit thread has applied the journal (or logged why not) and `head` is final:
     /// `Ok` without waiting.
-    pub async fn settle(&self) -> Result<(), String> {
+    pub async fn settle(&self) -> Result<(), SettleError> {
         let Some(submitter) = self.submitter.upgrade() else {
             return Ok(());
         };
@@ -199,7 +199,7 @@ impl SequencerHandle {
 
     /// Waits until the store holds every event acked before the call (read
     /// your writes): journaled batches are committed to LMDB at once.
-    pub async fn settle(&self) -> Result<(), String> {
+    pub async fn settle(&self) -> Result<(), SettleError> {
         let pipeline = &self.submitter.pipeline;
         let acked = pipeline.acked.load(Ordering::Acquire);
         let mut head = self.head.clone();
@@ -214,13 +214,24 @@ impl SequencerHandle {
         .await;
         match settled {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("the sequencer has stopped".into()),
-            Err(_) => Err(format!(
-                "acknowledged events are not readable yet: committing them to the store took over {} s (see the daemon's log)",
-                SETTLE_TIMEOUT.as_secs()
-            )),
+            Ok(Err(_)) => Err(SettleError::Stopped),
+            Err(_) => Err(SettleError::TimedOut {
+                secs: SETTLE_TIMEOUT.as_secs(),
+            }),
         }
     }
+}
+
+/// Why acked events did not become readable ([`SequencerHandle::settle`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    #[error("the sequencer has stopped")]
+    Stopped,
+    #[error(
+        "acknowledged events are not readable yet: committing them to the store took over {secs} s (see the daemon's log)"
+    )]
+    TimedOut { secs: u64 },
 }
 
 /// Why the sequencer could not start.

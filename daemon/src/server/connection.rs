@@ -1,0 +1,245 @@
+//! One connection: two tasks joined by a bounded queue of pending responses.
+//! The reader takes request frames and hands each to the connection's
+//! [`Dispatcher`]; the writer sends responses in request order, awaiting each
+//! append's ack, or streams the log to a follower. A client that stops
+//! reading its acks fills its queue, the reader stops reading, and the
+//! kernel's socket buffer pushes back on the client: memory per connection
+//! stays bounded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tally_client::frame;
+use tally_client::proto::{self, response, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use super::dispatcher::{Dispatcher, Outgoing, Step};
+use super::error::RequestError;
+use super::handlers;
+use super::shared::Shared;
+use crate::peer::PeerId;
+
+/// Serves one connection until the client leaves, breaks the protocol, or
+/// the daemon shuts down.
+pub async fn serve_connection<S>(
+    stream: S,
+    peer: PeerId,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let frames_in = FramedRead::new(read_half, frame::codec(shared.limits.max_frame));
+    // Responses can be a page of records: allow twice the request limit.
+    let frames_out = FramedWrite::new(
+        write_half,
+        frame::codec(shared.limits.max_frame * 2 + 65_536),
+    );
+    let (queue_tx, queue_rx) = mpsc::channel(shared.limits.max_inflight_per_connection.max(1));
+    let reader_done = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(
+        frames_out,
+        queue_rx,
+        shared.clone(),
+        shutdown.clone(),
+        reader_done.clone(),
+    ));
+    let peer_text = peer.to_string();
+    let dispatcher = Dispatcher::new(&shared, &peer, &peer_text, &shutdown);
+    read_loop(
+        frames_in, queue_tx, dispatcher, &peer_text, &shared, &shutdown,
+    )
+    .await;
+    reader_done.cancel();
+    if let Err(err) = writer.await {
+        tracing::error!(peer = %peer_text, %err, "connection writer task failed");
+    }
+    tracing::debug!(peer = %peer_text, "connection closed");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut frames: FramedRead<R, LengthDelimitedCodec>,
+    queue: mpsc::Sender<Outgoing>,
+    mut dispatcher: Dispatcher<'_>,
+    peer_text: &str,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) {
+    let mut following = false;
+    loop {
+        let idle = if following {
+            Duration::MAX
+        } else {
+            shared.limits.idle_timeout
+        };
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            next = tokio::time::timeout(idle, frames.next()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::info!(peer = %peer_text, idle_secs = idle.as_secs(), "closing an idle connection");
+                    let error = RequestError::Idle { secs: idle.as_secs() };
+                    let _ = queue.send(Outgoing::Ready(error.response(0))).await;
+                    return;
+                }
+            },
+        };
+        let frame = match next {
+            None => return,
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) if frame::is_frame_too_large(&err) => {
+                tracing::warn!(peer = %peer_text, limit = shared.limits.max_frame, "frame too large; closing connection");
+                let error = RequestError::FrameTooLarge {
+                    max: shared.limits.max_frame,
+                };
+                let _ = queue.send(Outgoing::Ready(error.response(0))).await;
+                return;
+            }
+            Some(Err(err)) => {
+                tracing::info!(peer = %peer_text, %err, "connection ended mid-frame or failed");
+                return;
+            }
+        };
+        if following {
+            tracing::info!(peer = %peer_text, "request on a following connection; closing");
+            return;
+        }
+        match dispatcher.dispatch(frame).await {
+            Step::Continue(outgoing) => {
+                following = matches!(outgoing, Outgoing::Follow { .. });
+                if queue.send(outgoing).await.is_err() {
+                    return;
+                }
+            }
+            Step::Close(outgoing) => {
+                let _ = queue.send(outgoing).await;
+                return;
+            }
+            Step::Stop => return,
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut frames: FramedWrite<W, LengthDelimitedCodec>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    reader_done: CancellationToken,
+) {
+    while let Some(outgoing) = queue.recv().await {
+        let response = match outgoing {
+            Outgoing::Ready(response) => response,
+            Outgoing::Append { id, ack } => match ack.await {
+                Ok(Ok(acks)) => Response {
+                    id,
+                    body: Some(response::Body::Append(proto::AppendReply {
+                        acks: acks
+                            .into_iter()
+                            .map(|ack| proto::Ack {
+                                seq: ack.seq,
+                                entry_hash: ack.entry_hash.to_vec(),
+                            })
+                            .collect(),
+                    })),
+                },
+                Ok(Err(refused)) => RequestError::from(refused).response(id),
+                Err(_) => RequestError::SequencerDropped.response(id),
+            },
+            Outgoing::Follow { id, from } => {
+                follow(&mut frames, id, from, &shared, &shutdown, &reader_done).await;
+                return;
+            }
+        };
+        let limit = shared.limits.slow_reader_timeout;
+        if !within(limit, frames.feed(frame::encode(&response))).await {
+            return;
+        }
+        // Batch the flushes of pipelined responses.
+        if queue.is_empty() && !within(limit, SinkExt::<bytes::Bytes>::flush(&mut frames)).await {
+            return;
+        }
+    }
+    let _ = within(
+        shared.limits.slow_reader_timeout,
+        SinkExt::<bytes::Bytes>::flush(&mut frames),
+    )
+    .await;
+}
+
+/// Runs a socket write; false when it failed or the client did not take the
+/// bytes within `limit` (a stalled reader: the caller disconnects it).
+async fn within<E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            tracing::warn!(
+                timeout_secs = limit.as_secs(),
+                "client is not reading its responses; disconnecting it"
+            );
+            false
+        }
+    }
+}
+
+/// Streams records from `from`, then new ones as they commit, until the
+/// client leaves or the daemon shuts down.
+async fn follow<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    id: u64,
+    from: u64,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) {
+    let mut head = shared.sequencer.head.clone();
+    let mut cursor = from;
+    loop {
+        let size = head.borrow_and_update().size;
+        while cursor < size {
+            let page =
+                match handlers::load_page(shared, cursor, shared.limits.read_page_records, size)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = frames.send(frame::encode(&error.response(id))).await;
+                        return;
+                    }
+                };
+            let Some(last) = page.records.last() else {
+                break;
+            };
+            cursor = last.seq + 1;
+            let response = Response {
+                id,
+                body: Some(response::Body::Records(page)),
+            };
+            // A client that stops sending (half-close, or a stray request)
+            // still gets whole frames: its reader ending is checked between
+            // frames, and the slow-reader timeout bounds the wait. Only a
+            // daemon shutdown cuts a frame short (the connection closes).
+            let sent = tokio::select! {
+                sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response))) => sent,
+                _ = shutdown.cancelled() => return,
+            };
+            if !sent || reader_done.is_cancelled() {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            _ = reader_done.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
