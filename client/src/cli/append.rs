@@ -66,12 +66,14 @@ struct JsonEvent {
     client_time_unix_nanos: Option<i64>,
 }
 
+/// Parses `--attr KEY=VALUE`.
 fn parse_attr(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
 }
 
+/// Appends the events and prints one ack per event, in order, once durable.
 pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let stdout = io::stdout();
@@ -148,6 +150,7 @@ pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<()> {
     }
 }
 
+/// One stdin line as an event (its client time defaults to now).
 fn json_event(line: &str) -> anyhow::Result<Event> {
     let event: JsonEvent = serde_json::from_str(line)?;
     let payload = match (event.payload, event.payload_b64) {

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use crate::cli::connect::{connect, Target};
 
+/// Prints the daemon's status.
 pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let status = client.status().await?;

@@ -1,4 +1,4 @@
-//! `tail`: print stored records as text or JSON lines, checking each entry
+//! `tally tail`: print stored records as text or JSON lines, checking each entry
 //! hash against its record; with `--follow`, keep printing new ones.
 
 use std::io::{self, Write};
@@ -9,6 +9,8 @@ use tally_client::record;
 
 use crate::cli::connect::{connect, Target};
 
+/// Prints records from seq `from` to the size at the start, or with
+/// `follow` forever.
 pub async fn run(target: &Target, from: u64, follow: bool, json: bool) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let stdout = io::stdout();
@@ -35,6 +37,8 @@ pub async fn run(target: &Target, from: u64, follow: bool, json: bool) -> anyhow
     Ok(())
 }
 
+/// Prints one record, refusing it when the daemon's entry hash does not
+/// match the record's bytes.
 fn print_record(out: &mut impl Write, stored: &StoredRecord, json: bool) -> anyhow::Result<()> {
     let decoded = record::decode(&stored.record).with_context(|| format!("seq {}", stored.seq))?;
     if decoded.entry_hash.as_slice() != stored.entry_hash.as_ref() {
