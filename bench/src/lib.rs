@@ -5,9 +5,10 @@
 //!
 //! One module per scenario (`scenario::*`) and per baseline (`baseline::*`);
 //! [`run`] runs the selected ones and returns [`report::Results`], which
-//! `report` prints as a table and writes as JSON. This is a library only so
-//! the smoke test (`tests/quick.rs`) can run the scenarios in-process; it is a
-//! program's internals, so errors are `anyhow`, as in a binary.
+//! judges the targets and writes the JSON file (`table` prints it as text).
+//! This is a library only so the smoke test (`tests/quick.rs`) can run the
+//! scenarios in-process; it is a program's internals, so errors are
+//! `anyhow`, as in a binary.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,13 +17,14 @@ pub mod baseline;
 pub mod daemon;
 pub mod disk_probe;
 pub mod ecdsa_table;
+pub mod format;
 pub mod load;
 pub mod procfs;
 pub mod report;
-mod report_rows;
 pub mod scenario;
 pub mod swtpm;
 pub mod synth;
+mod table;
 
 use baseline::fsync::FsyncBaseline;
 use baseline::heed_loop::HeedBaseline;

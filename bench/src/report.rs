@@ -1,15 +1,17 @@
-//! Every figure of a run, the targets of PRODUCT.md judged against them, the
-//! table printed on stdout and the JSON file.
+//! Every figure of a run, the targets of PRODUCT.md judged against them, and
+//! the JSON file. The text table printed on stdout is `table.rs`'s.
 
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
+use tally_client::clock::now_unix_secs;
 
 use crate::baseline::fsync::FsyncBaseline;
 use crate::baseline::heed_loop::HeedBaseline;
 use crate::baseline::sha256::ShaBaseline;
 use crate::baseline::socket;
+use crate::format::{count, mib};
 use crate::procfs::Machine;
 use crate::scenario::anchoring::Anchoring;
 use crate::scenario::latency::Latency;
@@ -115,9 +117,7 @@ impl Results {
         Results {
             quick: options.quick,
             machine: Machine::probe(&options.work_dir),
-            started_unix_secs: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_secs()),
+            started_unix_secs: now_unix_secs(),
             total_seconds: 0.0,
             throughput: None,
             latency: Vec::new(),
@@ -288,105 +288,4 @@ impl Results {
         std::fs::write(path, serde_json::to_string_pretty(self)? + "\n")?;
         Ok(())
     }
-
-    /// The figures and the targets as aligned text tables.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "tally-bench{} on {} x {} ({}), load average {:.2} at start, {:.0} s\n\n",
-            if self.quick { " --quick" } else { "" },
-            self.machine.cpus,
-            self.machine.cpu_model,
-            self.machine.filesystem,
-            self.machine.load_average_at_start,
-            self.total_seconds
-        );
-        let mut rows = vec![row(["scenario", "figure", "value"])];
-        crate::report_rows::figures(self, &mut rows);
-        out += &align(&rows);
-        out += "\n";
-        let mut rows = vec![row([
-            "target",
-            "measured",
-            "baseline (same run)",
-            "ratio",
-            "required",
-            "met",
-        ])];
-        for target in &self.targets {
-            rows.push(vec![
-                target.name.to_owned(),
-                format!("{} {}", number(target.value), target.unit),
-                target.baseline.clone().unwrap_or_else(|| "-".into()),
-                target
-                    .ratio
-                    .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
-                target.required.clone(),
-                if target.met { "yes" } else { "NO" }.to_owned(),
-            ]);
-        }
-        out += &align(&rows);
-        if let Some(reason) = &self.anchoring_skipped {
-            out += &format!("\nanchoring: skipped ({reason})\n");
-        }
-        out
-    }
-}
-
-pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
-    cells.iter().map(|cell| (*cell).to_owned()).collect()
-}
-
-fn align(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (index, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out += line.join("  ").trim_end();
-        out += "\n";
-        if index == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out += &rule.join("  ");
-            out += "\n";
-        }
-    }
-    out
-}
-
-/// 1234567.8 -> "1,234,568".
-pub fn count(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// Counts with thousands separators, small values with two decimals.
-pub fn number(value: f64) -> String {
-    if value.abs() >= 1000.0 {
-        count(value)
-    } else {
-        format!("{value:.2}")
-    }
-}
-
-pub fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }

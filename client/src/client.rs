@@ -196,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Anchors the current head now; returns the counter value and the
+    /// Anchors the log at its current size now; returns the counter value and the
     /// `tally_attest::anchor::AnchorRecord` bytes.
     pub async fn anchor(&mut self) -> Result<(u64, Vec<u8>), ClientError> {
         let id = self

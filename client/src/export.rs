@@ -3,23 +3,28 @@
 use std::fs::{self, File};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tally_attest::bundle::{BundleHeader, BundleWriter, BUNDLE_FORMAT_VERSION};
 use tally_attest::{entry_hash, RecordHeader, GENESIS_PREV};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::clock::now_unix_nanos;
 use crate::{Client, ClientError};
 
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportSummary {
+    /// Records written: seqs `0..size`.
     pub size: u64,
     /// Anchors written (those covering at most `size` records).
     pub anchors: usize,
     /// The log size the newest written anchor covers (for `tally attest --since`).
     pub last_anchor_size: Option<u64>,
+    /// Entry hash of record `size - 1` (32 zero bytes for an empty log): the
+    /// daemon's reported head, which the replayed chain reached. Not the
+    /// Merkle root.
     pub head_hash: [u8; 32],
+    /// The bundle file.
     pub path: PathBuf,
 }
 
@@ -48,6 +53,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
     let status = client.status().await?;
+    // The status's head hash: the entry hash of record size-1.
     let head_hash: [u8; 32] = status
         .head_hash
         .as_slice()
@@ -58,10 +64,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
         log_id: status.log_id.clone(),
         size: status.size,
         head_hash: head_hash.to_vec(),
-        exported_at_unix_nanos: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos() as i64)
-            .unwrap_or(0),
+        exported_at_unix_nanos: now_unix_nanos(),
         producer: format!(
             "tally/{} from {}",
             env!("CARGO_PKG_VERSION"),

@@ -3,10 +3,19 @@
 //! * [`proto`]: the generated protobuf types of `proto/tally/v1/tally.proto`.
 //! * [`frame`]: framing (4-byte big-endian length + protobuf) shared by the
 //!   daemon and clients.
-//! * [`Client`]: connect, hello, append, read, follow, status.
+//! * [`Client`]: connect, hello, append, read, follow, status, attest, anchor,
+//!   prove.
+//! * [`export`]: the whole log into a bundle file; [`record`]: stored records
+//!   decoded for display; [`clock`]: the wall clock as Unix time.
+//!
+//! The `tally` CLI shares this package; its dependencies (clap, indicatif,
+//! anyhow, serde) sit behind the default feature `cli`. A program that only
+//! talks to tallyd depends on this crate with `default-features = false` and
+//! gets the library above and nothing the CLI needs.
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod clock;
 pub mod export;
 pub mod frame;
 pub mod record;
@@ -21,6 +30,9 @@ pub use client::{Ack, Client, ClientError, Follow};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The Unix socket tallyd listens on, and `tally` connects to, by default.
+pub const DEFAULT_SOCKET: &str = "/run/tally/tally.sock";
 
 /// An error and its causes for a person to read, each cause once: our error
 /// types often name their cause in their own message already, so a cause

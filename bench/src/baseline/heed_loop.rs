@@ -1,8 +1,10 @@
 //! Baseline (a): a bare heed loop appending the records tallyd would write,
 //! in batches of the size tallyd committed, one write transaction (one
 //! commit, LMDB's default durable sync) per batch. Same LMDB flags and map
-//! size as tallyd's store; each transaction also rewrites a 40-byte head
-//! value, as tallyd's does.
+//! size as tallyd's store; each transaction also rewrites the 40-byte `head`
+//! meta value (size || entry hash), as tallyd's does. tallyd's transaction
+//! also writes its stored Merkle nodes and the tree's frontier, which this
+//! baseline does not.
 
 use std::time::Duration;
 

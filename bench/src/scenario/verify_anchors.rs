@@ -423,7 +423,7 @@ fn micro(bundle: &Path, identity: &LogIdentity, iterations: usize) -> anyhow::Re
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
+    format!("{:.0} MiB", crate::format::mib(bytes))
 }
 
 impl VerifyAnchors {

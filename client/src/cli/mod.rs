@@ -1,5 +1,14 @@
-//! Parts of the `tally` CLI that deal with TPM evidence and verification.
+//! The `tally` CLI's subcommands, one file per family; `main.rs` holds the
+//! top-level flags and the subcommand list and dispatches here. Part of the
+//! binary only: the library never imports from here.
 
+pub mod append;
+pub mod connect;
+pub mod export;
+pub mod progress;
 pub mod proof;
+pub mod status;
+pub mod tail;
 pub mod tpm;
+pub mod trust;
 pub mod verify;

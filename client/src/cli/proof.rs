@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use tally_attest::proof::{verify_proof_file, VerifiedProof};
+use tally_client::Client;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cli::verify::{load_trust, TrustArgs};
-use crate::Client;
+use crate::cli::trust::{load_trust, TrustArgs};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Prove {

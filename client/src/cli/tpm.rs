@@ -12,10 +12,10 @@ use tally_attest::anchor::{
 use tally_attest::bundle::BundleReader;
 use tally_attest::evidence::checkquote::write_checkquote_files;
 use tally_attest::identity::GapAck;
+use tally_client::Client;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::cli::verify::{load_trust, TrustArgs};
-use crate::Client;
+use crate::cli::trust::{load_trust, TrustArgs};
 
 /// `--since FILE|SIZE`: the log size of the newest anchor the verifier holds.
 pub fn since_size(since: &str) -> anyhow::Result<u64> {
@@ -117,9 +117,7 @@ pub fn gap_ack(args: &GapAckArgs) -> anyhow::Result<()> {
                 if anchor.counter == after.counter + 1 {
                     anyhow::bail!("there is no gap after anchor {}", args.after);
                 }
-                let reviewed_at_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |elapsed| elapsed.as_secs());
+                let reviewed_at_unix = tally_client::clock::now_unix_secs();
                 let ack = GapAck::between(
                     after.checkpoint.log_id,
                     (after.counter, after.hash),

@@ -1,4 +1,5 @@
-//! `tally verify`: one verdict per property; exit 0 PASS, 1 FAIL, 3 PARTIAL.
+//! `tally verify`: one verdict per property (chain, origin, anchors, counter,
+//! current), printed as text or JSON; exit 0 PASS, 1 FAIL, 3 PARTIAL.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -9,15 +10,14 @@ use anyhow::Context as _;
 use prost::Message;
 use serde_json::{json, Value};
 use tally_attest::anchor::{verify_anchor, AnchorPolicy, FreshAttestation};
-use tally_attest::evidence::verify::{AkPublicKey, EvidenceKeys};
-use tally_attest::identity::{parse_nv_index, GapAck, LogIdentity};
+use tally_attest::identity::GapAck;
 use tally_attest::verify::{
     AnchorChecks, AnchorsVerdict, CounterVerdict, CurrentVerdict, Origin, OriginVerdict, Verdict,
 };
 use tally_attest::{verify_bundle, Report, VerifyOptions};
 
-/// Default NV counter index of tallyd.
-pub const DEFAULT_COUNTER_INDEX: &str = "0x01c17a11";
+use crate::cli::progress::progress_bar;
+use crate::cli::trust::{load_trust, TrustArgs};
 
 /// Which anchors' TPM signatures to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,31 +26,6 @@ pub enum AnchorsArg {
     All,
     /// Only the origin's and the newest anchor's (fast; at best PARTIAL).
     Newest,
-}
-
-/// Where the verifier's trust comes from: a log identity, or explicit keys.
-#[derive(Debug, clap::Args)]
-pub struct TrustArgs {
-    /// The log's identity (identity.json), taken at provisioning from
-    /// `tallyd identity` over a channel you trust and kept by you. It pins
-    /// the TPM's keys, the counter, the log key and the genesis anchor. Do
-    /// not read it from the host you are checking: root there can replace it.
-    #[arg(long, conflicts_with_all = ["ak", "owner_key", "counter_index"])]
-    pub identity: Option<PathBuf>,
-    /// Instead of --identity (scripting): the AK public key (PEM). Without a
-    /// pinned genesis (or --trusted) the verdict is PARTIAL at best.
-    #[arg(long, requires = "owner_key")]
-    pub ak: Option<PathBuf>,
-    /// With --ak: the TPM owner key's public key (PEM, <data_dir>/tpm/owner-key.pem).
-    #[arg(long, requires = "ak")]
-    pub owner_key: Option<PathBuf>,
-    /// With --ak: the NV counter index the anchors must certify.
-    #[arg(long, requires = "ak")]
-    pub counter_index: Option<String>,
-    /// With --ak: the log's Ed25519 checkpoint key (a C2SP verifier key, or a
-    /// file holding it): every checkpoint must be signed by it.
-    #[arg(long, requires = "ak")]
-    pub log_key: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,73 +58,22 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-/// Parses "0x01c17a11" (or without 0x) as an NV index handle.
-pub fn parse_index(text: &str) -> anyhow::Result<u32> {
-    let hex = if text.starts_with("0x") || text.starts_with("0X") {
-        text.to_owned()
-    } else {
-        format!("0x{text}")
-    };
-    parse_nv_index(&hex).with_context(|| format!("{text:?} is not a hex NV index"))
-}
-
-/// A C2SP verifier key given inline or as a file.
-pub fn load_log_key(text: &str) -> anyhow::Result<tally_attest::note::Verifier> {
-    let key = match std::fs::read_to_string(text) {
-        Ok(contents) => contents,
-        Err(_) => text.to_owned(),
-    };
-    tally_attest::note::Verifier::parse(key.trim()).with_context(|| {
-        format!("{text:?} is not a log key (a tally/<log id>+<key id>+<base64> string, or a file holding one, e.g. <data_dir>/tpm/log-key.pub)")
-    })
-}
-
-/// Reads a PEM P-256 public key.
-pub fn load_key(path: &Path) -> anyhow::Result<AkPublicKey> {
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    AkPublicKey::from_pem(&pem)
-        .with_context(|| format!("{} is not a P-256 public key in PEM", path.display()))
-}
-
-/// Reads an identity file.
-pub fn load_identity(path: &Path) -> anyhow::Result<LogIdentity> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    LogIdentity::from_json(&text)
-        .with_context(|| format!("{} is not a Tally log identity", path.display()))
-}
-
-/// The policy and, from an identity, the genesis origin.
-pub fn load_trust(args: &TrustArgs) -> anyhow::Result<(Option<AnchorPolicy>, Option<LogIdentity>)> {
-    if let Some(path) = &args.identity {
-        let identity = load_identity(path)?;
-        return Ok((Some(identity.policy.clone()), Some(identity)));
-    }
-    let (Some(ak), Some(owner_key)) = (&args.ak, &args.owner_key) else {
-        return Ok((None, None));
-    };
-    let policy = AnchorPolicy {
-        keys: EvidenceKeys {
-            ak: load_key(ak)?,
-            owner_key: load_key(owner_key)?,
-        },
-        counter_index: parse_index(
-            args.counter_index
-                .as_deref()
-                .unwrap_or(DEFAULT_COUNTER_INDEX),
-        )?,
-        log_key: args.log_key.as_deref().map(load_log_key).transpose()?,
-        log_id: None,
-    };
-    Ok((Some(policy), None))
-}
-
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-pub fn run(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
+/// Verifies the bundle with a progress bar and prints the verdicts.
+pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    let bar = progress_bar("verifying");
+    let code = verify(args, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    code
+}
+
+fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
     let (policy, identity) = load_trust(&args.trust)?;
     if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some()) {
         anyhow::bail!("--attestation and --trusted need the log's identity (--identity FILE)");

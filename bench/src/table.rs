@@ -1,8 +1,86 @@
-//! The rows of the figures table: each scenario's figures next to the
-//! baselines it is compared with.
+//! The text table printed on stdout: each scenario's figures next to the
+//! baselines it is compared with, then the targets and whether they were met.
 
 use crate::daemon::CpuUse;
-use crate::report::{count, mib, number, Results};
+use crate::format::{count, mib, number};
+use crate::report::Results;
+
+impl Results {
+    /// The figures and the targets as aligned text tables.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "tally-bench{} on {} x {} ({}), load average {:.2} at start, {:.0} s\n\n",
+            if self.quick { " --quick" } else { "" },
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.filesystem,
+            self.machine.load_average_at_start,
+            self.total_seconds
+        );
+        let mut rows = vec![row(["scenario", "figure", "value"])];
+        figures(self, &mut rows);
+        out += &align(&rows);
+        out += "\n";
+        let mut rows = vec![row([
+            "target",
+            "measured",
+            "baseline (same run)",
+            "ratio",
+            "required",
+            "met",
+        ])];
+        for target in &self.targets {
+            rows.push(vec![
+                target.name.to_owned(),
+                format!("{} {}", number(target.value), target.unit),
+                target.baseline.clone().unwrap_or_else(|| "-".into()),
+                target
+                    .ratio
+                    .map_or_else(|| "-".into(), |r| format!("{r:.3}")),
+                target.required.clone(),
+                if target.met { "yes" } else { "NO" }.to_owned(),
+            ]);
+        }
+        out += &align(&rows);
+        if let Some(reason) = &self.anchoring_skipped {
+            out += &format!("\nanchoring: skipped ({reason})\n");
+        }
+        out
+    }
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|cell| (*cell).to_owned()).collect()
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (index, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out += line.join("  ").trim_end();
+        out += "\n";
+        if index == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out += &rule.join("  ");
+            out += "\n";
+        }
+    }
+    out
+}
 
 fn push(rows: &mut Vec<Vec<String>>, scenario: &str, figure: &str, value: String) {
     rows.push(vec![scenario.to_owned(), figure.to_owned(), value]);
@@ -31,7 +109,7 @@ fn cpu(use_: &CpuUse) -> String {
     )
 }
 
-pub fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
+fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
     if let Some(tp) = &results.throughput {
         let name = format!("throughput ({} clients)", tp.clients);
         push(rows, &name, "durable events/s", count(tp.events_per_sec));
