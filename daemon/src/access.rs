@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tally_client::proto::Event;
 
-use crate::clock::now_unix_nanos;
 use crate::peer::PeerId;
+use tally_client::clock::now_unix_nanos;
 
 /// A capability a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]

@@ -10,7 +10,7 @@ use crate::limits::Limits;
 use crate::store::MapSizing;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/tally";
-pub const DEFAULT_SOCKET: &str = "/run/tally/tally.sock";
+pub use tally_client::DEFAULT_SOCKET;
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = tally_client::frame::DEFAULT_MAX_FRAME;
 pub const DEFAULT_MAX_EVENTS_PER_APPEND: usize = 10_000;

@@ -18,20 +18,11 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bound of the per-batch entries (a stalled anchorer must not grow memory): 1 MiB,
 /// 65,536 acked batches, over 10 s of lone clients acking each event (4,096 was not:
 /// the exposure measured 1 s too old).
 pub const MAX_ENTRIES: usize = 1 << 16;
-
-/// The daemon's clock, Unix nanoseconds (0 before 1970, saturated after 2262).
-pub fn now_unix_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// What no closed anchor covers yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

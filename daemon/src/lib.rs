@@ -11,7 +11,6 @@
 pub mod access;
 pub mod anchor;
 pub mod batch;
-pub mod clock;
 pub mod config;
 pub mod datadir;
 pub mod exposure;

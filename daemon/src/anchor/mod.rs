@@ -40,9 +40,10 @@ use tally_attest::Hash;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::exposure::{now_unix_nanos, AckTimes};
+use crate::exposure::AckTimes;
 use crate::sequencer::WeakSequencer;
 use crate::store::{Head, Store, StoreError};
+use tally_client::clock::now_unix_nanos;
 
 pub use fresh::{FreshError, FreshRequest};
 pub use startup::StartupError;

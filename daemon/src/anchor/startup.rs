@@ -30,8 +30,8 @@ use tally_attest::tpm::owner::OwnerRecord;
 use tally_attest::tpm::worker::{Provisioned, TpmHandle};
 
 use super::{crash_point, AnchorError, Anchorer, Newest};
-use crate::exposure::now_unix_nanos;
 use crate::store::{Store, StoreError};
+use tally_client::clock::now_unix_nanos;
 
 /// Why the daemon refuses to start on this store and TPM. Every variant but
 /// [`StartupError::Anchor`] is a decision for an operator (exit status 3).

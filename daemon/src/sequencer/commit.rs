@@ -66,8 +66,10 @@ impl Pipeline {
         match committed {
             Ok(place) => {
                 self.acked.store(taken.batch.tip().size, Ordering::Release);
-                self.ack_times
-                    .acked(taken.batch.tip().size, crate::exposure::now_unix_nanos());
+                self.ack_times.acked(
+                    taken.batch.tip().size,
+                    tally_client::clock::now_unix_nanos(),
+                );
                 if place == Place::Store {
                     self.head_tx.send_replace(taken.batch.head());
                 }

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use super::error::{RequestError, MAX_NONCE_BYTES};
 use super::shared::Shared;
 use crate::anchor::AnchorCommand;
-use crate::clock::now_unix_nanos;
 use crate::peer::PeerId;
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents};
 use crate::store::FORMAT_VERSION;
+use tally_client::clock::now_unix_nanos;
 
 /// Where the sequencer answers a submitted append.
 pub(crate) type AckReceiver = oneshot::Receiver<Result<Vec<Ack>, AppendError>>;
