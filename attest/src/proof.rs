@@ -31,15 +31,13 @@ pub enum VerifiedProof {
 
 /// Verifies a [`ProofFile`] of either kind.
 pub fn verify_proof_file(policy: &AnchorPolicy, bytes: &[u8]) -> Result<VerifiedProof, ProofError> {
-    let file = ProofFile::decode(bytes).map_err(|err| ProofError::Decode(err.to_string()))?;
+    let file = ProofFile::decode(bytes).map_err(ProofError::Decode)?;
     match (file.inclusion, file.consistency) {
         (Some(inclusion), None) => verify_inclusion(policy, &inclusion)
             .map(|verified| VerifiedProof::Inclusion(Box::new(verified))),
         (None, Some(consistency)) => verify_consistency(policy, &consistency)
             .map(|verified| VerifiedProof::Consistency(Box::new(verified))),
-        _ => Err(ProofError::Decode(
-            "a proof file holds exactly one proof".into(),
-        )),
+        _ => Err(ProofError::NotExactlyOneProof),
     }
 }
 
@@ -79,7 +77,9 @@ pub struct ConsistencyProofFile {
 #[non_exhaustive]
 pub enum ProofError {
     #[error("not a proof file: {0}")]
-    Decode(String),
+    Decode(#[source] prost::DecodeError),
+    #[error("not a proof file: a proof file holds exactly one proof")]
+    NotExactlyOneProof,
     #[error("anchor: {0}")]
     Anchor(#[from] AnchorError),
     #[error("record: {0}")]

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::anchor::error::AnchorError;
 use crate::evidence::parse::parse_pcr_selection_bytes;
 use crate::evidence::{marshal_pcr_selection, Evidence, PcrValues, SignedAttest, StepTimings};
+use crate::note::{parse_body, CheckpointError, NoteError, Signer};
 use crate::record::Hash;
 
 /// Domain prefix of an anchor's qualifying data.
@@ -60,40 +61,44 @@ impl Checkpoint {
 
     /// Parses the text [`Checkpoint::to_text`] writes, alone or as the body
     /// of a C2SP signed note (the signature lines after the blank line are
-    /// not checked here: see `checks::check_note_signature`).
-    pub fn parse(text: &[u8]) -> Result<Checkpoint, AnchorError> {
-        let bad = |why: &'static str| AnchorError::BadCheckpoint(why);
+    /// not checked here: see `checks::check_note_signature`). The body's shape
+    /// is checked by the one tlog-checkpoint parser (`note::parse_body`); this
+    /// reads Tally's origin and anchor line from it and demands canonical form.
+    pub fn parse(text: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let body = match text.windows(2).position(|pair| pair == b"\n\n") {
             Some(at) => &text[..=at],
             None => text,
         };
-        let text = std::str::from_utf8(body).map_err(|_| bad("not UTF-8"))?;
-        let body = text.strip_suffix('\n').ok_or(bad("no final newline"))?;
-        let mut lines = body.split('\n');
-        let origin = lines.next().ok_or(bad("no origin line"))?;
-        let size = lines.next().ok_or(bad("no size line"))?;
-        let root = lines.next().ok_or(bad("no root line"))?;
-        let anchor = lines.next().map(parse_anchor_line).transpose()?;
-        if lines.next().is_some() {
-            return Err(bad("extra lines"));
+        let text = std::str::from_utf8(body).map_err(|_| CheckpointError::NotUtf8)?;
+        let body = parse_body(text)?;
+        let mut extensions = body.extensions();
+        let anchor = extensions.next().map(parse_anchor_line).transpose()?;
+        if extensions.next().is_some() {
+            return Err(CheckpointError::ExtraLines);
         }
-        let log_id = origin
+        let log_id = body
+            .origin
             .strip_prefix("tally/")
             .and_then(|id| hex::decode(id).ok())
             .and_then(|id| <[u8; 16]>::try_from(id).ok())
-            .ok_or(bad("origin is not tally/<32 hex digits>"))?;
-        let size = parse_decimal(size).ok_or(bad("size is not a canonical decimal"))?;
-        let root = decode_hash(root).ok_or(bad("root is not base64 of 32 bytes"))?;
+            .ok_or(CheckpointError::NotTallyOrigin)?;
         let checkpoint = Checkpoint {
             log_id,
-            size,
-            root,
+            size: body.size,
+            root: body.root_hash,
             anchor,
         };
         if checkpoint.to_text() != text {
-            return Err(bad("not in canonical form"));
+            return Err(CheckpointError::NotCanonical);
         }
         Ok(checkpoint)
+    }
+
+    /// The signed checkpoint: [`Checkpoint::to_text`] as a C2SP signed note by
+    /// `signer` (the log key). What anchors and fresh attestations carry, and
+    /// what their TPM qualifying data covers.
+    pub fn sign(&self, signer: &Signer) -> Result<String, NoteError> {
+        crate::note::sign(&self.to_text(), signer)
     }
 
     /// The C2SP origin line, `tally/<log id hex>` (also the log key's name).
@@ -102,8 +107,8 @@ impl Checkpoint {
     }
 }
 
-fn parse_anchor_line(line: &str) -> Result<AnchorLine, AnchorError> {
-    let bad = AnchorError::BadCheckpoint("extension line is not `anchor <counter> <prev>`");
+fn parse_anchor_line(line: &str) -> Result<AnchorLine, CheckpointError> {
+    let bad = CheckpointError::BadAnchorLine;
     let mut words = line.split(' ');
     let (Some("anchor"), Some(counter), Some(prev), None) =
         (words.next(), words.next(), words.next(), words.next())
@@ -263,7 +268,7 @@ impl EvidenceRecord {
 
 /// Decodes a stored anchor record.
 pub fn decode_anchor(bytes: &[u8]) -> Result<AnchorRecord, AnchorError> {
-    AnchorRecord::decode(bytes).map_err(|err| AnchorError::Decode(err.to_string()))
+    AnchorRecord::decode(bytes).map_err(AnchorError::Decode)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::merkle::{self, Frontier, EMPTY_ROOT};
 use crate::record::Hash;
 use crate::verify::{
     AnchorChecks, AnchorViolation, AnchorsVerdict, CounterVerdict, Coverage, CurrentVerdict,
-    Origin, OriginVerdict, Report, VerifyError, VerifyOptions,
+    Origin, OriginVerdict, Report, SinceError, VerifyError, VerifyOptions,
 };
 
 /// Anchors verified together (in parallel across cores).
@@ -168,7 +168,7 @@ impl<'a> AnchorPass<'a> {
         if anchor.checkpoint.log_id.as_slice() != self.log_id.as_slice() {
             self.failure = Some(AnchorViolation::WrongLog {
                 counter: anchor.counter,
-                found: hex::encode(anchor.checkpoint.log_id),
+                found: anchor.checkpoint.log_id,
             });
             return;
         }
@@ -220,16 +220,14 @@ impl<'a> AnchorPass<'a> {
             return;
         }
         let Some(base) = self.checker.last().cloned() else {
-            self.failure = Some(AnchorViolation::Since(
-                "the bundle has no anchor for them to extend".into(),
-            ));
+            self.failure = Some(AnchorViolation::Since(SinceError::NoBase));
             return;
         };
         if attestation.since_size != Some(base.checkpoint.size) {
-            self.failure = Some(AnchorViolation::Since(format!(
-                "they extend the anchor at size {:?}, not this bundle's last anchor (size {})",
-                attestation.since_size, base.checkpoint.size
-            )));
+            self.failure = Some(AnchorViolation::Since(SinceError::WrongBase {
+                since_size: attestation.since_size,
+                base_size: base.checkpoint.size,
+            }));
             return;
         }
         self.in_since = true;
@@ -255,28 +253,26 @@ impl<'a> AnchorPass<'a> {
         let Some(newest) = self.checker.last() else {
             return;
         };
+        let (from, to) = (base.checkpoint.size, newest.checkpoint.size);
         let path: Result<Vec<Hash>, _> = attestation
             .consistency
             .iter()
             .map(|hash| <[u8; 32]>::try_from(hash.as_slice()))
             .collect();
         let proven = path
-            .map_err(|_| "a proof hash is not 32 bytes".to_owned())
+            .map_err(|_| SinceError::ProofHashLength { from, to })
             .and_then(|path| {
                 merkle::verify_consistency(
-                    base.checkpoint.size,
-                    newest.checkpoint.size,
+                    from,
+                    to,
                     &base.checkpoint.root,
                     &newest.checkpoint.root,
                     &path,
                 )
-                .map_err(|err| err.to_string())
+                .map_err(|source| SinceError::Proof { from, to, source })
             });
         if let Err(why) = proven {
-            self.failure = Some(AnchorViolation::Since(format!(
-                "the consistency proof from size {} to {} does not verify: {why}",
-                base.checkpoint.size, newest.checkpoint.size
-            )));
+            self.failure = Some(AnchorViolation::Since(why));
         }
     }
 }
@@ -308,11 +304,9 @@ fn check_parallel(
         handles
             .into_iter()
             .flat_map(|handle| {
-                handle.join().unwrap_or_else(|_| {
-                    vec![Some(Err(AnchorError::Decode(
-                        "a verifier thread panicked".into(),
-                    )))]
-                })
+                handle
+                    .join()
+                    .unwrap_or_else(|_| vec![Some(Err(AnchorError::VerifierPanicked))])
             })
             .collect()
     })
