@@ -34,6 +34,9 @@ pub mod verify;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 
+#[cfg(test)]
+mod schema_tests;
+
 pub use chain::{ChainSummary, Damage};
 pub use record::{entry_hash, Hash, RecordHeader, GENESIS_PREV, HEADER_LEN, RECORD_VERSION};
 pub use verify::{verify_bundle, Report, VerifyError, VerifyOptions};

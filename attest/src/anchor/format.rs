@@ -162,6 +162,10 @@ pub fn anchor_hash(record_bytes: &[u8]) -> Hash {
 }
 
 /// TPM evidence as stored and exported (protobuf).
+///
+/// Schema: `tally.formats.v1.EvidenceRecord` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct EvidenceRecord {
     /// Counter value, as the TPM certified it (the verifier checks the signed value).
@@ -170,31 +174,39 @@ pub struct EvidenceRecord {
     /// Handle of the NV counter index.
     #[prost(uint32, tag = "2")]
     pub counter_index: u32,
-    /// TPM2_NV_Certify signed by the owner key: marshalled TPMS_ATTEST and TPMT_SIGNATURE.
+    /// TPM2_NV_Certify signed by the owner key: the marshalled TPMS_ATTEST...
     #[prost(bytes = "vec", tag = "3")]
     pub nv_certify_attest: Vec<u8>,
+    /// ... and its marshalled TPMT_SIGNATURE.
     #[prost(bytes = "vec", tag = "4")]
     pub nv_certify_signature: Vec<u8>,
-    /// TPM2_Quote signed by the AK: marshalled TPMS_ATTEST and TPMT_SIGNATURE.
+    /// TPM2_Quote signed by the AK: the marshalled TPMS_ATTEST...
     #[prost(bytes = "vec", tag = "5")]
     pub quote_attest: Vec<u8>,
+    /// ... and its marshalled TPMT_SIGNATURE.
     #[prost(bytes = "vec", tag = "6")]
     pub quote_signature: Vec<u8>,
-    /// The quoted PCR selection (marshalled TPML_PCR_SELECTION) and values.
+    /// The quoted PCR selection (marshalled TPML_PCR_SELECTION).
     #[prost(bytes = "vec", tag = "7")]
     pub pcr_selection: Vec<u8>,
+    /// The quoted PCR values, one digest per selected PCR, in TPM order.
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub pcr_digests: Vec<Vec<u8>>,
 }
 
 /// One anchor, as stored in LMDB (`anchors` database) and in bundles.
 /// (Tag 4, v1's `recovered`, is retired.)
+///
+/// Schema: `tally.formats.v1.AnchorRecord` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct AnchorRecord {
     /// The signed checkpoint (a C2SP signed note whose body carries the anchor
     /// line); its anchor qualifying data is what the evidence signs.
     #[prost(bytes = "vec", tag = "1")]
     pub checkpoint: Vec<u8>,
+    /// The TPM evidence at the counter value the anchor line names.
     #[prost(message, optional, tag = "2")]
     pub evidence: Option<EvidenceRecord>,
     /// Daemon clock when the anchor was made, Unix nanoseconds (informational).
@@ -203,6 +215,10 @@ pub struct AnchorRecord {
 }
 
 /// A fresh attestation for a verifier's nonce (what `tally attest` writes).
+///
+/// Schema: `tally.formats.v1.FreshAttestation` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct FreshAttestation {
     /// The daemon's current signed checkpoint (no anchor line).
