@@ -4,7 +4,10 @@
 //!   entry-hash chain over it. The bytes stored in LMDB are the bytes hashed.
 //! * [`bundle`]: the self-contained export file a verifier checks offline.
 //! * [`chain`]: the verifier that replays a chain and names the first damage.
-//! * [`verify`]: bundle verification (format, then chain against the declared head).
+//! * [`verify`]: bundle verification (format, then chain against the declared head,
+//!   then anchors, counter continuity and currentness).
+//! * [`anchor`]: TPM anchors: the checkpoint, the stored evidence, anchor and
+//!   fresh-attestation records, and what a verifier checks on them.
 //!
 //! * [`evidence`]: TPM evidence as plain data (TPMS_ATTEST, TPMT_SIGNATURE,
 //!   PCR values), its parser and its verifier (ECDSA P-256), and the export
@@ -17,7 +20,8 @@
 //! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
 //!
 //! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
-//! responder's laptop. docs/DESIGN.md describes every format byte by byte.
+//! responder's laptop. docs/DESIGN.md describes every format byte by byte;
+//! `proto/tally/formats/v1/formats.proto` is the schema of the protobuf ones.
 #![forbid(unsafe_code)]
 
 pub mod anchor;

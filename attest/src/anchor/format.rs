@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::anchor::error::AnchorError;
 use crate::evidence::parse::parse_pcr_selection_bytes;
 use crate::evidence::{marshal_pcr_selection, Evidence, PcrValues, SignedAttest, StepTimings};
-use crate::note::{parse_body, CheckpointError, NoteError, Signer};
+use crate::note::{
+    decode_hash, parse_body, parse_canonical_u64, CheckpointError, NoteError, Signer,
+};
 use crate::record::Hash;
 
 /// Domain prefix of an anchor's qualifying data.
@@ -30,6 +32,7 @@ pub struct AnchorLine {
 /// The log state an anchor or attestation commits to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log's random identity (the origin is `tally/<its hex>`).
     pub log_id: [u8; 16],
     /// Number of records covered.
     pub size: u64,
@@ -115,26 +118,12 @@ fn parse_anchor_line(line: &str) -> Result<AnchorLine, CheckpointError> {
     else {
         return Err(bad);
     };
-    let counter = parse_decimal(counter).ok_or(bad.clone())?;
+    let counter = parse_canonical_u64(counter).ok_or(bad.clone())?;
     let prev = match prev {
         "-" => None,
         hash => Some(decode_hash(hash).ok_or(bad)?),
     };
     Ok(AnchorLine { counter, prev })
-}
-
-/// A canonical decimal u64 (no sign, no leading zeros).
-fn parse_decimal(text: &str) -> Option<u64> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text.len() == 1 || !text.starts_with('0'));
-    canonical.then(|| text.parse().ok()).flatten()
-}
-
-fn decode_hash(text: &str) -> Option<Hash> {
-    B64.decode(text)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
 }
 
 /// Qualifying data of an anchor over its signed checkpoint.

@@ -121,12 +121,8 @@ pub(crate) fn parse_body(text: &str) -> Result<CheckpointBody<'_>, CheckpointErr
     }
     Ok(CheckpointBody {
         origin,
-        size: parse_size(size)?,
-        root_hash: BASE64
-            .decode(root)
-            .ok()
-            .and_then(|bytes| Hash::try_from(bytes).ok())
-            .ok_or(CheckpointError::BadRootHash)?,
+        size: parse_canonical_u64(size).ok_or(CheckpointError::BadSize)?,
+        root_hash: decode_hash(root).ok_or(CheckpointError::BadRootHash)?,
         extensions: lines.next().unwrap_or(""),
     })
 }
@@ -175,12 +171,20 @@ impl TlogCheckpoint {
     }
 }
 
-fn parse_size(size: &str) -> Result<u64, CheckpointError> {
-    let canonical = !size.is_empty()
-        && size.bytes().all(|b| b.is_ascii_digit())
-        && (size == "0" || !size.starts_with('0'));
-    if !canonical {
-        return Err(CheckpointError::BadSize);
-    }
-    size.parse().map_err(|_| CheckpointError::BadSize)
+/// A decimal u64 in canonical form (digits only, no sign, no leading zeros):
+/// the tree size, and the counter of Tally's anchor line.
+pub(crate) fn parse_canonical_u64(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+/// Standard, padded base64 of exactly 32 bytes: the root hash, and the
+/// previous anchor's hash in Tally's anchor line.
+pub(crate) fn decode_hash(text: &str) -> Option<Hash> {
+    BASE64
+        .decode(text)
+        .ok()
+        .and_then(|bytes| Hash::try_from(bytes).ok())
 }
