@@ -400,7 +400,7 @@ async fn the_owner_record_names_one_log_and_is_never_overwritten() {
             genesis_counter,
         } => {
             assert_eq!(index, INDEX + 1);
-            assert_eq!(log_id, hex::encode([0x11; 16]));
+            assert_eq!(log_id, [0x11; 16]);
             assert_eq!(genesis_counter, 1);
         }
         other => panic!("expected OwnerRecordTaken, got {other:?}"),

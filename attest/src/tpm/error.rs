@@ -130,15 +130,16 @@ pub enum TpmError {
     },
     /// The owner record names another log; it is never overwritten.
     #[error(
-        "NV index {index:#010x} already records that the counter belongs to log {log_id} (genesis at counter {genesis_counter}); \
+        "NV index {index:#010x} already records that the counter belongs to log {} (genesis at counter {genesis_counter}); \
          refusing to overwrite it: choose another tpm.counter_index, or, if that log is gone for good, undefine the record \
-         (tpm2_nvundefine {index:#010x} -C o)"
+         (tpm2_nvundefine {index:#010x} -C o)",
+        hex::encode(.log_id)
     )]
     OwnerRecordTaken {
         /// The NV index handle.
         index: u32,
-        /// The log id found, hex.
-        log_id: String,
+        /// The log id found.
+        log_id: [u8; 16],
         /// The genesis counter found.
         genesis_counter: u64,
     },

@@ -162,7 +162,7 @@ fn write_opened(
             Some(found) => {
                 return Err(TpmError::OwnerRecordTaken {
                     index,
-                    log_id: hex::encode(found.log_id),
+                    log_id: found.log_id,
                     genesis_counter: found.genesis_counter,
                 })
             }
