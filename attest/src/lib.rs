@@ -17,9 +17,9 @@
 //! * [`identity`]: the log identity verifiers pin, and reviewed-gap acknowledgements.
 //! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
 //! * [`proof`]: inclusion and consistency proof files bound to TPM anchors.
-//! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
+//! * `tpm` (feature `tpm` only): producing evidence with a real TPM.
 //!
-//! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
+//! Everything but `tpm` is pure Rust: no TPM, no libtss2, usable on a
 //! responder's laptop. docs/DESIGN.md describes every format byte by byte;
 //! `proto/tally/formats/v1/formats.proto` is the schema of the protobuf ones.
 #![forbid(unsafe_code)]

@@ -2,8 +2,8 @@
 //! TPM wire reader and the verifier, so none of them imports another for it.
 
 /// Why a piece of evidence does not parse or verify. Each variant names one exact
-/// violation: the structural ones come from [`crate::evidence::parse`] (and its
-/// [`Reader`](crate::evidence::wire)), the others from [`crate::evidence::verify`].
+/// violation: the structural ones come from [`crate::evidence::parse`] (and the TPM
+/// wire reader it uses), the others from [`crate::evidence::verify`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvidenceError {

@@ -129,7 +129,9 @@ pub(crate) fn parse_body(text: &str) -> Result<CheckpointBody<'_>, CheckpointErr
 
 impl TlogCheckpoint {
     /// Parses a checkpoint body (the verified text of a signed note, final
-    /// newline included): [`parse_body`], copied out.
+    /// newline included). Strict: canonical size and base64, no empty lines,
+    /// no control characters. The crate's one parser of this shape
+    /// (`parse_body`), copied out.
     pub fn parse(text: &str) -> Result<TlogCheckpoint, CheckpointError> {
         let body = parse_body(text)?;
         Ok(TlogCheckpoint {
