@@ -13,6 +13,12 @@ pub enum EvidenceError {
         /// The field being read.
         what: &'static str,
     },
+    /// A TPML_PCR_SELECTION claims more banks than a TPM has (TPM2_NUM_PCR_BANKS, 16).
+    #[error("TPML_PCR_SELECTION.count is {count}, more than the 16 PCR banks a TPM has")]
+    TooManyPcrBanks {
+        /// The count found.
+        count: u32,
+    },
     /// Bytes were left after a complete structure.
     #[error("{count} trailing bytes after the structure")]
     TrailingBytes {

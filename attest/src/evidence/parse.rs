@@ -140,9 +140,7 @@ fn parse_pcr_selection(r: &mut Reader<'_>) -> Result<Vec<PcrBankSelection>, Evid
     let count = r.u32("TPML_PCR_SELECTION.count")?;
     // TPM2_NUM_PCR_BANKS is 16; anything larger is malformed, not merely long.
     if count > 16 {
-        return Err(EvidenceError::Truncated {
-            what: "TPML_PCR_SELECTION.count",
-        });
+        return Err(EvidenceError::TooManyPcrBanks { count });
     }
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -242,6 +240,14 @@ mod tests {
             parse_attest(&b),
             Err(EvidenceError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn too_many_pcr_banks_is_named() {
+        assert_eq!(
+            parse_pcr_selection_bytes(&17u32.to_be_bytes()),
+            Err(EvidenceError::TooManyPcrBanks { count: 17 })
+        );
     }
 
     #[test]
