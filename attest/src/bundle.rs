@@ -54,9 +54,14 @@ pub enum SectionKind {
 /// What the exporting daemon said about the log when the bundle was made.
 /// A verifier trusts none of it until the chain (and, with anchoring, the TPM
 /// evidence) confirms it.
+///
+/// Schema: `tally.formats.v1.BundleHeader` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct BundleHeader {
-    /// Bundle format version; this module writes and reads 1.
+    /// Bundle format version; this module writes and reads
+    /// [`BUNDLE_FORMAT_VERSION`] (2).
     #[prost(uint32, tag = "1")]
     pub format_version: u32,
     /// The log's random identity.
@@ -65,7 +70,8 @@ pub struct BundleHeader {
     /// Number of records in the bundle (records 0..size).
     #[prost(uint64, tag = "3")]
     pub size: u64,
-    /// Entry hash of record size-1 (32 zero bytes when size is 0).
+    /// The chain head: the entry hash of record size-1 (32 zero bytes when
+    /// size is 0). Not a Merkle root.
     #[prost(bytes = "vec", tag = "4")]
     pub head_hash: Vec<u8>,
     /// When the export was made, Unix time in nanoseconds (informational).
@@ -119,7 +125,7 @@ pub enum BundleError {
 }
 
 impl BundleHeader {
-    /// The declared head hash as a fixed array.
+    /// The declared chain head ([`BundleHeader::head_hash`]) as a fixed array.
     pub fn head(&self) -> Result<Hash, BundleError> {
         self.head_hash
             .as_slice()

@@ -104,7 +104,9 @@ impl Damage {
 pub enum CommittedBy {
     /// The next record's previous-hash field.
     Successor,
-    /// The head hash the log declares (bundle header, or a signed checkpoint).
+    /// The chain head the log declares: the bundle header's `head_hash`, the
+    /// entry hash of its last record. (Checkpoints carry a Merkle root, which
+    /// the replay does not check: see `verify`.)
     DeclaredHead,
 }
 

@@ -21,18 +21,46 @@ pub const IDENTITY_FORMAT: &str = "tally-identity-v1";
 pub const GAP_ACK_FORMAT: &str = "tally-gap-ack-v1";
 
 /// Why an identity or acknowledgement file cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdentityError {
+    /// The text is not JSON of this file's shape (or could not be written as JSON).
     #[error("not valid JSON for this file: {0}")]
-    Json(String),
+    Json(#[source] serde_json::Error),
     #[error("format {found:?} is not {expected:?}")]
     Format {
         expected: &'static str,
         found: String,
     },
+    /// One field's value is unusable.
     #[error("field {field}: {why}")]
-    Field { field: &'static str, why: String },
+    Field {
+        field: &'static str,
+        #[source]
+        why: FieldProblem,
+    },
+}
+
+/// What is wrong with one field of an identity or acknowledgement file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldProblem {
+    #[error("not {digits} hex digits")]
+    NotHex { digits: usize },
+    /// The log key is not a note verifier key.
+    #[error("{0}")]
+    LogKey(#[source] crate::note::NoteError),
+    /// The log key is named other than the log's checkpoint origin.
+    #[error("is named {found}, not {expected}")]
+    LogKeyName { found: String, expected: String },
+    /// A TPM key is not a P-256 PEM SubjectPublicKeyInfo.
+    #[error("{0}")]
+    TpmKey(#[source] crate::evidence::EvidenceError),
+    /// See [`parse_nv_index`] for the accepted syntax.
+    #[error("not an NV index handle")]
+    NotNvIndex,
+    #[error("missing")]
+    Missing,
 }
 
 /// What a verifier pins: the two TPM keys, the counter index and, from a log
@@ -93,21 +121,23 @@ pub struct LogIdentity {
     pub tpm: TpmDescription,
 }
 
-fn field(field: &'static str, why: impl ToString) -> IdentityError {
-    IdentityError::Field {
-        field,
-        why: why.to_string(),
-    }
+fn field(field: &'static str, why: FieldProblem) -> IdentityError {
+    IdentityError::Field { field, why }
 }
 
 fn hex_array<const N: usize>(name: &'static str, text: &str) -> Result<[u8; N], IdentityError> {
     hex::decode(text)
         .ok()
         .and_then(|bytes| <[u8; N]>::try_from(bytes).ok())
-        .ok_or_else(|| field(name, format!("not {} hex digits", 2 * N)))
+        .ok_or_else(|| field(name, FieldProblem::NotHex { digits: 2 * N }))
 }
 
-/// Parses `0x01c17a11` (or decimal) as an NV index handle.
+/// Parses an NV index handle; every NV index Tally reads from text should go
+/// through this one parser. Accepted: `0x` or `0X` followed by hex digits of either case
+/// (`0x01c17a11`), or decimal digits (`29456913`). Leading zeros are allowed, a
+/// leading `+` is tolerated (as Rust's integer parsing does), and nothing else:
+/// no whitespace, no `_`, no other sign. The value must fit in 32 bits; whether it
+/// lies in the NV range (0x01xxxxxx) is not checked here. `None` otherwise.
 pub fn parse_nv_index(text: &str) -> Option<u32> {
     match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         Some(hex) => u32::from_str_radix(hex, 16).ok(),
@@ -118,8 +148,7 @@ pub fn parse_nv_index(text: &str) -> Option<u32> {
 impl LogIdentity {
     /// Parses and checks an identity file.
     pub fn from_json(text: &str) -> Result<LogIdentity, IdentityError> {
-        let file: IdentityFile =
-            serde_json::from_str(text).map_err(|err| IdentityError::Json(err.to_string()))?;
+        let file: IdentityFile = serde_json::from_str(text).map_err(IdentityError::Json)?;
         if file.format != IDENTITY_FORMAT {
             return Err(IdentityError::Format {
                 expected: IDENTITY_FORMAT,
@@ -127,20 +156,24 @@ impl LogIdentity {
             });
         }
         let log_id = hex_array::<16>("log_id", &file.log_id)?;
-        let log_key =
-            crate::note::Verifier::parse(&file.log_key).map_err(|e| field("log_key", e))?;
+        let log_key = crate::note::Verifier::parse(&file.log_key)
+            .map_err(|e| field("log_key", FieldProblem::LogKey(e)))?;
         let origin = format!("tally/{}", file.log_id);
         if log_key.name() != origin {
             return Err(field(
                 "log_key",
-                format!("is named {}, not {origin}", log_key.name()),
+                FieldProblem::LogKeyName {
+                    found: log_key.name().to_owned(),
+                    expected: origin,
+                },
             ));
         }
-        let ak = AkPublicKey::from_pem(&file.ak).map_err(|e| field("ak", e))?;
-        let owner_key =
-            AkPublicKey::from_pem(&file.owner_key).map_err(|e| field("owner_key", e))?;
+        let ak =
+            AkPublicKey::from_pem(&file.ak).map_err(|e| field("ak", FieldProblem::TpmKey(e)))?;
+        let owner_key = AkPublicKey::from_pem(&file.owner_key)
+            .map_err(|e| field("owner_key", FieldProblem::TpmKey(e)))?;
         let counter_index = parse_nv_index(&file.counter_index)
-            .ok_or_else(|| field("counter_index", "not an NV index handle"))?;
+            .ok_or_else(|| field("counter_index", FieldProblem::NotNvIndex))?;
         Ok(LogIdentity {
             log_id,
             policy: AnchorPolicy {
@@ -158,12 +191,15 @@ impl LogIdentity {
 
     /// The identity file's JSON (pretty, with a final newline).
     pub fn to_json(&self) -> Result<String, IdentityError> {
-        let pem = |key: &AkPublicKey, name| key.to_pem().map_err(|e| field(name, e));
+        let pem = |key: &AkPublicKey, name| {
+            key.to_pem()
+                .map_err(|e| field(name, FieldProblem::TpmKey(e)))
+        };
         let log_key = self
             .policy
             .log_key
             .as_ref()
-            .ok_or_else(|| field("log_key", "missing"))?;
+            .ok_or_else(|| field("log_key", FieldProblem::Missing))?;
         let file = IdentityFile {
             format: IDENTITY_FORMAT.to_owned(),
             log_id: hex::encode(self.log_id),
@@ -176,8 +212,7 @@ impl LogIdentity {
             genesis_anchor_sha256: hex::encode(self.genesis_anchor),
             tpm: self.tpm.clone(),
         };
-        let mut json =
-            serde_json::to_string_pretty(&file).map_err(|e| IdentityError::Json(e.to_string()))?;
+        let mut json = serde_json::to_string_pretty(&file).map_err(IdentityError::Json)?;
         json.push('\n');
         Ok(json)
     }
@@ -235,8 +270,7 @@ impl GapAck {
     }
 
     pub fn from_json(text: &str) -> Result<GapAck, IdentityError> {
-        let file: GapAckFile =
-            serde_json::from_str(text).map_err(|err| IdentityError::Json(err.to_string()))?;
+        let file: GapAckFile = serde_json::from_str(text).map_err(IdentityError::Json)?;
         if file.format != GAP_ACK_FORMAT {
             return Err(IdentityError::Format {
                 expected: GAP_ACK_FORMAT,
@@ -267,8 +301,7 @@ impl GapAck {
             reason: self.reason.clone(),
             reviewed_at_unix: self.reviewed_at_unix,
         };
-        let mut json =
-            serde_json::to_string_pretty(&file).map_err(|e| IdentityError::Json(e.to_string()))?;
+        let mut json = serde_json::to_string_pretty(&file).map_err(IdentityError::Json)?;
         json.push('\n');
         Ok(json)
     }

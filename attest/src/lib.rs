@@ -4,7 +4,10 @@
 //!   entry-hash chain over it. The bytes stored in LMDB are the bytes hashed.
 //! * [`bundle`]: the self-contained export file a verifier checks offline.
 //! * [`chain`]: the verifier that replays a chain and names the first damage.
-//! * [`verify`]: bundle verification (format, then chain against the declared head).
+//! * [`verify`]: bundle verification (format, then chain against the declared head,
+//!   then anchors, counter continuity and currentness).
+//! * [`anchor`]: TPM anchors: the checkpoint, the stored evidence, anchor and
+//!   fresh-attestation records, and what a verifier checks on them.
 //!
 //! * [`evidence`]: TPM evidence as plain data (TPMS_ATTEST, TPMT_SIGNATURE,
 //!   PCR values), its parser and its verifier (ECDSA P-256), and the export
@@ -14,10 +17,11 @@
 //! * [`identity`]: the log identity verifiers pin, and reviewed-gap acknowledgements.
 //! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
 //! * [`proof`]: inclusion and consistency proof files bound to TPM anchors.
-//! * [`tpm`] (feature `tpm` only): producing evidence with a real TPM.
+//! * `tpm` (feature `tpm` only): producing evidence with a real TPM.
 //!
-//! Everything but [`tpm`] is pure Rust: no TPM, no libtss2, usable on a
-//! responder's laptop. docs/DESIGN.md describes every format byte by byte.
+//! Everything but `tpm` is pure Rust: no TPM, no libtss2, usable on a
+//! responder's laptop. docs/DESIGN.md describes every format byte by byte;
+//! `proto/tally/formats/v1/formats.proto` is the schema of the protobuf ones.
 #![forbid(unsafe_code)]
 
 pub mod anchor;
@@ -33,6 +37,9 @@ pub mod verify;
 
 #[cfg(feature = "tpm")]
 pub mod tpm;
+
+#[cfg(test)]
+mod schema_tests;
 
 pub use chain::{ChainSummary, Damage};
 pub use record::{entry_hash, Hash, RecordHeader, GENESIS_PREV, HEADER_LEN, RECORD_VERSION};

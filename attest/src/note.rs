@@ -32,6 +32,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+pub(crate) use checkpoint::{decode_hash, parse_body, parse_canonical_u64};
 pub use checkpoint::{CheckpointError, TlogCheckpoint};
 
 /// Signature type byte of Ed25519 in key ids and key encodings.

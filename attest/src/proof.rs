@@ -14,10 +14,16 @@ use crate::merkle::{self, MerkleError};
 use crate::record::{entry_hash, Hash, RecordError, RecordHeader};
 
 /// What `tally prove` writes: exactly one of the two proofs.
+///
+/// Schema: `tally.formats.v1.ProofFile` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct ProofFile {
+    /// Set for `tally prove inclusion`.
     #[prost(message, optional, tag = "1")]
     pub inclusion: Option<InclusionProofFile>,
+    /// Set for `tally prove consistency`.
     #[prost(message, optional, tag = "2")]
     pub consistency: Option<ConsistencyProofFile>,
 }
@@ -31,19 +37,21 @@ pub enum VerifiedProof {
 
 /// Verifies a [`ProofFile`] of either kind.
 pub fn verify_proof_file(policy: &AnchorPolicy, bytes: &[u8]) -> Result<VerifiedProof, ProofError> {
-    let file = ProofFile::decode(bytes).map_err(|err| ProofError::Decode(err.to_string()))?;
+    let file = ProofFile::decode(bytes).map_err(ProofError::Decode)?;
     match (file.inclusion, file.consistency) {
         (Some(inclusion), None) => verify_inclusion(policy, &inclusion)
             .map(|verified| VerifiedProof::Inclusion(Box::new(verified))),
         (None, Some(consistency)) => verify_consistency(policy, &consistency)
             .map(|verified| VerifiedProof::Consistency(Box::new(verified))),
-        _ => Err(ProofError::Decode(
-            "a proof file holds exactly one proof".into(),
-        )),
+        _ => Err(ProofError::NotExactlyOneProof),
     }
 }
 
 /// `tally prove inclusion` output.
+///
+/// Schema: `tally.formats.v1.InclusionProofFile` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct InclusionProofFile {
     /// The record's seq (its leaf index).
@@ -62,14 +70,19 @@ pub struct InclusionProofFile {
 }
 
 /// `tally prove consistency` output.
+///
+/// Schema: `tally.formats.v1.ConsistencyProofFile` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct ConsistencyProofFile {
     /// RFC 9162 consistency proof from the old anchor's tree to the new one's.
     #[prost(bytes = "vec", repeated, tag = "1")]
     pub path: Vec<Vec<u8>>,
-    /// The anchors (protobuf `AnchorRecord`) of the old and the new checkpoint.
+    /// The anchor (stored `AnchorRecord` bytes) of the old checkpoint...
     #[prost(bytes = "vec", tag = "2")]
     pub old_anchor: Vec<u8>,
+    /// ... and of the new one.
     #[prost(bytes = "vec", tag = "3")]
     pub new_anchor: Vec<u8>,
 }
@@ -79,7 +92,9 @@ pub struct ConsistencyProofFile {
 #[non_exhaustive]
 pub enum ProofError {
     #[error("not a proof file: {0}")]
-    Decode(String),
+    Decode(#[source] prost::DecodeError),
+    #[error("not a proof file: a proof file holds exactly one proof")]
+    NotExactlyOneProof,
     #[error("anchor: {0}")]
     Anchor(#[from] AnchorError),
     #[error("record: {0}")]

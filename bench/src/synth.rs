@@ -459,7 +459,7 @@ fn sequential<W: Write>(
                 root: roots[k],
                 anchor: Some(AnchorLine { counter, prev }),
             };
-            let signed = note::sign(&checkpoint.to_text(), &keys.log_key)?;
+            let signed = checkpoint.sign(&keys.log_key)?;
             let qd = anchor_qualifying_data(signed.as_bytes());
             let clock = CLOCK_START + CLOCK_STEP * k as u64;
             let evidence = parts.evidence(keys, counter, clock, &qd, nonces)?;
@@ -569,7 +569,7 @@ pub fn ensure(dir: &Path, shape: &Shape, threads: usize) -> anyhow::Result<Files
 mod tests {
     use super::*;
     use tally_attest::anchor::{decode_anchor, AnchorError};
-    use tally_attest::evidence::verify::VerifyError as EvidenceError;
+    use tally_attest::evidence::EvidenceError;
     use tally_attest::verify::{
         AnchorChecks, AnchorViolation, AnchorsVerdict, CounterVerdict, CurrentVerdict, Origin,
         OriginVerdict, Verdict,
@@ -723,7 +723,7 @@ mod tests {
                         b'A'
                     };
                 },
-                AnchorError::CheckpointSignature(String::new()),
+                AnchorError::CheckpointSignature(tally_attest::note::NoteError::NotUtf8),
             ),
         ];
         for (change, expected) in cases {

@@ -372,7 +372,7 @@ async fn tpm2_clear_is_refused_by_tallyd_and_evident_to_the_verifier() {
         .expect_err("evidence after a Clear must not verify against the identity");
     assert_eq!(
         err,
-        tally_attest::evidence::verify::VerifyError::SignatureInvalid,
+        tally_attest::evidence::EvidenceError::SignatureInvalid,
         "the owner key's signature is the one that fails"
     );
     // Spliced into the bundle as the next anchor, it is named.

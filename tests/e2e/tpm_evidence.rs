@@ -4,9 +4,9 @@
 
 use tally_attest::evidence::checkquote::write_checkquote_files;
 use tally_attest::evidence::verify::{
-    verify_evidence, verify_nv_certify, verify_quote, AkPublicKey, EvidenceKeys, VerifyError,
+    verify_evidence, verify_nv_certify, verify_quote, AkPublicKey, EvidenceKeys,
 };
-use tally_attest::evidence::{tally_counter_name, tpma_nv, Evidence, SignedAttest};
+use tally_attest::evidence::{tally_counter_name, tpma_nv, Evidence, EvidenceError, SignedAttest};
 use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::owner::OwnerRecord;
 use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
@@ -185,7 +185,7 @@ async fn a_certify_by_the_ak_does_not_pass_as_the_owner_keys() {
     // ...and it does not verify in the owner key's place.
     ev.nv_certify = by_ak;
     let err = verify_evidence(&keys, &ev, &qd(4), INDEX).unwrap_err();
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     // Nor do the keys swapped verify genuine evidence.
     let genuine = h.certify(qd(5)).await.unwrap();
     let swapped = EvidenceKeys {
@@ -194,12 +194,12 @@ async fn a_certify_by_the_ak_does_not_pass_as_the_owner_keys() {
     };
     assert_eq!(
         verify_evidence(&swapped, &genuine, &qd(5), INDEX).unwrap_err(),
-        VerifyError::SignatureInvalid
+        EvidenceError::SignatureInvalid
     );
 }
 
 /// Applies `f` to a copy of `ev` and returns the verification error.
-fn tampered(keys: &EvidenceKeys, ev: &Evidence, f: impl FnOnce(&mut Evidence)) -> VerifyError {
+fn tampered(keys: &EvidenceKeys, ev: &Evidence, f: impl FnOnce(&mut Evidence)) -> EvidenceError {
     let mut e = ev.clone();
     f(&mut e);
     verify_evidence(keys, &e, &qd(1), INDEX).unwrap_err()
@@ -219,49 +219,49 @@ async fn verifier_names_each_violation() {
     // Tampered attest byte (inside the clock info): the signature breaks.
     let clock_at = 4 + 2 + 2 + 34 + 2 + 32; // magic, type, qualifiedSigner, extraData
     let err = tampered(&keys, &ev, |e| e.nv_certify.attest[clock_at + 3] ^= 1);
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     let err = tampered(&keys, &ev, |e| e.quote.attest[clock_at + 3] ^= 1);
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     // Tampered magic.
     let err = tampered(&keys, &ev, |e| e.nv_certify.attest[0] = 0);
     assert!(
-        matches!(err, VerifyError::BadMagic { found: 0x0054_4347 }),
+        matches!(err, EvidenceError::BadMagic { found: 0x0054_4347 }),
         "{err:?}"
     );
     // Wrong qualifying data (a verifier expecting another checkpoint).
     let err = verify_evidence(&keys, &ev, &qd(2), INDEX).unwrap_err();
-    assert_eq!(err, VerifyError::QualifyingDataMismatch);
+    assert_eq!(err, EvidenceError::QualifyingDataMismatch);
     // Another TPM's keys: its owner key fails the certify, its AK the quote.
     let h2 = handle_for(&other);
     let other_keys = keys_of(&h2.provision().await.unwrap());
     assert_ne!(other_keys.ak, ak);
     let err = verify_evidence(&other_keys, &ev, &qd(1), INDEX).unwrap_err();
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     let other_ak_only = EvidenceKeys {
         ak: other_keys.ak.clone(),
         owner_key: keys.owner_key.clone(),
     };
     let err = verify_evidence(&other_ak_only, &ev, &qd(1), INDEX).unwrap_err();
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     // Truncated attest and signature; trailing byte.
     let err = tampered(&keys, &ev, |e| {
         e.nv_certify.attest.truncate(e.nv_certify.attest.len() - 3)
     });
-    assert!(matches!(err, VerifyError::Truncated { .. }), "{err:?}");
+    assert!(matches!(err, EvidenceError::Truncated { .. }), "{err:?}");
     let err = tampered(&keys, &ev, |e| e.quote.signature.truncate(20));
-    assert!(matches!(err, VerifyError::Truncated { .. }), "{err:?}");
+    assert!(matches!(err, EvidenceError::Truncated { .. }), "{err:?}");
     let err = tampered(&keys, &ev, |e| e.quote.attest.push(0));
-    assert_eq!(err, VerifyError::TrailingBytes { count: 1 });
+    assert_eq!(err, EvidenceError::TrailingBytes { count: 1 });
     // NV certify and quote swapped: each is checked with the other key.
     let err = tampered(&keys, &ev, |e| {
         std::mem::swap(&mut e.nv_certify, &mut e.quote)
     });
-    assert_eq!(err, VerifyError::SignatureInvalid);
+    assert_eq!(err, EvidenceError::SignatureInvalid);
     // Under its own key, each is of the wrong type for the other's place.
     let err = verify_nv_certify(&ak, &ev.quote, &qd(1), None).unwrap_err();
     assert_eq!(
         err,
-        VerifyError::WrongType {
+        EvidenceError::WrongType {
             expected: 0x8014,
             found: 0x8018
         }
@@ -269,23 +269,23 @@ async fn verifier_names_each_violation() {
     let err = verify_quote(&keys.owner_key, &ev.nv_certify, &qd(1), &ev.pcrs).unwrap_err();
     assert_eq!(
         err,
-        VerifyError::WrongType {
+        EvidenceError::WrongType {
             expected: 0x8018,
             found: 0x8014
         }
     );
     // A PCR value that is not what the TPM quoted.
     let err = tampered(&keys, &ev, |e| e.pcrs.digests[3][0] ^= 1);
-    assert_eq!(err, VerifyError::PcrDigestMismatch);
+    assert_eq!(err, EvidenceError::PcrDigestMismatch);
     // The unsigned counter field lies.
     let err = tampered(&keys, &ev, |e| e.counter += 1);
     assert!(
-        matches!(err, VerifyError::CounterMismatch { .. }),
+        matches!(err, EvidenceError::CounterMismatch { .. }),
         "{err:?}"
     );
     // Another counter index expected.
     let err = verify_evidence(&keys, &ev, &qd(1), INDEX + 1).unwrap_err();
-    assert_eq!(err, VerifyError::NvIndexNameMismatch);
+    assert_eq!(err, EvidenceError::NvIndexNameMismatch);
     // The name we compute is the one the TPM certified.
     let c = verify_nv_certify(&keys.owner_key, &ev.nv_certify, &qd(1), None).unwrap();
     assert_eq!(c.index_name, tally_counter_name(INDEX));
@@ -400,7 +400,7 @@ async fn the_owner_record_names_one_log_and_is_never_overwritten() {
             genesis_counter,
         } => {
             assert_eq!(index, INDEX + 1);
-            assert_eq!(log_id, hex::encode([0x11; 16]));
+            assert_eq!(log_id, [0x11; 16]);
             assert_eq!(genesis_counter, 1);
         }
         other => panic!("expected OwnerRecordTaken, got {other:?}"),

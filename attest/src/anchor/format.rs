@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 use crate::anchor::error::AnchorError;
 use crate::evidence::parse::parse_pcr_selection_bytes;
 use crate::evidence::{marshal_pcr_selection, Evidence, PcrValues, SignedAttest, StepTimings};
+use crate::note::{
+    decode_hash, parse_body, parse_canonical_u64, CheckpointError, NoteError, Signer,
+};
 use crate::record::Hash;
 
 /// Domain prefix of an anchor's qualifying data.
@@ -29,6 +32,7 @@ pub struct AnchorLine {
 /// The log state an anchor or attestation commits to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// The log's random identity (the origin is `tally/<its hex>`).
     pub log_id: [u8; 16],
     /// Number of records covered.
     pub size: u64,
@@ -60,40 +64,44 @@ impl Checkpoint {
 
     /// Parses the text [`Checkpoint::to_text`] writes, alone or as the body
     /// of a C2SP signed note (the signature lines after the blank line are
-    /// not checked here: see `checks::check_note_signature`).
-    pub fn parse(text: &[u8]) -> Result<Checkpoint, AnchorError> {
-        let bad = |why: &'static str| AnchorError::BadCheckpoint(why);
+    /// not checked here: see `checks::check_note_signature`). The body's shape
+    /// is checked by the one tlog-checkpoint parser (`note::parse_body`); this
+    /// reads Tally's origin and anchor line from it and demands canonical form.
+    pub fn parse(text: &[u8]) -> Result<Checkpoint, CheckpointError> {
         let body = match text.windows(2).position(|pair| pair == b"\n\n") {
             Some(at) => &text[..=at],
             None => text,
         };
-        let text = std::str::from_utf8(body).map_err(|_| bad("not UTF-8"))?;
-        let body = text.strip_suffix('\n').ok_or(bad("no final newline"))?;
-        let mut lines = body.split('\n');
-        let origin = lines.next().ok_or(bad("no origin line"))?;
-        let size = lines.next().ok_or(bad("no size line"))?;
-        let root = lines.next().ok_or(bad("no root line"))?;
-        let anchor = lines.next().map(parse_anchor_line).transpose()?;
-        if lines.next().is_some() {
-            return Err(bad("extra lines"));
+        let text = std::str::from_utf8(body).map_err(|_| CheckpointError::NotUtf8)?;
+        let body = parse_body(text)?;
+        let mut extensions = body.extensions();
+        let anchor = extensions.next().map(parse_anchor_line).transpose()?;
+        if extensions.next().is_some() {
+            return Err(CheckpointError::ExtraLines);
         }
-        let log_id = origin
+        let log_id = body
+            .origin
             .strip_prefix("tally/")
             .and_then(|id| hex::decode(id).ok())
             .and_then(|id| <[u8; 16]>::try_from(id).ok())
-            .ok_or(bad("origin is not tally/<32 hex digits>"))?;
-        let size = parse_decimal(size).ok_or(bad("size is not a canonical decimal"))?;
-        let root = decode_hash(root).ok_or(bad("root is not base64 of 32 bytes"))?;
+            .ok_or(CheckpointError::NotTallyOrigin)?;
         let checkpoint = Checkpoint {
             log_id,
-            size,
-            root,
+            size: body.size,
+            root: body.root_hash,
             anchor,
         };
         if checkpoint.to_text() != text {
-            return Err(bad("not in canonical form"));
+            return Err(CheckpointError::NotCanonical);
         }
         Ok(checkpoint)
+    }
+
+    /// The signed checkpoint: [`Checkpoint::to_text`] as a C2SP signed note by
+    /// `signer` (the log key). What anchors and fresh attestations carry, and
+    /// what their TPM qualifying data covers.
+    pub fn sign(&self, signer: &Signer) -> Result<String, NoteError> {
+        crate::note::sign(&self.to_text(), signer)
     }
 
     /// The C2SP origin line, `tally/<log id hex>` (also the log key's name).
@@ -102,34 +110,20 @@ impl Checkpoint {
     }
 }
 
-fn parse_anchor_line(line: &str) -> Result<AnchorLine, AnchorError> {
-    let bad = AnchorError::BadCheckpoint("extension line is not `anchor <counter> <prev>`");
+fn parse_anchor_line(line: &str) -> Result<AnchorLine, CheckpointError> {
+    let bad = CheckpointError::BadAnchorLine;
     let mut words = line.split(' ');
     let (Some("anchor"), Some(counter), Some(prev), None) =
         (words.next(), words.next(), words.next(), words.next())
     else {
         return Err(bad);
     };
-    let counter = parse_decimal(counter).ok_or(bad.clone())?;
+    let counter = parse_canonical_u64(counter).ok_or(bad.clone())?;
     let prev = match prev {
         "-" => None,
         hash => Some(decode_hash(hash).ok_or(bad)?),
     };
     Ok(AnchorLine { counter, prev })
-}
-
-/// A canonical decimal u64 (no sign, no leading zeros).
-fn parse_decimal(text: &str) -> Option<u64> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text.len() == 1 || !text.starts_with('0'));
-    canonical.then(|| text.parse().ok()).flatten()
-}
-
-fn decode_hash(text: &str) -> Option<Hash> {
-    B64.decode(text)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
 }
 
 /// Qualifying data of an anchor over its signed checkpoint.
@@ -157,6 +151,10 @@ pub fn anchor_hash(record_bytes: &[u8]) -> Hash {
 }
 
 /// TPM evidence as stored and exported (protobuf).
+///
+/// Schema: `tally.formats.v1.EvidenceRecord` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct EvidenceRecord {
     /// Counter value, as the TPM certified it (the verifier checks the signed value).
@@ -165,31 +163,39 @@ pub struct EvidenceRecord {
     /// Handle of the NV counter index.
     #[prost(uint32, tag = "2")]
     pub counter_index: u32,
-    /// TPM2_NV_Certify signed by the owner key: marshalled TPMS_ATTEST and TPMT_SIGNATURE.
+    /// TPM2_NV_Certify signed by the owner key: the marshalled TPMS_ATTEST...
     #[prost(bytes = "vec", tag = "3")]
     pub nv_certify_attest: Vec<u8>,
+    /// ... and its marshalled TPMT_SIGNATURE.
     #[prost(bytes = "vec", tag = "4")]
     pub nv_certify_signature: Vec<u8>,
-    /// TPM2_Quote signed by the AK: marshalled TPMS_ATTEST and TPMT_SIGNATURE.
+    /// TPM2_Quote signed by the AK: the marshalled TPMS_ATTEST...
     #[prost(bytes = "vec", tag = "5")]
     pub quote_attest: Vec<u8>,
+    /// ... and its marshalled TPMT_SIGNATURE.
     #[prost(bytes = "vec", tag = "6")]
     pub quote_signature: Vec<u8>,
-    /// The quoted PCR selection (marshalled TPML_PCR_SELECTION) and values.
+    /// The quoted PCR selection (marshalled TPML_PCR_SELECTION).
     #[prost(bytes = "vec", tag = "7")]
     pub pcr_selection: Vec<u8>,
+    /// The quoted PCR values, one digest per selected PCR, in TPM order.
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub pcr_digests: Vec<Vec<u8>>,
 }
 
 /// One anchor, as stored in LMDB (`anchors` database) and in bundles.
 /// (Tag 4, v1's `recovered`, is retired.)
+///
+/// Schema: `tally.formats.v1.AnchorRecord` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct AnchorRecord {
     /// The signed checkpoint (a C2SP signed note whose body carries the anchor
     /// line); its anchor qualifying data is what the evidence signs.
     #[prost(bytes = "vec", tag = "1")]
     pub checkpoint: Vec<u8>,
+    /// The TPM evidence at the counter value the anchor line names.
     #[prost(message, optional, tag = "2")]
     pub evidence: Option<EvidenceRecord>,
     /// Daemon clock when the anchor was made, Unix nanoseconds (informational).
@@ -198,6 +204,10 @@ pub struct AnchorRecord {
 }
 
 /// A fresh attestation for a verifier's nonce (what `tally attest` writes).
+///
+/// Schema: `tally.formats.v1.FreshAttestation` in
+/// `attest/proto/tally/formats/v1/formats.proto`
+/// (a test checks that this struct encodes exactly as that message).
 #[derive(Clone, PartialEq, Message)]
 pub struct FreshAttestation {
     /// The daemon's current signed checkpoint (no anchor line).
@@ -263,7 +273,7 @@ impl EvidenceRecord {
 
 /// Decodes a stored anchor record.
 pub fn decode_anchor(bytes: &[u8]) -> Result<AnchorRecord, AnchorError> {
-    AnchorRecord::decode(bytes).map_err(|err| AnchorError::Decode(err.to_string()))
+    AnchorRecord::decode(bytes).map_err(AnchorError::Decode)
 }
 
 #[cfg(test)]

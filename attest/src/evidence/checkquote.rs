@@ -11,9 +11,9 @@
 //! * `-f`: the PCR file written by `tpm2_quote -o` in its default `serialized` format,
 //!   which is NOT TPM wire format but a dump of the C structs in host (little-endian)
 //!   byte order, with C padding:
-//!   `TPML_PCR_SELECTION` (u32 count + 16 x {u16 hash, u8 sizeofSelect, u8[4] select,
+//!   `TPML_PCR_SELECTION` (u32 count + 16 x {u16 hash, u8 sizeofSelect, u8\[4\] select,
 //!   u8 pad} = 132 bytes), then a u32 number of `TPML_DIGEST`s, then that many
-//!   `TPML_DIGEST` (u32 count + 8 x {u16 size, u8[64] buffer} = 532 bytes), each holding
+//!   `TPML_DIGEST` (u32 count + 8 x {u16 size, u8\[64\] buffer} = 532 bytes), each holding
 //!   up to 8 digests (the chunks TPM2_PCR_Read returns). Checked byte-for-byte against
 //!   the output of `tpm2_quote -o` on swtpm (668 bytes for 8 PCRs, 1200 for 10).
 

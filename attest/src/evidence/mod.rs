@@ -4,9 +4,12 @@
 //! store) can hold, serialise and check evidence without a TPM.
 
 pub mod checkquote;
+pub mod error;
 pub mod parse;
 pub mod verify;
 pub(crate) mod wire;
+
+pub use error::EvidenceError;
 
 use std::time::Duration;
 

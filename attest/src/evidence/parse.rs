@@ -4,7 +4,7 @@
 //! Parsing only checks structure (lengths, magic, known tags). Whether the content is
 //! what a verifier expects (type, qualifying data, signature) is [`crate::evidence::verify`]'s job.
 
-use crate::evidence::verify::VerifyError;
+use crate::evidence::error::EvidenceError;
 use crate::evidence::wire::Reader;
 use crate::evidence::{PcrBankSelection, TPM_ALG_SHA256};
 
@@ -83,15 +83,15 @@ pub struct Attest {
 /// Errors: `BadMagic` if the first four bytes are not TPM_GENERATED_VALUE,
 /// `UnsupportedAttestType` for types other than NV / QUOTE, `Truncated { what }` if a
 /// field runs past the end, `TrailingBytes` if bytes are left over.
-pub fn parse_attest(bytes: &[u8]) -> Result<Attest, VerifyError> {
+pub fn parse_attest(bytes: &[u8]) -> Result<Attest, EvidenceError> {
     let mut r = Reader::new(bytes);
     let magic = r.u32("TPMS_ATTEST.magic")?;
     if magic != TPM_GENERATED_VALUE {
-        return Err(VerifyError::BadMagic { found: magic });
+        return Err(EvidenceError::BadMagic { found: magic });
     }
     let attest_type = r.u16("TPMS_ATTEST.type")?;
     if attest_type != TPM_ST_ATTEST_NV && attest_type != TPM_ST_ATTEST_QUOTE {
-        return Err(VerifyError::UnsupportedAttestType { found: attest_type });
+        return Err(EvidenceError::UnsupportedAttestType { found: attest_type });
     }
     let qualified_signer = r.tpm2b("TPMS_ATTEST.qualifiedSigner")?.to_vec();
     let extra_data = r.tpm2b("TPMS_ATTEST.extraData")?.to_vec();
@@ -128,7 +128,7 @@ pub fn parse_attest(bytes: &[u8]) -> Result<Attest, VerifyError> {
 }
 
 /// Parses exactly one marshalled TPML_PCR_SELECTION (as [`crate::evidence::marshal_pcr_selection`] writes it).
-pub fn parse_pcr_selection_bytes(bytes: &[u8]) -> Result<Vec<PcrBankSelection>, VerifyError> {
+pub fn parse_pcr_selection_bytes(bytes: &[u8]) -> Result<Vec<PcrBankSelection>, EvidenceError> {
     let mut r = Reader::new(bytes);
     let selection = parse_pcr_selection(&mut r)?;
     r.finish()?;
@@ -136,13 +136,11 @@ pub fn parse_pcr_selection_bytes(bytes: &[u8]) -> Result<Vec<PcrBankSelection>, 
 }
 
 /// Parses a TPML_PCR_SELECTION (big-endian TPM wire format).
-fn parse_pcr_selection(r: &mut Reader<'_>) -> Result<Vec<PcrBankSelection>, VerifyError> {
+fn parse_pcr_selection(r: &mut Reader<'_>) -> Result<Vec<PcrBankSelection>, EvidenceError> {
     let count = r.u32("TPML_PCR_SELECTION.count")?;
     // TPM2_NUM_PCR_BANKS is 16; anything larger is malformed, not merely long.
     if count > 16 {
-        return Err(VerifyError::Truncated {
-            what: "TPML_PCR_SELECTION.count",
-        });
+        return Err(EvidenceError::TooManyPcrBanks { count });
     }
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
@@ -171,15 +169,15 @@ pub struct EcdsaSignature {
 ///
 /// Errors: `UnsupportedSignatureScheme` for any sigAlg but ECDSA,
 /// `UnsupportedSignatureHash` for any hash but SHA-256, `Truncated`/`TrailingBytes`.
-pub fn parse_signature(bytes: &[u8]) -> Result<EcdsaSignature, VerifyError> {
+pub fn parse_signature(bytes: &[u8]) -> Result<EcdsaSignature, EvidenceError> {
     let mut r = Reader::new(bytes);
     let sig_alg = r.u16("TPMT_SIGNATURE.sigAlg")?;
     if sig_alg != TPM_ALG_ECDSA {
-        return Err(VerifyError::UnsupportedSignatureScheme { sig_alg });
+        return Err(EvidenceError::UnsupportedSignatureScheme { sig_alg });
     }
     let hash_alg = r.u16("TPMS_SIGNATURE_ECDSA.hash")?;
     if hash_alg != TPM_ALG_SHA256 {
-        return Err(VerifyError::UnsupportedSignatureHash { hash_alg });
+        return Err(EvidenceError::UnsupportedSignatureHash { hash_alg });
     }
     let sig_r = r.tpm2b("TPMS_SIGNATURE_ECDSA.signatureR")?.to_vec();
     let sig_s = r.tpm2b("TPMS_SIGNATURE_ECDSA.signatureS")?.to_vec();
@@ -222,7 +220,7 @@ mod tests {
         let b = quote_bytes();
         for n in 0..b.len() {
             assert!(
-                matches!(parse_attest(&b[..n]), Err(VerifyError::Truncated { .. })),
+                matches!(parse_attest(&b[..n]), Err(EvidenceError::Truncated { .. })),
                 "prefix {n}"
             );
         }
@@ -234,14 +232,22 @@ mod tests {
         b.push(0);
         assert_eq!(
             parse_attest(&b),
-            Err(VerifyError::TrailingBytes { count: 1 })
+            Err(EvidenceError::TrailingBytes { count: 1 })
         );
         let mut b = quote_bytes();
         b[0] = 0;
         assert!(matches!(
             parse_attest(&b),
-            Err(VerifyError::BadMagic { .. })
+            Err(EvidenceError::BadMagic { .. })
         ));
+    }
+
+    #[test]
+    fn too_many_pcr_banks_is_named() {
+        assert_eq!(
+            parse_pcr_selection_bytes(&17u32.to_be_bytes()),
+            Err(EvidenceError::TooManyPcrBanks { count: 17 })
+        );
     }
 
     #[test]
@@ -249,12 +255,12 @@ mod tests {
         let rsa = [0x00, 0x14, 0x00, 0x0b, 0x00, 0x00];
         assert_eq!(
             parse_signature(&rsa),
-            Err(VerifyError::UnsupportedSignatureScheme { sig_alg: 0x14 })
+            Err(EvidenceError::UnsupportedSignatureScheme { sig_alg: 0x14 })
         );
         let sha1 = [0x00, 0x18, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00];
         assert_eq!(
             parse_signature(&sha1),
-            Err(VerifyError::UnsupportedSignatureHash { hash_alg: 4 })
+            Err(EvidenceError::UnsupportedSignatureHash { hash_alg: 4 })
         );
     }
 }

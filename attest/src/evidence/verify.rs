@@ -4,125 +4,20 @@
 //! 1. structure (parse TPMS_ATTEST and TPMT_SIGNATURE: magic, lengths, schemes),
 //! 2. the AK's ECDSA P-256 signature over SHA-256 of the exact attest bytes,
 //! 3. the attestation type, 4. the qualifying data, 5. the type-specific content.
+//!
+//! Every failure is an [`EvidenceError`] naming the first violation.
 
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
 use sha2::{Digest, Sha256};
 
+use crate::evidence::error::EvidenceError;
 use crate::evidence::parse::{
     parse_attest, parse_signature, Attest, Attested, ClockInfo, TPM_ST_ATTEST_NV,
     TPM_ST_ATTEST_QUOTE,
 };
 use crate::evidence::{tally_counter_name, Evidence, PcrValues, SignedAttest, TPM_ALG_SHA256};
-
-/// Why a piece of evidence was rejected. Each variant names one exact violation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum VerifyError {
-    /// A field ran past the end of its buffer.
-    #[error("truncated structure while reading {what}")]
-    Truncated {
-        /// The field being read.
-        what: &'static str,
-    },
-    /// Bytes were left after a complete structure.
-    #[error("{count} trailing bytes after the structure")]
-    TrailingBytes {
-        /// How many bytes were left.
-        count: usize,
-    },
-    /// The attest does not start with TPM_GENERATED_VALUE: the TPM did not produce it.
-    #[error("bad magic {found:#010x}, expected TPM_GENERATED_VALUE 0xff544347")]
-    BadMagic {
-        /// The first four bytes, big-endian.
-        found: u32,
-    },
-    /// The attestation type is neither NV certify nor quote.
-    #[error("unsupported attestation type {found:#06x}")]
-    UnsupportedAttestType {
-        /// The TPMI_ST_ATTEST found.
-        found: u16,
-    },
-    /// The attestation is of a different type than the caller expects.
-    #[error("wrong attestation type: expected {expected:#06x}, found {found:#06x}")]
-    WrongType {
-        /// The type the caller asked to verify.
-        expected: u16,
-        /// The type in the signed bytes.
-        found: u16,
-    },
-    /// The signature is not ECDSA.
-    #[error("unsupported signature scheme {sig_alg:#06x} (only ECDSA 0x0018)")]
-    UnsupportedSignatureScheme {
-        /// TPMI_ALG_SIG_SCHEME found.
-        sig_alg: u16,
-    },
-    /// The ECDSA signature uses a hash other than SHA-256.
-    #[error("unsupported signature hash {hash_alg:#06x} (only SHA-256 0x000b)")]
-    UnsupportedSignatureHash {
-        /// TPMI_ALG_HASH found.
-        hash_alg: u16,
-    },
-    /// r or s is not a valid P-256 scalar.
-    #[error("malformed ECDSA signature scalars")]
-    MalformedSignature,
-    /// The AK public key could not be decoded.
-    #[error("invalid AK public key: {reason}")]
-    InvalidAkPublicKey {
-        /// Decoder message.
-        reason: String,
-    },
-    /// The signature does not verify under the AK: forged, altered, or another TPM's AK.
-    #[error("signature does not verify under the attestation key")]
-    SignatureInvalid,
-    /// The signed qualifying data is not the expected checkpoint digest / nonce.
-    #[error("qualifying data mismatch")]
-    QualifyingDataMismatch,
-    /// The certified NV index is not the expected counter index.
-    #[error("certified NV index name does not match the expected counter index")]
-    NvIndexNameMismatch,
-    /// The NV certify does not start at offset 0 of the counter.
-    #[error("NV certify at offset {offset}, expected 0")]
-    NvOffsetNotZero {
-        /// Offset found.
-        offset: u16,
-    },
-    /// The certified NV contents are not an 8-byte counter.
-    #[error("NV certify covers {found} bytes, expected 8")]
-    NvContentsSize {
-        /// Number of bytes certified.
-        found: usize,
-    },
-    /// The evidence claims a counter value other than the certified one.
-    #[error("evidence claims counter {claimed} but the TPM certified {certified}")]
-    CounterMismatch {
-        /// Value in the unsigned evidence field.
-        claimed: u64,
-        /// Value in the signed NV contents.
-        certified: u64,
-    },
-    /// The supplied PCR selection differs from the one the TPM quoted.
-    #[error("supplied PCR selection differs from the quoted selection")]
-    PcrSelectionMismatch,
-    /// The quote selects a bank this verifier cannot hash.
-    #[error("unsupported PCR bank {hash_alg:#06x}")]
-    UnsupportedPcrBank {
-        /// TPM_ALG_ID of the bank.
-        hash_alg: u16,
-    },
-    /// The number of supplied PCR values differs from the number selected.
-    #[error("{selected} PCRs selected but {supplied} values supplied")]
-    PcrCountMismatch {
-        /// PCRs in the selection.
-        selected: usize,
-        /// Values supplied.
-        supplied: usize,
-    },
-    /// SHA-256 of the supplied PCR values is not the quoted pcrDigest.
-    #[error("PCR values do not match the quoted pcrDigest")]
-    PcrDigestMismatch,
-}
 
 /// A P-256 attestation key public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,31 +27,25 @@ pub struct AkPublicKey {
 
 impl AkPublicKey {
     /// Decodes a PEM "PUBLIC KEY" (SubjectPublicKeyInfo) holding a P-256 key.
-    pub fn from_pem(pem: &str) -> Result<Self, VerifyError> {
+    pub fn from_pem(pem: &str) -> Result<Self, EvidenceError> {
         VerifyingKey::from_public_key_pem(pem)
             .map(|key| AkPublicKey { key })
-            .map_err(|e| VerifyError::InvalidAkPublicKey {
-                reason: e.to_string(),
-            })
+            .map_err(|source| EvidenceError::InvalidAkPem { source })
     }
 
     /// Decodes a SEC1 point (0x04 || x || y).
-    pub fn from_sec1(bytes: &[u8]) -> Result<Self, VerifyError> {
+    pub fn from_sec1(bytes: &[u8]) -> Result<Self, EvidenceError> {
         VerifyingKey::from_sec1_bytes(bytes)
             .map(|key| AkPublicKey { key })
-            .map_err(|e| VerifyError::InvalidAkPublicKey {
-                reason: e.to_string(),
-            })
+            .map_err(|_| EvidenceError::InvalidAkPoint)
     }
 
     /// The key as PEM SubjectPublicKeyInfo.
-    pub fn to_pem(&self) -> Result<String, VerifyError> {
+    pub fn to_pem(&self) -> Result<String, EvidenceError> {
         use p256::pkcs8::EncodePublicKey;
         self.key
             .to_public_key_pem(p256::pkcs8::LineEnding::LF)
-            .map_err(|e| VerifyError::InvalidAkPublicKey {
-                reason: e.to_string(),
-            })
+            .map_err(|source| EvidenceError::InvalidAkPem { source })
     }
 }
 
@@ -167,27 +56,27 @@ impl AkPublicKey {
 pub fn verify_signed_attest(
     ak: &AkPublicKey,
     signed: &SignedAttest,
-) -> Result<Attest, VerifyError> {
+) -> Result<Attest, EvidenceError> {
     let attest = parse_attest(&signed.attest)?;
     let sig = parse_signature(&signed.signature)?;
     let r = left_pad_32(&sig.r)?;
     let s = left_pad_32(&sig.s)?;
-    let signature = Signature::from_scalars(r, s).map_err(|_| VerifyError::MalformedSignature)?;
+    let signature = Signature::from_scalars(r, s).map_err(|_| EvidenceError::MalformedSignature)?;
     let digest = Sha256::digest(&signed.attest);
     ak.key
         .verify_prehash(&digest, &signature)
-        .map_err(|_| VerifyError::SignatureInvalid)?;
+        .map_err(|_| EvidenceError::SignatureInvalid)?;
     Ok(attest)
 }
 
 /// Left-pads a big-endian scalar to 32 bytes; longer (non-zero-prefixed) is malformed.
-fn left_pad_32(v: &[u8]) -> Result<[u8; 32], VerifyError> {
+fn left_pad_32(v: &[u8]) -> Result<[u8; 32], EvidenceError> {
     let trimmed = match v.iter().position(|b| *b != 0) {
         Some(i) => &v[i..],
         None => &[],
     };
     if trimmed.len() > 32 {
-        return Err(VerifyError::MalformedSignature);
+        return Err(EvidenceError::MalformedSignature);
     }
     let mut out = [0u8; 32];
     out[32 - trimmed.len()..].copy_from_slice(trimmed);
@@ -212,27 +101,27 @@ pub fn verify_nv_certify(
     signed: &SignedAttest,
     qualifying_data: &[u8],
     expected_index_name: Option<&[u8]>,
-) -> Result<CertifiedCounter, VerifyError> {
+) -> Result<CertifiedCounter, EvidenceError> {
     let attest = verify_signed_attest(ak, signed)?;
     let info = match attest.attested {
         Attested::Nv(info) => info,
         Attested::Quote(_) => {
-            return Err(VerifyError::WrongType {
+            return Err(EvidenceError::WrongType {
                 expected: TPM_ST_ATTEST_NV,
                 found: attest.attest_type,
             })
         }
     };
     if attest.extra_data != qualifying_data {
-        return Err(VerifyError::QualifyingDataMismatch);
+        return Err(EvidenceError::QualifyingDataMismatch);
     }
     if let Some(name) = expected_index_name {
         if info.index_name != name {
-            return Err(VerifyError::NvIndexNameMismatch);
+            return Err(EvidenceError::NvIndexNameMismatch);
         }
     }
     if info.offset != 0 {
-        return Err(VerifyError::NvOffsetNotZero {
+        return Err(EvidenceError::NvOffsetNotZero {
             offset: info.offset,
         });
     }
@@ -240,7 +129,7 @@ pub fn verify_nv_certify(
         info.nv_contents
             .as_slice()
             .try_into()
-            .map_err(|_| VerifyError::NvContentsSize {
+            .map_err(|_| EvidenceError::NvContentsSize {
                 found: info.nv_contents.len(),
             })?;
     Ok(CertifiedCounter {
@@ -266,34 +155,34 @@ pub fn verify_quote(
     signed: &SignedAttest,
     qualifying_data: &[u8],
     pcrs: &PcrValues,
-) -> Result<VerifiedQuote, VerifyError> {
+) -> Result<VerifiedQuote, EvidenceError> {
     let attest = verify_signed_attest(ak, signed)?;
     let info = match attest.attested {
         Attested::Quote(info) => info,
         Attested::Nv(_) => {
-            return Err(VerifyError::WrongType {
+            return Err(EvidenceError::WrongType {
                 expected: TPM_ST_ATTEST_QUOTE,
                 found: attest.attest_type,
             })
         }
     };
     if attest.extra_data != qualifying_data {
-        return Err(VerifyError::QualifyingDataMismatch);
+        return Err(EvidenceError::QualifyingDataMismatch);
     }
     if info.pcr_select != pcrs.selection {
-        return Err(VerifyError::PcrSelectionMismatch);
+        return Err(EvidenceError::PcrSelectionMismatch);
     }
     let mut selected = 0usize;
     for bank in &info.pcr_select {
         if bank.hash_alg != TPM_ALG_SHA256 {
-            return Err(VerifyError::UnsupportedPcrBank {
+            return Err(EvidenceError::UnsupportedPcrBank {
                 hash_alg: bank.hash_alg,
             });
         }
         selected += bank.indices().len();
     }
     if selected != pcrs.digests.len() {
-        return Err(VerifyError::PcrCountMismatch {
+        return Err(EvidenceError::PcrCountMismatch {
             selected,
             supplied: pcrs.digests.len(),
         });
@@ -303,7 +192,7 @@ pub fn verify_quote(
         h.update(d);
     }
     if h.finalize()[..] != info.pcr_digest[..] {
-        return Err(VerifyError::PcrDigestMismatch);
+        return Err(EvidenceError::PcrDigestMismatch);
     }
     Ok(VerifiedQuote {
         clock_info: attest.clock_info,
@@ -350,7 +239,7 @@ pub fn verify_evidence(
     evidence: &Evidence,
     expected_qualifying_data: &[u8; 32],
     expected_counter_index: u32,
-) -> Result<VerifiedEvidence, VerifyError> {
+) -> Result<VerifiedEvidence, EvidenceError> {
     let name = tally_counter_name(expected_counter_index);
     let counter = verify_nv_certify(
         &keys.owner_key,
@@ -365,7 +254,7 @@ pub fn verify_evidence(
         &evidence.pcrs,
     )?;
     if counter.value != evidence.counter {
-        return Err(VerifyError::CounterMismatch {
+        return Err(EvidenceError::CounterMismatch {
             claimed: evidence.counter,
             certified: counter.value,
         });
@@ -388,7 +277,7 @@ mod tests {
         assert_eq!(left_pad_32(&[0u8; 33]).unwrap(), [0u8; 32]);
         assert_eq!(
             left_pad_32(&[1u8; 33]),
-            Err(VerifyError::MalformedSignature)
+            Err(EvidenceError::MalformedSignature)
         );
     }
 }

@@ -1,9 +1,9 @@
 //! Big-endian TPM wire-format reading (TPM 2.0 Part 1, "Marshalling").
 //!
-//! A [`Reader`] walks a byte slice and fails with [`VerifyError::Truncated`] naming the
+//! A [`Reader`] walks a byte slice and fails with [`EvidenceError::Truncated`] naming the
 //! field it was reading, so a malformed structure is reported precisely.
 
-use crate::evidence::verify::VerifyError;
+use crate::evidence::error::EvidenceError;
 
 /// Cursor over TPM-marshalled (big-endian) bytes.
 #[derive(Debug)]
@@ -19,36 +19,36 @@ impl<'a> Reader<'a> {
     }
 
     /// Takes exactly `n` bytes, or fails with `Truncated { what }` without consuming.
-    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], VerifyError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], EvidenceError> {
         let end = self
             .pos
             .checked_add(n)
             .filter(|end| *end <= self.bytes.len())
-            .ok_or(VerifyError::Truncated { what })?;
+            .ok_or(EvidenceError::Truncated { what })?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
     }
 
     /// Reads one byte.
-    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, VerifyError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, EvidenceError> {
         Ok(self.take(1, what)?[0])
     }
 
     /// Reads a big-endian u16.
-    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, VerifyError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, EvidenceError> {
         let b = self.take(2, what)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
     /// Reads a big-endian u32.
-    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, VerifyError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, EvidenceError> {
         let b = self.take(4, what)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Reads a big-endian u64.
-    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, VerifyError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, EvidenceError> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
@@ -56,18 +56,18 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a TPM2B: a u16 size followed by that many bytes.
-    pub(crate) fn tpm2b(&mut self, what: &'static str) -> Result<&'a [u8], VerifyError> {
+    pub(crate) fn tpm2b(&mut self, what: &'static str) -> Result<&'a [u8], EvidenceError> {
         let n = self.u16(what)?;
         self.take(usize::from(n), what)
     }
 
     /// Fails with `TrailingBytes` unless every byte has been consumed.
-    pub(crate) fn finish(&self) -> Result<(), VerifyError> {
+    pub(crate) fn finish(&self) -> Result<(), EvidenceError> {
         let left = self.bytes.len() - self.pos;
         if left == 0 {
             Ok(())
         } else {
-            Err(VerifyError::TrailingBytes { count: left })
+            Err(EvidenceError::TrailingBytes { count: left })
         }
     }
 }

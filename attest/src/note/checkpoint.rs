@@ -6,6 +6,10 @@
 //! <base64 of the 32-byte RFC 6962 root hash>\n
 //! <extension line>\n   (zero or more, each non-empty)
 //! ```
+//!
+//! [`parse_body`] is the one parser of this shape; Tally's anchor checkpoint
+//! ([`crate::anchor::Checkpoint`]) is this body with a `tally/<log id>` origin and at
+//! most one extension line, the anchor line.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -25,7 +29,8 @@ pub struct TlogCheckpoint {
     pub extensions: Vec<String>,
 }
 
-/// Why text is not a checkpoint body. `line` numbers count from 1.
+/// Why text is not a checkpoint body, or (the variants marked so) not a Tally
+/// checkpoint. `line` numbers count from 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
@@ -43,41 +48,97 @@ pub enum CheckpointError {
     EmptyLine { line: usize },
     #[error("checkpoint line {line} has a control character")]
     ControlCharacter { line: usize },
+    /// Tally's checkpoints only: the bytes are not UTF-8.
+    #[error("checkpoint is not UTF-8")]
+    NotUtf8,
+    /// Tally's checkpoints only: the origin is not `tally/<log id hex>`.
+    #[error("checkpoint origin is not tally/<32 hex digits>")]
+    NotTallyOrigin,
+    /// Tally's checkpoints only: the extension line is not the anchor line.
+    #[error("checkpoint extension line is not `anchor <counter> <prev>`")]
+    BadAnchorLine,
+    /// Tally's checkpoints only: more than the one (anchor) extension line.
+    #[error("checkpoint has more than one extension line")]
+    ExtraLines,
+    /// Tally's checkpoints only: the text is not what its parsed value writes
+    /// (e.g. upper-case hex in the origin).
+    #[error("checkpoint is not in canonical form")]
+    NotCanonical,
+}
+
+/// A checkpoint body borrowed from its text: what [`parse_body`] checked. The one
+/// parser of the tlog-checkpoint shape: [`TlogCheckpoint::parse`] copies it out, and
+/// Tally's own [`crate::anchor::Checkpoint::parse`] reads its origin and extension
+/// lines without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CheckpointBody<'a> {
+    /// The origin line; non-empty.
+    pub(crate) origin: &'a str,
+    /// The tree size.
+    pub(crate) size: u64,
+    /// The RFC 6962 root hash of the tree of `size` leaves.
+    pub(crate) root_hash: Hash,
+    /// The extension lines, newline-separated, without the final newline; empty
+    /// when there are none.
+    extensions: &'a str,
+}
+
+impl<'a> CheckpointBody<'a> {
+    /// The extension lines in order, each non-empty.
+    pub(crate) fn extensions(&self) -> impl Iterator<Item = &'a str> {
+        let extensions = self.extensions;
+        (!extensions.is_empty())
+            .then(|| extensions.split('\n'))
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// Parses a checkpoint body (final newline included). Strict: canonical size and
+/// base64, no empty lines, no control characters. Errors come in this order: no
+/// final newline, too few lines, the first empty line or control character, the
+/// size, the root hash.
+pub(crate) fn parse_body(text: &str) -> Result<CheckpointBody<'_>, CheckpointError> {
+    let body = text
+        .strip_suffix('\n')
+        .ok_or(CheckpointError::NoFinalNewline)?;
+    let found = body.split('\n').count();
+    let mut lines = body.splitn(4, '\n');
+    let (Some(origin), Some(size), Some(root)) = (lines.next(), lines.next(), lines.next()) else {
+        return Err(CheckpointError::TooFewLines { found });
+    };
+    for (i, line) in body.split('\n').enumerate() {
+        if line.is_empty() {
+            return Err(if i == 0 {
+                CheckpointError::EmptyOrigin
+            } else {
+                CheckpointError::EmptyLine { line: i + 1 }
+            });
+        }
+        if line.chars().any(|c| c < ' ') {
+            return Err(CheckpointError::ControlCharacter { line: i + 1 });
+        }
+    }
+    Ok(CheckpointBody {
+        origin,
+        size: parse_canonical_u64(size).ok_or(CheckpointError::BadSize)?,
+        root_hash: decode_hash(root).ok_or(CheckpointError::BadRootHash)?,
+        extensions: lines.next().unwrap_or(""),
+    })
 }
 
 impl TlogCheckpoint {
     /// Parses a checkpoint body (the verified text of a signed note, final
     /// newline included). Strict: canonical size and base64, no empty lines,
-    /// no control characters.
+    /// no control characters. The crate's one parser of this shape
+    /// (`parse_body`), copied out.
     pub fn parse(text: &str) -> Result<TlogCheckpoint, CheckpointError> {
-        let body = text
-            .strip_suffix('\n')
-            .ok_or(CheckpointError::NoFinalNewline)?;
-        let lines: Vec<&str> = body.split('\n').collect();
-        let [origin, size, root, extensions @ ..] = lines.as_slice() else {
-            return Err(CheckpointError::TooFewLines { found: lines.len() });
-        };
-        for (i, line) in lines.iter().enumerate() {
-            if line.is_empty() {
-                return Err(if i == 0 {
-                    CheckpointError::EmptyOrigin
-                } else {
-                    CheckpointError::EmptyLine { line: i + 1 }
-                });
-            }
-            if line.chars().any(|c| c < ' ') {
-                return Err(CheckpointError::ControlCharacter { line: i + 1 });
-            }
-        }
+        let body = parse_body(text)?;
         Ok(TlogCheckpoint {
-            origin: (*origin).to_owned(),
-            size: parse_size(size)?,
-            root_hash: BASE64
-                .decode(root)
-                .ok()
-                .and_then(|bytes| Hash::try_from(bytes).ok())
-                .ok_or(CheckpointError::BadRootHash)?,
-            extensions: extensions.iter().map(|line| (*line).to_owned()).collect(),
+            origin: body.origin.to_owned(),
+            size: body.size,
+            root_hash: body.root_hash,
+            extensions: body.extensions().map(str::to_owned).collect(),
         })
     }
 
@@ -112,12 +173,20 @@ impl TlogCheckpoint {
     }
 }
 
-fn parse_size(size: &str) -> Result<u64, CheckpointError> {
-    let canonical = !size.is_empty()
-        && size.bytes().all(|b| b.is_ascii_digit())
-        && (size == "0" || !size.starts_with('0'));
-    if !canonical {
-        return Err(CheckpointError::BadSize);
-    }
-    size.parse().map_err(|_| CheckpointError::BadSize)
+/// A decimal u64 in canonical form (digits only, no sign, no leading zeros):
+/// the tree size, and the counter of Tally's anchor line.
+pub(crate) fn parse_canonical_u64(text: &str) -> Option<u64> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+/// Standard, padded base64 of exactly 32 bytes: the root hash, and the
+/// previous anchor's hash in Tally's anchor line.
+pub(crate) fn decode_hash(text: &str) -> Option<Hash> {
+    BASE64
+        .decode(text)
+        .ok()
+        .and_then(|bytes| Hash::try_from(bytes).ok())
 }

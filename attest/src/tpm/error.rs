@@ -107,13 +107,16 @@ pub enum TpmError {
     /// The owner record's index (counter index + 1) exists with another shape.
     #[error(
         "NV index {index:#010x} (the owner record, counter index + 1) has attributes {found_attributes:#010x} and \
-         size {found_size}, expected {expected:#010x} (OWNERWRITE | OWNERREAD) and 32: another tool owns this index; \
-         choose another tpm.counter_index",
-        expected = crate::tpm::owner::OWNER_RECORD_ATTRIBUTES
+         size {found_size}, expected {expected_attributes:#010x} (OWNERWRITE | OWNERREAD) and {expected_size}: \
+         another tool owns this index; choose another tpm.counter_index"
     )]
     OwnerRecordWrongShape {
         /// The NV index handle.
         index: u32,
+        /// The attributes Tally defines the record with (status bits excluded).
+        expected_attributes: u32,
+        /// The record's size.
+        expected_size: usize,
         /// The attributes found (status bits excluded).
         found_attributes: u32,
         /// Data size found.
@@ -127,15 +130,16 @@ pub enum TpmError {
     },
     /// The owner record names another log; it is never overwritten.
     #[error(
-        "NV index {index:#010x} already records that the counter belongs to log {log_id} (genesis at counter {genesis_counter}); \
+        "NV index {index:#010x} already records that the counter belongs to log {} (genesis at counter {genesis_counter}); \
          refusing to overwrite it: choose another tpm.counter_index, or, if that log is gone for good, undefine the record \
-         (tpm2_nvundefine {index:#010x} -C o)"
+         (tpm2_nvundefine {index:#010x} -C o)",
+        hex::encode(.log_id)
     )]
     OwnerRecordTaken {
         /// The NV index handle.
         index: u32,
-        /// The log id found, hex.
-        log_id: String,
+        /// The log id found.
+        log_id: [u8; 16],
         /// The genesis counter found.
         genesis_counter: u64,
     },
@@ -182,7 +186,7 @@ pub enum TpmError {
         op: &'static str,
         /// Parser error.
         #[source]
-        source: crate::evidence::verify::VerifyError,
+        source: crate::evidence::EvidenceError,
     },
     /// Any other TPM response code.
     #[error("{op} failed: TPM_RC {rc:#x}: {source}")]

@@ -85,6 +85,8 @@ fn check_shape(ctx: &mut Context, index: u32, handle: NvIndexHandle) -> Result<b
     {
         return Err(TpmError::OwnerRecordWrongShape {
             index,
+            expected_attributes: OWNER_RECORD_ATTRIBUTES,
+            expected_size: OWNER_RECORD_LEN,
             found_attributes: found & !tpma_nv::STATUS_MASK,
             found_size: public.data_size(),
         });
@@ -160,7 +162,7 @@ fn write_opened(
             Some(found) => {
                 return Err(TpmError::OwnerRecordTaken {
                     index,
-                    log_id: hex::encode(found.log_id),
+                    log_id: found.log_id,
                     genesis_counter: found.genesis_counter,
                 })
             }

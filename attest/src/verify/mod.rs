@@ -15,6 +15,7 @@
 //! [`Report::verdict`] is PASS only when all five were checked and hold;
 //! anything not checked makes it PARTIAL, never PASS.
 
+mod anchor_pass;
 mod run;
 
 pub use run::verify_bundle;
@@ -68,8 +69,8 @@ pub struct VerifyOptions<'a> {
 pub enum AnchorViolation {
     #[error("anchor #{position}: {error}")]
     Invalid { position: u64, error: AnchorError },
-    #[error("anchor {counter} is for another log (log id {found})")]
-    WrongLog { counter: u64, found: String },
+    #[error("anchor {counter} is for another log (log id {})", hex::encode(.found))]
+    WrongLog { counter: u64, found: [u8; 16] },
     #[error("anchor {counter}: its checkpoint's Merkle root for size {size} does not match the records (records before seq {size} were changed)")]
     CheckpointMismatch { counter: u64, size: u64 },
     #[error("log truncated: anchor {counter} covers {size} records but the bundle holds only {log_size}")]
@@ -79,7 +80,31 @@ pub enum AnchorViolation {
         log_size: u64,
     },
     #[error("the attestation's anchors since the export: {0}")]
-    Since(String),
+    Since(#[source] SinceError),
+}
+
+/// Why the anchors a fresh attestation brought (made after the bundle's last
+/// anchor) do not extend the bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinceError {
+    #[error("the bundle has no anchor for them to extend")]
+    NoBase,
+    /// The attestation's `since_size` is not the bundle's last anchor's size.
+    #[error("they extend the anchor at size {since_size:?}, not this bundle's last anchor (size {base_size})")]
+    WrongBase {
+        since_size: Option<u64>,
+        base_size: u64,
+    },
+    #[error("the consistency proof from size {from} to {to} does not verify: a proof hash is not 32 bytes")]
+    ProofHashLength { from: u64, to: u64 },
+    #[error("the consistency proof from size {from} to {to} does not verify: {source}")]
+    Proof {
+        from: u64,
+        to: u64,
+        #[source]
+        source: crate::merkle::MerkleError,
+    },
 }
 
 /// Verdict on "origin".

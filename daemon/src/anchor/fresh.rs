@@ -60,15 +60,14 @@ impl Anchorer {
             Some(size) => Some(self.since(size, head.size, request.max_reply_bytes)?),
             None => None,
         };
-        let text = Checkpoint {
+        let checkpoint = Checkpoint {
             log_id: self.store.log_id(),
             size: head.size,
             root: head.root,
             anchor: None,
         }
-        .to_text();
-        let checkpoint =
-            tally_attest::note::sign(&text, &self.signer).map_err(AnchorError::from)?;
+        .sign(&self.signer)
+        .map_err(AnchorError::from)?;
         let qualifying_data = fresh_qualifying_data(checkpoint.as_bytes(), &request.nonce);
         let evidence = self.tpm_call(self.tpm.certify(qualifying_data)).await?;
         let since_size = request.since_size;

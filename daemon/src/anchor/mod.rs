@@ -262,16 +262,16 @@ impl Anchorer {
         let (checkpoint, size) = match self.pending(counter, prev, head)? {
             Some(pending) => pending,
             None => {
-                let text = Checkpoint {
+                // The TPM binds the signed note: one object carries both the
+                // portable Ed25519 signature and the TPM counter and quote.
+                let checkpoint = Checkpoint {
                     log_id: self.store.log_id(),
                     size: head.size,
                     root: head.root,
                     anchor: Some(AnchorLine { counter, prev }),
                 }
-                .to_text();
-                // The TPM binds the signed note: one object carries both the
-                // portable Ed25519 signature and the TPM counter and quote.
-                let checkpoint = tally_attest::note::sign(&text, &self.signer)?.into_bytes();
+                .sign(&self.signer)?
+                .into_bytes();
                 self.store.put_pending_checkpoint(counter, &checkpoint)?;
                 (checkpoint, head.size)
             }
