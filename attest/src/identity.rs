@@ -132,6 +132,11 @@ fn hex_array<const N: usize>(name: &'static str, text: &str) -> Result<[u8; N], 
         .ok_or_else(|| field(name, FieldProblem::NotHex { digits: 2 * N }))
 }
 
+/// tallyd's default NV counter index, in the owner range 0x01xxxxxx ("7A11" ~
+/// "TALL"); its owner record is the index after it. Here, not in `tpm`, so a
+/// verifier built without libtss2 knows it too.
+pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
+
 /// Parses an NV index handle; every NV index Tally reads from text should go
 /// through this one parser. Accepted: `0x` or `0X` followed by hex digits of either case
 /// (`0x01c17a11`), or decimal digits (`29456913`). Leading zeros are allowed, a

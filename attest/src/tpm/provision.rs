@@ -39,8 +39,7 @@ use tss_esapi::Context;
 use crate::evidence::tpma_nv;
 use crate::tpm::error::{classify, tpm_base_code, TpmError, TPM_RC_HANDLE};
 
-/// Default NV counter index, in the owner range 0x01xxxxxx ("7A11" ~ "TALL").
-pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
+pub use crate::identity::DEFAULT_COUNTER_INDEX;
 
 /// Label hashed into the AK template's `unique` field: it makes Tally's AK a key of its
 /// own (distinct from the default templates other tools use), and bumping the version

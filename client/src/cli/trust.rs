@@ -9,11 +9,8 @@ use tally_attest::evidence::verify::{AkPublicKey, EvidenceKeys};
 use tally_attest::identity::{parse_nv_index, LogIdentity};
 
 /// tallyd's default NV counter index, taken when `--ak` comes without
-/// `--counter-index`. The same value as
-/// `tally_attest::tpm::provision::DEFAULT_COUNTER_INDEX`, which sits behind
-/// attest's `tpm` feature (libtss2) that a verifier must not need; a test
-/// pins the two together.
-pub const DEFAULT_COUNTER_INDEX: u32 = 0x01C1_7A11;
+/// `--counter-index`.
+pub use tally_attest::identity::DEFAULT_COUNTER_INDEX;
 
 /// Where the verifier's trust comes from: a log identity, or explicit keys.
 #[derive(Debug, clap::Args)]
@@ -105,14 +102,6 @@ pub fn load_trust(args: &TrustArgs) -> anyhow::Result<(Option<AnchorPolicy>, Opt
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_counter_index_is_tallyds() {
-        assert_eq!(
-            DEFAULT_COUNTER_INDEX,
-            tally_attest::tpm::provision::DEFAULT_COUNTER_INDEX
-        );
-    }
 
     #[test]
     fn a_counter_index_is_hex_with_or_without_0x() {
