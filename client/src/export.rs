@@ -39,7 +39,37 @@ pub enum ExportError {
         source: std::io::Error,
     },
     #[error("the daemon served an inconsistent log: {0}")]
-    Inconsistent(String),
+    Inconsistent(#[from] Inconsistency),
+}
+
+/// How what the daemon served contradicts itself (its status, its anchors, its
+/// records): the export stops rather than write such a bundle.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    #[error("head hash is not 32 bytes")]
+    HeadHashLength,
+    #[error("anchor {counter}: {source}")]
+    Anchor {
+        counter: u64,
+        source: tally_attest::anchor::AnchorError,
+    },
+    #[error("anchor {counter}: {source}")]
+    AnchorCheckpoint {
+        counter: u64,
+        source: tally_attest::note::CheckpointError,
+    },
+    #[error("the daemon returned no records at seq {seq} of {size}")]
+    NoRecords { seq: u64, size: u64 },
+    #[error("seq {seq}: {source}")]
+    Record {
+        seq: u64,
+        source: tally_attest::record::RecordError,
+    },
+    #[error("chain broken at seq {seq}")]
+    ChainBroken { seq: u64 },
+    #[error("records do not chain up to the reported head")]
+    HeadMismatch,
 }
 
 /// Exports records `0..size` (the size when the export starts) into `path`.
@@ -58,7 +88,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
         .head_hash
         .as_slice()
         .try_into()
-        .map_err(|_| ExportError::Inconsistent("head hash is not 32 bytes".into()))?;
+        .map_err(|_| Inconsistency::HeadHashLength)?;
     let header = BundleHeader {
         format_version: BUNDLE_FORMAT_VERSION,
         log_id: status.log_id.clone(),
@@ -80,13 +110,11 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
         let Some(last) = page.last() else { break };
         from_counter = last.counter + 1;
         for stored in page {
-            let record = tally_attest::anchor::decode_anchor(&stored.anchor).map_err(|err| {
-                ExportError::Inconsistent(format!("anchor {}: {err}", stored.counter))
-            })?;
-            let checkpoint =
-                tally_attest::anchor::Checkpoint::parse(&record.checkpoint).map_err(|err| {
-                    ExportError::Inconsistent(format!("anchor {}: {err}", stored.counter))
-                })?;
+            let counter = stored.counter;
+            let record = tally_attest::anchor::decode_anchor(&stored.anchor)
+                .map_err(|source| Inconsistency::Anchor { counter, source })?;
+            let checkpoint = tally_attest::anchor::Checkpoint::parse(&record.checkpoint)
+                .map_err(|source| Inconsistency::AnchorCheckpoint { counter, source })?;
             if checkpoint.size <= status.size {
                 anchors.push(stored.anchor);
                 last_anchor_size = Some(checkpoint.size);
@@ -110,22 +138,21 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     while next < status.size {
         let page = client.read(next, 0).await?;
         if page.is_empty() {
-            return Err(ExportError::Inconsistent(format!(
-                "the daemon returned no records at seq {next} of {}",
-                status.size
-            )));
+            return Err(Inconsistency::NoRecords {
+                seq: next,
+                size: status.size,
+            }
+            .into());
         }
         for record in page {
             if next == status.size {
                 break;
             }
             let (record_header, _) = RecordHeader::parse(&record.record)
-                .map_err(|err| ExportError::Inconsistent(format!("seq {next}: {err}")))?;
+                .map_err(|source| Inconsistency::Record { seq: next, source })?;
             if record.seq != next || record_header.seq != next || record_header.prev_hash != running
             {
-                return Err(ExportError::Inconsistent(format!(
-                    "chain broken at seq {next}"
-                )));
+                return Err(Inconsistency::ChainBroken { seq: next }.into());
             }
             running = entry_hash(&record.record);
             writer.record(&record.record).map_err(write_err)?;
@@ -134,9 +161,7 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
         progress(next, status.size);
     }
     if running != head_hash {
-        return Err(ExportError::Inconsistent(
-            "records do not chain up to the reported head".into(),
-        ));
+        return Err(Inconsistency::HeadMismatch.into());
     }
     let buffered = writer.finish().map_err(write_err)?;
     let file = buffered

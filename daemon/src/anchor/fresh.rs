@@ -35,9 +35,26 @@ pub struct FreshRequest {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FreshError {
-    /// The request cannot be answered (the size is not anchored, too many anchors).
-    #[error("{0}")]
-    OutOfRange(String),
+    #[error("since_size {since_size} is beyond the log (size {size})")]
+    SinceBeyondLog { since_size: u64, size: u64 },
+    #[error(
+        "no anchor covers exactly {since_size} records: since_size must be the size of an anchor you hold \
+         (the newest anchor of your export)"
+    )]
+    SinceNotAnchored { since_size: u64 },
+    #[error(
+        "more than {MAX_SINCE_ANCHORS} anchors were made since the anchor at {since_size} records: \
+         export a new bundle (tally export) and verify that instead"
+    )]
+    TooManySince { since_size: u64 },
+    #[error(
+        "the anchors made since the anchor at {since_size} records take more than one reply carries \
+         ({max_reply_bytes} bytes, max_frame_bytes): export a new bundle (tally export) and verify that instead"
+    )]
+    SinceTooLarge {
+        since_size: u64,
+        max_reply_bytes: usize,
+    },
     #[error(transparent)]
     Anchor(#[from] AnchorError),
 }
@@ -91,19 +108,14 @@ impl Anchorer {
         max_reply_bytes: usize,
     ) -> Result<Since, FreshError> {
         if since_size > size {
-            return Err(FreshError::OutOfRange(format!(
-                "since_size {since_size} is beyond the log (size {size})"
-            )));
+            return Err(FreshError::SinceBeyondLog { since_size, size });
         }
         let store = &self.store;
         let Some((counter, _, _)) = store
             .first_anchor_for_size(since_size)
             .map_err(AnchorError::from)?
         else {
-            return Err(FreshError::OutOfRange(format!(
-                "no anchor covers exactly {since_size} records: since_size must be the size of an anchor you hold \
-                 (the newest anchor of your export)"
-            )));
+            return Err(FreshError::SinceNotAnchored { since_size });
         };
         // Read in pages, so that neither bound is checked after reading too much.
         let mut anchors: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -119,16 +131,13 @@ impl Anchorer {
                 bytes += anchor.1.len() + 8;
                 anchors.push(anchor);
                 if anchors.len() > MAX_SINCE_ANCHORS {
-                    return Err(FreshError::OutOfRange(format!(
-                        "more than {MAX_SINCE_ANCHORS} anchors were made since the anchor at {since_size} records: \
-                         export a new bundle (tally export) and verify that instead"
-                    )));
+                    return Err(FreshError::TooManySince { since_size });
                 }
                 if bytes + FRAME_SLACK > max_reply_bytes {
-                    return Err(FreshError::OutOfRange(format!(
-                        "the anchors made since the anchor at {since_size} records take more than one reply carries \
-                         ({max_reply_bytes} bytes, max_frame_bytes): export a new bundle (tally export) and verify that instead"
-                    )));
+                    return Err(FreshError::SinceTooLarge {
+                        since_size,
+                        max_reply_bytes,
+                    });
                 }
             }
         }

@@ -130,8 +130,15 @@ impl RequestError {
             | E::NotAnchoredSize { .. }
             | E::NotInAnchoredLog { .. }
             | E::OldSizeOutOfRange { .. }
-            | E::Fresh(FreshError::OutOfRange(_)) => ErrorCode::OutOfRange,
-            E::NoTpm | E::Fresh(_) | E::AnchorFailed(_) => ErrorCode::TpmUnavailable,
+            | E::Fresh(
+                FreshError::SinceBeyondLog { .. }
+                | FreshError::SinceNotAnchored { .. }
+                | FreshError::TooManySince { .. }
+                | FreshError::SinceTooLarge { .. },
+            ) => ErrorCode::OutOfRange,
+            E::NoTpm | E::Fresh(FreshError::Anchor(_)) | E::AnchorFailed(_) => {
+                ErrorCode::TpmUnavailable
+            }
         }
     }
 
@@ -237,9 +244,9 @@ mod tests {
                 "seq 1000 is not in the anchored log of 1000 records",
             ),
             (
-                RequestError::Fresh(FreshError::OutOfRange("too many".into())),
+                RequestError::Fresh(FreshError::SinceNotAnchored { since_size: 7 }),
                 ErrorCode::OutOfRange,
-                "too many",
+                "no anchor covers exactly 7 records: since_size must be the size of an anchor you hold (the newest anchor of your export)",
             ),
             (
                 RequestError::BadNonce { len: 65 },
