@@ -24,18 +24,39 @@ export TCTI TPM2TOOLS_TCTI="$TCTI"
 echo "TCTI=$TCTI"
 tpm2_getcap properties-fixed | grep -A2 TPM2_PT_MANUFACTURER
 
+# Every skip goes to this file (tests write it through tally_tests::skip) and is
+# printed and counted in the closing line: a skip is never a silent pass.
+skip_log=$(mktemp /tmp/tally-ci-skips.XXXXXX)
+export TALLY_SKIP_LOG="$skip_log"
+# A check this script cannot run: counted as skipped, and under CI=true a failure
+# (CI installs everything this script needs).
+skip_check() {
+    printf '%s\twhole check\t%s\n' "$1" "$2" >>"$skip_log"
+    echo "SKIP ($1): $2"
+    if [ "${CI:-}" = true ]; then
+        echo "CI=true: $1 must run in CI" >&2
+        exit 1
+    fi
+}
+# rustup toolchains may lack the components; Debian's cargo-web has neither.
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+        rustup component add "$component"
+    fi
+done
+
 if cargo fmt --version >/dev/null 2>&1; then
     step "cargo fmt --check"
     cargo fmt --all -- --check
 else
-    echo "SKIP: cargo fmt is not installed with this toolchain (Debian's cargo-web has no rustfmt)"
+    skip_check "cargo fmt" "cargo fmt is not installed with this toolchain (Debian's cargo-web has no rustfmt)"
 fi
 
 if cargo clippy --version >/dev/null 2>&1; then
     step "cargo clippy --all-targets -- -D warnings"
     cargo clippy --workspace --all-targets --locked -- -D warnings
 else
-    echo "SKIP: cargo clippy is not installed with this toolchain (Debian's cargo-web has no clippy)"
+    skip_check "cargo clippy" "cargo clippy is not installed with this toolchain (Debian's cargo-web has no clippy)"
 fi
 
 step "cargo build (binaries used by the end-to-end tests)"
@@ -44,6 +65,16 @@ cargo build --workspace --locked
 step "cargo test"
 log=$(mktemp /tmp/tally-ci-test.XXXXXX)
 cargo test --workspace --locked 2>&1 | tee "$log"
-# One closing line for the whole suite (cargo prints one per test binary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "\nsuite: %d passed, %d failed, %d skipped\n", p, f, s; if (p == 0 || f > 0) exit 1 }' "$log"
+# Every skip, with its reason (libtest hides a passing test's output).
+if [ -s "$skip_log" ]; then
+    printf '\nskips:\n'
+    sort "$skip_log" | awk -F '\t' '{ printf "  SKIP %s (%s): %s\n", $1, $2, $3 }'
+fi
+# One closing line for the whole suite (cargo prints one per test binary). A test
+# that recorded a skip passed for libtest; here it counts as skipped, not passed.
+skipped_tests=$(awk -F '\t' '$2 != "whole check" { print $1 }' "$skip_log" | sort -u | wc -l)
+skipped_checks=$(awk -F '\t' '$2 == "whole check" { print $1 }' "$skip_log" | sort -u | wc -l)
+awk -v skipped_tests="$skipped_tests" -v skipped_checks="$skipped_checks" '
+     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "\nsuite: %d passed, %d failed, %d skipped (%d ignored, %d tests skipped in whole or part, %d checks skipped)\n", p - skipped_tests, f, s + skipped_tests + skipped_checks, s, skipped_tests, skipped_checks;
+           if (p == 0 || f > 0) exit 1 }' "$log"

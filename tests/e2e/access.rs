@@ -9,6 +9,7 @@ use std::process::Command;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
+use tally_tests::skip::{skip, Needs, Part};
 use tally_tests::{Daemon, DaemonOpts};
 
 const NOBODY: u32 = 65534;
@@ -35,7 +36,13 @@ async fn roles_come_from_the_kernel_and_denials_are_recorded() {
     let root = nix::unistd::getuid().is_root();
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
     if !root || !setpriv {
-        println!("SKIP: needs root and setpriv to act as a second uid (root: {root}, setpriv: {setpriv})");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            &format!(
+                "needs root and setpriv to act as a second uid (root: {root}, setpriv: {setpriv})"
+            ),
+        );
         return;
     }
     let reader_grant = format!("[[access.grants]]\nuid = {NOBODY}\nroles = [\"read\"]\n");
@@ -135,7 +142,7 @@ async fn roles_come_from_the_kernel_and_denials_are_recorded() {
 async fn a_flood_of_denials_is_rate_limited_in_the_log() {
     let root = nix::unistd::getuid().is_root();
     if !root {
-        println!("SKIP: needs root to act as a second uid");
+        skip(Needs::Ci, Part::Whole, "needs root to act as a second uid");
         return;
     }
     let daemon = Daemon::start(DaemonOpts::with_config(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tally_client::proto::ErrorCode;
 use tally_client::ClientError;
 use tally_tests::raw::{self, RawConn};
+use tally_tests::skip::{skip, Needs, Part};
 use tally_tests::{Daemon, DaemonOpts};
 
 /// Resident memory of a process, in KiB (VmRSS).
@@ -90,7 +91,11 @@ async fn connection_limits_refuse_with_busy_and_free_on_close() {
             output.status.success(),
             "another peer was refused: {output:?}"
         ),
-        None => println!("SKIP (second-peer part): needs root and setpriv"),
+        None => skip(
+            Needs::Ci,
+            Part::Only("second-peer part"),
+            "needs root and setpriv",
+        ),
     }
 }
 
@@ -148,7 +153,11 @@ async fn a_thousand_idle_connections_stay_within_the_documented_memory_bound() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     if soft < 4096 && setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).is_err() {
-        println!("SKIP: cannot raise the open-file limit above {soft}");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            &format!("cannot raise the open-file limit above {soft}"),
+        );
         return;
     }
     let daemon = Daemon::start(DaemonOpts::with_config(

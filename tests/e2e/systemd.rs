@@ -11,6 +11,7 @@ use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use tally_tests::skip::{skip, Needs, Part};
 
 /// Highest acceptable `systemd-analyze security` exposure, in tenths (2.0).
 /// The unit scores 1.5 with systemd 252.
@@ -48,7 +49,7 @@ fn unit_with_built_binary(dir: &Path) -> anyhow::Result<PathBuf> {
 #[test]
 fn unit_verifies_and_is_hardened() -> anyhow::Result<()> {
     if !installed("systemd-analyze") {
-        println!("SKIP: systemd-analyze not installed");
+        skip(Needs::Ci, Part::Whole, "systemd-analyze not installed");
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -92,7 +93,11 @@ fn unit_verifies_and_is_hardened() -> anyhow::Result<()> {
 #[test]
 fn sysusers_and_tmpfiles_create_the_user_and_directories() -> anyhow::Result<()> {
     if !installed("systemd-sysusers") || !installed("systemd-tmpfiles") {
-        println!("SKIP: systemd-sysusers / systemd-tmpfiles not installed");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "systemd-sysusers / systemd-tmpfiles not installed",
+        );
         return Ok(());
     }
     let root = tempfile::tempdir()?;
@@ -256,7 +261,11 @@ fn socket_activated(dir: &Path, listen: &Path, configured: &Path) -> anyhow::Res
 #[test]
 fn socket_activation_serves_the_passed_socket_and_leaves_it_in_place() -> anyhow::Result<()> {
     if !installed("systemd-socket-activate") {
-        println!("SKIP: systemd-socket-activate not installed (package systemd)");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "systemd-socket-activate not installed (package systemd)",
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
@@ -288,7 +297,11 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_in_place() -> anyhow
 #[test]
 fn socket_activation_on_another_path_is_a_configuration_error() -> anyhow::Result<()> {
     if !installed("systemd-socket-activate") {
-        println!("SKIP: systemd-socket-activate not installed (package systemd)");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "systemd-socket-activate not installed (package systemd)",
+        );
         return Ok(());
     }
     let dir = tempfile::tempdir()?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tally_client::proto::{peer, ErrorCode};
 use tally_client::{Client, ClientError};
+use tally_tests::skip::{skip, Needs, Part};
 use tally_tests::{Daemon, DaemonOpts};
 
 /// VMADDR_CID_LOCAL: this host, through the vsock_loopback transport.
@@ -26,7 +27,7 @@ fn free_port() -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
     if let Err(why) = vsock_available() {
-        println!("SKIP: {why}");
+        skip(Needs::ThisMachine, Part::Whole, &why.to_string());
         return;
     }
     let port = free_port();
@@ -36,7 +37,11 @@ async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
     let daemon = match Daemon::start(DaemonOpts::with_config(&config)) {
         Ok(daemon) => daemon,
         Err(err) if err.to_string().contains("cannot listen on vsock") => {
-            println!("SKIP: this kernel refuses vsock listeners: {err}");
+            skip(
+                Needs::ThisMachine,
+                Part::Whole,
+                &format!("this kernel refuses vsock listeners: {err}"),
+            );
             return;
         }
         Err(err) => panic!("{err}"),
@@ -66,15 +71,23 @@ async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
     let mut client = match connected {
         Ok(Ok(client)) => client,
         Ok(Err(err)) => {
-            println!(
-                "SKIP (round trip only): cannot connect to our own vsock listener ({err}); \
-                 this kernel has no vsock loopback transport (modprobe vsock_loopback). \
-                 The Unix-socket suite runs the same connection handler."
+            skip(
+                Needs::ThisMachine,
+                Part::Only("round trip"),
+                &format!(
+                    "cannot connect to our own vsock listener ({err}); \
+                     this kernel has no vsock loopback transport (modprobe vsock_loopback). \
+                     The Unix-socket suite runs the same connection handler."
+                ),
             );
             return;
         }
         Err(_) => {
-            println!("SKIP (round trip only): vsock connect timed out; no loopback transport here");
+            skip(
+                Needs::ThisMachine,
+                Part::Only("round trip"),
+                "vsock connect timed out; no loopback transport here",
+            );
             return;
         }
     };

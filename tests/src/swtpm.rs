@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::skip::{Needs, Part};
+
 /// A running (or stopped, between `kill` and `restart`) swtpm.
 #[derive(Debug)]
 pub struct Swtpm {
@@ -20,7 +22,7 @@ pub struct Swtpm {
 const GET_RANDOM: [u8; 12] = [0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 8];
 
 impl Swtpm {
-    /// Provisions and starts a fresh swtpm; `None` (after printing SKIP) if swtpm is not
+    /// Provisions and starts a fresh swtpm; `None` (after recording the skip: `crate::skip`) if swtpm is not
     /// installed. Panics if it is installed but cannot be set up.
     pub fn start() -> Option<Swtpm> {
         let have = |bin: &str| {
@@ -32,7 +34,7 @@ impl Swtpm {
                 .is_ok()
         };
         if !have("swtpm") || !have("swtpm_setup") {
-            println!("SKIP: swtpm not installed");
+            crate::skip::skip(Needs::Ci, Part::Whole, "swtpm not installed");
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
