@@ -7,7 +7,9 @@ use tally_attest::evidence::verify::{
     verify_evidence, verify_nv_certify, verify_quote, AkPublicKey, EvidenceKeys,
 };
 use tally_attest::evidence::{tally_counter_name, tpma_nv, Evidence, EvidenceError, SignedAttest};
-use tally_attest::tpm::error::TpmError;
+use tally_attest::tpm::error::{
+    tpm_base_code, TpmError, TPM_RC_INTEGRITY, TPM_RC_NV_UNINITIALIZED,
+};
 use tally_attest::tpm::owner::OwnerRecord;
 use tally_attest::tpm::worker::{Provisioned, TpmConfig, TpmHandle};
 use tally_tests::swtpm::Swtpm;
@@ -500,7 +502,12 @@ async fn predefined_index_with_wrong_attributes_is_refused() {
         other => panic!("expected IndexWrongAttributes, got {other:?}"),
     }
     // Certifying the wrong index is refused too (never written, not a counter).
-    assert!(h.certify(qd(1)).await.is_err());
+    let err = h.certify(qd(1)).await.unwrap_err();
+    assert!(
+        matches!(err, TpmError::Tpm { op: "TPM2_NV_Certify", rc, .. }
+            if tpm_base_code(rc) == TPM_RC_NV_UNINITIALIZED),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -549,15 +556,23 @@ async fn a_sealed_secret_unseals_only_on_its_own_tpm() {
     );
     let stored = SealedBlob::from_bytes(&blob.to_bytes()).unwrap();
     assert_eq!(*h.unseal(stored.clone()).await.unwrap(), *secret);
-    assert!(
-        handle_for(&other).unseal(stored.clone()).await.is_err(),
-        "another TPM unsealed it"
-    );
+    // The TPM refuses to load the blob under another TPM's storage primary:
+    // TPM_RC_INTEGRITY, not some other failure that would hide a broken seal.
+    let refused_as_tampered = |err: &TpmError| {
+        matches!(err, TpmError::Tpm { op: "TPM2_Load (sealed object)", rc, .. }
+            if tpm_base_code(*rc) == TPM_RC_INTEGRITY)
+    };
+    let err = handle_for(&other)
+        .unseal(stored.clone())
+        .await
+        .expect_err("another TPM unsealed it");
+    assert!(refused_as_tampered(&err), "{err:?}");
     let mut tampered = stored;
     let at = tampered.private.len() - 3;
     tampered.private[at] ^= 0x40;
-    assert!(
-        h.unseal(tampered).await.is_err(),
-        "a tampered blob unsealed"
-    );
+    let err = h
+        .unseal(tampered)
+        .await
+        .expect_err("a tampered blob unsealed");
+    assert!(refused_as_tampered(&err), "{err:?}");
 }

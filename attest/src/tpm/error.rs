@@ -27,6 +27,9 @@ pub const TPM_RC_AUTH_FAIL: u32 = 0x08E;
 pub const TPM_RC_BAD_AUTH: u32 = 0x0A2;
 /// TPM_RC_HANDLE (format 1 base).
 pub const TPM_RC_HANDLE: u32 = 0x08B;
+/// TPM_RC_INTEGRITY (format 1 base): an object's integrity check failed, e.g. a
+/// sealed blob loaded under another TPM's (or a changed) parent, or tampered with.
+pub const TPM_RC_INTEGRITY: u32 = 0x09F;
 /// TSS2 layer of the TCTI (transport).
 pub const TSS2_TCTI_RC_LAYER: u32 = 10;
 
