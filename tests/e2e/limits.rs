@@ -58,12 +58,8 @@ async fn connection_limits_refuse_with_busy_and_free_on_close() {
     assert!(message.contains("the daemon serves at most 3"), "{message}");
     refused.expect_closed().await.unwrap();
     open.pop();
-    // The place is free again once a connection closes.
-    let freed = tally_tests::wait_until(Duration::from_secs(5), || {
-        std::os::unix::net::UnixStream::connect(daemon.socket()).is_ok()
-    })
-    .await;
-    assert!(freed);
+    // The place is free again once a connection closes: a hello is answered
+    // (a connect alone proves nothing, it succeeds at the limit too).
     let mut client = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Ok(client) = daemon.client().await {
