@@ -60,7 +60,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The TPM counter index of the next anchoring daemon (its owner record
 /// takes the index after it).
 static NEXT_COUNTER_INDEX: std::sync::atomic::AtomicU32 =
-    std::sync::atomic::AtomicU32::new(0x01c1_7a11);
+    std::sync::atomic::AtomicU32::new(tally_attest::identity::DEFAULT_COUNTER_INDEX);
 
 /// How long a stopping tallyd may take to drain before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);

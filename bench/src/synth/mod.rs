@@ -55,7 +55,7 @@ use tally_client::proto::{peer, Event, Peer, RecordBody, UnixPeer};
 /// The synthetic log's id (fixed, so cached files stay valid).
 pub const LOG_ID: [u8; 16] = *b"tally-bench-syn1";
 /// The counter index the evidence certifies (tallyd's default).
-pub const COUNTER_INDEX: u32 = 0x01c1_7a11;
+pub const COUNTER_INDEX: u32 = tally_attest::identity::DEFAULT_COUNTER_INDEX;
 /// The genesis anchor's counter value.
 pub const GENESIS_COUNTER: u64 = 1000;
 /// The PCRs quoted (tallyd's default, `sha256:0,1,2,3,4,5,6,7`).
