@@ -244,8 +244,8 @@ async fn start_anchoring(
     let ack_times = sequencer.ack_times();
     let mut anchorer = Anchorer::new(
         store.clone(),
-        tpm.clone(),
-        signer.clone(),
+        tpm,
+        signer,
         sequencer.downgrade(),
         ack_times.clone(),
         interval,
@@ -260,12 +260,9 @@ async fn start_anchoring(
     let task = tokio::spawn(anchorer.run(interval, commands_rx, shutdown.clone()));
     Ok((
         Anchoring {
-            tpm,
-            signer,
             commands,
             status,
             ack_times,
-            timeout,
         },
         task,
     ))

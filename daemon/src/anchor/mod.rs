@@ -13,15 +13,19 @@
 //!    first (T = A+1). Normally T == A+1; T > A+1 is a gap (the counter moved outside
 //!    tallyd: verifiers will report it); T < A is an error;
 //! 3. checkpoint of the settled head with the anchor line `anchor T <hash of A>`,
-//!    signed by the log key;
+//!    signed by the log key, and recorded durably in `meta.pending_checkpoint`
+//!    (a checkpoint an interrupted attempt recorded for T is reused byte for byte
+//!    when it still fits, so T is never certified over two checkpoints);
+//!    crash point `after-pending`
 //! 4. `certify`: NV_Certify by the owner key + Quote by the AK over the anchor
 //!    qualifying data; the certified value must be T;   crash point `after-evidence`
 //! 5. commit `anchors[T]` (one LMDB transaction, fsynced);   `after-anchor-commit`
 //! 6. `TPM2_NV_Increment` to T+1: T is closed.   `after-increment`
 //!
 //! No meta key authorizes anything: recovery is the same code path. A crash before 5
-//! leaves T open and unused (the next anchor uses it); a crash after 5 leaves T == A at
-//! the next start, which closes A before anything else ([`startup`]).
+//! leaves T open and unanchored (the next anchor certifies T again, over the recorded
+//! checkpoint if it still fits); a crash after 5 leaves T == A at the next start, which
+//! closes A before anything else ([`startup`]).
 
 pub mod fresh;
 pub mod startup;

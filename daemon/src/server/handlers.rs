@@ -131,7 +131,7 @@ pub(crate) async fn fresh_attestation(
         return Err(RequestError::BadNonce { len: nonce.len() });
     }
     let fresh = FreshRequest {
-        nonce: nonce.to_vec(),
+        nonce,
         since_size: request.since_size,
         max_reply_bytes: shared.limits.max_frame,
     };

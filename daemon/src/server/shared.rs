@@ -12,13 +12,13 @@
 //! | `connections` | `Mutex` | admitting a connection, dropping its permit | the same |
 //! | `append_rate` | `Mutex` | every append, when a rate is set | the same |
 //! | `anchoring.status` | `Mutex` | the anchoring task | status (a clone) |
+//! | `anchoring.ack_times` | `Mutex` ([`AckTimes`](crate::exposure::AckTimes)) | the sequencer's role holder after each commit; the anchorer | status (the exposure window) |
 //!
 //! No lock is held while another is taken, and none across an `.await`.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{mpsc, Semaphore};
 
@@ -86,18 +86,13 @@ impl Shared {
     }
 }
 
-/// What request handlers need of the TPM side.
+/// What request handlers need of the TPM side (the TPM itself and the log key
+/// stay with the anchoring task: handlers go through `commands`).
 #[derive(Debug)]
 pub struct Anchoring {
-    /// For fresh attestations (the worker serialises TPM commands).
-    pub tpm: tally_attest::tpm::worker::TpmHandle,
-    /// Signs the checkpoint of a fresh attestation (the log key).
-    pub signer: Arc<tally_attest::note::Signer>,
     /// To ask the anchoring task for an anchor now.
     pub commands: mpsc::Sender<AnchorCommand>,
     pub status: Arc<std::sync::Mutex<AnchorStatus>>,
     /// When the events no closed anchor covers were acked (status' exposure window).
     pub ack_times: Arc<crate::exposure::AckTimes>,
-    /// Give up on a TPM command after this long.
-    pub timeout: Duration,
 }
