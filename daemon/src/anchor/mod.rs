@@ -30,6 +30,17 @@
 pub mod fresh;
 pub mod startup;
 
+/// `call`, given up after `timeout` (a TPM that hangs must not hang tallyd).
+async fn bounded<T, E: From<TpmError> + From<AnchorError>>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, TpmError>>,
+) -> Result<T, E> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(AnchorError::Timeout(timeout).into()),
+    }
+}
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -197,10 +208,7 @@ impl Anchorer {
         &self,
         call: impl std::future::Future<Output = Result<T, TpmError>>,
     ) -> Result<T, AnchorError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(AnchorError::Timeout(self.timeout)),
-        }
+        bounded(self.timeout, call).await
     }
 
     fn head(&self) -> Head {

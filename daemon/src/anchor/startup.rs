@@ -29,7 +29,7 @@ use tally_attest::tpm::error::TpmError;
 use tally_attest::tpm::owner::OwnerRecord;
 use tally_attest::tpm::worker::{Provisioned, TpmHandle};
 
-use super::{crash_point, AnchorError, Anchorer, Newest};
+use super::{bounded, crash_point, AnchorError, Anchorer, Newest};
 use crate::store::{Store, StoreError};
 use tally_client::clock::now_unix_nanos;
 
@@ -134,16 +134,6 @@ impl From<StoreError> for StartupError {
     }
 }
 
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl std::future::Future<Output = Result<T, TpmError>>,
-) -> Result<T, StartupError> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(StartupError::Anchor(AnchorError::Timeout(timeout))),
-    }
-}
-
 /// The store's identity, parsed; `None` for a log without anchors.
 pub fn stored_identity(store: &Store) -> Result<Option<LogIdentity>, StartupError> {
     if store.last_anchor()?.is_none() {
@@ -163,7 +153,7 @@ pub async fn check_before_provisioning(
     counter_index: u32,
     timeout: Duration,
 ) -> Result<(), StartupError> {
-    if let Some(owner) = bounded(timeout, tpm.read_owner_record()).await? {
+    if let Some(owner) = bounded::<_, StartupError>(timeout, tpm.read_owner_record()).await? {
         if owner.log_id != store.log_id() {
             return Err(StartupError::CounterOwnedByAnotherLog {
                 counter_index,
@@ -182,14 +172,14 @@ pub async fn check_before_provisioning(
             configured: counter_index,
         });
     }
-    let keys = bounded(timeout, tpm.keys()).await?;
+    let keys = bounded::<_, StartupError>(timeout, tpm.keys()).await?;
     if pem_key(&keys.owner_key.pem)? != identity.policy.keys.owner_key {
         return Err(StartupError::OwnerKeyChanged);
     }
     if pem_key(&keys.ak.pem)? != identity.policy.keys.ak {
         return Err(StartupError::AkChanged);
     }
-    match bounded(timeout, tpm.read_counter()).await {
+    match bounded::<_, StartupError>(timeout, tpm.read_counter()).await {
         Err(StartupError::Anchor(AnchorError::Tpm(TpmError::CounterNotDefined { .. }))) => {
             Err(StartupError::CounterMissing { counter_index })
         }
@@ -216,8 +206,8 @@ impl Anchorer {
         provisioned: &Provisioned,
     ) -> Result<(), StartupError> {
         let timeout = self.timeout;
-        let tpm_now = bounded(timeout, self.tpm.read_counter()).await?;
-        let owner = bounded(timeout, self.tpm.read_owner_record()).await?;
+        let tpm_now = bounded::<_, StartupError>(timeout, self.tpm.read_counter()).await?;
+        let owner = bounded::<_, StartupError>(timeout, self.tpm.read_owner_record()).await?;
         match self.newest {
             Some(newest) => {
                 if owner.is_none() {
@@ -262,7 +252,8 @@ impl Anchorer {
                             log_id: self.store.log_id(),
                             genesis_counter: tpm_now,
                         };
-                        bounded(timeout, self.tpm.write_owner_record(&record)).await?;
+                        bounded::<_, StartupError>(timeout, self.tpm.write_owner_record(&record))
+                            .await?;
                     }
                 }
                 if size > 0 {

@@ -12,7 +12,8 @@ use heed::types::{Bytes, Str};
 use heed::{CommitOrAbort, EnvOpenOptions, WithoutTls};
 
 use super::{
-    Store, StoreError, FORMAT_VERSION, META_FORMAT_VERSION, META_IDENTITY, META_PENDING_CHECKPOINT,
+    check_format_version, identity_text, Store, StoreError, META_FORMAT_VERSION, META_IDENTITY,
+    META_PENDING_CHECKPOINT,
 };
 
 impl Store {
@@ -44,22 +45,9 @@ impl Store {
         };
         let rtxn = env.read_txn()?;
         if let Some(version) = meta.get(&rtxn, META_FORMAT_VERSION)? {
-            let found = <[u8; 4]>::try_from(version)
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
-            if (1..FORMAT_VERSION).contains(&found) {
-                return Err(StoreError::AnchoringV1 { found });
-            }
-            if found != FORMAT_VERSION {
-                return Err(StoreError::IncompatibleFormat { found });
-            }
+            check_format_version(version)?;
         }
-        match meta.get(&rtxn, META_IDENTITY)? {
-            None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes.to_vec())
-                .map(Some)
-                .map_err(|_| StoreError::CorruptMeta("identity is not UTF-8")),
-        }
+        identity_text(meta.get(&rtxn, META_IDENTITY)?)
     }
 
     /// The newest anchor: its counter value and stored bytes.
@@ -242,12 +230,7 @@ impl Store {
     pub fn identity(&self) -> Result<Option<String>, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
-        match self.meta.get(&rtxn, META_IDENTITY)? {
-            None => Ok(None),
-            Some(bytes) => String::from_utf8(bytes.to_vec())
-                .map(Some)
-                .map_err(|_| StoreError::CorruptMeta("identity is not UTF-8")),
-        }
+        identity_text(self.meta.get(&rtxn, META_IDENTITY)?)
     }
 }
 

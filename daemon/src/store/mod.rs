@@ -222,15 +222,7 @@ impl Store {
                 log_id
             }
             Some(version) => {
-                let version = <[u8; 4]>::try_from(version)
-                    .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
-                let found = u32::from_be_bytes(version);
-                if (1..FORMAT_VERSION).contains(&found) {
-                    return Err(StoreError::AnchoringV1 { found });
-                }
-                if found != FORMAT_VERSION {
-                    return Err(StoreError::IncompatibleFormat { found });
-                }
+                check_format_version(version)?;
                 meta.get(&wtxn, META_LOG_ID)?
                     .and_then(|id| <[u8; 16]>::try_from(id).ok())
                     .ok_or(StoreError::CorruptMeta("log_id missing or not 16 bytes"))?
@@ -293,4 +285,28 @@ impl Store {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The stored `format_version` is the one this tallyd reads (or a named refusal).
+fn check_format_version(stored: &[u8]) -> Result<(), StoreError> {
+    let found = <[u8; 4]>::try_from(stored)
+        .map(u32::from_be_bytes)
+        .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
+    if (1..FORMAT_VERSION).contains(&found) {
+        return Err(StoreError::AnchoringV1 { found });
+    }
+    if found != FORMAT_VERSION {
+        return Err(StoreError::IncompatibleFormat { found });
+    }
+    Ok(())
+}
+
+/// The stored log identity JSON as text.
+fn identity_text(stored: Option<&[u8]>) -> Result<Option<String>, StoreError> {
+    stored
+        .map(|bytes| {
+            String::from_utf8(bytes.to_vec())
+                .map_err(|_| StoreError::CorruptMeta("identity is not UTF-8"))
+        })
+        .transpose()
 }
