@@ -10,10 +10,10 @@ use tally_attest::bundle::MAGIC;
 use crate::swtpm::Swtpm;
 use crate::{append_pipelined, Daemon, DaemonOpts, Run};
 
-/// Bundle section kinds (docs/DESIGN.md section 7).
-pub const HEADER: u8 = 0x01;
-pub const RECORD: u8 = 0x02;
-pub const ANCHOR: u8 = 0x03;
+/// Bundle section kinds (docs/DESIGN.md section 7), as bytes.
+pub const HEADER: u8 = tally_attest::bundle::SectionKind::Header as u8;
+pub const RECORD: u8 = tally_attest::bundle::SectionKind::Record as u8;
+pub const ANCHOR: u8 = tally_attest::bundle::SectionKind::Anchor as u8;
 
 /// Options for a daemon anchoring in `tpm` only when asked (`tally anchor`),
 /// so that tests decide when anchors happen; `extra_tpm` adds `[tpm]` lines.

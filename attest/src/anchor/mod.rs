@@ -1,6 +1,6 @@
 //! TPM anchors: what the TPM signs about the log and how it is stored
-//! (this module), and the checks a verifier makes on one anchor, a sequence
-//! of anchors and a fresh attestation ([`checks`]).
+//! ([`format`]), the checks a verifier makes on one anchor, a sequence of
+//! anchors and a fresh attestation ([`checks`]), and why they fail ([`error`]).
 //!
 //! An anchor binds a *checkpoint* (log id, size, Merkle root, and an anchor
 //! line naming its counter value and the previous anchor) to the value of the

@@ -159,17 +159,9 @@ pub fn set_hierarchy_auth(
     Ok(())
 }
 
-/// The fixed AK template: restricted ECC P-256 signing key, ECDSA/SHA-256, fixedTPM,
-/// fixedParent, sensitiveDataOrigin, userWithAuth (empty auth), unique = SHA-256(label).
-pub fn ak_template() -> Result<Public, TpmError> {
-    signing_template(SigningKey::Ak)
-}
-
-/// The fixed owner key template: the AK's with its own `unique` label.
-pub fn owner_key_template() -> Result<Public, TpmError> {
-    signing_template(SigningKey::OwnerKey)
-}
-
+/// The fixed template of the AK and of the owner key: restricted ECC P-256 signing
+/// key, ECDSA/SHA-256, fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth
+/// (empty auth), unique = SHA-256(the key's label).
 fn signing_template(key: SigningKey) -> Result<Public, TpmError> {
     let op = "signing key template";
     let ecc = PublicEccParametersBuilder::new()

@@ -1,7 +1,7 @@
 //! The anchors' pass of [`verify_bundle`](super::verify_bundle). Anchors come
 //! first in the file and are streamed: each is verified (in parallel batches,
 //! the ECDSA checks are the cost), then checked in order against the one
-//! before, and only a 48-byte [`RootClaim`] of it is kept for comparing its
+//! before, and only a small [`RootClaim`] of it (size, root, claimant) is kept for comparing its
 //! Merkle root with the records during the replay that follows. The anchors a
 //! fresh attestation brought go through the same pass.
 
