@@ -50,7 +50,13 @@ pub(super) struct AnchorPass<'a> {
     pub(super) checker: SequenceChecker<'a>,
     pub(super) findings: Vec<CounterFinding>,
     pub(super) failure: Option<AnchorViolation>,
+    /// One per pushed anchor, in push order; the replay takes them (sorted by size).
     pub(super) claims: Vec<RootClaim>,
+    /// The first pushed anchor's counter value.
+    pub(super) first_counter: Option<u64>,
+    /// The size the anchor pushed before the last claims (0 with fewer than two).
+    pub(super) before_last_size: u64,
+    last_size: Option<u64>,
     /// Set while pushing the attestation's anchors.
     in_since: bool,
     pub(super) origin: OriginVerdict,
@@ -84,6 +90,9 @@ impl<'a> AnchorPass<'a> {
             findings: Vec::new(),
             failure: None,
             claims: Vec::new(),
+            first_counter: None,
+            before_last_size: 0,
+            last_size: None,
             in_since: false,
             origin: match options.origin {
                 Some(Origin::Genesis { counter, .. }) | Some(Origin::Trusted { counter, .. }) => {
@@ -180,6 +189,9 @@ impl<'a> AnchorPass<'a> {
         }
         self.count += 1;
         self.signatures_checked += u64::from(anchor.signature_checked);
+        self.first_counter.get_or_insert(anchor.counter);
+        self.before_last_size = self.last_size.unwrap_or(0);
+        self.last_size = Some(anchor.checkpoint.size);
         self.claims.push(RootClaim {
             size: anchor.checkpoint.size,
             root: anchor.checkpoint.root,

@@ -61,7 +61,10 @@ pub fn verify_bundle<R: BufRead>(
     }
 
     // Replay the chain; rebuild the Merkle tree only when something claims a root.
-    let mut claims: Vec<RootClaim> = pass.as_ref().map_or_else(Vec::new, |p| p.claims.clone());
+    // Taken, not copied: one claim per anchor, and a bundle may hold 2^24 of them.
+    let mut claims: Vec<RootClaim> = pass
+        .as_mut()
+        .map_or_else(Vec::new, |p| std::mem::take(&mut p.claims));
     if let Some(Ok(fresh)) = &fresh {
         claims.push(RootClaim {
             size: fresh.checkpoint.size,
@@ -196,13 +199,7 @@ fn judge(
     let counter = match (&anchors, last.as_ref()) {
         (AnchorsVerdict::Valid { .. }, Some(last)) if pass.findings.is_empty() => {
             CounterVerdict::Continuous {
-                first: pass
-                    .claims
-                    .first()
-                    .map_or(last.counter, |claim| match claim.by {
-                        Claimant::Bundle(counter) | Claimant::Since(counter) => counter,
-                        Claimant::Fresh => last.counter,
-                    }),
+                first: pass.first_counter.unwrap_or(last.counter),
                 last: last.counter,
             }
         }
@@ -233,12 +230,7 @@ fn judge(
                 last.checkpoint.size.min(size)
             } else {
                 // The anchor before the last is closed by the last one's existence.
-                pass.claims
-                    .iter()
-                    .rev()
-                    .nth(1)
-                    .map_or(0, |claim| claim.size)
-                    .min(size)
+                pass.before_last_size.min(size)
             },
             last_anchor_size: last.checkpoint.size,
         }),
