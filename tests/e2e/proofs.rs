@@ -3,6 +3,7 @@
 //! the AK public key; tampered proofs and another TPM's key are refused.
 
 use prost::Message;
+use rand::Rng;
 use tally_attest::proof::ProofFile;
 use tally_tests::swtpm::Swtpm;
 use tally_tests::{append_pipelined, Daemon, DaemonOpts, Run};
@@ -54,7 +55,9 @@ async fn inclusion_and_consistency_proofs_verify_with_only_the_identity() {
     std::fs::write(&id, &identity.stdout).unwrap();
 
     // Inclusion of a record against the newest anchor (1537 records).
-    let seq = rand::random::<u64>() % 1537;
+    let seq =
+        tally_tests::seed::rng("inclusion_and_consistency_proofs_verify_with_only_the_identity")
+            .gen_range(0..1537u64);
     let inclusion = path("inclusion.proof");
     ok(tally(
         &daemon,

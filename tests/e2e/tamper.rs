@@ -107,7 +107,7 @@ async fn damaged_bundles_name_the_record_and_the_damage() -> anyhow::Result<()> 
     let daemon = Daemon::start(DaemonOpts::default())?;
     daemon.client().await?.append(events(0, RECORDS)).await?;
     let (_, bundle) = exported(&daemon)?;
-    let mut rng = rand::thread_rng();
+    let mut rng = tally_tests::seed::rng("damaged_bundles_name_the_record_and_the_damage");
 
     // One byte of one record's body (past the 41-byte record header).
     let seq = rng.gen_range(1..RECORDS - 1);

@@ -12,6 +12,7 @@
 
 pub mod anchored;
 pub mod raw;
+pub mod seed;
 pub mod skip;
 pub mod store_edit;
 pub mod swtpm;
