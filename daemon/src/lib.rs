@@ -344,6 +344,10 @@ pub async fn run(
         access.clone(),
         anchoring,
     ));
+    tokio::spawn(store::watch_space(
+        shared.disk_space.clone(),
+        shutdown.clone(),
+    ));
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let listeners = server::Listeners {
         unix: listener,

@@ -93,7 +93,7 @@ fn main() -> ExitCode {
 /// Exit status 3: refused to start because the store and the TPM disagree (a
 /// rollback or a restored backup, a cleared or other TPM, a counter owned by
 /// another log, deleted anchors: each a decision for an operator, see
-/// docs/OPERATIONS.md), because the store is of the old anchoring format, or
+/// docs/OPERATIONS.md), because the store is of the old anchoring format or damaged, or
 /// because the ack journal holds acked events it cannot give back intact;
 /// never for a restart loop (systemd:
 /// RestartPreventExitStatus=3 78). 78 (sysexits EX_CONFIG): the
@@ -115,6 +115,8 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
         Some(DaemonError::Startup(refusal)) if refusal.is_refusal() => ExitCode::from(EXIT_REFUSED),
         // Written by the anchoring v1 tallyd: export it with that one.
         Some(DaemonError::Store(StoreError::AnchoringV1 { .. })) => ExitCode::from(EXIT_REFUSED),
+        // data.mdb is damaged: restoring it is an operator's decision.
+        Some(DaemonError::Store(StoreError::Damaged { .. })) => ExitCode::from(EXIT_REFUSED),
         // Acked events the store lacks and the journal cannot give back
         // intact: an operator looks before anything is served.
         Some(DaemonError::Journal(

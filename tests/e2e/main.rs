@@ -13,6 +13,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod crash;
+mod faults;
 mod follow;
 mod fuzz_corpus;
 mod journal;

@@ -11,6 +11,7 @@
 //! meanwhile use a multi-threaded runtime.
 
 pub mod anchored;
+pub mod loopfs;
 pub mod raw;
 pub mod seed;
 pub mod skip;
@@ -85,6 +86,9 @@ pub struct DaemonOpts {
     pub env: Vec<(String, String)>,
     /// Arguments after the base flags (e.g. `["run", "--accept-rollback"]`).
     pub args: Vec<String>,
+    /// The data directory, when not `data/` in the daemon's temporary
+    /// directory (e.g. on a small file system: `loopfs::LoopFs`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for DaemonOpts {
@@ -95,6 +99,7 @@ impl Default for DaemonOpts {
             log: "info".into(),
             env: Vec::new(),
             args: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -155,7 +160,10 @@ impl Daemon {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn socket(&self) -> PathBuf {

@@ -22,8 +22,11 @@ pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
                 "store_used_bytes": status.store_used_bytes,
                 "store_map_bytes": status.store_map_bytes,
                 "disk_free_bytes": status.disk_free_bytes,
+                "disk_warn_below_bytes": status.disk_warn_below_bytes,
+                "disk_warning": status.disk_warning,
                 "queued_events": status.queued_events,
                 "tpm_enabled": status.tpm_enabled,
+                "anchoring": status.anchoring,
                 "last_anchor_counter": status.last_anchor_counter,
                 "last_anchor_size": status.last_anchor_size,
                 "last_anchor_age_millis": status.last_anchor_age_millis,
@@ -43,6 +46,9 @@ pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
             status.store_used_bytes, status.store_map_bytes
         );
         println!("disk free:     {} bytes", status.disk_free_bytes);
+        if !status.disk_warning.is_empty() {
+            println!("disk warning:  {}", status.disk_warning);
+        }
         println!("queued events: {}", status.queued_events);
         if status.tpm_enabled && status.last_anchor_age_millis == 0 && status.last_anchor_size == 0
         {
@@ -68,7 +74,10 @@ pub async fn run(target: &Target, json: bool) -> anyhow::Result<()> {
                 status.unanchored_events,
                 status.oldest_unanchored_age_millis as f64 / 1000.0
             );
-            if !status.last_anchor_error.is_empty() {
+            if status.anchoring == "failing" {
+                println!("anchoring:     FAILING: {}", status.last_anchor_error);
+                println!("               appends continue; the unanchored records above are exposed until the TPM answers");
+            } else if !status.last_anchor_error.is_empty() {
                 println!("anchor error:  {}", status.last_anchor_error);
             }
         } else {

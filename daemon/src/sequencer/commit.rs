@@ -80,6 +80,7 @@ impl Pipeline {
                     Place::Store => {
                         building.apply_due = None;
                         building.journal_used = 0;
+                        building.apply_full = None;
                     }
                     Place::Journal { used } => {
                         building.journal_used = used;
@@ -167,6 +168,7 @@ impl Pipeline {
         let pending = !lock_durable(self).journaled.is_empty();
         match applied {
             Ok(head) => {
+                building.apply_full = None;
                 if let Some(head) = head {
                     self.head_tx.send_replace(head);
                 }
@@ -180,6 +182,7 @@ impl Pipeline {
             Err(err) => {
                 tracing::error!(%err, "committing journaled events to the store failed; they stay in the ack journal, retrying in 1 s");
                 building.apply_due = Some(Instant::now() + Duration::from_secs(1));
+                building.apply_full = err.is_full().then(|| Arc::new(err));
             }
         }
         drop(building);

@@ -10,7 +10,7 @@ use tally_attest::merkle::Frontier;
 use super::policy::BatchPolicy;
 use crate::batch::{Batch, Head, NotContiguous, Tip};
 use crate::journal::Journal;
-use crate::store::{is_out_of_space, Store, StoreError};
+use crate::store::{OutOfSpace, Store, StoreError};
 
 /// Why a batch could not be made durable (or the journaled ones applied).
 /// Nothing of the batch was acked.
@@ -23,6 +23,11 @@ pub enum CommitError {
     /// overwritten with zeros, best effort).
     #[error("ack journal: {0}")]
     Journal(io::Error),
+    /// Writing the frame failed for lack of space (the journal is written in
+    /// full when created, so this takes a file system that allocates on
+    /// overwrite).
+    #[error("ack journal: {0}")]
+    JournalOutOfSpace(OutOfSpace),
     /// A batch offered to the journal was built on another state than the
     /// end of the journaled batches.
     #[error("store is inconsistent: a batch built on {base} records does not follow the journaled ones, which end at {journaled}")]
@@ -37,8 +42,10 @@ impl CommitError {
     pub fn is_full(&self) -> bool {
         match self {
             CommitError::Store(err) => err.is_full(),
-            CommitError::Journal(err) => is_out_of_space(err),
-            CommitError::NotAfterJournaled { .. } | CommitError::NotContiguous(_) => false,
+            CommitError::JournalOutOfSpace(_) => true,
+            CommitError::Journal(_)
+            | CommitError::NotAfterJournaled { .. }
+            | CommitError::NotContiguous(_) => false,
         }
     }
 }
@@ -90,7 +97,12 @@ impl Durable {
                     self.apply(store)?;
                 }
                 if let Some(journal) = self.journal.as_mut().filter(|journal| journal.fits(batch)) {
-                    journal.append(batch).map_err(CommitError::Journal)?;
+                    journal.append(batch).map_err(|err| {
+                        match OutOfSpace::classify(store.dir(), err, batch.byte_len()) {
+                            Ok(full) => CommitError::JournalOutOfSpace(full),
+                            Err(err) => CommitError::Journal(err),
+                        }
+                    })?;
                     let used = journal.used();
                     self.journaled.absorb(batch)?;
                     return Ok(Place::Journal { used });

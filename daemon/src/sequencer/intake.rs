@@ -73,6 +73,9 @@ pub(super) struct Building {
     pub(super) journal_used: usize,
     /// `apply_due` as the commit thread last saw it before it waited.
     pub(super) apply_due_seen: Option<Instant>,
+    /// The last apply failed for lack of space (disk, quota or map): a
+    /// reader is told so at once instead of waiting for the settle timeout.
+    pub(super) apply_full: Option<Arc<StoreError>>,
 }
 
 impl Pipeline {
@@ -97,6 +100,7 @@ impl Pipeline {
                 committing: false,
                 journal_used: 0,
                 apply_due_seen: None,
+                apply_full: None,
             }),
             filled: Condvar::new(),
             drained: Notify::new(),

@@ -120,7 +120,7 @@ pub enum AppendError {
 #[non_exhaustive]
 pub enum FullCause {
     /// The disk, the quota or the LMDB map is full ([`CommitError::is_full`]).
-    #[error(transparent)]
+    #[error("{0}; nothing of this append was stored")]
     Commit(Arc<CommitError>),
     /// The log holds 2^64 - 1 records.
     #[error("the log cannot hold more records")]

@@ -60,6 +60,7 @@
 //! | `apply_due` | lock 1 | a commit: set by a journal commit (now + `apply_after` if unset; now once a quarter of the region is used), cleared by an LMDB commit; `apply`: cleared at the switch, then re-set if batches were journaled meanwhile, now + 1 s after a failure | `next_work`, `offer`, the role's drop | when the journaled batches go to LMDB |
 //! | `apply_requested` | lock 1 | set by `settle`, cleared by `apply` | `next_work`, `offer`, the role's drop | a reader waits for the journaled batches: apply now |
 //! | `apply_due_seen` | lock 1 | `next_work`, before it waits (`None` while a submitter holds the role) | the role's drop | `apply_due` as the commit thread last saw it |
+//! | `apply_full` | lock 1 | `apply`: set when it failed for lack of space, cleared when one succeeds; cleared by an LMDB commit | `settle` | the journaled batches cannot reach LMDB until space is freed: readers are told at once ([`SettleError::StorageFull`]) |
 //! | `journal_used` | lock 1 | a commit, an apply | `offer` | the journal's bytes used, copied so that `offer` need not take lock 2 |
 //! | `other_busy` | lock 2 | set by `Durable::switch`; cleared by a successful apply or LMDB commit | `apply` | the other region holds acked batches not in the store: do not switch again |
 //! | `acked` | atomic, Release / Acquire | the role holder after a successful commit, before it answers the jobs | `settle` | size of the log as acked: journaled or in the store |
@@ -105,6 +106,10 @@ use intake::{lock, Pipeline};
 
 /// How long a reader waits for acked events to become readable.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a reader waits for them while the last apply failed for lack of
+/// space: the one apply it asks for (space may have been freed since).
+const SETTLE_WHEN_FULL: Duration = Duration::from_secs(1);
 
 /// Handle to the sequencer. When every clone is dropped, the commit thread
 /// commits the open batch and stops.
@@ -206,18 +211,30 @@ impl SequencerHandle {
         if head.borrow().size >= acked {
             return Ok(());
         }
-        lock(pipeline).apply_requested = true;
+        let full = {
+            let mut building = lock(pipeline);
+            building.apply_requested = true;
+            building.apply_full.clone()
+        };
         pipeline.filled.notify_one();
-        let settled = tokio::time::timeout(SETTLE_TIMEOUT, async {
+        let timeout = if full.is_some() {
+            SETTLE_WHEN_FULL
+        } else {
+            SETTLE_TIMEOUT
+        };
+        let settled = tokio::time::timeout(timeout, async {
             head.wait_for(|head| head.size >= acked).await.map(|_| ())
         })
         .await;
         match settled {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SettleError::Stopped),
-            Err(_) => Err(SettleError::TimedOut {
-                secs: SETTLE_TIMEOUT.as_secs(),
-            }),
+            Err(_) => match lock(pipeline).apply_full.clone() {
+                Some(cause) => Err(SettleError::StorageFull(cause)),
+                None => Err(SettleError::TimedOut {
+                    secs: timeout.as_secs(),
+                }),
+            },
         }
     }
 }
@@ -232,6 +249,10 @@ pub enum SettleError {
         "acknowledged events are not readable yet: committing them to the store took over {secs} s (see the daemon's log)"
     )]
     TimedOut { secs: u64 },
+    /// The ack journal cannot be committed to the store for lack of space:
+    /// what the store holds is readable, the journaled tail once space is freed.
+    #[error("acknowledged events in the ack journal cannot be committed to the store yet: {0}")]
+    StorageFull(Arc<StoreError>),
 }
 
 /// Why the sequencer could not start.

@@ -17,7 +17,7 @@ use super::handlers::{self, AckReceiver};
 use super::shared::Shared;
 use crate::access::{Access, Denial, Role};
 use crate::peer::PeerId;
-use crate::sequencer::{AppendJob, QueuedEvents, SequencerHandle};
+use crate::sequencer::{AppendJob, QueuedEvents, SequencerHandle, SettleError};
 
 /// A response the writer owes the client, in request order.
 // `Ready` holds a whole `Response` (a status reply is ~230 bytes): each is built
@@ -161,14 +161,30 @@ impl<'a> Dispatcher<'a> {
             body,
             None | Some(request::Body::Hello(_) | request::Body::Append(_))
         );
-        if reads_log {
-            self.shared
-                .sequencer
-                .settle()
-                .await
-                .map_err(RequestError::from)?;
+        if !reads_log {
+            return Ok(());
         }
-        Ok(())
+        match self.shared.sequencer.settle().await {
+            Ok(()) => Ok(()),
+            // A full disk keeps the journaled tail out of the store: status
+            // and reads answer from what the store holds (they must work
+            // while the disk is full); anchors, proofs and attestations,
+            // which must cover every acked event, are refused.
+            Err(SettleError::StorageFull(cause))
+                if matches!(
+                    body,
+                    Some(
+                        request::Body::Status(_)
+                            | request::Body::Read(_)
+                            | request::Body::Follow(_)
+                    )
+                ) =>
+            {
+                tracing::debug!(err = %cause, "serving from the store while the ack journal cannot be applied");
+                Ok(())
+            }
+            Err(err) => Err(RequestError::from(err)),
+        }
     }
 
     /// The request's handler, once decode, roles and settling allow it.

@@ -119,7 +119,9 @@ impl RequestError {
             E::RateLimited { .. } => ErrorCode::RateLimited,
             E::SequencerStopped | E::AnchoringStopped => ErrorCode::ShuttingDown,
             E::SequencerDropped | E::Task(_) => ErrorCode::Internal,
-            E::StorageFull { .. } => ErrorCode::StorageFull,
+            E::StorageFull { .. } | E::NotSettled(SettleError::StorageFull(_)) => {
+                ErrorCode::StorageFull
+            }
             E::AppendFailed { .. }
             | E::NotSettled(_)
             | E::Storage(_)
@@ -229,6 +231,13 @@ mod tests {
                 RequestError::from(SettleError::TimedOut { secs: 5 }),
                 ErrorCode::Storage,
                 "acknowledged events are not readable yet: committing them to the store took over 5 s (see the daemon's log)",
+            ),
+            (
+                RequestError::from(SettleError::StorageFull(std::sync::Arc::new(
+                    StoreError::MapAtMaximum { max: 4096 },
+                ))),
+                ErrorCode::StorageFull,
+                "acknowledged events in the ack journal cannot be committed to the store yet: the store's map is at its configured maximum of 4096 bytes (map_max_bytes)",
             ),
             (
                 RequestError::no_anchor(1001),

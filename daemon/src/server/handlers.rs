@@ -197,9 +197,7 @@ pub(crate) fn status(shared: &Shared) -> response::Body {
         .anchoring
         .as_ref()
         .map(|anchoring| anchoring.ack_times.exposure());
-    let disk_free_bytes = nix::sys::statvfs::statvfs(&shared.data_dir)
-        .map(|stat| stat.blocks_available().saturating_mul(stat.fragment_size()))
-        .unwrap_or(0);
+    let space = shared.disk_space.check();
     let age_millis = |since_unix_nanos: i64| {
         let age_nanos = now_unix_nanos().saturating_sub(since_unix_nanos).max(0);
         (age_nanos / 1_000_000) as u64
@@ -212,7 +210,9 @@ pub(crate) fn status(shared: &Shared) -> response::Body {
         server_name: shared.server_name.clone(),
         store_used_bytes: shared.store.used_bytes(),
         store_map_bytes: shared.store.map_bytes(),
-        disk_free_bytes,
+        disk_free_bytes: space.free_bytes,
+        disk_warn_below_bytes: shared.disk_space.warn_below(),
+        disk_warning: space.warning.unwrap_or_default(),
         queued_events: shared.queued_events.load(Ordering::Relaxed),
         format_version: FORMAT_VERSION,
         tpm_enabled: shared.anchoring.is_some(),
@@ -226,6 +226,12 @@ pub(crate) fn status(shared: &Shared) -> response::Body {
         oldest_unanchored_age_millis: exposure
             .and_then(|e| e.oldest_acked_unix_nanos)
             .map_or(0, age_millis),
+        anchoring: match (&shared.anchoring, &anchor) {
+            (None, _) => "off",
+            (Some(_), Some(a)) if a.last_error.is_none() => "ok",
+            (Some(_), _) => "failing",
+        }
+        .into(),
         last_anchor_error: anchor
             .as_ref()
             .and_then(|a| a.last_error.clone())

@@ -16,7 +16,6 @@
 //!
 //! No lock is held while another is taken, and none across an `.await`.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -45,8 +44,8 @@ pub struct Shared {
     pub limits: Limits,
     /// e.g. "tallyd/0.1.0", sent in hello and status replies.
     pub server_name: String,
-    /// For the disk-free figure in status replies.
-    pub data_dir: PathBuf,
+    /// The data directory's free space against `disk_warn_below_bytes` (status, the log warning).
+    pub disk_space: Arc<crate::store::DiskSpace>,
     /// TPM anchoring; `None` when the daemon runs without a TPM.
     pub anchoring: Option<Anchoring>,
     /// Who may do what; replaced on SIGHUP.
@@ -74,7 +73,10 @@ impl Shared {
             queued_events: Arc::new(AtomicU64::new(0)),
             limits: config.limits(),
             server_name: SERVER_NAME.into(),
-            data_dir: config.data_dir.clone(),
+            disk_space: Arc::new(crate::store::DiskSpace::new(
+                config.data_dir.clone(),
+                config.disk_warn_below_bytes,
+            )),
             anchoring,
             access,
             connections: ConnectionLimits::new(

@@ -15,7 +15,9 @@
 //!   and the proofs;
 //! * `anchors.rs`: the `anchors` database, the identity and the pending
 //!   checkpoint;
-//! * `growth.rs`: the size of the memory map and its growth.
+//! * `growth.rs`: the size of the memory map and its growth;
+//! * `space.rs`: free space on the file system, a full disk told from other
+//!   write errors, and the low-space warning.
 //!
 //! Two threads write: the sequencer (records, tree nodes, `frontier`,
 //! `head`) and the anchorer (anchors, `pending_checkpoint` and, with the
@@ -35,6 +37,7 @@ use tally_attest::merkle::{Frontier, MerkleError};
 mod anchors;
 mod growth;
 mod records;
+mod space;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -42,6 +45,9 @@ mod tree;
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
 pub use records::StoredRecord;
+pub use space::{
+    free_bytes, watch_space, DiskSpace, OutOfSpace, SpaceReport, SPACE_CHECK_INTERVAL,
+};
 
 use records::encode_head;
 
@@ -125,17 +131,48 @@ pub enum StoreError {
         "store is inconsistent: a batch built on {base} records was offered to a log of {size}"
     )]
     StaleBatch { base: u64, size: u64 },
-    #[error("the store's map is at its configured maximum of {max} bytes")]
+    #[error("the store's map is at its configured maximum of {max} bytes (map_max_bytes)")]
     MapAtMaximum { max: usize },
+    /// A commit failed for lack of disk space or quota (`ENOSPC`, `EDQUOT`,
+    /// or LMDB's `EIO` for a short write on a full file system): nothing of
+    /// it was stored.
+    #[error(transparent)]
+    OutOfSpace(#[from] OutOfSpace),
     #[error("Merkle tree: {0}")]
     Merkle(#[from] MerkleError),
+    /// [`Store::open`]: LMDB found the file damaged (a meta page, a B-tree
+    /// page), or the head does not agree with the records: nothing is served.
+    #[error(
+        "the store {} is damaged: {detail}. tallyd will not serve it: keep a copy for investigation and \
+         restore the data directory from a backup (docs/OPERATIONS.md, section 6a)",
+        .file.display()
+    )]
+    Damaged {
+        file: PathBuf,
+        detail: Box<StoreError>,
+    },
 }
 
 impl StoreError {
+    /// Errors that say the store's file is damaged (LMDB's own checks of its
+    /// pages, or the head against the records), not that it is unavailable.
+    fn is_damage(&self) -> bool {
+        use heed::MdbError as M;
+        matches!(
+            self,
+            StoreError::Lmdb(heed::Error::Mdb(
+                M::Corrupted | M::Invalid | M::PageNotFound | M::VersionMismatch | M::Panic
+            )) | StoreError::CorruptMeta(_)
+                | StoreError::HeadFrontierMismatch { .. }
+                | StoreError::HeadRecordMismatch { .. }
+                | StoreError::Merkle(_)
+        )
+    }
+
     /// True when the write failed for lack of space (disk, quota or map).
     pub fn is_full(&self) -> bool {
         match self {
-            StoreError::MapAtMaximum { .. } => true,
+            StoreError::MapAtMaximum { .. } | StoreError::OutOfSpace(_) => true,
             StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)) => true,
             StoreError::Lmdb(heed::Error::Io(err)) => is_out_of_space(err),
             _ => false,
@@ -156,6 +193,8 @@ pub fn is_out_of_space(err: &std::io::Error) -> bool {
 #[derive(Debug)]
 pub struct Store {
     env: Env<WithoutTls>,
+    /// The environment's directory: where a full disk is measured.
+    dir: PathBuf,
     records: SeqDb,
     meta: MetaDb,
     anchors: SeqDb,
@@ -175,6 +214,19 @@ impl Store {
     /// Opens (creating if needed) the store under `dir`, checks its format
     /// version and its head against the last record.
     pub fn open(dir: &Path, sizing: MapSizing) -> Result<Store, StoreError> {
+        Store::open_checked(dir, sizing).map_err(|err| {
+            if err.is_damage() {
+                StoreError::Damaged {
+                    file: dir.join("data.mdb"),
+                    detail: Box::new(err),
+                }
+            } else {
+                err
+            }
+        })
+    }
+
+    fn open_checked(dir: &Path, sizing: MapSizing) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -235,6 +287,7 @@ impl Store {
         wtxn.commit()?;
         let store = Store {
             env,
+            dir: dir.to_owned(),
             records,
             meta,
             anchors,
@@ -246,6 +299,25 @@ impl Store {
         };
         store.check_head()?;
         Ok(store)
+    }
+
+    /// The environment's directory (`<data_dir>/store`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A failed write of about `incoming` bytes: [`StoreError::OutOfSpace`]
+    /// when the disk is full (see `space.rs`), else unchanged.
+    fn classify(&self, err: StoreError, incoming: usize) -> StoreError {
+        match err {
+            StoreError::Lmdb(heed::Error::Io(io)) => {
+                match OutOfSpace::classify(&self.dir, io, incoming) {
+                    Ok(full) => StoreError::OutOfSpace(full),
+                    Err(io) => StoreError::Lmdb(heed::Error::Io(io)),
+                }
+            }
+            other => other,
+        }
     }
 
     /// The log's random identity.
@@ -274,10 +346,12 @@ impl Store {
         write: impl FnOnce(&Store, &mut heed::RwTxn<'_>) -> Result<(), heed::Error>,
     ) -> Result<(), StoreError> {
         let _gate = self.read_gate();
-        let mut wtxn = self.env.write_txn()?;
-        write(self, &mut wtxn)?;
-        wtxn.commit()?;
-        Ok(())
+        let written = (|| {
+            let mut wtxn = self.env.write_txn()?;
+            write(self, &mut wtxn)?;
+            wtxn.commit()
+        })();
+        written.map_err(|err| self.classify(err.into(), 0))
     }
 
     fn read_gate(&self) -> RwLockReadGuard<'_, ()> {

@@ -105,13 +105,15 @@ impl Store {
             return Ok(());
         };
         self.grow_if_needed(bytes)?;
-        match self.try_append(batches, last) {
+        let appended = match self.try_append(batches, last) {
             Err(StoreError::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
                 self.grow(bytes)?;
                 self.try_append(batches, last)
             }
             other => other,
-        }
+        };
+        // A full disk (ENOSPC, or LMDB's EIO for a short write) is named as such.
+        appended.map_err(|err| self.classify(err, bytes))
     }
 
     /// One write transaction, in this order (docs/DESIGN.md, section 5):
