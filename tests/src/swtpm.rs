@@ -150,6 +150,62 @@ impl Swtpm {
         }
     }
 
+    /// A TPM reset as a reboot makes it: `_TPM_Init` (swtpm's control
+    /// channel, `swtpm_ioctl -i`), then `tpm2_startup -c`. `orderly`: with a
+    /// `tpm2_shutdown -c` before, as an orderly reboot; without it, as after a
+    /// power loss (an ORDERLY counter then jumps forward). No other client may
+    /// hold the TPM.
+    pub fn reset(&self, orderly: bool) {
+        if orderly {
+            ok_tool(self.tool("tpm2_shutdown", &["-c"]), "tpm2_shutdown -c");
+        }
+        let ctrl = format!("{}.ctrl", self.sock().display());
+        let init = Command::new("swtpm_ioctl")
+            .args(["--unix", &ctrl, "-i"])
+            .output()
+            .expect("run swtpm_ioctl");
+        ok_tool(init, "swtpm_ioctl -i");
+        ok_tool(self.tool("tpm2_startup", &["-c"]), "tpm2_startup -c");
+    }
+
+    /// An orderly stop (`tpm2_shutdown -c`, then SIGKILL): the next
+    /// [`Swtpm::restart`] finds the counter where it was.
+    pub fn stop_orderly(&mut self) {
+        ok_tool(self.tool("tpm2_shutdown", &["-c"]), "tpm2_shutdown -c");
+        self.kill();
+    }
+
+    /// Copies the stopped TPM's state files (NV, seeds) to `to`.
+    pub fn save_state(&self, to: &Path) {
+        assert!(self.child.is_none(), "stop swtpm before copying its state");
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(self.dir()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+
+    /// Puts state files saved by [`Swtpm::save_state`] back (swtpm stopped).
+    pub fn load_state(&self, from: &Path) {
+        assert!(
+            self.child.is_none(),
+            "stop swtpm before replacing its state"
+        );
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), self.dir().join(entry.file_name())).unwrap();
+        }
+    }
+
+    /// The NV counter at `index` (`tpm2_nvread`, 8 bytes big-endian).
+    pub fn nv_counter(&self, index: &str) -> u64 {
+        let out = self.tool("tpm2_nvread", &[index, "-C", "o"]);
+        let bytes = ok_tool(out, "tpm2_nvread");
+        u64::from_be_bytes(bytes[..8].try_into().expect("an 8-byte counter"))
+    }
+
     /// Runs a tpm2-tools command against this TPM. The caller must make sure no other
     /// client holds the connection (swtpm serves one at a time).
     pub fn tool(&self, bin: &str, args: &[&str]) -> Output {
@@ -159,6 +215,16 @@ impl Swtpm {
             .output()
             .unwrap_or_else(|e| panic!("run {bin}: {e}"))
     }
+}
+
+/// The command's stdout, after asserting it succeeded.
+fn ok_tool(out: Output, what: &str) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 impl Drop for Swtpm {

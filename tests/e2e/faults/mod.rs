@@ -7,4 +7,5 @@
 
 mod corrupt;
 mod disk;
+mod operator;
 mod tpm;
