@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::durable::Place;
+use super::durable::{CommitError, Place};
 use super::intake::{lock, lock_durable, Pending, Pipeline};
 use super::job::{AppendError, FullCause, StorageCause};
 use super::policy::APPLY_AT_BYTES;
@@ -100,14 +100,19 @@ impl Pipeline {
                 let cause = Arc::new(err);
                 let error = if full {
                     tracing::error!(err = %cause, events, "append refused: storage full");
-                    AppendError::Full(FullCause::Commit(cause))
+                    AppendError::Full(FullCause::Commit(cause.clone()))
                 } else {
                     tracing::error!(err = %cause, events, "append failed");
-                    AppendError::Storage(StorageCause::Commit(cause))
+                    AppendError::Storage(StorageCause::Commit(cause.clone()))
                 };
                 // What was built since is chained onto the failed batch: it
                 // fails too, and building restarts from the committed state.
                 let mut building = lock(self);
+                if full {
+                    // The commit carried the journaled batches (or applied
+                    // them to make room): they cannot reach LMDB either.
+                    building.apply_full = Some(cause.clone());
+                }
                 taken.fail(&error);
                 let (base, frontier) = taken.batch.base();
                 building.fail_all(&error);
@@ -182,7 +187,7 @@ impl Pipeline {
             Err(err) => {
                 tracing::error!(%err, "committing journaled events to the store failed; they stay in the ack journal, retrying in 1 s");
                 building.apply_due = Some(Instant::now() + Duration::from_secs(1));
-                building.apply_full = err.is_full().then(|| Arc::new(err));
+                building.apply_full = err.is_full().then(|| Arc::new(CommitError::Store(err)));
             }
         }
         drop(building);

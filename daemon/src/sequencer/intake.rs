@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
 
-use super::durable::Durable;
+use super::durable::{CommitError, Durable};
 use super::job::{Ack, AppendError, AppendJob, FullCause, StorageCause, SubmitError};
 use super::policy::{BatchPolicy, APPLY_AT_BYTES};
 use crate::batch::{Batch, Head};
@@ -75,7 +75,7 @@ pub(super) struct Building {
     pub(super) apply_due_seen: Option<Instant>,
     /// The last apply failed for lack of space (disk, quota or map): a
     /// reader is told so at once instead of waiting for the settle timeout.
-    pub(super) apply_full: Option<Arc<StoreError>>,
+    pub(super) apply_full: Option<Arc<CommitError>>,
 }
 
 impl Pipeline {

@@ -60,7 +60,7 @@
 //! | `apply_due` | lock 1 | a commit: set by a journal commit (now + `apply_after` if unset; now once a quarter of the region is used), cleared by an LMDB commit; `apply`: cleared at the switch, then re-set if batches were journaled meanwhile, now + 1 s after a failure | `next_work`, `offer`, the role's drop | when the journaled batches go to LMDB |
 //! | `apply_requested` | lock 1 | set by `settle`, cleared by `apply` | `next_work`, `offer`, the role's drop | a reader waits for the journaled batches: apply now |
 //! | `apply_due_seen` | lock 1 | `next_work`, before it waits (`None` while a submitter holds the role) | the role's drop | `apply_due` as the commit thread last saw it |
-//! | `apply_full` | lock 1 | `apply`: set when it failed for lack of space, cleared when one succeeds; cleared by an LMDB commit | `settle` | the journaled batches cannot reach LMDB until space is freed: readers are told at once ([`SettleError::StorageFull`]) |
+//! | `apply_full` | lock 1 | `apply` or a commit: set when it failed for lack of space, cleared when an apply or an LMDB commit succeeds | `settle` | the journaled batches cannot reach LMDB until space is freed: readers are told at once ([`SettleError::StorageFull`]) |
 //! | `journal_used` | lock 1 | a commit, an apply | `offer` | the journal's bytes used, copied so that `offer` need not take lock 2 |
 //! | `other_busy` | lock 2 | set by `Durable::switch`; cleared by a successful apply or LMDB commit | `apply` | the other region holds acked batches not in the store: do not switch again |
 //! | `acked` | atomic, Release / Acquire | the role holder after a successful commit, before it answers the jobs | `settle` | size of the log as acked: journaled or in the store |
@@ -252,7 +252,7 @@ pub enum SettleError {
     /// The ack journal cannot be committed to the store for lack of space:
     /// what the store holds is readable, the journaled tail once space is freed.
     #[error("acknowledged events in the ack journal cannot be committed to the store yet: {0}")]
-    StorageFull(Arc<StoreError>),
+    StorageFull(Arc<CommitError>),
 }
 
 /// Why the sequencer could not start.

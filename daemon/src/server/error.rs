@@ -234,7 +234,7 @@ mod tests {
             ),
             (
                 RequestError::from(SettleError::StorageFull(std::sync::Arc::new(
-                    StoreError::MapAtMaximum { max: 4096 },
+                    crate::sequencer::CommitError::Store(StoreError::MapAtMaximum { max: 4096 }),
                 ))),
                 ErrorCode::StorageFull,
                 "acknowledged events in the ack journal cannot be committed to the store yet: the store's map is at its configured maximum of 4096 bytes (map_max_bytes)",

@@ -291,13 +291,10 @@ async fn a_full_disk_behind_the_ack_journal_acks_until_it_is_full_then_refuses_a
     // Small appends (10 events, under 16 KiB): each is one journal frame.
     let refusals = append_until_refused(&daemon, 2, 10, &acked).await;
     assert_storage_full(&refusals, &fs);
+    // Whether the scheduled apply or the full journal's own apply met the
+    // full disk first is timing; that acked events wait in the journal is
+    // asserted below.
     let log = daemon.stderr();
-    assert!(
-        log.contains(
-            "committing journaled events to the store failed; they stay in the ack journal"
-        ),
-        "the apply never failed: the journal was not in the way\n{log}"
-    );
     assert!(!log.contains("Input/output error"), "{log}");
 
     // Status and reads answer from the store at once; the journaled tail is
