@@ -285,11 +285,13 @@ async fn a_full_disk_refuses_lmdb_commits_with_storage_full_and_appends_resume_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_behind_the_ack_journal_acks_until_it_is_full_then_refuses_and_recovers() {
     let Some(fs) = LoopFs::mount(64) else { return };
-    let daemon = daemon_on(&fs, "");
+    // Batches of one 35-event append (about 13 KiB, under the journal's
+    // 16 KiB): every commit is a journal frame, never a group commit big
+    // enough to go to LMDB directly.
+    let daemon = daemon_on(&fs, "batch_max_events = 35");
     let acked: Acked = Arc::default();
     let filler = fs.fill("filler", 1 << 20);
-    // Small appends (10 events, under 16 KiB): each is one journal frame.
-    let refusals = append_until_refused(&daemon, 2, 10, &acked).await;
+    let refusals = append_until_refused(&daemon, 2, 35, &acked).await;
     assert_storage_full(&refusals, &fs);
     // Whether the scheduled apply or the full journal's own apply met the
     // full disk first is timing; that acked events wait in the journal is
