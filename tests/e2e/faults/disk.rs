@@ -15,7 +15,7 @@ use std::time::Duration;
 use tally_client::proto::ErrorCode;
 use tally_client::ClientError;
 use tally_tests::loopfs::LoopFs;
-use tally_tests::{append_pipelined, check_records, read_range, Daemon, DaemonOpts};
+use tally_tests::{append_pipelined, check_records, read_range, wait_until, Daemon, DaemonOpts};
 
 /// Acked events: seq -> entry hash.
 type Acked = Arc<Mutex<BTreeMap<u64, [u8; 32]>>>;
@@ -165,7 +165,14 @@ async fn appends_resume(
 }
 
 /// The low-space warning: in status (text and JSON) and in the log.
-fn assert_low_space_warned(daemon: &Daemon) {
+async fn assert_low_space_warned(daemon: &Daemon) {
+    // Logged by the daemon's own periodic check (every 5 s), before anyone
+    // asks for status.
+    let logged = wait_until(Duration::from_secs(12), || {
+        daemon.stderr().contains("low disk space: ")
+    })
+    .await;
+    assert!(logged, "no log warning within 12 s:\n{}", daemon.stderr());
     let json = status(daemon);
     assert_eq!(json["disk_warn_below_bytes"], WARN_BELOW, "{json}");
     let free = json["disk_free_bytes"].as_u64().unwrap();
@@ -186,11 +193,6 @@ fn assert_low_space_warned(daemon: &Daemon) {
         text.stdout.contains("disk warning:  low disk space: "),
         "{}",
         text.stdout
-    );
-    assert!(
-        daemon.stderr().contains("low disk space: "),
-        "no log warning:\n{}",
-        daemon.stderr()
     );
 }
 
@@ -223,7 +225,7 @@ async fn a_full_disk_refuses_lmdb_commits_with_storage_full_and_appends_resume_o
     let map_before = before["store_map_bytes"].as_u64().unwrap();
 
     let filler = fs.fill("filler", 6 << 20);
-    assert_low_space_warned(&daemon);
+    assert_low_space_warned(&daemon).await;
     let refusals = append_until_refused(&daemon, 2, 100, &acked).await;
     assert_storage_full(&refusals, &fs);
     let full = status(&daemon);
