@@ -64,6 +64,7 @@ fn u64_at(file: &[u8], offset: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_data_mdb_refuses_the_start_naming_the_file() {
+    //! Four damages, each on a fresh copy of one store, then the copy itself.
     let mut daemon = Daemon::start(DaemonOpts::with_config("ack_journal_max_bytes = 0")).unwrap();
     append(&daemon, 0, 3000).await;
     let mut client = daemon.client().await.unwrap();

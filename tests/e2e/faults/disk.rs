@@ -198,6 +198,9 @@ async fn assert_low_space_warned(daemon: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_lmdb_commits_with_storage_full_and_appends_resume_once_freed() {
+    //! Journal off, map from 1 MiB: the map grows, then a commit meets the
+    //! full disk (LMDB's short write): STORAGE_FULL with the free bytes,
+    //! warning, reads, resume without a restart, nothing acked lost.
     let Some(fs) = LoopFs::mount(64) else { return };
     // Journal off: every batch is an LMDB commit; the map starts at 1 MiB and
     // grows on the way to the full disk.
@@ -286,6 +289,9 @@ async fn a_full_disk_refuses_lmdb_commits_with_storage_full_and_appends_resume_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_behind_the_ack_journal_acks_until_it_is_full_then_refuses_and_recovers() {
+    //! Journal on: acks go on from the journal while its apply fails, then
+    //! STORAGE_FULL; status and reads answer from the store meanwhile; the
+    //! journaled events are applied once space is freed.
     let Some(fs) = LoopFs::mount(64) else { return };
     // Batches of one 35-event append (about 13 KiB, under the journal's
     // 16 KiB): every commit is a journal frame, never a group commit big
@@ -331,6 +337,7 @@ async fn a_full_disk_behind_the_ack_journal_acks_until_it_is_full_then_refuses_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_at_map_max_bytes_refuses_with_storage_full_and_keeps_serving() {
+    //! The map at `map_max_bytes` is STORAGE_FULL with its own message.
     // No loop device: the map's own limit (2 MiB), journal off.
     let daemon = Daemon::start(DaemonOpts::with_config(
         "ack_journal_max_bytes = 0\nmap_initial_bytes = 1048576\nmap_max_bytes = 2097152",

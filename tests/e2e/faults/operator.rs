@@ -72,6 +72,7 @@ fn save_identity(daemon: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_copy_is_refused_then_accepted_with_accept_rollback_as_a_named_gap() {
+    //! Refused (exit 3), accepted once with the flag (gap anchor), normal after.
     let Some(tpm) = Swtpm::start() else { return };
     let mut daemon = anchored::daemon(&tpm, "");
     save_identity(&daemon);
@@ -170,6 +171,7 @@ async fn a_restored_copy_is_refused_then_accepted_with_accept_rollback_as_a_name
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tpm_reset_without_shutdown_is_refused_and_an_orderly_one_is_not() {
+    //! tpm2_shutdown + reset: starts; reset without it: the counter jumps, exit 3.
     let Some(tpm) = Swtpm::start() else { return };
     let mut daemon = anchored::daemon(&tpm, "");
     append(&daemon, 0, 10).await;
@@ -216,6 +218,7 @@ async fn a_tpm_reset_without_shutdown_is_refused_and_an_orderly_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tpm_behind_the_store_is_refused_even_with_accept_rollback() {
+    //! The TPM state restored from an older copy: exit 3, flag or not.
     let Some(mut tpm) = Swtpm::start() else {
         return;
     };

@@ -151,6 +151,7 @@ fn save_identity(daemon: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_tpm_leaves_ingest_running_shows_failing_and_anchoring_resumes() {
+    //! swtpm SIGSTOPped, then SIGCONTed: no gap, the export PASSes.
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = daemon(&tpm);
     save_identity(&daemon);
@@ -175,6 +176,8 @@ async fn a_hung_tpm_leaves_ingest_running_shows_failing_and_anchoring_resumes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tpm_killed_mid_anchor_leaves_ingest_running_and_anchoring_resumes_after_a_named_gap() {
+    //! swtpm SIGKILLed with an anchor's command hanging in it, restarted on
+    //! the same state: the counter jumped, the gap is named, then acknowledged.
     let Some(mut tpm) = Swtpm::start() else {
         return;
     };
