@@ -73,8 +73,9 @@ pub(super) struct Building {
     pub(super) journal_used: usize,
     /// `apply_due` as the commit thread last saw it before it waited.
     pub(super) apply_due_seen: Option<Instant>,
-    /// The last apply failed for lack of space (disk, quota or map): a
-    /// reader is told so at once instead of waiting for the settle timeout.
+    /// The last apply (or a commit carrying the journaled batches) failed
+    /// for lack of space (disk, quota or map): a reader is told so within
+    /// a second instead of waiting for the settle timeout.
     pub(super) apply_full: Option<Arc<CommitError>>,
 }
 

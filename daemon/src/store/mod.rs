@@ -181,7 +181,9 @@ impl StoreError {
 }
 
 /// True when a write failed for lack of disk space or quota (`ENOSPC`,
-/// `EDQUOT`): the one test of it, for the store and the ack journal.
+/// `EDQUOT`), for an LMDB error that did not go through
+/// [`OutOfSpace::classify`] (commits and meta writes do; that also takes
+/// LMDB's short-write `EIO`).
 pub fn is_out_of_space(err: &std::io::Error) -> bool {
     matches!(
         err.raw_os_error(),
