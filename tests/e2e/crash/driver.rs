@@ -1,0 +1,296 @@
+//! The one kill loop, parameterised by path: per round, appenders run, the
+//! daemon is killed the path's way (chosen from the seeded generator), the
+//! daemon itself restarts (its own journal replay and start-up, no `tallyd
+//! check` first), and the ledger is checked; at the end every ack from seq
+//! 0, the exported chain (and, when anchoring, the anchors against the log's
+//! identity), and `tallyd check` offline.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use tally_tests::{binary, Daemon, DaemonOpts};
+
+use super::anchored::Anchored;
+use super::ledger::{check_all, check_restarted, Checked, Ledger};
+use super::load::Load;
+
+/// How a round ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    /// SIGKILL at a random instant of the load.
+    Load,
+    /// SIGTERM at a random instant of the load, SIGKILL a random delay later,
+    /// while the drain runs (or after it ended, which is counted apart).
+    Drain,
+    /// `tally anchor`, then SIGKILL a random delay later (while the anchor
+    /// runs, or after it ended, counted apart).
+    Anchor,
+    /// SIGKILL during the load, then 1-2 starts of the daemon killed at a
+    /// random delay after spawning (during the journal replay, the start-up
+    /// anchoring, or just after ready: the stage reached is counted).
+    Startup,
+}
+
+/// One commit path under test.
+#[derive(Debug, Clone)]
+pub struct KillPath {
+    pub name: &'static str,
+    pub opts: DaemonOpts,
+    /// Events per request of each appender.
+    pub batches: Vec<u64>,
+    /// The kinds of kill the rounds take in turn (each kind once per
+    /// `kills.len()` rounds, in a random order).
+    pub kills: Vec<Kill>,
+    pub rounds: usize,
+}
+
+/// What a run of a path did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// SIGKILLs, by where they landed (a drain that ended before its kill
+    /// is counted too, as a clean stop, not a kill).
+    pub kills: BTreeMap<&'static str, u64>,
+    pub acked: usize,
+    pub size: u64,
+    /// The smallest record stored, in bytes.
+    pub min_record_bytes: u64,
+    /// Records stored whose ack the kill cut off (allowed: never acked).
+    pub unacked_stored: u64,
+    /// Every stderr log of the daemon's runs, for the path's own checks.
+    pub logs: String,
+}
+
+/// Counted in [`Report::kills`], but not a kill.
+pub const CLEAN_STOP: &str = "none: the drain ended first (a clean stop)";
+
+impl Report {
+    pub fn total_kills(&self) -> u64 {
+        self.kills
+            .iter()
+            .filter(|(landed, _)| **landed != CLEAN_STOP)
+            .map(|(_, count)| count)
+            .sum()
+    }
+}
+
+/// Runs `path` for its rounds; `anchored` when the daemon anchors in a TPM.
+pub async fn run(
+    path: &KillPath,
+    rng: &mut StdRng,
+    anchored: Option<&Anchored>,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut daemon = Daemon::start(path.opts.clone())?;
+    let mut start_time = started.elapsed();
+    let log_id = daemon.client().await?.server_hello().log_id.clone();
+    let identity = match anchored {
+        Some(anchored) => Some(anchored.identity(&daemon)?),
+        None => None,
+    };
+    let ledger = Arc::new(Ledger::default());
+    let mut checked = Checked::default();
+    let mut report = Report::default();
+    let mut startup_kills = 0;
+
+    let mut order = Vec::new();
+    for round in 0..path.rounds {
+        if order.is_empty() {
+            order = path.kills.clone();
+            order.shuffle(rng);
+        }
+        let kill = order.pop().context("a path with no kind of kill")?;
+        let acked_before = ledger.count();
+        let load = Load::start(&daemon, &ledger, &path.batches).await?;
+        let delay = Duration::from_millis(rng.gen_range(50..=400));
+        tokio::time::sleep(delay).await;
+        let landed = match kill {
+            Kill::Load | Kill::Startup => {
+                daemon.kill()?;
+                "during the load"
+            }
+            Kill::Drain => drain_then_kill(&mut daemon, rng).await?,
+            Kill::Anchor => anchor_then_kill(&mut daemon, rng).await?,
+        };
+        *report.kills.entry(landed).or_default() += 1;
+        load.ended()
+            .await
+            .with_context(|| format!("round {round} ({landed})"))?;
+        if kill == Kill::Startup {
+            for _ in 0..rng.gen_range(1..=2) {
+                startup_kills += 1;
+                let log = daemon
+                    .dir()
+                    .join(format!("startup-kill-{startup_kills}.stderr"));
+                let stage = kill_starting(&daemon, rng, start_time, &log)?;
+                *report.kills.entry(stage).or_default() += 1;
+            }
+        }
+
+        // The daemon's own start-up must take the store as the kill left it.
+        let restarting = Instant::now();
+        daemon.restart().with_context(|| {
+            format!("round {round}: the restart after a kill {landed} was refused")
+        })?;
+        start_time = restarting.elapsed();
+        let found = check_restarted(&daemon, &ledger, &mut checked, &log_id)
+            .await
+            .with_context(|| format!("round {round}: after a kill {landed}"))?;
+        report.unacked_stored += found.unacked_stored;
+        let anchors = match (anchored, &identity) {
+            (Some(anchored), Some(identity)) => {
+                let anchors = anchored
+                    .verify(&daemon, identity, rng, &checked)
+                    .with_context(|| format!("round {round}: anchors after a kill {landed}"))?;
+                format!(", {anchors} anchors verify")
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{} round {round}: killed {landed}, {delay:?} into the load; {} acked in the round, \
+             {} acks checked, log size {}, {} stored unacked; restarted in {start_time:?}{anchors}",
+            path.name,
+            ledger.count() - acked_before,
+            found.acks_checked,
+            found.size,
+            found.unacked_stored,
+        );
+    }
+
+    let (size, head, smallest) = check_all(&daemon, &ledger).await?;
+    let verified = daemon.export_and_verify()?;
+    ensure!(
+        verified.size == size && verified.head_hash == hex::encode(head),
+        "the export verifies as {verified:?}, the log has {size} records"
+    );
+    let status = daemon.terminate()?;
+    ensure!(status.success(), "the last stop was not clean: {status}");
+    let check = daemon.tallyd(&["check"])?;
+    ensure!(check.code == 0, "tallyd check failed: {check:?}");
+    ensure!(
+        check
+            .stdout
+            .starts_with(&format!("ok: {size} records, head {}", hex::encode(head))),
+        "tallyd check disagrees with the daemon ({size} records, head {}): {}",
+        hex::encode(head),
+        check.stdout
+    );
+    report.acked = ledger.count();
+    report.size = size;
+    report.min_record_bytes = smallest;
+    report.logs = daemon_logs(&daemon);
+    println!(
+        "{}: {} kills {:?}; {} acked, 0 lost; {} records ({} stored unacked); {:?}",
+        path.name,
+        report.total_kills(),
+        report.kills,
+        report.acked,
+        report.size,
+        report.unacked_stored,
+        started.elapsed()
+    );
+    Ok(report)
+}
+
+/// SIGTERM, then SIGKILL after a random delay unless the drain ended first.
+async fn drain_then_kill(daemon: &mut Daemon, rng: &mut StdRng) -> anyhow::Result<&'static str> {
+    let pid = Pid::from_raw(i32::try_from(daemon.pid().context("not running")?)?);
+    signal::kill(pid, Signal::SIGTERM)?;
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=150))).await;
+    if daemon.is_running() {
+        daemon.kill()?;
+        Ok("during the drain")
+    } else {
+        ensure!(
+            daemon.stderr().contains("stopped"),
+            "the daemon exited after SIGTERM without an orderly stop:\n{}",
+            daemon.stderr()
+        );
+        Ok(CLEAN_STOP)
+    }
+}
+
+/// `tally anchor` in the background, then SIGKILL after a random delay.
+async fn anchor_then_kill(daemon: &mut Daemon, rng: &mut StdRng) -> anyhow::Result<&'static str> {
+    let mut anchor = Command::new(binary("tally")?)
+        .arg("anchor")
+        .env("TALLY_SOCKET", daemon.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=80))).await;
+    daemon.kill()?;
+    let finished = anchor.wait()?;
+    Ok(if finished.success() {
+        "after `tally anchor` returned"
+    } else {
+        "while `tally anchor` ran"
+    })
+}
+
+/// Spawns the daemon on its data directory and SIGKILLs it after a random
+/// delay up to `start_time` (how long the last start took); returns the
+/// stage its log shows it had reached.
+fn kill_starting(
+    daemon: &Daemon,
+    rng: &mut StdRng,
+    start_time: Duration,
+    log: &Path,
+) -> anyhow::Result<&'static str> {
+    let most = u64::try_from(start_time.as_micros())?.max(1000);
+    let delay = Duration::from_micros(rng.gen_range(0..=most));
+    let mut child = Command::new(binary("tallyd")?)
+        .args(daemon.base_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log)?)
+        .spawn()?;
+    std::thread::sleep(delay);
+    child.kill()?;
+    let status = child.wait()?;
+    let text = std::fs::read_to_string(log)?;
+    ensure!(
+        status.code().is_none(),
+        "a starting daemon exited by itself ({status}) before the kill:\n{text}"
+    );
+    let ready = text
+        .lines()
+        .any(|line| line.contains("tallyd/") && line.contains(" ready "));
+    // Each is logged after the store was opened and the journal replayed.
+    let opened = [
+        "committed them from the ack journal",
+        "TPM anchoring is OFF",
+        "TPM provisioned",
+    ];
+    Ok(if ready {
+        "at start-up, after ready"
+    } else if opened.iter().any(|line| text.contains(line)) {
+        "at start-up, after the store was opened and the journal replayed"
+    } else {
+        "at start-up, before the store was opened and replayed"
+    })
+}
+
+/// Every stderr log the daemon's runs wrote (`*.stderr` in its directory).
+fn daemon_logs(daemon: &Daemon) -> String {
+    let mut logs = String::new();
+    let runs = std::fs::read_dir(daemon.dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "stderr"));
+    for path in runs {
+        logs.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+    }
+    logs
+}
