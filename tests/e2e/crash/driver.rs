@@ -6,11 +6,9 @@
 //! identity), and `tallyd check` offline.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context as _};
 use nix::sys::signal::{self, Signal};
@@ -23,6 +21,7 @@ use tally_tests::{binary, Daemon, DaemonOpts};
 use super::anchored::Anchored;
 use super::ledger::{check_all, check_restarted, Checked, Ledger};
 use super::load::Load;
+use super::startup::{kill_starting, StartTimes, IN_REPLAY};
 
 /// How a round ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +34,9 @@ pub enum Kill {
     /// `tally anchor`, then SIGKILL a random delay later (while the anchor
     /// runs, or after it ended, counted apart).
     Anchor,
-    /// SIGKILL during the load, then 1-2 starts of the daemon killed at a
-    /// random delay after spawning (during the journal replay, the start-up
-    /// anchoring, or just after ready: the stage reached is counted).
+    /// SIGKILL during the load, then starts of the daemon killed at a random
+    /// delay after spawning (aimed at the journal replay; up to three, until
+    /// one lands there; the stage reached is counted).
     Startup,
 }
 
@@ -90,8 +89,11 @@ pub async fn run(
     anchored: Option<&Anchored>,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
+    let spawned = SystemTime::now();
     let mut daemon = Daemon::start(path.opts.clone())?;
-    let mut start_time = started.elapsed();
+    let mut start_times = StartTimes::measured(spawned, started.elapsed(), &daemon.stderr());
+    // How long a drain takes, as the last clean one did: SIGKILLs aim within it.
+    let mut drain_window = Duration::from_millis(40);
     let log_id = daemon.client().await?.server_hello().log_id.clone();
     let identity = match anchored {
         Some(anchored) => Some(anchored.identity(&daemon)?),
@@ -118,7 +120,7 @@ pub async fn run(
                 daemon.kill()?;
                 "during the load"
             }
-            Kill::Drain => drain_then_kill(&mut daemon, rng).await?,
+            Kill::Drain => drain_then_kill(&mut daemon, rng, &mut drain_window).await?,
             Kill::Anchor => anchor_then_kill(&mut daemon, rng).await?,
         };
         *report.kills.entry(landed).or_default() += 1;
@@ -126,22 +128,26 @@ pub async fn run(
             .await
             .with_context(|| format!("round {round} ({landed})"))?;
         if kill == Kill::Startup {
-            for _ in 0..rng.gen_range(1..=2) {
+            // Until one lands in the journal replay, at most three.
+            for _ in 0..3 {
                 startup_kills += 1;
                 let log = daemon
                     .dir()
                     .join(format!("startup-kill-{startup_kills}.stderr"));
-                let stage = kill_starting(&daemon, rng, start_time, &log)?;
+                let stage = kill_starting(&daemon, rng, start_times, &log)?;
                 *report.kills.entry(stage).or_default() += 1;
+                if stage == IN_REPLAY {
+                    break;
+                }
             }
         }
 
         // The daemon's own start-up must take the store as the kill left it.
-        let restarting = Instant::now();
+        let (restarting, spawned) = (Instant::now(), SystemTime::now());
         daemon.restart().with_context(|| {
             format!("round {round}: the restart after a kill {landed} was refused")
         })?;
-        start_time = restarting.elapsed();
+        start_times = StartTimes::measured(spawned, restarting.elapsed(), &daemon.stderr());
         let found = check_restarted(&daemon, &ledger, &mut checked, &log_id)
             .await
             .with_context(|| format!("round {round}: after a kill {landed}"))?;
@@ -157,12 +163,14 @@ pub async fn run(
         };
         println!(
             "{} round {round}: killed {landed}, {delay:?} into the load; {} acked in the round, \
-             {} acks checked, log size {}, {} stored unacked; restarted in {start_time:?}{anchors}",
+             {} acks checked, log size {}, {} stored unacked; restarted in {:?} (store opened after {:?}){anchors}",
             path.name,
             ledger.count() - acked_before,
             found.acks_checked,
             found.size,
             found.unacked_stored,
+            start_times.ready,
+            start_times.opened,
         );
     }
 
@@ -201,15 +209,27 @@ pub async fn run(
     Ok(report)
 }
 
-/// SIGTERM, then SIGKILL after a random delay unless the drain ended first.
-async fn drain_then_kill(daemon: &mut Daemon, rng: &mut StdRng) -> anyhow::Result<&'static str> {
+/// SIGTERM, then SIGKILL after a random delay within `window` unless the
+/// drain ended first (then `window` becomes how long that drain took).
+async fn drain_then_kill(
+    daemon: &mut Daemon,
+    rng: &mut StdRng,
+    window: &mut Duration,
+) -> anyhow::Result<&'static str> {
     let pid = Pid::from_raw(i32::try_from(daemon.pid().context("not running")?)?);
+    let most = u64::try_from(window.as_micros())?.max(1000);
+    let delay = Duration::from_micros(rng.gen_range(0..=most));
+    let terminated = Instant::now();
     signal::kill(pid, Signal::SIGTERM)?;
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=150))).await;
+    while daemon.is_running() && terminated.elapsed() < delay {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
     if daemon.is_running() {
         daemon.kill()?;
         Ok("during the drain")
     } else {
+        *window = terminated.elapsed();
+        println!("a drain ended {window:?} after SIGTERM, before its SIGKILL");
         ensure!(
             daemon.stderr().contains("stopped"),
             "the daemon exited after SIGTERM without an orderly stop:\n{}",
@@ -234,49 +254,6 @@ async fn anchor_then_kill(daemon: &mut Daemon, rng: &mut StdRng) -> anyhow::Resu
         "after `tally anchor` returned"
     } else {
         "while `tally anchor` ran"
-    })
-}
-
-/// Spawns the daemon on its data directory and SIGKILLs it after a random
-/// delay up to `start_time` (how long the last start took); returns the
-/// stage its log shows it had reached.
-fn kill_starting(
-    daemon: &Daemon,
-    rng: &mut StdRng,
-    start_time: Duration,
-    log: &Path,
-) -> anyhow::Result<&'static str> {
-    let most = u64::try_from(start_time.as_micros())?.max(1000);
-    let delay = Duration::from_micros(rng.gen_range(0..=most));
-    let mut child = Command::new(binary("tallyd")?)
-        .args(daemon.base_args())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log)?)
-        .spawn()?;
-    std::thread::sleep(delay);
-    child.kill()?;
-    let status = child.wait()?;
-    let text = std::fs::read_to_string(log)?;
-    ensure!(
-        status.code().is_none(),
-        "a starting daemon exited by itself ({status}) before the kill:\n{text}"
-    );
-    let ready = text
-        .lines()
-        .any(|line| line.contains("tallyd/") && line.contains(" ready "));
-    // Each is logged after the store was opened and the journal replayed.
-    let opened = [
-        "committed them from the ack journal",
-        "TPM anchoring is OFF",
-        "TPM provisioned",
-    ];
-    Ok(if ready {
-        "at start-up, after ready"
-    } else if opened.iter().any(|line| text.contains(line)) {
-        "at start-up, after the store was opened and the journal replayed"
-    } else {
-        "at start-up, before the store was opened and replayed"
     })
 }
 
