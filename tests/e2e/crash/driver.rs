@@ -18,6 +18,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use tally_tests::{binary, Daemon, DaemonOpts};
 
+use super::aim::kill_in_lmdb_commit;
 use super::anchored::Anchored;
 use super::ledger::{check_all, check_restarted, Checked, Ledger};
 use super::load::Load;
@@ -26,7 +27,8 @@ use super::startup::{kill_starting, StartTimes, IN_REPLAY};
 /// How a round ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kill {
-    /// SIGKILL at a random instant of the load.
+    /// SIGKILL at a random instant of the load, or (half the time) at the
+    /// first LMDB commit after it (`aim.rs`).
     Load,
     /// SIGTERM at a random instant of the load, SIGKILL a random delay later,
     /// while the drain runs (or after it ended, which is counted apart).
@@ -117,8 +119,18 @@ pub async fn run(
         tokio::time::sleep(delay).await;
         let landed = match kill {
             Kill::Load | Kill::Startup => {
+                // Half the time at the next LMDB commit, if one comes within 1 s.
+                let aimed = match (rng.gen_bool(0.5), daemon.pid()) {
+                    (true, Some(pid)) => {
+                        tokio::task::spawn_blocking(move || {
+                            kill_in_lmdb_commit(pid, Duration::from_secs(1))
+                        })
+                        .await?
+                    }
+                    _ => None,
+                };
                 daemon.kill()?;
-                "during the load"
+                aimed.unwrap_or("during the load")
             }
             Kill::Drain => drain_then_kill(&mut daemon, rng, &mut drain_window).await?,
             Kill::Anchor => anchor_then_kill(&mut daemon, rng).await?,

@@ -30,6 +30,7 @@
 //! start-up round in 2-3). Each round prints where its kill landed, and
 //! each path its kills by where they landed and its acked events.
 
+mod aim;
 mod anchored;
 mod driver;
 mod ledger;
