@@ -96,6 +96,8 @@ pub async fn run(
     let mut start_times = StartTimes::measured(spawned, started.elapsed(), &daemon.stderr());
     // How long a drain takes, as the last clean one did: SIGKILLs aim within it.
     let mut drain_window = Duration::from_millis(40);
+    // How long `tally anchor` takes, as the last one that returned did.
+    let mut anchor_window = Duration::from_millis(80);
     let log_id = daemon.client().await?.server_hello().log_id.clone();
     let identity = match anchored {
         Some(anchored) => Some(anchored.identity(&daemon)?),
@@ -133,7 +135,7 @@ pub async fn run(
                 aimed.unwrap_or("during the load")
             }
             Kill::Drain => drain_then_kill(&mut daemon, rng, &mut drain_window).await?,
-            Kill::Anchor => anchor_then_kill(&mut daemon, rng).await?,
+            Kill::Anchor => anchor_then_kill(&mut daemon, rng, &mut anchor_window).await?,
         };
         *report.kills.entry(landed).or_default() += 1;
         load.ended()
@@ -251,21 +253,37 @@ async fn drain_then_kill(
     }
 }
 
-/// `tally anchor` in the background, then SIGKILL after a random delay.
-async fn anchor_then_kill(daemon: &mut Daemon, rng: &mut StdRng) -> anyhow::Result<&'static str> {
+/// `tally anchor` in the background, then SIGKILL after a random delay
+/// within `window`, unless it returned first (then `window` becomes how long
+/// that anchor took, so that later kills land within one).
+async fn anchor_then_kill(
+    daemon: &mut Daemon,
+    rng: &mut StdRng,
+    window: &mut Duration,
+) -> anyhow::Result<&'static str> {
+    let most = u64::try_from(window.as_micros())?.max(1000);
+    let delay = Duration::from_micros(rng.gen_range(0..=most));
+    let asked = Instant::now();
     let mut anchor = Command::new(binary("tally")?)
         .arg("anchor")
         .env("TALLY_SOCKET", daemon.socket())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    tokio::time::sleep(Duration::from_millis(rng.gen_range(0..=80))).await;
+    let mut returned = None;
+    while returned.is_none() && asked.elapsed() < delay {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        returned = anchor.try_wait()?;
+    }
     daemon.kill()?;
     let finished = anchor.wait()?;
-    Ok(if finished.success() {
-        "after `tally anchor` returned"
-    } else {
-        "while `tally anchor` ran"
+    Ok(match returned {
+        Some(status) if status.success() => {
+            *window = asked.elapsed();
+            "after `tally anchor` returned"
+        }
+        _ if finished.success() => "after `tally anchor` returned",
+        _ => "while `tally anchor` ran",
     })
 }
 
