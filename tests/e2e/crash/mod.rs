@@ -15,19 +15,22 @@
 //! every second, with kills during the load, right after `tally anchor`,
 //! during the drain's final anchor and during start-up anchoring, after each
 //! of which the anchors verify against the log's identity with a fresh
-//! attestation (PASS: genuine, consecutive, current).
+//! attestation (PASS: genuine, consecutive, current). Half the kills during
+//! the load wait for an LMDB commit (`aim.rs`).
 //!
 //! Every random choice comes from `tally_tests::seed::rng` (the seed is
 //! printed; `TALLY_SEED=<seed>` replays the choices, not the timing). The
-//! CI form makes 4-6 kills per path. The full form, at least 100 kills:
+//! CI form makes 4-6 rounds per path, about 45 kills in all. The full form,
+//! 20 rounds per path, about 190 kills (docs/OPERATIONS.md, section 3b):
 //!
 //! ```sh
 //! cargo build --workspace
 //! TALLY_KILLS=20 cargo test -p tally-tests --test e2e -- crash:: --nocapture
 //! ```
 //!
-//! `TALLY_KILLS=N` gives every path N rounds (each ends in a kill, and a
-//! start-up round in 2-3). Each round prints where its kill landed, and
+//! `TALLY_KILLS=N` gives every path N rounds (each ends in a kill, or in a
+//! drain that ended first, counted apart; a start-up round also kills up to
+//! three starting daemons). Each round prints where its kill landed, and
 //! each path its kills by where they landed and its acked events.
 
 mod aim;

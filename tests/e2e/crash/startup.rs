@@ -49,7 +49,7 @@ pub fn kill_starting(
     log: &Path,
 ) -> anyhow::Result<&'static str> {
     let (least, most) = match times.opened {
-        Some(opened) if rng.gen_bool(0.75) => (opened * 3 / 5, opened),
+        Some(opened) if rng.gen_bool(0.75) => (opened / 2, opened * 19 / 20),
         _ => (Duration::ZERO, times.ready),
     };
     let most = u64::try_from(most.as_micros())?.max(1000);
