@@ -30,8 +30,9 @@ pub enum Kill {
     /// SIGKILL at a random instant of the load, or (half the time) at the
     /// first LMDB commit after it (`aim.rs`).
     Load,
-    /// SIGTERM at a random instant of the load, SIGKILL a random delay later,
-    /// while the drain runs (or after it ended, which is counted apart).
+    /// SIGTERM at a random instant of the load, SIGKILL a random delay later
+    /// (half the time at the drain's first LMDB commit), while the drain runs
+    /// (or after it ended, which is counted apart).
     Drain,
     /// `tally anchor`, then SIGKILL a random delay later (while the anchor
     /// runs, or after it ended, counted apart).
@@ -223,18 +224,29 @@ pub async fn run(
     Ok(report)
 }
 
-/// SIGTERM, then SIGKILL after a random delay within `window` unless the
+/// SIGTERM, then SIGKILL after a random delay within `window` (half the
+/// time at the drain's first LMDB commit, if one comes within it) unless the
 /// drain ended first (then `window` becomes how long that drain took).
 async fn drain_then_kill(
     daemon: &mut Daemon,
     rng: &mut StdRng,
     window: &mut Duration,
 ) -> anyhow::Result<&'static str> {
-    let pid = Pid::from_raw(i32::try_from(daemon.pid().context("not running")?)?);
+    let id = daemon.pid().context("not running")?;
+    let pid = Pid::from_raw(i32::try_from(id)?);
     let most = u64::try_from(window.as_micros())?.max(1000);
     let delay = Duration::from_micros(rng.gen_range(0..=most));
+    let aim = rng.gen_bool(0.5);
     let terminated = Instant::now();
     signal::kill(pid, Signal::SIGTERM)?;
+    if aim {
+        let most = *window;
+        let hit = tokio::task::spawn_blocking(move || kill_in_lmdb_commit(id, most)).await?;
+        if hit.is_some() {
+            daemon.kill()?;
+            return Ok("during the drain, at an LMDB commit");
+        }
+    }
     while daemon.is_running() && terminated.elapsed() < delay {
         tokio::time::sleep(Duration::from_micros(500)).await;
     }

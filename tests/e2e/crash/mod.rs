@@ -138,11 +138,14 @@ async fn kill_across_map_growth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_the_sigterm_drain() {
     let report = run(&path("drain", "", &[BIG, SMALL, SMALL], &[Kill::Drain], 5)).await;
+    let in_drain: u64 = report
+        .kills
+        .iter()
+        .filter(|(landed, _)| landed.starts_with("during the drain"))
+        .map(|(_, kills)| kills)
+        .sum();
     assert!(
-        report
-            .kills
-            .get("during the drain")
-            .is_some_and(|&kills| kills > 0),
+        in_drain > 0,
         "no kill landed during a drain: {:?}",
         report.kills
     );
