@@ -14,6 +14,9 @@ use tally_tests::{Daemon, DaemonOpts};
 
 use super::ledger::Checked;
 
+/// The owner record's NV index: the default counter index + 1.
+const OWNER_RECORD: &str = "0x01c17a12";
+
 /// A swtpm the daemon anchors in, every second when the log grew.
 pub struct Anchored {
     pub tpm: Swtpm,
@@ -29,6 +32,15 @@ impl Anchored {
             ),
             ..DaemonOpts::default()
         }
+    }
+
+    /// Undefines the owner record (`tpm.counter_index + 1`, the default
+    /// index), so that a new log may take the counter: for a first start
+    /// again on the same TPM. The daemon must be stopped.
+    pub fn free_owner_record(&self) -> anyhow::Result<()> {
+        let out = self.tpm.tool("tpm2_nvundefine", &[OWNER_RECORD, "-C", "o"]);
+        ensure!(out.status.success(), "tpm2_nvundefine: {out:?}");
+        Ok(())
     }
 
     /// `tallyd identity`, saved where a verifier keeps it.

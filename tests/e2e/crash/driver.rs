@@ -22,7 +22,7 @@ use super::aim::kill_in_lmdb_commit;
 use super::anchored::Anchored;
 use super::ledger::{check_all, check_restarted, Checked, Ledger};
 use super::load::Load;
-use super::startup::{kill_starting, StartTimes, IN_REPLAY};
+use super::startup::{kill_first_start, kill_starting, StartTimes, IN_REPLAY};
 
 /// How a round ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct KillPath {
     /// `kills.len()` rounds, in a random order).
     pub kills: Vec<Kill>,
     pub rounds: usize,
+    /// With a TPM: first starts (provisioning, genesis) killed before the
+    /// rounds, each on a new data directory.
+    pub genesis_kills: usize,
 }
 
 /// What a run of a path did.
@@ -99,6 +102,27 @@ pub async fn run(
     let mut drain_window = Duration::from_millis(40);
     // How long `tally anchor` takes, as the last one that returned did.
     let mut anchor_window = Duration::from_millis(80);
+    let mut report = Report::default();
+    if let Some(anchored) = anchored.filter(|_| path.genesis_kills > 0) {
+        // The first start again, killed: a new log on the same TPM each time.
+        let first = start_times;
+        for kill in 0..path.genesis_kills {
+            if daemon.is_running() {
+                ensure!(daemon.terminate()?.success(), "the stop was not clean");
+            }
+            std::fs::remove_dir_all(daemon.data_dir())?;
+            anchored.free_owner_record()?;
+            let log = daemon.dir().join(format!("genesis-kill-{kill}.stderr"));
+            let stage = kill_first_start(&daemon, rng, first, &log)?;
+            *report.kills.entry(stage).or_default() += 1;
+            // The daemon itself must take over whatever the kill left.
+            let (restarting, spawned) = (Instant::now(), SystemTime::now());
+            daemon
+                .restart()
+                .with_context(|| format!("the restart after a kill {stage} was refused"))?;
+            start_times = StartTimes::measured(spawned, restarting.elapsed(), &daemon.stderr());
+        }
+    }
     let log_id = daemon.client().await?.server_hello().log_id.clone();
     let identity = match anchored {
         Some(anchored) => Some(anchored.identity(&daemon)?),
@@ -106,7 +130,6 @@ pub async fn run(
     };
     let ledger = Arc::new(Ledger::default());
     let mut checked = Checked::default();
-    let mut report = Report::default();
     let mut startup_kills = 0;
 
     let mut order = Vec::new();

@@ -12,9 +12,10 @@
 //! map, doubled under the load); the SIGTERM drain (SIGKILL a random delay
 //! after SIGTERM); start-up (killing the restarted daemon at a random delay
 //! while it replays the journal and starts); and anchoring in a real swtpm
-//! every second, with kills during the load, right after `tally anchor`,
-//! during the drain's final anchor and during start-up anchoring, after each
-//! of which the anchors verify against the log's identity with a fresh
+//! every second, with kills of first starts (provisioning and the genesis
+//! anchor, each on a new data directory), during the load, right after
+//! `tally anchor`, during the drain's final anchor and during start-up
+//! anchoring, after each of which the anchors verify against the log's identity with a fresh
 //! attestation (PASS: genuine, consecutive, current). Half the kills during
 //! the load wait for an LMDB commit (`aim.rs`).
 //!
@@ -70,6 +71,7 @@ fn path(name: &'static str, config: &str, batches: &[u64], kills: &[Kill], ci: u
         batches: batches.to_vec(),
         kills: kills.to_vec(),
         rounds: rounds(ci),
+        genesis_kills: 0,
     }
 }
 
@@ -169,6 +171,7 @@ async fn kill_while_anchoring() {
     let kills = [Kill::Load, Kill::Anchor, Kill::Drain, Kill::Startup];
     let mut path = path("anchoring", "", &[SMALL, SMALL, BIG], &kills, 5);
     path.opts = anchored.opts();
+    path.genesis_kills = rounds(3);
     let mut rng = tally_tests::seed::rng(path.name);
     driver::run(&path, &mut rng, Some(&anchored)).await.unwrap();
 }

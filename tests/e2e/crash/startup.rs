@@ -55,6 +55,53 @@ pub fn kill_starting(
     let most = u64::try_from(most.as_micros())?.max(1000);
     let least = u64::try_from(least.as_micros())?.min(most);
     let delay = Duration::from_micros(rng.gen_range(least..=most));
+    let (seen, text) = spawn_and_kill(daemon, delay, log)?;
+    Ok(if ready(&text) {
+        "at start-up, after ready"
+    } else if seen.journal_mapped {
+        IN_REPLAY
+    } else if seen.journal_open {
+        "at start-up, after the journal replay, before ready"
+    } else if seen.store_open {
+        "at start-up, the store open, before the journal replay"
+    } else {
+        "at start-up, before the store was opened"
+    })
+}
+
+/// Spawns the daemon on a data directory it has never started on and
+/// SIGKILLs it a random delay later (up to when the first start was ready;
+/// half the time after it was provisioned): during provisioning and the
+/// genesis anchor (the owner record, the anchor and identity, the first
+/// increment). Returns how far its log shows it got.
+pub fn kill_first_start(
+    daemon: &Daemon,
+    rng: &mut StdRng,
+    first: StartTimes,
+    log: &Path,
+) -> anyhow::Result<&'static str> {
+    let least = match first.opened {
+        Some(provisioned) if rng.gen_bool(0.5) => provisioned.min(first.ready),
+        _ => Duration::ZERO,
+    };
+    let most = u64::try_from(first.ready.as_micros())?.max(1000);
+    let least = u64::try_from(least.as_micros())?.min(most);
+    let delay = Duration::from_micros(rng.gen_range(least..=most));
+    let (_, text) = spawn_and_kill(daemon, delay, log)?;
+    Ok(if ready(&text) {
+        "at the first start, after ready"
+    } else if text.contains("genesis anchor made") {
+        "at the first start, after the genesis anchor"
+    } else if text.contains("TPM provisioned") {
+        "at the first start, provisioned, before the genesis anchor was made"
+    } else {
+        "at the first start, before the TPM was provisioned"
+    })
+}
+
+/// Spawns the daemon on its data directory, SIGKILLs it after `delay`;
+/// returns what it had open just before, and its log.
+fn spawn_and_kill(daemon: &Daemon, delay: Duration, log: &Path) -> anyhow::Result<(Seen, String)> {
     let mut child = Command::new(binary("tallyd")?)
         .args(daemon.base_args())
         .stdin(Stdio::null())
@@ -70,20 +117,13 @@ pub fn kill_starting(
         status.code().is_none(),
         "a starting daemon exited by itself ({status}) before the kill:\n{text}"
     );
-    let ready = text
-        .lines()
-        .any(|line| line.contains("tallyd/") && line.contains(" ready "));
-    Ok(if ready {
-        "at start-up, after ready"
-    } else if seen.journal_mapped {
-        IN_REPLAY
-    } else if seen.journal_open {
-        "at start-up, after the journal replay, before ready"
-    } else if seen.store_open {
-        "at start-up, the store open, before the journal replay"
-    } else {
-        "at start-up, before the store was opened"
-    })
+    Ok((seen, text))
+}
+
+/// Whether the log says the daemon was ready (accepting connections).
+fn ready(log: &str) -> bool {
+    log.lines()
+        .any(|line| line.contains("tallyd/") && line.contains(" ready "))
 }
 
 /// What a process had open just before its kill.
