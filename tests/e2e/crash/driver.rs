@@ -104,8 +104,8 @@ pub async fn run(
     let mut anchor_window = Duration::from_millis(80);
     let mut report = Report::default();
     if let Some(anchored) = anchored.filter(|_| path.genesis_kills > 0) {
-        // The first start again, killed: a new log on the same TPM each time.
-        let first = start_times;
+        // The first start again, killed: a new log on the same TPM each time
+        // (aimed within the last start, itself a first start most times).
         for kill in 0..path.genesis_kills {
             if daemon.is_running() {
                 ensure!(daemon.terminate()?.success(), "the stop was not clean");
@@ -113,7 +113,7 @@ pub async fn run(
             std::fs::remove_dir_all(daemon.data_dir())?;
             anchored.free_owner_record()?;
             let log = daemon.dir().join(format!("genesis-kill-{kill}.stderr"));
-            let stage = kill_first_start(&daemon, rng, first, &log)?;
+            let stage = kill_first_start(&daemon, rng, start_times, &log)?;
             *report.kills.entry(stage).or_default() += 1;
             // The daemon itself must take over whatever the kill left.
             let (restarting, spawned) = (Instant::now(), SystemTime::now());

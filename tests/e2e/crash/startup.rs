@@ -70,21 +70,21 @@ pub fn kill_starting(
 }
 
 /// Spawns the daemon on a data directory it has never started on and
-/// SIGKILLs it a random delay later (up to when the first start was ready;
+/// SIGKILLs it a random delay later (up to when the last start was ready;
 /// half the time after it was provisioned): during provisioning and the
 /// genesis anchor (the owner record, the anchor and identity, the first
 /// increment). Returns how far its log shows it got.
 pub fn kill_first_start(
     daemon: &Daemon,
     rng: &mut StdRng,
-    first: StartTimes,
+    last: StartTimes,
     log: &Path,
 ) -> anyhow::Result<&'static str> {
-    let least = match first.opened {
-        Some(provisioned) if rng.gen_bool(0.5) => provisioned.min(first.ready),
+    let least = match last.opened {
+        Some(provisioned) if rng.gen_bool(0.5) => provisioned.min(last.ready),
         _ => Duration::ZERO,
     };
-    let most = u64::try_from(first.ready.as_micros())?.max(1000);
+    let most = u64::try_from(last.ready.as_micros())?.max(1000);
     let least = u64::try_from(least.as_micros())?.min(most);
     let delay = Duration::from_micros(rng.gen_range(least..=most));
     let (_, text) = spawn_and_kill(daemon, delay, log)?;
