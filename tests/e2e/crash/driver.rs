@@ -57,6 +57,9 @@ pub struct KillPath {
     /// With a TPM: first starts (provisioning, genesis) killed before the
     /// rounds, each on a new data directory.
     pub genesis_kills: usize,
+    /// Turn the ack journal off for every other restart (and on again), as
+    /// an operator may after a crash: `opts.config` must not set it.
+    pub toggle_journal: bool,
 }
 
 /// What a run of a path did.
@@ -73,7 +76,12 @@ pub struct Report {
     pub unacked_stored: u64,
     /// Every stderr log of the daemon's runs, for the path's own checks.
     pub logs: String,
+    /// Restarts with the journal turned off that committed events from it.
+    pub replayed_with_journal_off: u64,
 }
+
+/// What a start logs when it committed acked events from the ack journal.
+pub const REPLAYED: &str = "committed them from the ack journal";
 
 /// Counted in [`Report::kills`], but not a kill.
 pub const CLEAN_STOP: &str = "none: the drain ended first (a clean stop)";
@@ -131,6 +139,7 @@ pub async fn run(
     let ledger = Arc::new(Ledger::default());
     let mut checked = Checked::default();
     let mut startup_kills = 0;
+    let mut journal_on = true;
 
     let mut order = Vec::new();
     for round in 0..path.rounds {
@@ -180,12 +189,25 @@ pub async fn run(
             }
         }
 
+        if path.toggle_journal {
+            journal_on = !journal_on;
+            let config = if journal_on {
+                ""
+            } else {
+                "ack_journal_max_bytes = 0"
+            };
+            let text = format!("{}\n{config}\n[tpm]\n{}\n", path.opts.config, path.opts.tpm);
+            std::fs::write(daemon.config_path(), text)?;
+        }
         // The daemon's own start-up must take the store as the kill left it.
         let (restarting, spawned) = (Instant::now(), SystemTime::now());
         daemon.restart().with_context(|| {
             format!("round {round}: the restart after a kill {landed} was refused")
         })?;
         start_times = StartTimes::measured(spawned, restarting.elapsed(), &daemon.stderr());
+        if path.toggle_journal && !journal_on && daemon.stderr().contains(REPLAYED) {
+            report.replayed_with_journal_off += 1;
+        }
         let found = check_restarted(&daemon, &ledger, &mut checked, &log_id)
             .await
             .with_context(|| format!("round {round}: after a kill {landed}"))?;

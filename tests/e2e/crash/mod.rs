@@ -8,7 +8,8 @@
 //!
 //! The paths: the ack journal (small batches); LMDB (batches over the
 //! journal's 16 KiB, committed with the journaled ones before them); the
-//! journal off (`ack_journal_max_bytes = 0`); map growth (a 1 MiB initial
+//! journal off (`ack_journal_max_bytes = 0`), also turned off and on
+//! across restarts (what the journal holds must come back either way); map growth (a 1 MiB initial
 //! map, doubled under the load); the SIGTERM drain (SIGKILL a random delay
 //! after SIGTERM); start-up (killing the restarted daemon at a random delay
 //! while it replays the journal and starts); and anchoring in a real swtpm
@@ -72,6 +73,7 @@ fn path(name: &'static str, config: &str, batches: &[u64], kills: &[Kill], ci: u
         kills: kills.to_vec(),
         rounds: rounds(ci),
         genesis_kills: 0,
+        toggle_journal: false,
     }
 }
 
@@ -82,10 +84,7 @@ async fn run(path: &KillPath) -> Report {
 
 /// How many restarts committed events from the ack journal.
 fn replays(report: &Report) -> usize {
-    report
-        .logs
-        .matches("committed them from the ack journal")
-        .count()
+    report.logs.matches(driver::REPLAYED).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +117,23 @@ async fn kill_with_the_journal_off() {
         replays(&report),
         0,
         "the journal is off, yet a restart replayed it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_with_the_journal_turned_off_and_on_across_restarts() {
+    //! An operator may turn the journal off after a crash: the next start
+    //! must still give back what the journal holds.
+    let mut path = path("journal-toggled", "", &[SMALL; 3], &[Kill::Load], 4);
+    path.toggle_journal = true;
+    let report = run(&path).await;
+    println!(
+        "journal-toggled: {} restarts with the journal off replayed it",
+        report.replayed_with_journal_off
+    );
+    assert!(
+        report.replayed_with_journal_off > 0,
+        "no restart with the journal off found events in it: the path was not tested"
     );
 }
 
