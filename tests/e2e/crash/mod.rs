@@ -22,8 +22,9 @@
 //!
 //! Every random choice comes from `tally_tests::seed::rng` (the seed is
 //! printed; `TALLY_SEED=<seed>` replays the choices, not the timing). The
-//! CI form makes 4-6 rounds per path, about 45 kills in all. The full form,
-//! 20 rounds per path, about 190 kills (docs/OPERATIONS.md, section 3b):
+//! CI form makes 4-6 rounds per path, about 50 kills in all (35-40 s here).
+//! The full form, 20 rounds per path, about 230 kills (docs/OPERATIONS.md,
+//! section 3b, has one run's figures):
 //!
 //! ```sh
 //! cargo build --workspace
