@@ -12,6 +12,7 @@
 //! `TALLY_EXPLORER_FULL=1` checks up to 2,000 distinct states per path
 //! (docs/OPERATIONS.md, "Power-loss crash states: running the explorer").
 
+use tally_tests::crash_states::oplog::{Op, Timed};
 use tally_tests::crash_states::record::{record, Workload};
 use tally_tests::crash_states::{explore, Budget};
 use tally_tests::swtpm::Swtpm;
@@ -26,23 +27,60 @@ fn budget() -> Budget {
     } else {
         Budget {
             samples_per_cut: 2,
-            max_checks: 30,
+            max_checks: 50,
             workers: 1,
         }
     }
 }
 
-/// Records `workload`, explores its crash states, fails on any failed state.
-async fn run(workload: Workload, swtpm: Option<&Swtpm>) {
+/// What the recorded run did on the data directory, to show that a test
+/// exercised the path it names.
+#[derive(Debug, Default)]
+struct Exercised {
+    /// Ack-journal frames written (writes starting with the frame magic).
+    frames: usize,
+    /// Flushes of `data.mdb` (two per LMDB commit).
+    lmdb_flushes: usize,
+    /// The end of the furthest write to `data.mdb`.
+    data_end: u64,
+}
+
+fn exercised(ops: &[Timed]) -> Exercised {
+    let mut seen = Exercised::default();
+    for timed in ops {
+        match &timed.op {
+            Op::Write {
+                path, offset, data, ..
+            } if path == "store/ack-journal" && data.starts_with(b"TALLYJ01") => {
+                seen.frames += 1;
+            }
+            Op::Write {
+                path, offset, data, ..
+            } if path == "store/data.mdb" => {
+                seen.data_end = seen.data_end.max(offset + data.len() as u64);
+            }
+            Op::Flush { path } if path == "store/data.mdb" => seen.lmdb_flushes += 1,
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// Records `workload`, checks with `exercised` that it went down its path,
+/// explores its crash states, fails on any failed state.
+async fn run(workload: Workload, swtpm: Option<&Swtpm>, check: impl FnOnce(&Exercised, u64)) {
     let mut rng = tally_tests::seed::rng(workload.name);
     let tcti = swtpm.map(Swtpm::tcti);
     let recording = record(&workload, tcti.as_deref(), &mut rng).await.unwrap();
     let name = workload.name;
+    let seen = exercised(&recording.ops);
+    println!("{name}: {seen:?}");
     let report = tokio::task::block_in_place(|| {
         explore(name, &recording, swtpm.is_some(), budget(), &mut rng)
     })
     .unwrap();
     assert!(report.checked > 0, "{name}: no crash state was checked");
+    check(&seen, report.increments);
     if !report.failures.is_empty() {
         let kept = recording.dir.keep();
         panic!(
@@ -75,6 +113,12 @@ async fn power_loss_on_the_ack_journal_path_from_the_first_start() {
             anchors: 0,
         },
         None,
+        |seen, _| {
+            assert!(
+                seen.frames >= 10,
+                "the acks did not come from the journal: {seen:?}"
+            )
+        },
     )
     .await;
 }
@@ -93,6 +137,13 @@ async fn power_loss_on_lmdb_commits_with_the_journal_off() {
             anchors: 0,
         },
         None,
+        |seen, _| {
+            assert_eq!(
+                seen.frames, 0,
+                "the journal is off, yet frames were written"
+            );
+            assert!(seen.lmdb_flushes >= 4, "no LMDB commits: {seen:?}");
+        },
     )
     .await;
 }
@@ -112,6 +163,10 @@ async fn power_loss_on_lmdb_commits_of_batches_too_large_for_the_journal() {
             anchors: 0,
         },
         None,
+        |seen, _| {
+            assert_eq!(seen.frames, 0, "batches over 16 KiB went to the journal");
+            assert!(seen.lmdb_flushes >= 4, "no LMDB commits: {seen:?}");
+        },
     )
     .await;
 }
@@ -131,6 +186,8 @@ async fn power_loss_while_the_lmdb_map_grows() {
             anchors: 0,
         },
         None,
+        // LMDB writes pages only inside its map: past 2 MiB it grew twice.
+        |seen, _| assert!(seen.data_end > 2 << 20, "the map did not grow: {seen:?}"),
     )
     .await;
 }
@@ -152,6 +209,12 @@ async fn power_loss_while_anchoring_in_a_tpm() {
             anchors: 3,
         },
         Some(&swtpm),
+        |_, increments| {
+            assert!(
+                increments >= 3,
+                "{increments} TPM counter increments recorded, 3 anchors asked for"
+            )
+        },
     )
     .await;
 }

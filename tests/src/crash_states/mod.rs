@@ -64,6 +64,8 @@ pub struct Report {
     pub checked: usize,
     /// Each failed state: what was wrong, and which state it was.
     pub failures: Vec<String>,
+    /// TPM2_NV_Increment commands tallyd sent during the run.
+    pub increments: u64,
     pub elapsed: Duration,
 }
 
@@ -73,6 +75,37 @@ struct Candidate {
     choice: Choice,
     acked_before: u64,
     increments: u64,
+}
+
+/// At most `max` of `candidates`, spread over the cuts: a random state of
+/// each cut, then another of each, and so on, so that a narrow window (a
+/// few ops between two flushes) is never left out of a sample.
+fn spread(candidates: Vec<Candidate>, max: usize, rng: &mut impl Rng) -> Vec<Candidate> {
+    let mut by_cut: std::collections::BTreeMap<model::Cut, Vec<Candidate>> = Default::default();
+    for candidate in candidates {
+        by_cut
+            .entry(candidate.choice.cut)
+            .or_default()
+            .push(candidate);
+    }
+    let mut groups: Vec<Vec<Candidate>> = by_cut.into_values().collect();
+    for group in &mut groups {
+        group.shuffle(rng);
+    }
+    groups.shuffle(rng);
+    let mut out = Vec::with_capacity(max);
+    while out.len() < max {
+        let before = out.len();
+        for group in &mut groups {
+            if out.len() < max {
+                out.extend(group.pop());
+            }
+        }
+        if out.len() == before {
+            break;
+        }
+    }
+    out
 }
 
 /// Explores `recording`; with `tpm`, also checks the store against the TPM
@@ -129,8 +162,7 @@ pub fn explore(
         )
     });
     if candidates.len() > budget.max_checks {
-        candidates.shuffle(rng);
-        candidates.truncate(budget.max_checks);
+        candidates = spread(candidates, budget.max_checks, rng);
     }
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
@@ -183,10 +215,14 @@ pub fn explore(
         distinct: count,
         checked: candidates.len(),
         failures: failures.into_inner().unwrap_or_default(),
+        increments: model.increments_before(model::Cut {
+            k: model.ops(),
+            in_flight: false,
+        }),
         elapsed: started.elapsed(),
     };
     println!(
-        "crash states {}: {} ops, {} acks, {} cuts, {} states built, {} distinct, {} checked, {} failed, {:.1} s",
+        "crash states {}: {} ops, {} acks, {} cuts, {} states built, {} distinct, {} checked, {} failed, {} TPM counter increments, {:.1} s",
         report.path,
         report.ops,
         report.acks,
@@ -195,6 +231,7 @@ pub fn explore(
         report.distinct,
         report.checked,
         report.failures.len(),
+        report.increments,
         report.elapsed.as_secs_f64()
     );
     Ok(report)

@@ -173,16 +173,19 @@ pub async fn record(
             anyhow::Ok(result.is_ok())
         }));
     }
+    let mut anchoring = None;
     if workload.anchors > 0 {
         let socket = tallyd.socket.clone();
         let anchors = workload.anchors;
-        tasks.push(tokio::spawn(async move {
+        anchoring = Some(tokio::spawn(async move {
             let mut client = tally_client::Client::connect(&socket, "crash-states").await?;
             for _ in 0..anchors {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                client.anchor().await?;
+                client
+                    .anchor()
+                    .await
+                    .context("an anchor asked for during the run")?;
             }
-            anyhow::Ok(true)
+            anyhow::Ok(())
         }));
     }
     // SIGKILL once most of the load is acked, while the rest is in flight.
@@ -190,7 +193,12 @@ pub async fn record(
     let kill_at = planned * 9 / 10;
     let acked = || acks.lock().map_or(0, |acks| acks.len() as u64);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked() < kill_at && tasks.iter().any(|task| !task.is_finished()) {
+    let anchored = |anchoring: &Option<tokio::task::JoinHandle<_>>| {
+        anchoring.as_ref().is_none_or(|task| task.is_finished())
+    };
+    while (acked() < kill_at && tasks.iter().any(|task| !task.is_finished()))
+        || !anchored(&anchoring)
+    {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "{}: the load did not finish in 60 s",
@@ -199,6 +207,9 @@ pub async fn record(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(tallyd);
+    if let Some(task) = anchoring {
+        task.await.context("the anchoring task panicked")??;
+    }
     for task in tasks {
         // A client cut off by the kill ends with an error: expected.
         let _ = task.await.context("a client task panicked")?;
