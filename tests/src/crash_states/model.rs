@@ -565,3 +565,6 @@ fn apply_meta(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
