@@ -95,15 +95,18 @@ pub struct Timed {
 /// TPM2_NV_Increment's command code.
 pub const TPM_CC_NV_INCREMENT: u32 = 0x0000_0134;
 
-/// Parses a whole op log.
+/// Parses a whole op log. The SIGKILL that ends a recorded run can cut the
+/// last record short (the operation had completed, its record was being
+/// appended, tallyd had not seen it return): that record is dropped, so the
+/// model treats the operation as never made, one of the states a power cut
+/// during it allows.
 pub fn parse(log: &[u8]) -> anyhow::Result<Vec<Timed>> {
     let mut ops = Vec::new();
     let mut rest = log;
     while !rest.is_empty() {
-        let end = rest
-            .iter()
-            .position(|&byte| byte == b'\n')
-            .context("op log: a header without its newline (cut short?)")?;
+        let Some(end) = rest.iter().position(|&byte| byte == b'\n') else {
+            break;
+        };
         let line = std::str::from_utf8(&rest[..end]).context("op log: a header is not UTF-8")?;
         rest = &rest[end + 1..];
         let fields: Vec<&str> = line.split(' ').collect();
@@ -139,10 +142,9 @@ pub fn parse(log: &[u8]) -> anyhow::Result<Vec<Timed>> {
             },
             "write" => {
                 let len = usize::try_from(num(1)?)?;
-                ensure!(
-                    rest.len() >= len,
-                    "op log: a write's bytes are cut short: {line:?}"
-                );
+                if rest.len() < len {
+                    break;
+                }
                 let data = rest[..len].to_vec();
                 rest = &rest[len..];
                 Op::Write {
@@ -229,8 +231,17 @@ mod tests {
     }
 
     #[test]
-    fn a_cut_short_write_is_an_error() {
-        let err = parse(b"write 3 0 10 0 f\nabc").unwrap_err();
-        assert!(err.to_string().contains("cut short"), "{err}");
+    fn a_last_record_cut_short_by_the_kill_is_dropped_and_a_bad_one_is_an_error() {
+        let ops = parse(b"fsync 1 f\nwrite 3 0 10 0 f\nabc").unwrap();
+        assert_eq!(
+            ops,
+            [Timed {
+                at: 1,
+                op: Op::Flush { path: "f".into() }
+            }]
+        );
+        assert_eq!(parse(b"fsync 1 f\nfsyn").unwrap().len(), 1);
+        let err = parse(b"frobnicate 1 f\n").unwrap_err();
+        assert!(err.to_string().contains("unknown operation"), "{err}");
     }
 }
