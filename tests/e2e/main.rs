@@ -19,6 +19,7 @@ mod fuzz_corpus;
 mod journal;
 mod limits;
 mod paging;
+mod power_loss;
 mod proofs;
 mod shutdown;
 mod systemd;

@@ -11,6 +11,7 @@
 //! meanwhile use a multi-threaded runtime.
 
 pub mod anchored;
+pub mod crash_states;
 pub mod loopfs;
 pub mod raw;
 pub mod seed;
