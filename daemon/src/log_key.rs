@@ -76,6 +76,14 @@ pub async fn load_or_create(
             let partial = dir.join("log-key.sealed.partial");
             write_synced(&partial, &blob.to_bytes()).map_err(io("write", &partial))?;
             std::fs::rename(&partial, &sealed_path).map_err(io("rename", &sealed_path))?;
+            // The rename is durable only once the directory is flushed
+            // (POSIX; ext4 usually commits it with a later journal commit,
+            // but a power cut before that would lose the key while the
+            // store's genesis, committed next, survived: a new key at the
+            // next start, and checkpoints no verifier of the identity takes).
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io("sync", dir))?;
             tracing::info!(path = %sealed_path.display(), "created the log's checkpoint key, sealed to the TPM");
             seed
         }
