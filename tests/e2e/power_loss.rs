@@ -233,3 +233,51 @@ async fn power_loss_while_anchoring_in_a_tpm() {
     )
     .await;
 }
+
+/// Regression: the sealed log key's rename into `tpm/` was never flushed
+/// into its directory, so on a file system that does not commit a rename
+/// with the next fsync of another file (POSIX promises nothing; ext4 in
+/// `data=ordered` happens to), a power cut after the genesis could keep the
+/// genesis and lose the key: the next start would make a new key that no
+/// verifier of the identity accepts. Recorded on a first start: the rename
+/// is followed by a flush of `tpm/` before LMDB's first commit after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sealed_log_key_is_flushed_into_its_directory_before_the_genesis() {
+    let Some(swtpm) = Swtpm::start() else {
+        return;
+    };
+    let workload = Workload {
+        name: "first_start_log_key",
+        config: "",
+        from_empty: true,
+        connections: 1,
+        window: 1,
+        batch: 1..=1,
+        appends: 3,
+        anchors: 0,
+    };
+    let mut rng = tally_tests::seed::rng(workload.name);
+    let recording = record(&workload, Some(&swtpm.tcti()), &mut rng)
+        .await
+        .unwrap();
+    let ops: Vec<&Op> = recording.ops.iter().map(|timed| &timed.op).collect();
+    let renamed = ops
+        .iter()
+        .position(|op| matches!(op, Op::Rename { to, .. } if to.ends_with("log-key.sealed")))
+        .unwrap_or_else(|| panic!("no rename of the sealed log key recorded: {ops:#?}"));
+    let after = |wanted: &dyn Fn(&Op) -> bool| {
+        ops[renamed..]
+            .iter()
+            .position(|op| wanted(op))
+            .map(|at| renamed + at)
+    };
+    let lmdb_commit = after(&|op| matches!(op, Op::Flush { path } if path == "store/data.mdb"))
+        .unwrap_or_else(|| panic!("no LMDB commit after the log key: {ops:#?}"));
+    let key_dir_flushed = after(&|op| matches!(op, Op::Flush { path } if path == "tpm"));
+    assert!(
+        key_dir_flushed.is_some_and(|at| at < lmdb_commit),
+        "the rename of the log key (op {renamed}) is not flushed into tpm/ before LMDB's \
+         commit (op {lmdb_commit}); flushes of tpm/ at {key_dir_flushed:?}: {:#?}",
+        &ops[renamed..=lmdb_commit]
+    );
+}
