@@ -11,6 +11,7 @@ mod anchoring;
 mod anchoring_v2;
 mod bad_input;
 mod cli;
+mod client_timeout;
 mod concurrency;
 mod crash;
 mod follow;

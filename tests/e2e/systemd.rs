@@ -275,7 +275,12 @@ fn socket_activation_serves_the_passed_socket_and_leaves_it_in_place() -> anyhow
         .enable_all()
         .build()?;
     let acks = runtime.block_on(async {
-        let mut client = tally_client::Client::connect(&socket, "socket-activation-test").await?;
+        let mut client = tally_client::Client::connect_with_timeout(
+            &socket,
+            "socket-activation-test",
+            tally_tests::CLIENT_TIMEOUT,
+        )
+        .await?;
         anyhow::Ok(client.append(vec![tally_tests::event(1)]).await?)
     })?;
     assert_eq!(acks.len(), 1);
