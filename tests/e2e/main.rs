@@ -14,6 +14,7 @@ mod cli;
 mod client_timeout;
 mod concurrency;
 mod crash;
+mod exposure;
 mod follow;
 mod fuzz_corpus;
 mod journal;
