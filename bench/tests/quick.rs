@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tally_bench::{AnchoringOptions, Options};
+use tally_tests::skip::{skip, Needs, Part};
 
 /// `target/debug/deps/quick-<hash>` -> `target/debug/tallyd`.
 fn debug_tallyd() -> Option<PathBuf> {
@@ -108,7 +109,11 @@ const ANCHORING_KEYS: &[&str] = &[
 #[test]
 fn quick_run_produces_every_figure() {
     let Some(tallyd) = debug_tallyd() else {
-        eprintln!("SKIP: target/debug/tallyd not built (cargo build -p tally-daemon)");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "target/debug/tallyd not built (cargo build -p tally-daemon)",
+        );
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -127,7 +132,7 @@ fn quick_run_produces_every_figure() {
 
     let swtpm = match tally_bench::swtpm::unavailable() {
         Some(reason) => {
-            eprintln!("SKIP anchoring scenario: {reason}");
+            skip(Needs::Ci, Part::Only("anchoring scenario"), &reason);
             None
         }
         None => Some(tally_bench::swtpm::Swtpm::start(work.path()).unwrap()),
