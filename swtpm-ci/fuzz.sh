@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every fuzz target of fuzz/ with libFuzzer, AddressSanitizer and
-# SanitizerCoverage, the flags `cargo fuzz build -O -a` passes (so cargo-fuzz
+# SanitizerCoverage, with cargo-fuzz's instrumentation flags (so cargo-fuzz
 # itself is not needed), and runs each one for SECONDS (default 20) on its
 # committed corpus, new inputs going to a scratch directory. Needs a nightly
 # toolchain (`cargo +nightly`). Exits non-zero if a build fails or a target
@@ -17,9 +17,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 host=$(rustc +nightly -vV | sed -n 's/^host: //p')
 target_dir="${CARGO_TARGET_DIR:-$root/target}/fuzz"
 
-# cargo-fuzz's flags (0.13: sancov module pass, 8-bit counters, PC table,
-# comparison tracing, `cfg(fuzzing)`, ASan; -a: debug assertions and overflow
-# checks). `--target` keeps them off build scripts and proc macros.
+# What `cargo fuzz build -O -a` passes (sancov module pass, 8-bit counters,
+# PC table, comparison tracing, `cfg(fuzzing)`, ASan, debug assertions; and
+# overflow checks) except its stack-depth tracing,
+# -simplifycfg-branch-fold-threshold=0 and -Ccodegen-units=1 (a slower
+# build). `--target` keeps the flags off build scripts and proc macros.
 RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
 -Cllvm-args=-sanitizer-coverage-pc-table \
