@@ -11,6 +11,9 @@ use serde_json::Value;
 use tally_bench::{AnchoringOptions, Options};
 use tally_tests::skip::{skip, Needs, Part};
 
+/// Bound on the whole quick run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// `target/debug/deps/quick-<hash>` -> `target/debug/tallyd`.
 fn debug_tallyd() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
@@ -145,7 +148,18 @@ fn quick_run_produces_every_figure() {
         latency_anchors: 2,
     });
 
-    let results = tally_bench::run(&options).unwrap();
+    // The bench's clients wait for the daemon without a timeout: bounded
+    // here, so that a hung daemon fails this test instead of hanging the
+    // suite (the run takes one to two minutes on a busy 2-core machine).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let running = options.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(tally_bench::run(&running));
+    });
+    let results = done_rx
+        .recv_timeout(RUN_TIMEOUT)
+        .unwrap_or_else(|_| panic!("the quick bench run did not finish within {RUN_TIMEOUT:?}"))
+        .unwrap();
     println!("{}", results.table());
     let path = work.path().join("tally-bench.json");
     results.write_json(&path).unwrap();
