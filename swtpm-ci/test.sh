@@ -65,6 +65,20 @@ cargo build --workspace --locked
 step "cargo test"
 log=$(mktemp /tmp/tally-ci-test.XXXXXX)
 cargo test --workspace --locked 2>&1 | tee "$log"
+# The fuzz targets, built and run briefly (TALLY_FUZZ_SECONDS each, default 20)
+# where a nightly toolchain is present; CI does not install one, so its absence
+# is a counted skip, never a failure.
+if cargo +nightly --version >/dev/null 2>&1; then
+    step "fuzz targets (libFuzzer + AddressSanitizer, ${TALLY_FUZZ_SECONDS:-20} s each)"
+    fuzz_started=$(date +%s)
+    bash "$here/fuzz.sh" "${TALLY_FUZZ_SECONDS:-20}"
+    echo "fuzz: $(($(date +%s) - fuzz_started)) s in all"
+else
+    reason="no nightly toolchain (rustup toolchain install nightly): the fuzz targets were neither built nor run"
+    printf 'fuzz targets\twhole check\t%s\n' "$reason" >>"$skip_log"
+    echo "SKIP (fuzz targets): $reason"
+fi
+
 # Every skip, with its reason (libtest hides a passing test's output).
 if [ -s "$skip_log" ]; then
     printf '\nskips:\n'

@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tally_bench::{AnchoringOptions, Options};
+use tally_tests::skip::{skip, Needs, Part};
+
+/// Bound on the whole quick run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `target/debug/deps/quick-<hash>` -> `target/debug/tallyd`.
 fn debug_tallyd() -> Option<PathBuf> {
@@ -108,7 +112,11 @@ const ANCHORING_KEYS: &[&str] = &[
 #[test]
 fn quick_run_produces_every_figure() {
     let Some(tallyd) = debug_tallyd() else {
-        eprintln!("SKIP: target/debug/tallyd not built (cargo build -p tally-daemon)");
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "target/debug/tallyd not built (cargo build -p tally-daemon)",
+        );
         return;
     };
     let work = tempfile::tempdir().unwrap();
@@ -127,7 +135,7 @@ fn quick_run_produces_every_figure() {
 
     let swtpm = match tally_bench::swtpm::unavailable() {
         Some(reason) => {
-            eprintln!("SKIP anchoring scenario: {reason}");
+            skip(Needs::Ci, Part::Only("anchoring scenario"), &reason);
             None
         }
         None => Some(tally_bench::swtpm::Swtpm::start(work.path()).unwrap()),
@@ -140,7 +148,18 @@ fn quick_run_produces_every_figure() {
         latency_anchors: 2,
     });
 
-    let results = tally_bench::run(&options).unwrap();
+    // The bench's clients wait for the daemon without a timeout: bounded
+    // here, so that a hung daemon fails this test instead of hanging the
+    // suite (the run takes one to two minutes on a busy 2-core machine).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let running = options.clone();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(tally_bench::run(&running));
+    });
+    let results = done_rx
+        .recv_timeout(RUN_TIMEOUT)
+        .unwrap_or_else(|_| panic!("the quick bench run did not finish within {RUN_TIMEOUT:?}"))
+        .unwrap();
     println!("{}", results.table());
     let path = work.path().join("tally-bench.json");
     results.write_json(&path).unwrap();

@@ -10,8 +10,16 @@
 //! println!("durable as seq {}", acks[0].seq);
 //! # Ok(()) }
 //! ```
+//!
+//! Without a timeout a call waits as long as the daemon takes (a follower
+//! waits for new records forever). [`Client::connect_with_timeout`] and
+//! [`Client::set_timeout`] bound every wait for the daemon, each write and
+//! each response (including [`Follow::next`]'s), with
+//! [`ClientError::Timeout`].
 
+use std::future::Future;
 use std::path::Path;
+use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use prost::Message;
@@ -49,6 +57,11 @@ pub enum ClientError {
     Server { code: ErrorCode, message: String },
     #[error("protocol violation by the daemon: {0}")]
     Protocol(String),
+    /// The daemon did not take a request, or did not answer, within the
+    /// client's timeout. The connection is then in an unknown state (a
+    /// response may still come): drop the client.
+    #[error("the daemon did not answer within {after:?}")]
+    Timeout { after: Duration },
 }
 
 /// A connection to tallyd that has completed the hello exchange.
@@ -57,19 +70,41 @@ pub struct Client<S = UnixStream> {
     framed: Framed<S, LengthDelimitedCodec>,
     next_id: u64,
     hello: proto::HelloReply,
+    /// Bounds each write and each wait for a response; `None`: unbounded.
+    timeout: Option<Duration>,
 }
 
 impl Client<UnixStream> {
     /// Connects to the daemon's Unix socket and says hello.
     pub async fn connect(path: impl AsRef<Path>, client_name: &str) -> Result<Self, ClientError> {
-        let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Client::handshake(stream, client_name).await
+        Client::connect_bounded(path.as_ref(), client_name, None).await
+    }
+
+    /// [`Client::connect`], with the connect, the hello and every later
+    /// call bounded by `timeout` ([`ClientError::Timeout`]).
+    pub async fn connect_with_timeout(
+        path: impl AsRef<Path>,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Client::connect_bounded(path.as_ref(), client_name, Some(timeout)).await
+    }
+
+    async fn connect_bounded(
+        path: &Path,
+        client_name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
+        let stream = bounded(timeout, async {
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: path.display().to_string(),
+                    source,
+                })
+        })
+        .await?;
+        Client::handshake_with_timeout(stream, client_name, timeout).await
     }
 }
 
@@ -94,10 +129,21 @@ impl Client<tokio_vsock::VsockStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Says hello over an already connected stream.
     pub async fn handshake(stream: S, client_name: &str) -> Result<Self, ClientError> {
+        Client::handshake_with_timeout(stream, client_name, None).await
+    }
+
+    /// [`Client::handshake`], with the hello and every later call bounded
+    /// by `timeout` (`None`: unbounded).
+    pub async fn handshake_with_timeout(
+        stream: S,
+        client_name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Self, ClientError> {
         let mut client = Client {
             framed: Framed::new(stream, frame::codec(MAX_RESPONSE_FRAME)),
             next_id: 1,
             hello: proto::HelloReply::default(),
+            timeout,
         };
         let hello = request::Body::Hello(proto::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -117,6 +163,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             other => Err(unexpected("hello", &other)),
         }
+    }
+
+    /// Bounds each later write and wait for a response by `timeout`
+    /// (`None`: unbounded).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// The bound on each write and wait for a response, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The daemon's hello reply (its name, the log id).
@@ -279,12 +336,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             id,
             body: Some(body),
         };
-        self.framed.send(frame::encode(&request)).await?;
+        let framed = &mut self.framed;
+        bounded(self.timeout, async {
+            framed.send(frame::encode(&request)).await?;
+            Ok(())
+        })
+        .await?;
         Ok(id)
     }
 
     async fn recv(&mut self, id: u64) -> Result<response::Body, ClientError> {
-        let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
+        let framed = &mut self.framed;
+        let frame = bounded(self.timeout, async {
+            Ok(framed.next().await.ok_or(ClientError::Closed)??)
+        })
+        .await?;
         let response = Response::decode(frame)?;
         match response.body {
             Some(response::Body::Error(error)) => Err(ClientError::Server {
@@ -324,6 +390,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Follow<S> {
     }
 }
 
+/// `work`, failing with [`ClientError::Timeout`] once `timeout` has passed.
+async fn bounded<T>(
+    timeout: Option<Duration>,
+    work: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
+    match timeout {
+        None => work.await,
+        Some(after) => tokio::time::timeout(after, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout { after })),
+    }
+}
+
 fn ack(ack: proto::Ack) -> Result<Ack, ClientError> {
     let entry_hash = ack.entry_hash.as_slice().try_into().map_err(|_| {
         ClientError::Protocol(format!("ack entry hash is {} bytes", ack.entry_hash.len()))
@@ -348,3 +427,6 @@ fn unexpected(request: &str, body: &response::Body) -> ClientError {
     };
     ClientError::Protocol(format!("a {kind} response to a {request} request"))
 }
+
+#[cfg(test)]
+mod tests;

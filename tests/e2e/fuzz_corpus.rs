@@ -2,12 +2,15 @@
 //! `fuzz/artifacts-regressions/<target>/*`) without libFuzzer, through the
 //! code the fuzz targets run: the attest parsers and verifier in-process
 //! (`fuzz/src/checks.rs`), and the request streams (`fuzz/src/wire.rs`)
-//! against a real `tallyd` over its Unix socket. Fails if an input panics,
-//! hangs the daemon or kills it, or if a well-behaved client cannot append
-//! afterwards.
+//! against a real `tallyd` over its Unix socket, and the ack journal's
+//! recovery scripts (`fuzz/src/journal.rs`) against the daemon's journal and
+//! store in-process. Fails if an input panics, hangs the daemon or kills it,
+//! or if a well-behaved client cannot append afterwards.
 
 #[path = "../../fuzz/src/checks.rs"]
 mod checks;
+#[path = "../../fuzz/src/journal.rs"]
+mod journal;
 #[path = "../../fuzz/src/wire.rs"]
 mod wire;
 
@@ -175,5 +178,45 @@ fn check_frames(mut bytes: &[u8]) -> anyhow::Result<()> {
         Response::decode(frame).context("the daemon sent an undecodable response")?;
         bytes = &rest[len..];
     }
+    Ok(())
+}
+
+/// The `journal_replay` target's code on its saved inputs; the named seeds
+/// also end as their names say (the store's size after the replay, or the
+/// refusal).
+#[test]
+fn journal_recovery_survives_the_corpus() -> anyhow::Result<()> {
+    use journal::Outcome::{Recovered, Refused};
+    let expected = [
+        ("commit-then-journal", Recovered { size: 4 }),
+        // A changed byte in the last frame's record: that frame is not
+        // valid (as if torn), so it is not replayed.
+        ("damaged-body-last-frame-is-dropped", Recovered { size: 2 }),
+        ("damaged-first-tag-refuses", Refused { size: 0 }),
+        ("damaged-record-middle-frame", Refused { size: 0 }),
+        ("journal-apply-both-regions", Recovered { size: 6 }),
+        ("journal-restart-journal", Recovered { size: 8 }),
+        ("raw-frame-shaped-without-the-key", Recovered { size: 0 }),
+        // The last frame torn: never acked as far as replay can tell.
+        ("torn-last-frame", Recovered { size: 2 }),
+    ];
+    let mut checked = 0;
+    for (path, bytes) in inputs("journal_replay")? {
+        let dir = tempfile::Builder::new()
+            .prefix("tally-journal-corpus-")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())?;
+        let outcome = catch_unwind(AssertUnwindSafe(|| journal::run(&bytes, dir.path())))
+            .map_err(|_| anyhow::anyhow!("{} panicked", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or("");
+        if let Some((_, wanted)) = expected.iter().find(|(seed, _)| *seed == name) {
+            assert_eq!(outcome, *wanted, "{name}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, expected.len(), "a named seed is missing");
     Ok(())
 }

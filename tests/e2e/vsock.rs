@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use rand::Rng;
 use tally_client::proto::{peer, ErrorCode};
 use tally_client::{Client, ClientError};
 use tally_tests::skip::{skip, Needs, Part};
-use tally_tests::{Daemon, DaemonOpts};
+use tally_tests::{seed, Daemon, DaemonOpts};
 
 /// VMADDR_CID_LOCAL: this host, through the vsock_loopback transport.
 const CID_LOCAL: u32 = 1;
@@ -20,8 +21,10 @@ fn vsock_available() -> Result<(), String> {
     Ok(())
 }
 
-fn free_port() -> u32 {
-    20_000 + (std::process::id() % 20_000) + rand::random::<u32>() % 10_000
+/// A port unlikely to be taken: from the test's seeded generator, offset by
+/// the process id so that suites running at once on one machine differ.
+fn free_port(rng: &mut impl Rng) -> u32 {
+    20_000 + (std::process::id() % 20_000) + rng.gen_range(0..10_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,7 +33,7 @@ async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
         skip(Needs::ThisMachine, Part::Whole, &why.to_string());
         return;
     }
-    let port = free_port();
+    let port = free_port(&mut seed::rng("vsock"));
     let config = format!(
         "vsock_port = {port}\n[access]\n[[access.grants]]\nvsock_cid = {CID_LOCAL}\nroles = [\"append\", \"read\"]\n"
     );
@@ -69,7 +72,10 @@ async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
     )
     .await;
     let mut client = match connected {
-        Ok(Ok(client)) => client,
+        Ok(Ok(mut client)) => {
+            client.set_timeout(Some(tally_tests::CLIENT_TIMEOUT));
+            client
+        }
         Ok(Err(err)) => {
             skip(
                 Needs::ThisMachine,
@@ -109,9 +115,14 @@ async fn the_vsock_listener_binds_and_serves_through_the_shared_handler() {
         port + 1
     )))
     .unwrap();
-    let mut client = Client::connect_vsock(CID_LOCAL, port + 1, "vsock-e2e")
-        .await
-        .unwrap();
+    let mut client = tokio::time::timeout(
+        tally_tests::CLIENT_TIMEOUT,
+        Client::connect_vsock(CID_LOCAL, port + 1, "vsock-e2e"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    client.set_timeout(Some(tally_tests::CLIENT_TIMEOUT));
     match client.append(tally_tests::events(0, 1)).await {
         Err(ClientError::Server {
             code: ErrorCode::PermissionDenied,

@@ -43,6 +43,12 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGTERMed daemon may take to exit before the test gives up.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a harness client ([`Daemon::client`]) waits for the daemon to
+/// take a request or answer it before the call fails with
+/// `ClientError::Timeout`: a hung daemon fails its test instead of hanging
+/// the suite. Far above any answer a working daemon gives in these tests.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Payload size of [`event`]: a typical small audit event.
 pub const EVENT_PAYLOAD_BYTES: usize = 256;
 
@@ -308,9 +314,9 @@ impl Daemon {
         fs::read_to_string(self.stderr_path(self.runs)).unwrap_or_default()
     }
 
-    /// A client that has said hello.
+    /// A client that has said hello; every call bounded by [`CLIENT_TIMEOUT`].
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(self.socket(), "tally-e2e").await?)
+        Ok(Client::connect_with_timeout(self.socket(), "tally-e2e", CLIENT_TIMEOUT).await?)
     }
 
     /// Runs the `tally` CLI against this daemon (TALLY_SOCKET set).

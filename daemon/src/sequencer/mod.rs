@@ -273,7 +273,7 @@ pub fn start(
     journal: Option<Journal>,
     policy: BatchPolicy,
 ) -> Result<(SequencerHandle, thread::JoinHandle<()>), StartError> {
-    let (pipeline, head_rx) = Pipeline::new(store, journal, policy)?;
+    let (pipeline, head_rx) = Pipeline::new(store, journal, policy.with_test_hooks())?;
     let pipeline = Arc::new(pipeline);
     let committer = {
         let pipeline = pipeline.clone();

@@ -28,6 +28,29 @@ pub struct BatchPolicy {
 /// behind the acks of a trickle of small appends.
 pub const APPLY_AFTER: Duration = Duration::from_millis(100);
 
+/// How long `TALLYD_HOLD_APPLY` holds the timed apply (debug builds only).
+#[cfg(debug_assertions)]
+const HELD_APPLY_AFTER: Duration = Duration::from_secs(3600);
+
+impl BatchPolicy {
+    /// Test hook, debug builds only: with `TALLYD_HOLD_APPLY=1` in the
+    /// environment the timed apply waits an hour instead of
+    /// [`APPLY_AFTER`], so journaled batches stay only in the ack journal
+    /// until a reader, a large batch, a quarter-full region or the drain
+    /// applies them. Lets a test kill the daemon with frames still in the
+    /// journal on a machine whose flushes can stall past 100 ms.
+    pub fn with_test_hooks(self) -> BatchPolicy {
+        #[cfg(debug_assertions)]
+        if std::env::var("TALLYD_HOLD_APPLY").is_ok_and(|hold| hold == "1") {
+            return BatchPolicy {
+                apply_after: HELD_APPLY_AFTER,
+                ..self
+            };
+        }
+        self
+    }
+}
+
 /// Journaled batches are committed to LMDB once they take this many bytes
 /// of the journal's region.
 pub(super) const APPLY_AT_BYTES: usize = crate::journal::REGION / 4;
