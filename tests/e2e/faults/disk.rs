@@ -17,6 +17,8 @@ use tally_client::ClientError;
 use tally_tests::loopfs::LoopFs;
 use tally_tests::{append_pipelined, check_records, read_range, wait_until, Daemon, DaemonOpts};
 
+use super::status;
+
 /// Acked events: seq -> entry hash.
 type Acked = Arc<Mutex<BTreeMap<u64, [u8; 32]>>>;
 
@@ -99,12 +101,6 @@ fn assert_storage_full(refusals: &[ClientError], fs: &LoopFs) {
             "{message}"
         );
     }
-}
-
-fn status(daemon: &Daemon) -> serde_json::Value {
-    let run = daemon.tally(&["status", "--json"]).unwrap();
-    assert_eq!(run.code, 0, "{run:?}");
-    serde_json::from_str(&run.stdout).unwrap()
 }
 
 /// Every acked event is stored under its seq with its entry hash, the stored

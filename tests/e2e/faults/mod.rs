@@ -9,3 +9,54 @@ mod corrupt;
 mod disk;
 mod operator;
 mod tpm;
+
+use tally_tests::anchored::ok;
+use tally_tests::{Daemon, Run};
+
+/// `tally status --json`, which must succeed.
+fn status(daemon: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&ok(daemon.tally(&["status", "--json"]).unwrap(), "status")).unwrap()
+}
+
+/// A file in the daemon's test directory.
+fn path(daemon: &Daemon, name: &str) -> String {
+    daemon.dir().join(name).display().to_string()
+}
+
+/// The log's identity, as `tallyd identity` prints it, kept as `identity.json`.
+fn save_identity(daemon: &Daemon) {
+    let json = ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
+    std::fs::write(path(daemon, "identity.json"), json).unwrap();
+}
+
+/// Export, fresh attestation, verify against the identity saved by
+/// [`save_identity`]; `extra` verify flags (e.g. `--accept-gap`).
+fn verify(daemon: &Daemon, extra: &[&str]) -> Run {
+    let (bundle, att, id) = (
+        path(daemon, "b.bundle"),
+        path(daemon, "f.att"),
+        path(daemon, "identity.json"),
+    );
+    ok(
+        daemon.tally(&["export", "--out", &bundle]).unwrap(),
+        "export",
+    );
+    ok(
+        daemon
+            .tally(&["attest", "--nonce", "c0ffee", "--out", &att])
+            .unwrap(),
+        "attest",
+    );
+    let mut args = vec![
+        "verify",
+        &bundle,
+        "--identity",
+        &id,
+        "--attestation",
+        &att,
+        "--nonce",
+        "c0ffee",
+    ];
+    args.extend_from_slice(extra);
+    daemon.tally(&args).unwrap()
+}

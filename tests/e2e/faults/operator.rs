@@ -9,7 +9,9 @@
 
 use tally_tests::anchored::{self, anchor, append, copy_dir, ok};
 use tally_tests::swtpm::Swtpm;
-use tally_tests::{Daemon, Run};
+use tally_tests::Daemon;
+
+use super::{path, save_identity, status, verify};
 
 const COUNTER: &str = "0x01c17a11";
 
@@ -24,50 +26,6 @@ fn refused(daemon: &mut Daemon) -> String {
         "{err}"
     );
     err
-}
-
-fn status(daemon: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&ok(daemon.tally(&["status", "--json"]).unwrap(), "status")).unwrap()
-}
-
-fn path(daemon: &Daemon, name: &str) -> String {
-    daemon.dir().join(name).display().to_string()
-}
-
-/// Export, fresh attestation, verify against the identity taken at the start.
-fn verify(daemon: &Daemon, extra: &[&str]) -> Run {
-    let (bundle, att, id) = (
-        path(daemon, "b.bundle"),
-        path(daemon, "f.att"),
-        path(daemon, "identity.json"),
-    );
-    ok(
-        daemon.tally(&["export", "--out", &bundle]).unwrap(),
-        "export",
-    );
-    ok(
-        daemon
-            .tally(&["attest", "--nonce", "c0ffee", "--out", &att])
-            .unwrap(),
-        "attest",
-    );
-    let mut args = vec![
-        "verify",
-        &bundle,
-        "--identity",
-        &id,
-        "--attestation",
-        &att,
-        "--nonce",
-        "c0ffee",
-    ];
-    args.extend_from_slice(extra);
-    daemon.tally(&args).unwrap()
-}
-
-fn save_identity(daemon: &Daemon) {
-    let json = ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
-    std::fs::write(path(daemon, "identity.json"), json).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ use tally_tests::anchored::ok;
 use tally_tests::swtpm::Swtpm;
 use tally_tests::{append_pipelined, wait_until, Daemon, DaemonOpts};
 
+use super::{save_identity, status, verify};
+
 fn daemon(tpm: &Swtpm) -> Daemon {
     Daemon::start(DaemonOpts {
         tpm: format!(
@@ -21,10 +23,6 @@ fn daemon(tpm: &Swtpm) -> Daemon {
         ..DaemonOpts::default()
     })
     .unwrap()
-}
-
-fn status(daemon: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&ok(daemon.tally(&["status", "--json"]).unwrap(), "status")).unwrap()
 }
 
 /// Appends 50-event requests (4 in flight) from `first` on for `time`;
@@ -104,49 +102,6 @@ async fn healthy_again(daemon: &Daemon, size: u64) {
         "anchoring did not resume after the TPM came back: {last}"
     );
     assert_eq!(last["last_anchor_size"], size, "{last}");
-}
-
-/// `tally export` + `tally attest` + `tally verify` against the identity.
-fn verify(daemon: &Daemon, extra: &[&str]) -> tally_tests::Run {
-    let dir = daemon.dir().display().to_string();
-    let (bundle, att) = (format!("{dir}/b.bundle"), format!("{dir}/f.att"));
-    ok(
-        daemon.tally(&["export", "--out", &bundle]).unwrap(),
-        "export",
-    );
-    ok(
-        daemon
-            .tally(&["attest", "--nonce", "ab12", "--out", &att])
-            .unwrap(),
-        "attest",
-    );
-    let mut args = vec![
-        "verify",
-        &bundle,
-        "--identity",
-        "identity.json",
-        "--attestation",
-        &att,
-        "--nonce",
-        "ab12",
-    ];
-    args.extend_from_slice(extra);
-    let mut command = std::process::Command::new(tally_tests::binary("tally").unwrap());
-    let out = command
-        .args(&args)
-        .current_dir(daemon.dir())
-        .output()
-        .unwrap();
-    tally_tests::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn save_identity(daemon: &Daemon) {
-    let json = ok(daemon.tallyd(&["identity"]).unwrap(), "tallyd identity");
-    std::fs::write(daemon.dir().join("identity.json"), json).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
