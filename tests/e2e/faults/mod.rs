@@ -13,6 +13,21 @@ mod tpm;
 use tally_tests::anchored::ok;
 use tally_tests::{Daemon, Run};
 
+/// Restarts the daemon, which must refuse to start with exit 3; returns the
+/// error, which holds its message.
+fn refused(daemon: &mut Daemon) -> String {
+    let err = daemon
+        .restart()
+        .expect_err("tallyd must refuse to start")
+        .to_string();
+    assert!(
+        err.contains("exited during start-up (exit status: 3)"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// `tally status --json`, which must succeed.
 fn status(daemon: &Daemon) -> serde_json::Value {
     serde_json::from_str(&ok(daemon.tally(&["status", "--json"]).unwrap(), "status")).unwrap()

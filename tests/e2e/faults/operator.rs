@@ -9,24 +9,10 @@
 
 use tally_tests::anchored::{self, anchor, append, copy_dir, ok};
 use tally_tests::swtpm::Swtpm;
-use tally_tests::Daemon;
 
-use super::{path, save_identity, status, verify};
+use super::{path, refused, save_identity, status, verify};
 
 const COUNTER: &str = "0x01c17a11";
-
-/// The start is refused with exit 3; returns the message.
-fn refused(daemon: &mut Daemon) -> String {
-    let err = daemon
-        .restart()
-        .expect_err("tallyd must refuse to start")
-        .to_string();
-    assert!(
-        err.contains("exited during start-up (exit status: 3)"),
-        "{err}"
-    );
-    err
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_copy_is_refused_then_accepted_with_accept_rollback_as_a_named_gap() {
