@@ -46,7 +46,8 @@ pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
 pub use records::StoredRecord;
 pub use space::{
-    free_bytes, watch_space, DiskSpace, OutOfSpace, SpaceReport, SPACE_CHECK_INTERVAL,
+    free_bytes, is_out_of_space, watch_space, DiskSpace, OutOfSpace, SpaceReport,
+    SPACE_CHECK_INTERVAL,
 };
 
 use records::encode_head;
@@ -178,17 +179,6 @@ impl StoreError {
             _ => false,
         }
     }
-}
-
-/// True when a write failed for lack of disk space or quota (`ENOSPC`,
-/// `EDQUOT`), for an LMDB error that did not go through
-/// [`OutOfSpace::classify`] (commits and meta writes do; that also takes
-/// LMDB's short-write `EIO`).
-pub fn is_out_of_space(err: &std::io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
-    )
 }
 
 /// The LMDB environment and its databases.

@@ -44,7 +44,7 @@ impl OutOfSpace {
         incoming: usize,
     ) -> Result<OutOfSpace, std::io::Error> {
         let code = err.raw_os_error();
-        let no_space = matches!(code, Some(c) if c == nix::libc::ENOSPC || c == nix::libc::EDQUOT);
+        let no_space = is_out_of_space(&err);
         let free_bytes = free_bytes(dir).unwrap_or(u64::MAX);
         let margin = SHORT_WRITE_SLACK.saturating_add((incoming as u64).saturating_mul(4));
         let short_write = code == Some(nix::libc::EIO) && free_bytes < margin;
@@ -62,6 +62,17 @@ impl OutOfSpace {
             Err(err)
         }
     }
+}
+
+/// True when a write failed with `ENOSPC` or `EDQUOT`: the errno part of
+/// [`OutOfSpace::classify`], and the whole test for an LMDB error that did
+/// not go through it (commits, meta writes and the journal do; that also
+/// takes LMDB's short-write `EIO`).
+pub fn is_out_of_space(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(code) if code == nix::libc::ENOSPC || code == nix::libc::EDQUOT
+    )
 }
 
 /// What the failed write said: LMDB's `EIO` for a short write is named as one.
