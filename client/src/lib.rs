@@ -3,6 +3,7 @@
 //! * [`proto`]: the generated protobuf types of `proto/tally/v1/tally.proto`.
 //! * [`frame`]: framing (4-byte big-endian length + protobuf) shared by the
 //!   daemon and clients.
+//! * [`attributes`]: typed attribute values and the rules an event follows.
 //! * [`Client`]: connect, hello, append, read, follow, status, attest, anchor,
 //!   prove.
 //! * [`export`]: the whole log into a bundle file; [`record`]: stored records
@@ -14,6 +15,7 @@
 //! gets the library above and nothing the CLI needs.
 #![forbid(unsafe_code)]
 
+pub mod attributes;
 pub mod client;
 pub mod clock;
 pub mod export;

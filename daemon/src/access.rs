@@ -227,6 +227,7 @@ impl Access {
             payload: Vec::new(),
             content_type: String::new(),
             client_time_unix_nanos: now_unix_nanos(),
+            typed_attributes: Vec::new(),
         }))
     }
 

@@ -188,6 +188,7 @@ impl<'a> Input<'a> {
             payload: self.bytes(255).to_vec(),
             content_type: self.string(16),
             client_time_unix_nanos: i64::from_be_bytes(std::array::from_fn(|_| self.byte())),
+            typed_attributes: Vec::new(),
         }
     }
 }

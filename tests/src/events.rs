@@ -27,6 +27,7 @@ pub fn event(i: u64) -> Event {
         payload,
         content_type: "application/octet-stream".into(),
         client_time_unix_nanos: i64::try_from(i).unwrap_or(i64::MAX),
+        typed_attributes: Vec::new(),
     }
 }
 

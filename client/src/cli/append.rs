@@ -94,6 +94,7 @@ pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<()> {
             payload,
             content_type: args.content_type,
             client_time_unix_nanos: now_unix_nanos(),
+            typed_attributes: Vec::new(),
         };
         let acks = client.append(vec![event]).await?;
         print_acks(&mut out, &acks, args.json)?;
@@ -169,6 +170,7 @@ fn json_event(line: &str) -> anyhow::Result<Event> {
         payload,
         content_type: event.content_type,
         client_time_unix_nanos: event.client_time_unix_nanos.unwrap_or_else(now_unix_nanos),
+        typed_attributes: Vec::new(),
     })
 }
 

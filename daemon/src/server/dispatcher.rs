@@ -261,9 +261,16 @@ impl<'a> Dispatcher<'a> {
                 protocol_version: tally_client::PROTOCOL_VERSION,
                 server_name: self.shared.server_name.clone(),
                 log_id: self.shared.store.log_id().to_vec(),
+                max_frame_bytes: saturating_u32(self.shared.limits.max_frame),
+                max_events_per_append: saturating_u32(self.shared.limits.max_events_per_append),
             })),
         }))
     }
+}
+
+/// A limit for the wire's u32 fields (every configurable limit fits).
+fn saturating_u32(value: usize) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
 }
 
 /// Appends a denial's event to the log, if the rate limit left it one. Never
