@@ -373,4 +373,13 @@ mod tests {
         assert_eq!(event.kind, "tally.access_denied");
         assert_eq!(event.attributes["denials_not_logged_before"], "0");
     }
+
+    /// The daemon's own events obey the rules it enforces on clients'.
+    #[test]
+    fn denial_events_pass_the_event_rules() {
+        let access = Access::new(AccessConfig::default());
+        let denial = access.denied("unix uid=5", "anchor", Role::Admin);
+        let event = denial.event.expect("the first denial is logged");
+        assert_eq!(tally_client::attributes::check_event(&event), Ok(()));
+    }
 }

@@ -3,6 +3,7 @@
 //! ([`RequestError::code`]). The message sent with the code is the error's
 //! text.
 
+use tally_client::attributes::EventError;
 use tally_client::proto::{self, response, ErrorCode, Response};
 use tokio::task::JoinError;
 
@@ -51,6 +52,11 @@ pub enum RequestError {
     NoEvents,
     #[error("{count} events in one append; the maximum is {max}")]
     TooManyEvents { count: usize, max: usize },
+    /// Event `index` (0-based, in the append's list) breaks a rule of the
+    /// protocol (`tally_client::attributes::check_event`): nothing of the
+    /// append is stored.
+    #[error("event {index}: {source}")]
+    InvalidEvent { index: usize, source: EventError },
     #[error("{peer} exceeded its append rate of {rate} events/s; retry later")]
     RateLimited { peer: PeerId, rate: u64 },
     #[error("the sequencer has stopped")]
@@ -110,9 +116,11 @@ impl RequestError {
         match self {
             E::ConnectionRefused(_) | E::Idle { .. } => ErrorCode::Busy,
             E::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            E::Undecodable(_) | E::UnknownRequest | E::NoEvents | E::BadNonce { .. } => {
-                ErrorCode::BadRequest
-            }
+            E::Undecodable(_)
+            | E::UnknownRequest
+            | E::NoEvents
+            | E::InvalidEvent { .. }
+            | E::BadNonce { .. } => ErrorCode::BadRequest,
             E::HelloFirst | E::HelloRepeated | E::ProtocolVersionZero => ErrorCode::Protocol,
             E::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             E::TooManyEvents { .. } => ErrorCode::TooManyEvents,
@@ -256,6 +264,22 @@ mod tests {
                 RequestError::Fresh(FreshError::SinceNotAnchored { since_size: 7 }),
                 ErrorCode::OutOfRange,
                 "no anchor covers exactly 7 records: since_size must be the size of an anchor you hold (the newest anchor of your export)",
+            ),
+            (
+                RequestError::InvalidEvent {
+                    index: 3,
+                    source: EventError::DuplicateKey { key: "x".into() },
+                },
+                ErrorCode::BadRequest,
+                "event 3: attribute \"x\" appears more than once",
+            ),
+            (
+                RequestError::InvalidEvent {
+                    index: 0,
+                    source: EventError::EmptyKind,
+                },
+                ErrorCode::BadRequest,
+                "event 0: the event's kind is empty",
             ),
             (
                 RequestError::BadNonce { len: 65 },

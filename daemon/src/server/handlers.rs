@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use prost::Message;
 use tally_attest::entry_hash;
+use tally_client::attributes::check_event;
 use tally_client::proto::{self, response};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +23,8 @@ use tally_client::clock::now_unix_nanos;
 /// Where the sequencer answers a submitted append.
 pub(crate) type AckReceiver = oneshot::Receiver<Result<Vec<Ack>, AppendError>>;
 
-/// Validates an append, reserves its queue budget (waiting under overload)
+/// Validates an append (its size, then every event against the protocol's
+/// rules), reserves its queue budget (waiting under overload)
 /// and hands it to the sequencer. `Ok(None)`: the daemon is shutting down.
 pub(crate) async fn submit_append(
     append: proto::AppendRequest,
@@ -40,6 +42,11 @@ pub(crate) async fn submit_append(
             count,
             max: shared.limits.max_events_per_append,
         });
+    }
+    // Before the rate limit takes its tokens and before anything is queued:
+    // a request with one invalid event stores nothing and costs nothing.
+    for (index, event) in append.events.iter().enumerate() {
+        check_event(event).map_err(|source| RequestError::InvalidEvent { index, source })?;
     }
     if !shared.append_rate.try_take(peer, count) {
         return Err(RequestError::RateLimited {
