@@ -27,4 +27,5 @@ mod shutdown;
 mod systemd;
 mod tamper;
 mod tpm_evidence;
+mod typed_attributes;
 mod vsock;
