@@ -301,6 +301,16 @@ mod encoding_tests {
         );
         // A oneof member is written even when it is the default.
         assert_eq!(typed_bytes(V::IntValue(0)), format!("421f{key}12021800"));
+        // A string map that repeats a key on the wire decodes to its last
+        // value, which is what the daemon stores.
+        let entry = |value: &str| format!("2207 0a01 6b 1202 {}", hex::encode(value));
+        let twice =
+            hex::decode(format!("0a016b{}{}", entry("v1"), entry("v2")).replace(' ', "")).unwrap();
+        let decoded = Event::decode(twice.as_slice()).unwrap();
+        assert_eq!(
+            decoded.attributes,
+            [("k".to_owned(), "v2".to_owned())].into()
+        );
         // Doubles are 8 bytes, little-endian (wire type I64).
         assert_eq!(
             typed_bytes(V::DoubleValue(1.0)),
