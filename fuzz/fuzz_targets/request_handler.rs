@@ -11,7 +11,9 @@
 //! * the connection ends once the client has sent everything and closed its
 //!   side (a hang fails after `CONNECTION_TIMEOUT`);
 //! * every complete response frame decodes as a `Response`;
-//! * every ack names a stored record with that entry hash;
+//! * every ack names a stored record with that entry hash, whose event
+//!   passes the protocol's event rules (`tally_client::attributes::check_event`:
+//!   an invalid event is refused, never stored);
 //! * the store's chain verifies (`Store::verify`).
 //!
 //! One store, runtime and sequencer serve many iterations; the store is
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tally_attest::entry_hash;
+use tally_client::attributes::check_event;
 use tally_client::proto::{response, Response};
 use tally_daemon::config::Config;
 use tally_daemon::server::{serve_connection, Shared};
@@ -155,6 +158,14 @@ fn check_responses(mut bytes: &[u8], store: &Store) {
                     "ack for seq {} does not match the stored record",
                     ack.seq
                 );
+                let event = tally_client::record::decode(&record.bytes)
+                    .unwrap_or_else(|err| panic!("stored seq {} does not decode: {err}", ack.seq))
+                    .body
+                    .event
+                    .unwrap_or_default();
+                if let Err(err) = check_event(&event) {
+                    panic!("seq {} was stored with an invalid event: {err}", ack.seq);
+                }
             }
         }
     }

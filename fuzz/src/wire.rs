@@ -17,7 +17,10 @@
 //! a body, 9 a frame of arbitrary bytes, 10 arbitrary unframed bytes, 11 a
 //! length header above [`MAX_FRAME`] (the connection is closed after it, so
 //! the stream ends there), 12 prove_inclusion, 13 prove_consistency.
-//! Exhausted input reads as zeros.
+//! Exhausted input reads as zeros. An append's events carry string-map and
+//! typed attributes: every value kind, and sometimes a shape the daemon must
+//! refuse (a missing value, a nested or mixed array; see
+//! `Input::attribute_value`), besides empty kinds and keys.
 
 use prost::Message;
 use tally_client::proto::{self, request, Request};
@@ -188,7 +191,132 @@ impl<'a> Input<'a> {
             payload: self.bytes(255).to_vec(),
             content_type: self.string(16),
             client_time_unix_nanos: i64::from_be_bytes(std::array::from_fn(|_| self.byte())),
-            typed_attributes: Vec::new(),
+            typed_attributes: (0..self.byte() % 4)
+                .map(|_| proto::Attribute {
+                    key: self.string(8),
+                    value: self.attribute_value(),
+                })
+                .collect(),
         }
+    }
+
+    /// A typed value: one of every kind, valid arrays, and the invalid
+    /// shapes the daemon must refuse (no value, an unset element, a nested
+    /// or mixed array).
+    fn attribute_value(&mut self) -> Option<proto::AttributeValue> {
+        use proto::attribute_value::Value as V;
+        let value = |value| Some(proto::AttributeValue { value: Some(value) });
+        match self.byte() % 10 {
+            0 => None,
+            1 => Some(proto::AttributeValue { value: None }),
+            2 => value(self.scalar()),
+            // Any scalars: often of mixed kinds.
+            3 => value(V::ArrayValue(proto::ArrayValue {
+                values: (0..self.byte() % 4)
+                    .map(|_| proto::AttributeValue {
+                        value: Some(self.scalar()),
+                    })
+                    .collect(),
+            })),
+            4 => {
+                // Valid: every element of the first element's kind.
+                let kind = self.byte();
+                let values = (0..self.byte() % 4)
+                    .map(|_| proto::AttributeValue {
+                        value: Some(self.scalar_of(kind)),
+                    })
+                    .collect();
+                value(V::ArrayValue(proto::ArrayValue { values }))
+            }
+            5 => value(V::ArrayValue(proto::ArrayValue {
+                values: vec![proto::AttributeValue {
+                    value: Some(V::ArrayValue(proto::ArrayValue::default())),
+                }],
+            })),
+            6 => value(V::ArrayValue(proto::ArrayValue {
+                values: vec![proto::AttributeValue { value: None }],
+            })),
+            _ => value(self.scalar()),
+        }
+    }
+
+    fn scalar(&mut self) -> proto::attribute_value::Value {
+        let kind = self.byte();
+        self.scalar_of(kind)
+    }
+
+    /// A scalar of kind `kind % 5`: ints and doubles from 8 input bytes, so
+    /// i64's edges, NaN payloads and infinities are all reachable.
+    fn scalar_of(&mut self, kind: u8) -> proto::attribute_value::Value {
+        use proto::attribute_value::Value as V;
+        match kind % 5 {
+            0 => V::StringValue(self.string(16)),
+            1 => V::BoolValue(self.byte() & 1 == 1),
+            2 => V::IntValue(i64::from_be_bytes(std::array::from_fn(|_| self.byte()))),
+            3 => V::DoubleValue(f64::from_bits(u64::from_be_bytes(std::array::from_fn(
+                |_| self.byte(),
+            )))),
+            _ => V::BytesValue(self.bytes(32).to_vec()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::attribute_value::Value as V;
+
+    /// The seed `structured_typed_attributes` reaches typed values of every
+    /// kind, the edges of i64 and a NaN, and invalid shapes (a nested array,
+    /// a missing value, an empty kind). Also runs in the e2e binary, which
+    /// includes this file (tests/e2e/fuzz_corpus.rs).
+    #[test]
+    fn the_typed_seed_makes_typed_attributes() {
+        let seed = include_bytes!("../corpus/request_handler/structured_typed_attributes");
+        let mut bytes = stream(seed);
+        let mut events = Vec::new();
+        while bytes.len() >= 4 {
+            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let request = Request::decode(&bytes[4..4 + len]).unwrap();
+            if let Some(request::Body::Append(append)) = request.body {
+                events.extend(append.events);
+            }
+            bytes.drain(..4 + len);
+        }
+        let value = |key: &str| {
+            events
+                .iter()
+                .flat_map(|event| &event.typed_attributes)
+                .find(|attribute| attribute.key == key)
+                .map(|attribute| attribute.value.clone())
+        };
+        assert_eq!(
+            value("tok"),
+            Some(Some(proto::AttributeValue {
+                value: Some(V::IntValue(812))
+            }))
+        );
+        assert!(matches!(
+            value("d").flatten().and_then(|v| v.value),
+            Some(V::DoubleValue(d)) if d.is_nan()
+        ));
+        assert!(matches!(
+            value("min").flatten().and_then(|v| v.value),
+            Some(V::IntValue(i64::MIN))
+        ));
+        assert!(matches!(
+            value("arr").flatten().and_then(|v| v.value),
+            Some(V::ArrayValue(a)) if a.values.len() == 2
+        ));
+        assert!(matches!(
+            value("by").flatten().and_then(|v| v.value),
+            Some(V::BytesValue(b)) if b == [0x00, 0xff]
+        ));
+        assert!(matches!(
+            value("n").flatten().and_then(|v| v.value),
+            Some(V::ArrayValue(a)) if matches!(a.values[0].value, Some(V::ArrayValue(_)))
+        ));
+        assert_eq!(value("v"), Some(None));
+        assert!(events.iter().any(|event| event.kind.is_empty()));
     }
 }
