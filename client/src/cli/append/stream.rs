@@ -360,9 +360,11 @@ impl Sender<'_> {
                 }
             }
         }
-        self.last_sent = line_of_last(&lines);
         match self.client.send_append(events).await {
-            Ok(id) => self.in_flight.push_back((id, lines)),
+            Ok(id) => {
+                self.last_sent = line_of_last(&lines);
+                self.in_flight.push_back((id, lines));
+            }
             Err(err) => {
                 self.unacked.extend(lines);
                 self.fail(explain(err));
