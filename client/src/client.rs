@@ -16,6 +16,9 @@
 //! [`Client::set_timeout`] bound every wait for the daemon, each write and
 //! each response (including [`Follow::next`]'s), with
 //! [`ClientError::Timeout`].
+//!
+//! A request larger than the daemon's `max_frame_bytes` ([`Client::limits`])
+//! is refused before anything is written ([`ClientError::FrameTooLarge`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -62,7 +65,29 @@ pub enum ClientError {
     /// response may still come): drop the client.
     #[error("the daemon did not answer within {after:?}")]
     Timeout { after: Duration },
+    /// The request's frame is larger than the daemon accepts
+    /// ([`Limits::max_frame_bytes`]); nothing was written, the connection
+    /// stays usable.
+    #[error("a request of {bytes} bytes is over the daemon's limit of {limit} bytes per frame (max_frame_bytes); nothing was sent")]
+    FrameTooLarge { bytes: usize, limit: usize },
 }
+
+/// The daemon's limits on one request, from its hello; the protocol's
+/// defaults ([`frame::DEFAULT_MAX_FRAME`],
+/// [`frame::DEFAULT_MAX_EVENTS_PER_APPEND`]) for a daemon that sends 0 (one
+/// that predates these fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request frame, in bytes of protobuf (without the 4-byte length).
+    pub max_frame_bytes: usize,
+    /// Most events in one append.
+    pub max_events_per_append: usize,
+}
+
+/// How long a failed write waits for the daemon's reason (its error frame,
+/// e.g. FRAME_TOO_LARGE, sent just before it closed): it is already in the
+/// socket buffer or arriving, so a short wait suffices.
+const CLOSING_REASON_WAIT: Duration = Duration::from_secs(2);
 
 /// A connection to tallyd that has completed the hello exchange.
 #[derive(Debug)]
@@ -72,6 +97,11 @@ pub struct Client<S = UnixStream> {
     hello: proto::HelloReply,
     /// Bounds each write and each wait for a response; `None`: unbounded.
     timeout: Option<Duration>,
+    /// Requests sent whose response has not been read yet: after a failed
+    /// write, the next frame is the daemon's reason for closing only when
+    /// this is 0 (otherwise it is a pipelined append's acks, which the caller
+    /// must still receive).
+    unanswered: u64,
 }
 
 impl Client<UnixStream> {
@@ -144,6 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             next_id: 1,
             hello: proto::HelloReply::default(),
             timeout,
+            unanswered: 0,
         };
         let hello = request::Body::Hello(proto::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -181,6 +212,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         &self.hello
     }
 
+    /// The daemon's limits on one request (from its hello).
+    pub fn limits(&self) -> Limits {
+        let or_default = |value: u32, default: usize| match value {
+            0 => default,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        Limits {
+            max_frame_bytes: or_default(self.hello.max_frame_bytes, frame::DEFAULT_MAX_FRAME),
+            max_events_per_append: or_default(
+                self.hello.max_events_per_append,
+                frame::DEFAULT_MAX_EVENTS_PER_APPEND,
+            ),
+        }
+    }
+
     /// Appends events; returns once they are durable, with one ack each.
     pub async fn append(&mut self, events: Vec<Event>) -> Result<Vec<Ack>, ClientError> {
         let id = self.send_append(events).await?;
@@ -189,12 +235,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Sends an append without waiting for its ack, for pipelining. Acks come
     /// back in request order: call [`Client::recv_append`] once per send.
+    /// A request over [`Limits::max_frame_bytes`] is refused with
+    /// [`ClientError::FrameTooLarge`] before anything is written.
     pub async fn send_append(&mut self, events: Vec<Event>) -> Result<u64, ClientError> {
         self.send(request::Body::Append(proto::AppendRequest { events }))
             .await
     }
 
-    /// Receives the acks of the append sent with `id`.
+    /// Receives the acks of the append sent with `id`. Cancel-safe: dropped
+    /// before it returns (e.g. in a `select!`), it has consumed nothing, and
+    /// a later call receives the same response.
     pub async fn recv_append(&mut self, id: u64) -> Result<Vec<Ack>, ClientError> {
         match self.recv(id).await? {
             response::Body::Append(reply) => reply.acks.into_iter().map(ack).collect(),
@@ -331,18 +381,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     async fn send(&mut self, body: request::Body) -> Result<u64, ClientError> {
         let id = self.next_id;
-        self.next_id += 1;
         let request = Request {
             id,
             body: Some(body),
         };
+        // The daemon would read the length, refuse the frame and close the
+        // connection mid-write: the caller would see only "Broken pipe".
+        let bytes = request.encoded_len();
+        let limit = self.limits().max_frame_bytes;
+        if bytes > limit {
+            return Err(ClientError::FrameTooLarge { bytes, limit });
+        }
+        self.next_id += 1;
         let framed = &mut self.framed;
-        bounded(self.timeout, async {
+        let sent = bounded(self.timeout, async {
             framed.send(frame::encode(&request)).await?;
             Ok(())
         })
-        .await?;
-        Ok(id)
+        .await;
+        match sent {
+            Ok(()) => {
+                self.unanswered += 1;
+                Ok(id)
+            }
+            Err(ClientError::Io(err)) if self.unanswered == 0 => {
+                Err(self.closing_reason().await.unwrap_or(ClientError::Io(err)))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// After a failed write with no response outstanding: the daemon's error
+    /// if it sent one before closing (a daemon configured with a smaller
+    /// max_frame_bytes than its hello said, or one that sends 0, answers
+    /// FRAME_TOO_LARGE and closes), which says more than the write's error.
+    async fn closing_reason(&mut self) -> Option<ClientError> {
+        let wait = self
+            .timeout
+            .map_or(CLOSING_REASON_WAIT, |t| t.min(CLOSING_REASON_WAIT));
+        let frame = tokio::time::timeout(wait, self.framed.next())
+            .await
+            .ok()??
+            .ok()?;
+        match Response::decode(frame).ok()?.body? {
+            response::Body::Error(error) => Some(ClientError::Server {
+                code: error.code(),
+                message: error.message,
+            }),
+            _ => None,
+        }
     }
 
     async fn recv(&mut self, id: u64) -> Result<response::Body, ClientError> {
@@ -351,6 +438,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             Ok(framed.next().await.ok_or(ClientError::Closed)??)
         })
         .await?;
+        // A follow's many responses answer one request: saturate.
+        self.unanswered = self.unanswered.saturating_sub(1);
         let response = Response::decode(frame)?;
         match response.body {
             Some(response::Body::Error(error)) => Err(ClientError::Server {

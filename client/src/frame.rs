@@ -12,6 +12,24 @@ pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
 /// Largest request frame a daemon may be configured to accept (16 MiB).
 pub const MAX_CONFIGURABLE_FRAME: usize = 16 << 20;
 
+/// Default most events in one append request, the daemon's
+/// `max_events_per_append` (a client uses it when the daemon's hello says 0:
+/// daemons that predate `HelloReply.max_events_per_append`).
+pub const DEFAULT_MAX_EVENTS_PER_APPEND: usize = 10_000;
+
+/// The most bytes a `Request` adds around the events of its `AppendRequest`:
+/// the id (1 tag byte, a varint of at most 10), the body's tag (1) and its
+/// length (a varint of at most 5 for any frame under 4 GiB). A batch whose
+/// [`append_event_len`]s sum to at most `max_frame - APPEND_ENVELOPE_BYTES`
+/// fits in one frame whatever its request id.
+pub const APPEND_ENVELOPE_BYTES: usize = 1 + 10 + 1 + 5;
+
+/// The bytes `event` adds to the encoding of an `AppendRequest`: its field
+/// tag, its length and its encoding (prost's own arithmetic, not a guess).
+pub fn append_event_len(event: &crate::proto::Event) -> usize {
+    prost::encoding::message::encoded_len(1, event)
+}
+
 /// Largest response frame a client accepts (64 MiB). A response can be
 /// larger than the request that caused it: a stored record adds its header
 /// and the daemon's fields to the event, and a page of records adds framing.
@@ -111,6 +129,52 @@ mod tests {
             }
             assert_eq!(decoded, requests, "round {round}");
             assert!(buffer.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_append_is_its_events_lengths_plus_at_most_the_envelope() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xe7e1);
+        for round in 0..300 {
+            let Some(request::Body::Append(append)) = random_append(&mut rng).body else {
+                unreachable!()
+            };
+            let events_len: usize = append.events.iter().map(append_event_len).sum();
+            assert_eq!(append.encoded_len(), events_len, "round {round}");
+            // The extremes of the id's varint: 1 byte and 10.
+            for id in [0, 1, rng.gen(), u64::MAX] {
+                let request = Request {
+                    id,
+                    body: Some(request::Body::Append(append.clone())),
+                };
+                let len = encode(&request).len();
+                assert!(
+                    len > events_len && len <= events_len + APPEND_ENVELOPE_BYTES,
+                    "round {round}, id {id}: {len} vs {events_len}"
+                );
+            }
+        }
+        // One event near the 4 MiB limit: its length varint is 4 bytes.
+        let big = Event {
+            kind: "k".into(),
+            payload: vec![7; DEFAULT_MAX_FRAME - 100],
+            ..Default::default()
+        };
+        let request = Request {
+            id: u64::MAX,
+            body: Some(request::Body::Append(AppendRequest {
+                events: vec![big.clone()],
+            })),
+        };
+        assert!(encode(&request).len() <= append_event_len(&big) + APPEND_ENVELOPE_BYTES);
+    }
+
+    fn random_append(rng: &mut impl Rng) -> Request {
+        loop {
+            let request = random_request(rng, 0);
+            if matches!(request.body, Some(request::Body::Append(_))) {
+                return request;
+            }
         }
     }
 

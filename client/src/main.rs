@@ -5,7 +5,8 @@
 //! Exit codes: 0 success (a verification: PASS); 1 verification failed
 //! (FAIL: the log is damaged); 2 any other error (bad usage, daemon
 //! unreachable, I/O); 3 a verification that is PARTIAL (something it needs
-//! was not given, so it cannot say PASS).
+//! was not given, so it cannot say PASS); 4 `tally append --stdin` refused
+//! some input lines (each named on stderr; every other line is stored).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,8 +34,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Append one event from flags, or many as JSON lines on stdin (--stdin).
+    /// Append one event from flags, or stream JSON lines from stdin (--stdin).
     /// Prints one ack per event (seq and entry hash) once it is durable.
+    /// Exit 4: some --stdin lines refused (named), the others stored.
     Append(cli::append::AppendArgs),
     /// Print stored records; with --follow, keep printing new ones.
     Tail {
@@ -151,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
-        Command::Append(args) => cli::append::run(&target, args).await?,
+        Command::Append(args) => return cli::append::run(&target, args).await,
         Command::Tail { from, follow, json } => cli::tail::run(&target, from, follow, json).await?,
         Command::Export { out, attest, nonce } => {
             cli::export::run(&target, &out, attest.zip(nonce)).await?

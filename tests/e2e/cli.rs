@@ -144,10 +144,10 @@ async fn append_tail_and_status_round_trip() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bad JSON line fails the whole --stdin append with exit 2 and names the
-/// line; with the default batch nothing of the input is stored.
+/// A bad JSON line is named and skipped: the valid lines of the input are
+/// stored, and the run exits 4 (issue 13: it used to drop them all, exit 2).
 #[tokio::test]
-async fn a_bad_stdin_line_is_named_and_fails_with_exit_2() -> anyhow::Result<()> {
+async fn a_bad_stdin_line_is_named_and_the_run_exits_4() -> anyhow::Result<()> {
     let daemon = Daemon::start(DaemonOpts::default())?;
     let bad_lines = [
         (
@@ -159,6 +159,7 @@ async fn a_bad_stdin_line_is_named_and_fails_with_exit_2() -> anyhow::Result<()>
                 "not json\n"
             ),
             3,
+            2,
         ),
         (
             concat!(
@@ -168,31 +169,35 @@ async fn a_bad_stdin_line_is_named_and_fails_with_exit_2() -> anyhow::Result<()>
                 "\n"
             ),
             2,
+            1,
         ),
-        (r#"{"actor":"no kind"}"#, 1),
-        (r#"{"kind":"a","payload":"x","payload_b64":"eA=="}"#, 1),
-        (r#"{"kind":"a","payload_b64":"not base64!"}"#, 1),
+        (r#"{"actor":"no kind"}"#, 1, 0),
+        (r#"{"kind":"a","payload":"x","payload_b64":"eA=="}"#, 1, 0),
+        (r#"{"kind":"a","payload_b64":"not base64!"}"#, 1, 0),
     ];
-    for (input, line) in bad_lines {
+    let mut stored = 0;
+    for (input, line, valid) in bad_lines {
         let run = daemon.tally_with_stdin(&["append", "--stdin"], input.as_bytes())?;
-        assert_eq!(run.code, 2, "{input:?}: {run:?}");
+        assert_eq!(run.code, 4, "{input:?}: {run:?}");
         assert!(
             run.stderr.contains(&format!("stdin line {line}")),
             "{input:?}: expected line {line} named in {:?}",
             run.stderr
         );
-        assert!(run.stdout.is_empty(), "{input:?}: {run:?}");
+        assert_eq!(acks(&run.stdout).len(), valid, "{input:?}: {run:?}");
+        stored += valid;
     }
     let status: Value =
         serde_json::from_str(ok(daemon.tally(&["status", "--json"])?).stdout.trim())?;
-    assert_eq!(status["size"], 0, "a rejected input was partly stored");
+    assert_eq!(status["size"], stored, "exactly the valid lines are stored");
     Ok(())
 }
 
 /// Regression: with small batches, a bad line after some batches were sent
-/// exited 2 printing no acks, although those events were stored.
+/// exited 2 printing no acks, although those events were stored. Now the
+/// lines on both sides of it are stored and acked (exit 4).
 #[tokio::test]
-async fn acks_sent_before_a_bad_stdin_line_are_printed() -> anyhow::Result<()> {
+async fn acks_around_a_bad_stdin_line_are_printed() -> anyhow::Result<()> {
     let daemon = Daemon::start(DaemonOpts::default())?;
     let input = concat!(
         r#"{"kind":"a"}"#,
@@ -204,17 +209,17 @@ async fn acks_sent_before_a_bad_stdin_line_are_printed() -> anyhow::Result<()> {
         "\n"
     );
     let run = daemon.tally_with_stdin(&["append", "--stdin", "--batch", "1"], input.as_bytes())?;
-    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("stdin line 3"), "{run:?}");
     let printed = acks(&run.stdout);
     assert_eq!(
         printed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-        vec![0, 1],
+        vec![0, 1, 2],
         "{run:?}"
     );
     let status: Value =
         serde_json::from_str(ok(daemon.tally(&["status", "--json"])?).stdout.trim())?;
-    assert_eq!(status["size"], 2, "exactly the acked events are stored");
+    assert_eq!(status["size"], 3, "exactly the acked events are stored");
     Ok(())
 }
 

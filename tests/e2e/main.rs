@@ -9,6 +9,7 @@
 mod access;
 mod anchoring;
 mod anchoring_v2;
+mod append_stdin;
 mod bad_input;
 mod cli;
 mod client_timeout;

@@ -78,3 +78,121 @@ async fn a_daemon_that_stops_answering_after_the_hello_times_out_each_call() {
     drop(client);
     assert!(reader.await.unwrap() > 0);
 }
+
+/// Answers the hello with `limits` (max_frame_bytes, max_events_per_append),
+/// then hands the server's end of the pipe back.
+fn hello_server(
+    mut server: tokio::io::DuplexStream,
+    limits: (u32, u32),
+) -> tokio::task::JoinHandle<tokio::io::DuplexStream> {
+    tokio::spawn(async move {
+        let mut framed = Framed::new(&mut server, frame::codec(MAX_RESPONSE_FRAME));
+        let request = Request::decode(framed.next().await.unwrap().unwrap()).unwrap();
+        let reply = Response {
+            id: request.id,
+            body: Some(response::Body::Hello(proto::HelloReply {
+                protocol_version: PROTOCOL_VERSION,
+                max_frame_bytes: limits.0,
+                max_events_per_append: limits.1,
+                ..Default::default()
+            })),
+        };
+        framed.send(frame::encode(&reply)).await.unwrap();
+        drop(framed);
+        server
+    })
+}
+
+fn event_of(payload_bytes: usize) -> Event {
+    Event {
+        kind: "k".into(),
+        payload: vec![b'x'; payload_bytes],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_request_over_the_daemons_frame_limit_is_refused_before_it_is_written() {
+    let (stream, server) = tokio::io::duplex(64 << 10);
+    let hello = hello_server(server, (1024, 0));
+    let mut client = Client::handshake(stream, "t").await.unwrap();
+    let reader = mute_server(hello.await.unwrap());
+    assert_eq!(
+        client.limits(),
+        Limits {
+            max_frame_bytes: 1024,
+            max_events_per_append: frame::DEFAULT_MAX_EVENTS_PER_APPEND,
+        },
+        "a limit of 0 falls back to the protocol's default"
+    );
+    let event = event_of(2000);
+    let expected = Request {
+        id: 2,
+        body: Some(request::Body::Append(proto::AppendRequest {
+            events: vec![event.clone()],
+        })),
+    }
+    .encoded_len();
+    let refused = client.append(vec![event]).await;
+    assert!(
+        matches!(refused, Err(ClientError::FrameTooLarge { bytes, limit: 1024 }) if bytes == expected),
+        "{refused:?}"
+    );
+    // Exactly at the limit is allowed: it is the daemon's own bound.
+    let fits = (0..1100)
+        .map(event_of)
+        .find(|event| {
+            Request {
+                id: 2,
+                body: Some(request::Body::Append(proto::AppendRequest {
+                    events: vec![event.clone()],
+                })),
+            }
+            .encoded_len()
+                == 1024
+        })
+        .unwrap();
+    let id = client.send_append(vec![fits]).await.unwrap();
+    assert_eq!(id, 2, "the refused request used no id");
+    drop(client);
+    assert_eq!(
+        reader.await.unwrap(),
+        1024 + 4,
+        "only the request that fits was written"
+    );
+}
+
+#[tokio::test]
+async fn a_daemon_that_closes_on_a_large_frame_is_reported_by_its_error() {
+    // A daemon that says no limit (0: the 4 MiB default) but is configured
+    // at 1 KiB: it refuses the frame from its length, answers with id 0 and
+    // closes, as tallyd does.
+    let (stream, server) = tokio::io::duplex(4096);
+    let hello = hello_server(server, (0, 0));
+    let mut client = Client::handshake(stream, "t").await.unwrap();
+    let mut server = hello.await.unwrap();
+    let refuser = tokio::spawn(async move {
+        let mut framed = Framed::new(&mut server, frame::codec(1024));
+        let err = framed.next().await.unwrap().unwrap_err();
+        assert!(frame::is_frame_too_large(&err), "{err}");
+        let refusal = Response {
+            id: 0,
+            body: Some(response::Body::Error(proto::Error {
+                code: ErrorCode::FrameTooLarge.into(),
+                message: "frame exceeds the maximum of 1024 bytes".into(),
+            })),
+        };
+        framed.send(frame::encode(&refusal)).await.unwrap();
+    });
+    let result = tokio::time::timeout(SHORT * 20, client.append(vec![event_of(64 << 10)]))
+        .await
+        .expect("the client hung");
+    refuser.await.unwrap();
+    match result {
+        Err(ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::FrameTooLarge);
+            assert!(message.contains("1024"), "{message}");
+        }
+        other => panic!("expected the daemon's FRAME_TOO_LARGE, got {other:?}"),
+    }
+}
