@@ -17,6 +17,7 @@ application; pass your own writer for another policy.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -66,6 +67,8 @@ class TallyHandler(logging.Handler):
         self._digest_only = digest_only
         self._content_keys = frozenset(content_keys)
         self._flush_timeout = flush_timeout
+        #: The last error a flush or close met (they do not raise).
+        self.last_error: BaseException | None = None
 
     @property
     def writer(self) -> BatchWriter:
@@ -132,14 +135,31 @@ class TallyHandler(logging.Handler):
 
     def flush(self) -> None:
         """Waits (at most ``flush_timeout`` seconds) until every record so far
-        is acked."""
+        is acked. Like any handler's, it does not raise: a failure (daemon
+        gone, events refused) is reported through ``handleError``'s channel
+        (stderr, when ``logging.raiseExceptions``) and kept in
+        ``last_error``."""
         # Not under the handler's lock: other threads keep logging meanwhile.
-        self._writer.flush(self._flush_timeout)
+        try:
+            self._writer.flush(self._flush_timeout)
+        except Exception as error:  # a handler's flush must not raise
+            self._report(error)
 
     def close(self) -> None:
+        """Flushes, and closes the writer if the handler made it (events
+        still unacked after ``flush_timeout`` are abandoned)."""
         try:
-            self.flush()
-        finally:
             if self._owns_writer:
-                self._writer.close()
+                try:
+                    self._writer.close(self._flush_timeout)
+                except Exception as error:  # a handler's close must not raise
+                    self._report(error)
+            else:
+                self.flush()
+        finally:
             super().close()
+
+    def _report(self, error: BaseException) -> None:
+        self.last_error = error
+        if logging.raiseExceptions:
+            sys.stderr.write(f"tally.logging.TallyHandler: {error}\n")

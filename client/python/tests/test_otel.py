@@ -1,0 +1,297 @@
+"""tally.otel: a real opentelemetry-sdk TracerProvider and LoggerProvider
+exporting to a real tallyd, read back with tally.Client (docs/EVENTS.md
+section 7)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+import tally
+from tally import events
+
+otel_sdk = pytest.importorskip(
+    "opentelemetry.sdk.trace", reason="opentelemetry-sdk is not installed: pip install 'tally-client[otel]'"
+)
+
+from opentelemetry import trace  # noqa: E402
+from opentelemetry._logs import LogRecord, SeverityNumber  # noqa: E402
+from opentelemetry.sdk._logs import LoggerProvider  # noqa: E402
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor  # noqa: E402
+from opentelemetry.sdk.resources import Resource  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
+
+from tally.otel import TallyLogRecordExporter, TallySpanExporter  # noqa: E402
+
+PROMPT = "PROMPT-d41d8: summarise the quarterly report"
+COMPLETION = "COMPLETION-77ab: revenue grew"
+RESOURCE = Resource.create({"service.name": "agent-runtime", "deployment.environment": "test"})
+
+
+def stub_llm_call(tracer: trace.Tracer, prompt: str) -> str:
+    """Pretends to be an instrumented agent: an invoke_agent span around a
+    chat call (with its content as a span event) and a tool call, attributes
+    per the GenAI semantic conventions."""
+    with tracer.start_as_current_span("invoke_agent planner", kind=SpanKind.INTERNAL) as agent:
+        agent.set_attribute("gen_ai.operation.name", "invoke_agent")
+        agent.set_attribute("gen_ai.agent.name", "planner")
+        agent.set_attribute("gen_ai.agent.id", "agent-7")
+        agent.set_attribute("gen_ai.conversation.id", "conv-5")
+        with tracer.start_as_current_span("chat llama-3-8b", kind=SpanKind.CLIENT) as chat:
+            chat.set_attribute("gen_ai.operation.name", "chat")
+            chat.set_attribute("gen_ai.provider.name", "vllm")
+            chat.set_attribute("gen_ai.request.model", "llama-3-8b")
+            chat.set_attribute("gen_ai.request.temperature", 0.2)
+            chat.set_attribute("gen_ai.request.max_tokens", 256)
+            messages = [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+            chat.set_attribute("gen_ai.input.messages", json.dumps(messages))
+            chat.add_event("gen_ai.content.prompt", {"gen_ai.prompt": prompt})
+            chat.set_attribute("gen_ai.response.model", "llama-3-8b-q4")
+            chat.set_attribute("gen_ai.response.id", "chatcmpl-1")
+            chat.set_attribute("gen_ai.usage.input_tokens", 812)
+            chat.set_attribute("gen_ai.usage.output_tokens", 64)
+            chat.set_attribute("gen_ai.response.finish_reasons", ("tool_calls",))
+        with tracer.start_as_current_span("execute_tool get_weather", kind=SpanKind.INTERNAL) as tool:
+            tool.set_attribute("gen_ai.operation.name", "execute_tool")
+            tool.set_attribute("gen_ai.tool.name", "get_weather")
+            tool.set_attribute("gen_ai.tool.call.id", "call-1")
+            tool.set_attribute("gen_ai.tool.call.arguments", '{"city":"Oslo"}')
+            tool.set_attribute("gen_ai.tool.call.result", COMPLETION)
+        return COMPLETION
+
+
+def read_all(socket: str) -> list[tally.Record]:
+    return tally.Client(socket).read(0, 0)
+
+
+def by_span_name(records: list[tally.Record]) -> dict[str, tally.Record]:
+    return {r.attributes["otel.span.name"]: r for r in records if "otel.event.name" not in r.attributes}
+
+
+def make_tracer(processor) -> tuple[TracerProvider, trace.Tracer]:
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(processor)
+    return provider, provider.get_tracer("stub.instrumentation", "1.2.3")
+
+
+def test_genai_spans_map_to_typed_events_with_links(daemon):
+    provider, tracer = make_tracer(SimpleSpanProcessor(TallySpanExporter(daemon.socket)))
+    assert stub_llm_call(tracer, PROMPT) == COMPLETION
+    provider.shutdown()
+
+    records = read_all(daemon.socket)
+    # Span events come before their span; children end before their parent.
+    assert [r.kind for r in records] == [
+        "gen_ai.content.prompt",
+        "gen_ai.chat",
+        "gen_ai.execute_tool",
+        "gen_ai.invoke_agent",
+    ]
+    spans = by_span_name(records)
+    agent, chat, tool = spans["invoke_agent planner"], spans["chat llama-3-8b"], spans["execute_tool get_weather"]
+    assert {r.actor for r in records} == {"agent-runtime"}
+    assert (chat.subject, tool.subject, agent.subject) == ("llama-3-8b", "get_weather", "planner")
+
+    a = chat.attributes
+    assert a["gen_ai.usage.input_tokens"] == 812 and type(a["gen_ai.usage.input_tokens"]) is int
+    assert a["gen_ai.usage.output_tokens"] == 64
+    assert a["gen_ai.request.temperature"] == 0.2
+    assert a["gen_ai.response.finish_reasons"] == ["tool_calls"]
+    assert json.loads(a["gen_ai.input.messages"])[0]["parts"][0]["content"] == PROMPT
+    assert a["otel.span.kind"] == "client"
+    assert a["otel.scope.name"] == "stub.instrumentation" and a["otel.scope.version"] == "1.2.3"
+    assert a["otel.resource.service.name"] == "agent-runtime"
+    assert a["otel.resource.deployment.environment"] == "test"
+
+    # One trace; the chat and tool spans are children of the agent span.
+    trace_ids = {r.attributes["otel.trace_id"] for r in records}
+    assert len(trace_ids) == 1 and len(trace_ids.pop()) == 32
+    agent_id = agent.attributes["otel.span_id"]
+    assert len(agent_id) == 16
+    assert "otel.parent_span_id" not in agent.attributes
+    assert chat.attributes["otel.parent_span_id"] == agent_id
+    assert tool.attributes["otel.parent_span_id"] == agent_id
+
+    # Times: client time is the end; the agent span encloses its children.
+    for span in (agent, chat, tool):
+        start, end = span.attributes["otel.start_time_unix_nano"], span.attributes["otel.end_time_unix_nano"]
+        assert 0 < start <= end == span.client_time_ns
+        assert span.attributes["otel.duration_ns"] == end - start
+    assert agent.attributes["otel.start_time_unix_nano"] <= chat.attributes["otel.start_time_unix_nano"]
+    assert agent.attributes["otel.end_time_unix_nano"] >= tool.attributes["otel.end_time_unix_nano"]
+
+    # The span event: its own record, linked to the chat span.
+    prompt_event = records[0]
+    assert prompt_event.attributes["gen_ai.prompt"] == PROMPT
+    assert prompt_event.attributes["otel.span_id"] == chat.attributes["otel.span_id"]
+    assert prompt_event.subject == "llama-3-8b"
+    assert chat.attributes["otel.start_time_unix_nano"] <= prompt_event.client_time_ns
+
+
+def test_other_spans_map_generically_with_status_and_exceptions(daemon):
+    provider, tracer = make_tracer(SimpleSpanProcessor(TallySpanExporter(daemon.socket, actor="batch-job")))
+    with tracer.start_as_current_span("db.query", kind=SpanKind.CLIENT) as span:
+        span.set_attribute("db.system", "sqlite")
+        span.set_attribute("rows", 3)
+        span.set_attribute("odd", ["a", None])  # the SDK allows None in arrays; Tally does not
+        try:
+            raise ValueError("disk on fire")
+        except ValueError as error:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, "query failed"))
+    provider.shutdown()
+
+    exception, query = read_all(daemon.socket)
+    assert query.kind == "otel.span"
+    assert query.actor == "batch-job"
+    assert query.subject == "db.query"
+    assert query.attributes["rows"] == 3
+    assert query.attributes["db.system"] == "sqlite"
+    assert query.attributes["otel.status_code"] == "ERROR"
+    assert query.attributes["otel.status_description"] == "query failed"
+    assert query.attributes["odd"] == '["a",null]'
+    assert query.attributes[events.JSON_KEYS] == ["odd"]
+    assert exception.kind == "otel.exception"
+    assert exception.attributes["exception.type"] == "ValueError"
+    assert exception.attributes["exception.message"] == "disk on fire"
+    assert "raise ValueError" in exception.attributes["exception.stacktrace"]
+
+
+def test_batch_span_processor_delivers_every_span(daemon):
+    provider, tracer = make_tracer(BatchSpanProcessor(TallySpanExporter(daemon.socket), schedule_delay_millis=50))
+    for i in range(300):
+        with tracer.start_as_current_span(f"step {i}") as span:
+            span.set_attribute("i", i)
+    assert provider.force_flush(30_000)
+    provider.shutdown()
+    records = read_all(daemon.socket)
+    assert sorted(r.attributes["i"] for r in records) == list(range(300))
+    assert {r.kind for r in records} == {"otel.span"}
+
+
+def test_digest_only_sends_no_content(daemon):
+    provider, tracer = make_tracer(SimpleSpanProcessor(TallySpanExporter(daemon.socket, digest_only=True)))
+    stub_llm_call(tracer, PROMPT)
+    provider.shutdown()
+
+    records = read_all(daemon.socket)
+    assert len(records) == 4
+    for record in records:
+        assert PROMPT.encode() not in record.raw
+        assert COMPLETION.encode() not in record.raw
+    spans = by_span_name(records)
+    chat, tool = spans["chat llama-3-8b"].attributes, spans["execute_tool get_weather"].attributes
+    assert "gen_ai.input.messages" not in chat
+    messages = json.dumps([{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}])
+    assert chat["gen_ai.input.messages.sha256"] == hashlib.sha256(messages.encode()).hexdigest()
+    assert chat["gen_ai.input.messages.size"] == len(messages.encode())
+    assert chat["gen_ai.usage.input_tokens"] == 812  # metadata is kept
+    assert tool["gen_ai.tool.call.result.sha256"] == hashlib.sha256(COMPLETION.encode()).hexdigest()
+    assert tool["gen_ai.tool.call.arguments.sha256"] == hashlib.sha256(b'{"city":"Oslo"}').hexdigest()
+    prompt_event = records[0].attributes
+    assert prompt_event["gen_ai.prompt.sha256"] == hashlib.sha256(PROMPT.encode()).hexdigest()
+
+
+def finished_spans(count: int = 2):
+    memory = InMemorySpanExporter()
+    provider, tracer = make_tracer(SimpleSpanProcessor(memory))
+    for i in range(count):
+        with tracer.start_as_current_span(f"span {i}"):
+            pass
+    provider.shutdown()
+    return memory.get_finished_spans()
+
+
+def test_export_fails_when_the_daemon_is_down_and_recovers(daemon):
+    spans = finished_spans()
+    exporter = TallySpanExporter(daemon.socket, timeout=5.0)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    daemon.terminate()
+    assert exporter.export(spans) is SpanExportResult.FAILURE
+    daemon.start()
+    # The next export reconnects.
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert len(read_all(daemon.socket)) == 4
+    exporter.shutdown()
+    assert exporter.export(spans) is SpanExportResult.FAILURE
+    assert exporter.force_flush()
+
+
+def test_export_fails_with_no_daemon(tmp_path):
+    exporter = TallySpanExporter(str(tmp_path / "nobody.sock"), timeout=2.0)
+    assert exporter.export(finished_spans()) is SpanExportResult.FAILURE
+
+
+def test_log_records_map_to_events(daemon):
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(TallyLogRecordExporter(daemon.socket)))
+    logger = provider.get_logger("stub.logs", "0.1")
+    _, tracer = make_tracer(SimpleSpanProcessor(InMemorySpanExporter()))
+    with tracer.start_as_current_span("around") as span:
+        logger.emit(
+            LogRecord(
+                event_name="gen_ai.client.inference.operation.details",
+                severity_number=SeverityNumber.INFO,
+                severity_text="INFO",
+                body={"answer": COMPLETION, "n": 1},
+                attributes={"gen_ai.request.model": "llama-3-8b", "gen_ai.usage.input_tokens": 812},
+            )
+        )
+        span_id = f"{span.get_span_context().span_id:016x}"
+    logger.emit(LogRecord(severity_number=SeverityNumber.WARN, body="plain text", attributes={"m": {"k": [1]}}))
+    logger.emit(LogRecord(event_name="tally.access_denied", body=b"\x00\x01"))
+    provider.shutdown()
+
+    details, plain, reserved = read_all(daemon.socket)
+    assert details.kind == "gen_ai.client.inference.operation.details"
+    assert details.actor == "agent-runtime"
+    assert details.subject == "llama-3-8b"
+    assert details.content_type == "application/json"
+    assert json.loads(details.payload) == {"answer": COMPLETION, "n": 1}
+    assert details.attributes["gen_ai.usage.input_tokens"] == 812
+    assert details.attributes["otel.severity_number"] == 9
+    assert details.attributes["otel.severity_text"] == "INFO"
+    assert details.attributes["otel.span_id"] == span_id
+    assert details.attributes["otel.scope.name"] == "stub.logs"
+    assert plain.kind == "otel.log"
+    assert plain.payload == b"plain text"
+    assert plain.content_type.startswith("text/plain")
+    assert plain.attributes["otel.severity_number"] == 13
+    assert json.loads(plain.attributes["m"]) == {"k": [1]}
+    assert plain.attributes[events.JSON_KEYS] == ["m"]
+    assert "otel.span_id" not in plain.attributes
+    # A reserved kind is never produced from an OTel name.
+    assert reserved.kind == "otel.log"
+    assert reserved.attributes["otel.event.name"] == "tally.access_denied"
+    assert reserved.payload == b"\x00\x01"
+    assert reserved.content_type == "application/octet-stream"
+
+
+def test_log_exporter_digest_only_and_failure(daemon, tmp_path):
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(TallyLogRecordExporter(daemon.socket, digest_only=True)))
+    provider.get_logger("stub.logs").emit(LogRecord(body=PROMPT))
+    provider.shutdown()
+    (record,) = read_all(daemon.socket)
+    assert PROMPT.encode() not in record.raw
+    assert record.payload == b""
+    assert record.attributes["tally.payload.sha256"] == hashlib.sha256(PROMPT.encode()).hexdigest()
+
+    down = TallyLogRecordExporter(str(tmp_path / "nobody.sock"), timeout=2.0)
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+
+    memory = InMemoryLogRecordExporter()
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(memory))
+    provider.get_logger("x").emit(LogRecord(body="hello"))
+    result = down.export(memory.get_finished_logs())
+    assert result.name == "FAILURE"
