@@ -150,11 +150,12 @@ def test_digest_only_stores_no_content_and_the_digests_match(daemon):
         assert answer.encode() not in record.raw
     chat, stored_note = records[0].attributes, records[1]
     assert "gen_ai.input.messages" not in chat and "gen_ai.output.messages" not in chat
-    # The holder of the content recomputes the digests: messages were stored
-    # as their JSON text, so that text is what was hashed.
-    sent_text = events.json_text(messages)
-    assert chat["gen_ai.input.messages.sha256"] == hashlib.sha256(sent_text.encode()).hexdigest()
-    assert chat["gen_ai.input.messages.size"] == len(sent_text.encode())
+    # The holder of the content recomputes the digests, from the structure or
+    # from its canonical JSON text (sorted keys, no spaces).
+    canonical = '[{"parts":[{"content":"' + secret + '","type":"text"}],"role":"user"}]'
+    assert chat["gen_ai.input.messages.sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert chat["gen_ai.input.messages.sha256"] == events.sha256_hex(messages)
+    assert chat["gen_ai.input.messages.size"] == len(canonical.encode())
     assert chat["gen_ai.output.messages.sha256"] == hashlib.sha256(answer.encode()).hexdigest()
     assert chat["gen_ai.usage.input_tokens"] == 12
     assert stored_note.payload == b""

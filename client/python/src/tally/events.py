@@ -264,10 +264,12 @@ def _event(
 
 def _messages(value: Any) -> Any:
     # Messages may be given as structures (OTel's message schema); they are
-    # stored as JSON text, as Python instrumentations record them.
+    # stored as JSON text, as Python instrumentations record them. Canonical
+    # JSON (sorted keys), so that in digest-only mode the digest of the stored
+    # text is sha256_hex() of the structure too: a holder of either can check.
     if value is None or isinstance(value, str):
         return value
-    return json_text(value)
+    return json_text(value, sort_keys=True)
 
 
 def model_call(
