@@ -57,7 +57,8 @@ def test_levels_attributes_extra_and_exc_info(daemon, logger):
     assert type(a["code.line.number"]) is int and a["code.line.number"] > 0
     assert a["code.module"] == "test_logging"
     assert type(a["thread.id"]) is int and a["thread.name"] == "MainThread"
-    assert type(a["process.pid"]) is int
+    assert "process.pid" not in a  # the daemon has the kernel's
+    assert info.peer["pid"] > 0
     # extra fields: typed when they can be, JSON text when not.
     assert a["request_id"] == "r-1"
     assert a["tokens"] == 812
@@ -175,3 +176,26 @@ def test_close_flushes_everything(daemon, logger):
     handler.close()
     records = read_all(daemon.socket)
     assert [r.attributes["n"] for r in records] == list(range(500))
+    # logging.shutdown() flushes closed handlers too: that must not wait on
+    # the closed writer (it would, for flush_timeout, and report an error).
+    started = time.monotonic()
+    handler.flush()
+    assert time.monotonic() - started < 1.0
+    assert handler.last_error is None
+
+
+def test_a_shared_writer_is_flushed_not_closed(daemon, logger):
+    writer = tally.BatchWriter(daemon.socket)
+    first, second = TallyHandler(writer=writer, kind="a"), TallyHandler(writer=writer, kind="b")
+    logger.addHandler(first)
+    logger.addHandler(second)
+    logger.info("x")
+    logger.removeHandler(first)
+    first.close()  # flushes the shared writer
+    assert [r.kind for r in read_all(daemon.socket)] == ["a", "b"]
+    first.flush()  # after close: returns at once
+    logger.info("y")  # the writer still works for the other handler
+    logger.removeHandler(second)
+    second.close()
+    writer.close()
+    assert [r.kind for r in read_all(daemon.socket)] == ["a", "b", "b"]

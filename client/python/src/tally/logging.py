@@ -67,6 +67,7 @@ class TallyHandler(logging.Handler):
         self._digest_only = digest_only
         self._content_keys = frozenset(content_keys)
         self._flush_timeout = flush_timeout
+        self._closed = False
         #: The last error a flush or close met (they do not raise).
         self.last_error: BaseException | None = None
 
@@ -91,7 +92,11 @@ class TallyHandler(logging.Handler):
         # self.format runs the formatter: message, then exc_info's traceback
         # and stack_info, as any other handler would print them.
         message = self.format(record)
-        fields: dict[str, Any] = {
+        # The record's own fields have known types (str or int; None when
+        # logging was told not to collect one): no conversion needed. The
+        # process id is left out: the daemon records the sender's pid from
+        # the kernel.
+        fields = {
             "log.logger": record.name,
             "log.level": record.levelname,
             "log.level_number": record.levelno,
@@ -101,15 +106,15 @@ class TallyHandler(logging.Handler):
             "code.module": record.module,
             "thread.id": record.thread,
             "thread.name": record.threadName,
-            "process.pid": record.process,
         }
+        attributes: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc_value = record.exc_info[0], record.exc_info[1]
-            fields["exception.type"] = exc_type.__qualname__
-            fields["exception.message"] = str(exc_value)
-        attributes = attributes_from({k: v for k, v in fields.items() if v is not None})
+            attributes["exception.type"] = exc_type.__qualname__
+            attributes["exception.message"] = str(exc_value)
         extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
-        attributes_from(extra, attributes)
+        if extra:
+            attributes_from(extra, attributes)
         event = Event(
             self._event_kind(record),
             actor=self._actor,
@@ -140,6 +145,10 @@ class TallyHandler(logging.Handler):
         (stderr, when ``logging.raiseExceptions``) and kept in
         ``last_error``."""
         # Not under the handler's lock: other threads keep logging meanwhile.
+        # After close (logging.shutdown flushes closed handlers too) there is
+        # nothing to wait for.
+        if self._closed:
+            return
         try:
             self._writer.flush(self._flush_timeout)
         except Exception as error:  # a handler's flush must not raise
@@ -148,6 +157,8 @@ class TallyHandler(logging.Handler):
     def close(self) -> None:
         """Flushes, and closes the writer if the handler made it (events
         still unacked after ``flush_timeout`` are abandoned)."""
+        if self._closed:
+            return
         try:
             if self._owns_writer:
                 try:
@@ -157,6 +168,7 @@ class TallyHandler(logging.Handler):
             else:
                 self.flush()
         finally:
+            self._closed = True
             super().close()
 
     def _report(self, error: BaseException) -> None:
