@@ -295,3 +295,28 @@ def test_log_exporter_digest_only_and_failure(daemon, tmp_path):
     provider.get_logger("x").emit(LogRecord(body="hello"))
     result = down.export(memory.get_finished_logs())
     assert result.name == "FAILURE"
+
+
+def test_batch_log_record_processor_delivers_every_record(daemon):
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(TallyLogRecordExporter(daemon.socket), schedule_delay_millis=50)
+    )
+    logger = provider.get_logger("stub.logs")
+    for i in range(200):
+        logger.emit(LogRecord(body=f"line {i}", attributes={"i": i}))
+    assert provider.force_flush(30_000)
+    provider.shutdown()
+    assert sorted(r.attributes["i"] for r in read_all(daemon.socket)) == list(range(200))
+
+
+def test_a_missing_sdk_names_the_extra(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, "tally.otel")
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # import fails
+    with pytest.raises(ImportError, match=r"pip install 'tally-client\[otel\]'"):
+        importlib.import_module("tally.otel")
