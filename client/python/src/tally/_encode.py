@@ -158,7 +158,8 @@ REQUEST_OVERHEAD = 17
 def append_frame(request_id: int, events: list[bytes]) -> bytes:
     """One framed ``Request{id, append{events}}``: 4-byte big-endian length + protobuf."""
     body = b"".join([_ld(b"\x0a", e) for e in events])
-    request = b"\x08" + varint(request_id) + _ld(b"\x1a", body)
+    # proto3 omits a zero id; written the same way, the bytes equal the generated code's.
+    request = (b"\x08" + varint(request_id) if request_id else b"") + _ld(b"\x1a", body)
     return _pack_len(len(request)) + request
 
 

@@ -216,3 +216,10 @@ class AsyncClient:
             return (await conn.call(pb.Request(attest=pb.AttestRequest(nonce=nonce)))).attest.attestation
 
         return await self._use(run)
+
+    async def anchor(self) -> tuple[int, bytes]:
+        async def run(conn: _AsyncConnection) -> tuple[int, bytes]:
+            reply = (await conn.call(pb.Request(anchor=pb.AnchorRequest()))).anchor
+            return reply.counter, reply.anchor
+
+        return await self._use(run)

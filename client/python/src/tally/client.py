@@ -156,3 +156,12 @@ class Client:
     def attest(self, nonce: bytes) -> bytes:
         """A fresh TPM attestation (protobuf FreshAttestation bytes); TpmUnavailable without a TPM."""
         return self._use(lambda conn: conn.call(pb.Request(attest=pb.AttestRequest(nonce=nonce))).attest.attestation)
+
+    def anchor(self) -> tuple[int, bytes]:
+        """Anchors the head now (admin role): (TPM counter, AnchorRecord bytes)."""
+
+        def run(conn: Connection) -> tuple[int, bytes]:
+            reply = conn.call(pb.Request(anchor=pb.AnchorRequest())).anchor
+            return reply.counter, reply.anchor
+
+        return self._use(run)
