@@ -26,7 +26,7 @@ def test_attribute_value_keeps_typed_values_and_json_encodes_the_rest():
     assert events.attribute_value([]) == ([], False)
     # What Tally has no typed form for becomes JSON text.
     assert events.attribute_value(None) == ("null", True)
-    assert events.attribute_value({"b": 1, "a": [1, 2]}) == ('{"b":1,"a":[1,2]}', True)
+    assert events.attribute_value({"b": 1, "a": [1, 2]}) == ('{"a":[1,2],"b":1}', True)  # canonical
     assert events.attribute_value([1, "a", None]) == ('[1,"a",null]', True)
     assert events.attribute_value([1, 2.5]) == ("[1,2.5]", True)
     assert events.attribute_value([[1], [2]]) == ("[[1],[2]]", True)

@@ -279,12 +279,25 @@ def test_log_records_map_to_events(daemon):
 def test_log_exporter_digest_only_and_failure(daemon, tmp_path):
     provider = LoggerProvider(resource=RESOURCE)
     provider.add_log_record_processor(SimpleLogRecordProcessor(TallyLogRecordExporter(daemon.socket, digest_only=True)))
-    provider.get_logger("stub.logs").emit(LogRecord(body=PROMPT))
+    # A structured content attribute (OTel log attributes may hold maps) and a
+    # map body: stored as canonical JSON, hashed as such, so the holder of
+    # the structure checks the digest with sha256_hex.
+    messages = [{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}]
+    body = {"output": COMPLETION, "index": 0}
+    logger = provider.get_logger("stub.logs")
+    logger.emit(LogRecord(body=PROMPT))
+    attributes = {"gen_ai.input.messages": messages}
+    logger.emit(LogRecord(event_name="gen_ai.client.inference.operation.details", body=body, attributes=attributes))
     provider.shutdown()
-    (record,) = read_all(daemon.socket)
-    assert PROMPT.encode() not in record.raw
-    assert record.payload == b""
-    assert record.attributes["tally.payload.sha256"] == hashlib.sha256(PROMPT.encode()).hexdigest()
+    text, details = read_all(daemon.socket)
+    for record in (text, details):
+        assert PROMPT.encode() not in record.raw and COMPLETION.encode() not in record.raw
+        assert record.payload == b""
+    assert text.attributes["tally.payload.sha256"] == hashlib.sha256(PROMPT.encode()).hexdigest()
+    assert details.attributes["gen_ai.input.messages.sha256"] == events.sha256_hex(messages)
+    assert details.attributes["tally.payload.sha256"] == events.sha256_hex(body)
+    assert details.content_type == "application/json"
+    assert events.JSON_KEYS not in details.attributes  # the JSON-encoded key was hashed away
 
     down = TallyLogRecordExporter(str(tmp_path / "nobody.sock"), timeout=2.0)
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter

@@ -99,13 +99,16 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def json_text(value: Any, *, sort_keys: bool = False) -> str:
-    """Compact JSON text (UTF-8, no ASCII escaping; bytes inside as base64)."""
+def json_text(value: Any) -> str:
+    """Canonical JSON text: keys sorted, no spaces, non-ASCII as is, bytes
+    inside as base64. Every JSON text the writers make is this one, so the
+    digest of a stored JSON text is the digest of the structure it came from
+    (:func:`content_bytes`)."""
     return json.dumps(
         value,
         ensure_ascii=False,
         separators=(",", ":"),
-        sort_keys=sort_keys,
+        sort_keys=True,
         default=_json_default,
         allow_nan=True,
     )
@@ -173,7 +176,7 @@ def content_bytes(content: Any) -> bytes:
         return content.encode("utf-8")
     if isinstance(content, (bytes, bytearray, memoryview)):
         return bytes(content)
-    return json_text(content, sort_keys=True).encode("utf-8")
+    return json_text(content).encode("utf-8")
 
 
 def sha256_hex(content: Any) -> str:
@@ -264,12 +267,12 @@ def _event(
 
 def _messages(value: Any) -> Any:
     # Messages may be given as structures (OTel's message schema); they are
-    # stored as JSON text, as Python instrumentations record them. Canonical
-    # JSON (sorted keys), so that in digest-only mode the digest of the stored
-    # text is sha256_hex() of the structure too: a holder of either can check.
+    # stored as JSON text, as Python instrumentations record them; canonical
+    # JSON, so that in digest-only mode the digest of the stored text is
+    # sha256_hex() of the structure too: a holder of either can check.
     if value is None or isinstance(value, str):
         return value
-    return json_text(value, sort_keys=True)
+    return json_text(value)
 
 
 def model_call(

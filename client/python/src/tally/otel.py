@@ -127,7 +127,7 @@ def span_to_events(
     include_resource: bool = True,
 ) -> list[Event]:
     """The events for one finished span: one per span event (in order), then
-    the span's own. See docs/EVENTS.md, "OpenTelemetry: spans"."""
+    the span's own. See docs/EVENTS.md section 7.1 and 7.2."""
     span_attributes = dict(span.attributes or {})
     operation = _operation(span_attributes)
     kind = f"gen_ai.{operation}" if operation else GENERIC_SPAN_KIND
@@ -220,7 +220,7 @@ def log_record_to_event(
     include_resource: bool = True,
 ) -> Event:
     """The event for one exported log record (a ``ReadableLogRecord``, or an
-    older SDK's ``LogData``). See docs/EVENTS.md, "OpenTelemetry: log records"."""
+    older SDK's ``LogData``). See docs/EVENTS.md section 7.3."""
     record = item.log_record
     resource = getattr(item, "resource", None) or getattr(record, "resource", None)
     scope = getattr(item, "instrumentation_scope", None)
