@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 
 import pytest
 
@@ -213,7 +215,7 @@ def finished_spans(count: int = 2):
 
 def test_export_fails_when_the_daemon_is_down_and_recovers(daemon):
     spans = finished_spans()
-    exporter = TallySpanExporter(daemon.socket, timeout=5.0)
+    exporter = TallySpanExporter(daemon.socket, timeout=5.0, retry_for=0)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     daemon.terminate()
     assert exporter.export(spans) is SpanExportResult.FAILURE
@@ -226,9 +228,35 @@ def test_export_fails_when_the_daemon_is_down_and_recovers(daemon):
     assert exporter.force_flush()
 
 
-def test_export_fails_with_no_daemon(tmp_path):
-    exporter = TallySpanExporter(str(tmp_path / "nobody.sock"), timeout=2.0)
+def test_export_fails_with_no_daemon_once_retries_run_out(tmp_path):
+    exporter = TallySpanExporter(str(tmp_path / "nobody.sock"), timeout=2.0, retry_for=0.3)
+    started = time.monotonic()
     assert exporter.export(finished_spans()) is SpanExportResult.FAILURE
+    # Attempts at 0, 0.05 and 0.15 s; the next (0.35 s) would be past 0.3.
+    assert 0.1 <= time.monotonic() - started < 5.0
+
+
+def test_export_retries_across_a_daemon_restart(daemon):
+    spans = finished_spans()
+    exporter = TallySpanExporter(daemon.socket, timeout=5.0, retry_for=20.0)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    daemon.terminate()
+    restart = threading.Timer(0.5, daemon.start)
+    restart.start()
+    try:
+        # Sent while the daemon is down: retried until it is back, then acked.
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        restart.join()
+    assert [r.attributes["otel.span.name"] for r in read_all(daemon.socket)] == ["span 0", "span 1"] * 2
+
+
+def test_shutdown_cuts_a_retry_short(tmp_path):
+    exporter = TallySpanExporter(str(tmp_path / "nobody.sock"), timeout=2.0, retry_for=60.0)
+    threading.Timer(0.3, exporter.shutdown).start()
+    started = time.monotonic()
+    assert exporter.export(finished_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 10.0
 
 
 def test_log_records_map_to_events(daemon):
@@ -299,7 +327,7 @@ def test_log_exporter_digest_only_and_failure(daemon, tmp_path):
     assert details.content_type == "application/json"
     assert events.JSON_KEYS not in details.attributes  # the JSON-encoded key was hashed away
 
-    down = TallyLogRecordExporter(str(tmp_path / "nobody.sock"), timeout=2.0)
+    down = TallyLogRecordExporter(str(tmp_path / "nobody.sock"), timeout=2.0, retry_for=0)
     from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 
     memory = InMemoryLogRecordExporter()

@@ -10,15 +10,18 @@ record becomes an event of its event name's kind, or ``otel.log``.
 
 ``export()`` sends synchronously through a :class:`tally.Client` and returns
 SUCCESS only once the daemon has acked every event of the batch (acked means
-durable and chained); any error returns FAILURE and the next export reconnects.
-Wrap the exporter in the SDK's batch processor so that the application's
-threads never wait for the daemon.
+durable and chained). A retryable failure (no daemon, connection lost, busy)
+is retried for up to ``retry_for`` seconds, so delivery is at least once; any
+other error, or one that outlasts ``retry_for``, returns FAILURE. Wrap the
+exporter in the SDK's batch processor so that the application's threads never
+wait for the daemon.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -40,6 +43,7 @@ except ImportError:  # pragma: no cover - depends on the install
     from opentelemetry.sdk._logs.export import LogExportResult as _LogResult
 
 from . import Client, Event
+from .errors import RETRYABLE_CODES, ConnectionLost, DaemonUnavailable, ProtocolError, Timeout
 from .events import attributes_from, json_text, to_digest_only
 
 __all__ = [
@@ -57,6 +61,10 @@ GENERIC_SPAN_KIND = "otel.span"
 GENERIC_SPAN_EVENT_KIND = "otel.span_event"
 EXCEPTION_KIND = "otel.exception"
 GENERIC_LOG_KIND = "otel.log"
+
+# Backoff between retries of a batch (seconds): doubling from the first.
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 1.0
 
 # The daemon's own kinds; an OpenTelemetry name never produces one.
 _RESERVED_PREFIX = "tally."
@@ -266,52 +274,59 @@ def log_record_to_event(
     return _finish(event, digest_only, content_keys)
 
 
-class _Sender:
-    """One connection to the daemon, shared by an exporter's callers (a
-    SimpleSpanProcessor exports from every application thread), opened on
-    first use and dropped on any error so the next export reconnects."""
+def _retryable(error: BaseException) -> bool:
+    """Whether the same batch may be acked if sent again: the daemon was not
+    there, went away, stalled, or answered a retryable code (busy, storage
+    full, shutting down, rate limited)."""
+    if isinstance(error, (DaemonUnavailable, ConnectionLost, Timeout)):
+        return True
+    return isinstance(error, ProtocolError) and getattr(error, "code", None) in RETRYABLE_CODES
 
-    def __init__(self, socket: str | None, client: Client | None, timeout: float) -> None:
-        self._socket = socket
-        self._timeout = timeout
-        self._client = client
+
+class _Sender:
+    """The exporters' way to the daemon: one :class:`tally.Client`, shared by
+    the exporter's callers under a lock (a SimpleSpanProcessor exports from
+    every application thread). The client reconnects by itself on the call
+    after a broken one; a retryable failure is retried with backoff for up to
+    ``retry_for`` seconds, as OTLP exporters do, so a daemon restart does not
+    lose a batch (the SDK drops a batch that fails)."""
+
+    def __init__(self, socket: str | None, client: Client | None, timeout: float, retry_for: float) -> None:
+        self._owns_client = client is None
+        self._client = client if client is not None else Client(socket, timeout=timeout)
+        self._retry_for = retry_for
         self._lock = threading.Lock()
-        self._shutdown = False
+        # Set by shutdown() without the lock, so that it can cut a retry short.
+        self._shutdown = threading.Event()
 
     def send(self, events: Sequence[Event]) -> bool:
+        if not events:
+            return not self._shutdown.is_set()
         with self._lock:
-            if self._shutdown:
-                _log.warning("tally exporter is shut down; %d events not sent", len(events))
-                return False
-            if not events:
+            deadline = time.monotonic() + self._retry_for
+            delay = _RETRY_FIRST
+            while not self._shutdown.is_set():
+                try:
+                    acks = self._client.append_many(events)
+                except Exception as error:  # any failure: the batch is not acked
+                    if not _retryable(error) or time.monotonic() + delay > deadline:
+                        _log.warning("tally exporter: %d events not acked: %s", len(events), error)
+                        return False
+                    self._shutdown.wait(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                if len(acks) != len(events):
+                    _log.warning("tally exporter: %d events sent, %d acked", len(events), len(acks))
+                    return False
                 return True
-            try:
-                if self._client is None:
-                    self._client = Client(self._socket, timeout=self._timeout)
-                acks = self._client.append_many(list(events))
-            except Exception as error:  # any failure: the batch is not acked
-                _log.warning("tally exporter: %d events not acked: %s", len(events), error)
-                self._drop_client()
-                return False
-            if len(acks) != len(events):
-                _log.warning("tally exporter: %d events sent, %d acked", len(events), len(acks))
-                self._drop_client()
-                return False
-            return True
-
-    def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        close = getattr(client, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # closing a broken connection may fail too
-                pass
+            _log.warning("tally exporter is shut down; %d events not sent", len(events))
+            return False
 
     def shutdown(self) -> None:
+        self._shutdown.set()
         with self._lock:
-            self._shutdown = True
-            self._drop_client()
+            if self._owns_client:
+                self._client.close()
 
 
 class TallySpanExporter(SpanExporter):
@@ -320,7 +335,9 @@ class TallySpanExporter(SpanExporter):
     ``actor`` overrides the resource's ``service.name``; ``digest_only`` hashes
     content attributes (prompts, completions, tool arguments and results, and
     ``content_keys``) instead of sending them; ``include_resource=False`` leaves
-    out the ``otel.resource.*`` attributes.
+    out the ``otel.resource.*`` attributes. ``client``: a :class:`tally.Client`
+    to use (else one on ``socket`` with ``timeout``); ``retry_for``: seconds a
+    batch is retried after a retryable failure (0: never).
     """
 
     def __init__(
@@ -333,8 +350,9 @@ class TallySpanExporter(SpanExporter):
         content_keys: Iterable[str] = (),
         include_resource: bool = True,
         timeout: float = 30.0,
+        retry_for: float = 10.0,
     ) -> None:
-        self._sender = _Sender(socket, client, timeout)
+        self._sender = _Sender(socket, client, timeout, retry_for)
         self._options = {
             "actor": actor,
             "digest_only": digest_only,
@@ -372,8 +390,9 @@ class TallyLogRecordExporter(_LogExporterBase):
         content_keys: Iterable[str] = (),
         include_resource: bool = True,
         timeout: float = 30.0,
+        retry_for: float = 10.0,
     ) -> None:
-        self._sender = _Sender(socket, client, timeout)
+        self._sender = _Sender(socket, client, timeout, retry_for)
         self._options = {
             "actor": actor,
             "digest_only": digest_only,
