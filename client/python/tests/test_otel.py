@@ -180,6 +180,26 @@ def test_batch_span_processor_delivers_every_span(daemon):
     assert {r.kind for r in records} == {"otel.span"}
 
 
+def test_simple_processor_from_many_threads(daemon):
+    # One exporter, one connection, spans ending on four threads at once.
+    provider, tracer = make_tracer(SimpleSpanProcessor(TallySpanExporter(daemon.socket)))
+
+    def work(thread: int) -> None:
+        for i in range(25):
+            with tracer.start_as_current_span(f"t{thread}") as span:
+                span.set_attribute("i", i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    provider.shutdown()
+    records = read_all(daemon.socket)
+    for t in range(4):
+        assert [r.attributes["i"] for r in records if r.subject == f"t{t}"] == list(range(25))
+
+
 def test_digest_only_sends_no_content(daemon):
     provider, tracer = make_tracer(SimpleSpanProcessor(TallySpanExporter(daemon.socket, digest_only=True)))
     stub_llm_call(tracer, PROMPT)
