@@ -381,3 +381,35 @@ def test_a_missing_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # import fails
     with pytest.raises(ImportError, match=r"pip install 'tally-client\[otel\]'"):
         importlib.import_module("tally.otel")
+
+
+# The SDK's bridge is deprecated in favour of opentelemetry-instrumentation-logging
+# (same records); it is what existing deployments run.
+@pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
+def test_stdlib_logging_through_the_sdks_logging_handler(daemon):
+    import logging
+
+    from opentelemetry.sdk._logs import LoggingHandler
+
+    provider = LoggerProvider(resource=RESOURCE)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(TallyLogRecordExporter(daemon.socket)))
+    logger = logging.getLogger("test.otel.bridge")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = LoggingHandler(logger_provider=provider)
+    logger.addHandler(handler)
+    try:
+        try:
+            raise KeyError("model-9")
+        except KeyError:
+            logger.exception("lookup %s failed", "model-9")
+    finally:
+        logger.removeHandler(handler)
+        provider.shutdown()
+    (record,) = read_all(daemon.socket)
+    assert record.kind == "otel.log"
+    assert record.actor == "agent-runtime"
+    assert record.payload == b"lookup model-9 failed"
+    assert record.attributes["otel.severity_text"] == "ERROR"
+    assert record.attributes["exception.type"] == "KeyError"
+    assert "raise KeyError" in record.attributes["exception.stacktrace"]
