@@ -112,9 +112,13 @@ class TallyHandler(logging.Handler):
             exc_type, exc_value = record.exc_info[0], record.exc_info[1]
             attributes["exception.type"] = exc_type.__qualname__
             attributes["exception.message"] = str(exc_value)
-        extra = {k: v for k, v in record.__dict__.items() if k not in _RECORD_FIELDS}
-        if extra:
-            attributes_from(extra, attributes)
+        # A set difference, not a scan of the record's ~25 fields in Python:
+        # this runs on every logging call. Sorted, so that a record's
+        # attributes come in one order.
+        fields_now = record.__dict__
+        extra_keys = fields_now.keys() - _RECORD_FIELDS
+        if extra_keys:
+            attributes_from({key: fields_now[key] for key in sorted(extra_keys)}, attributes)
         event = Event(
             self._event_kind(record),
             actor=self._actor,
