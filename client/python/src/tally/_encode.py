@@ -44,13 +44,24 @@ def _varint_slow(value: int) -> bytes:
 _VARINT = [_varint_slow(i) for i in range(_SMALL)]
 
 
+# Two continuation bytes per 14-bit group: a large varint (a Unix time in
+# nanoseconds has 9 bytes) is four or five table lookups, not nine shifts.
+_GROUP = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(_SMALL)]
+
+
 def varint(value: int) -> bytes:
     """Unsigned varint; a negative int64 is written as its 10-byte two's complement."""
     if 0 <= value < _SMALL:
         return _VARINT[value]
     if value < 0:
         value += 1 << 64
-    return _varint_slow(value)
+    parts = []
+    while value >= _SMALL:
+        parts.append(_GROUP[value & 0x3FFF])
+        value >>= 14
+    # value >= 1 here (it was >= 2**14 before the last shift): no zero group.
+    parts.append(_VARINT[value])
+    return b"".join(parts)
 
 
 def _ld(tag: bytes, data: bytes) -> bytes:
@@ -97,15 +108,57 @@ def attribute_value(key: str, value: Any) -> bytes:
     return _scalar(key, value)[1]
 
 
+# Encoded fields of strings that repeat from event to event (kinds, actors,
+# content types, attribute keys), so the hot path looks them up instead of
+# encoding them again. Each cache is emptied when it reaches _CACHE_MAX
+# entries, which bounds it when a caller puts unbounded values there.
+_CACHE_MAX = 4096
+_KIND: dict[str, bytes] = {}
+_ACTOR: dict[str, bytes] = {}
+_CONTENT_TYPE: dict[str, bytes] = {}
+_KEY: dict[str, bytes] = {}
+
+
+def _cached(cache: dict[str, bytes], tag: bytes, text: str) -> bytes:
+    field = cache.get(text)
+    if field is None:
+        if not isinstance(text, str):
+            raise TypeError(f"expected str, not {type(text).__name__} ({text!r})")
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        field = cache[text] = _ld(tag, text.encode())
+    return field
+
+
 def typed_attributes(attributes: Mapping[str, Any]) -> bytes:
     """The ``typed_attributes`` fields (number 8) of an Event, in the mapping's order."""
     parts = []
     for key, value in attributes.items():
-        if not isinstance(key, str):
-            raise TypeError(f"attribute keys must be str, not {type(key).__name__} ({key!r})")
-        if not key:
-            raise ValueError("attribute keys must not be empty")
-        parts.append(_ld(b"\x42", _ld(b"\x0a", key.encode()) + _ld(b"\x12", attribute_value(key, value))))
+        field = _KEY.get(key)
+        if field is None:
+            if not isinstance(key, str):
+                raise TypeError(f"attribute keys must be str, not {type(key).__name__} ({key!r})")
+            if not key:
+                raise ValueError("attribute keys must not be empty")
+            field = _cached(_KEY, b"\x0a", key)
+        # The common scalars inline (exact types; subclasses, arrays and
+        # errors take attribute_value's general path).
+        t = type(value)
+        if t is str:
+            data = value.encode()
+            n = len(data)
+            body = b"\x0a" + (_VARINT[n] if n < _SMALL else varint(n)) + data
+        elif t is int and 0 <= value < _SMALL:
+            body = b"\x18" + _VARINT[value]
+        elif t is float:
+            body = b"\x21" + _pack_double(value)
+        else:
+            body = attribute_value(key, value)
+        n = len(body)
+        value_field = b"\x12" + (_VARINT[n] if n < _SMALL else varint(n)) + body
+        entry = field + value_field
+        n = len(entry)
+        parts.append(b"\x42" + (_VARINT[n] if n < _SMALL else varint(n)) + entry)
     return b"".join(parts)
 
 
@@ -119,25 +172,28 @@ def event(
     client_time_ns: int,
 ) -> bytes:
     """The encoded ``tally.v1.Event``; raises ValueError/TypeError on an invalid event."""
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be str, not {type(kind).__name__}")
-    if not kind:
-        raise ValueError("kind must not be empty")
-    out = _ld(b"\x0a", kind.encode())
+    out = _KIND.get(kind)
+    if out is None:
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be str, not {type(kind).__name__}")
+        if not kind:
+            raise ValueError("kind must not be empty")
+        out = _cached(_KIND, b"\x0a", kind)
     if actor:
-        out += _ld(b"\x12", actor.encode())
+        out += _ACTOR.get(actor) or _cached(_ACTOR, b"\x12", actor)
     if subject:
         out += _ld(b"\x1a", subject.encode())
     if payload:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif not isinstance(payload, bytes):
-            if not isinstance(payload, (bytearray, memoryview)):
+        if type(payload) is not bytes:
+            if isinstance(payload, str):
+                payload = payload.encode()
+            elif isinstance(payload, (bytes, bytearray, memoryview)):
+                payload = bytes(payload)
+            else:
                 raise TypeError(f"payload must be bytes or str, not {type(payload).__name__}")
-            payload = bytes(payload)
         out += _ld(b"\x2a", payload)
     if content_type:
-        out += _ld(b"\x32", content_type.encode())
+        out += _CONTENT_TYPE.get(content_type) or _cached(_CONTENT_TYPE, b"\x32", content_type)
     if client_time_ns:
         if not _I64_MIN <= client_time_ns <= _I64_MAX:
             raise ValueError(f"client_time_ns {client_time_ns} is outside the int64 range")
