@@ -271,6 +271,20 @@ def test_export_retries_across_a_daemon_restart(daemon):
     assert [r.attributes["otel.span.name"] for r in read_all(daemon.socket)] == ["span 0", "span 1"] * 2
 
 
+def test_an_event_over_the_frame_limit_fails_at_once(daemon):
+    memory = InMemorySpanExporter()
+    provider, tracer = make_tracer(SimpleSpanProcessor(memory))
+    with tracer.start_as_current_span("huge") as span:
+        span.set_attribute("blob", "x" * (5 << 20))  # over the 4 MiB frame limit
+    provider.shutdown()
+    exporter = TallySpanExporter(daemon.socket, retry_for=30.0)
+    started = time.monotonic()
+    assert exporter.export(memory.get_finished_spans()) is SpanExportResult.FAILURE
+    assert time.monotonic() - started < 10.0  # not retryable: no 30 s of retries
+    assert tally.Client(daemon.socket).status().size == 0
+    assert exporter.export(finished_spans(1)) is SpanExportResult.SUCCESS  # the exporter still works
+
+
 def test_shutdown_cuts_a_retry_short(tmp_path):
     exporter = TallySpanExporter(str(tmp_path / "nobody.sock"), timeout=2.0, retry_for=60.0)
     threading.Timer(0.3, exporter.shutdown).start()
