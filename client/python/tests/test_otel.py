@@ -427,3 +427,33 @@ def test_stdlib_logging_through_the_sdks_logging_handler(daemon):
     assert record.attributes["otel.severity_text"] == "ERROR"
     assert record.attributes["exception.type"] == "KeyError"
     assert "raise KeyError" in record.attributes["exception.stacktrace"]
+
+
+@pytest.mark.filterwarnings("ignore:.*LoggingHandler.*:DeprecationWarning")
+def test_the_exporters_own_warning_through_an_otel_logging_bridge_does_not_deadlock(tmp_path):
+    # A common setup: every Python log goes through the SDK's LoggingHandler to
+    # this exporter. With the daemon gone, the exporter's warning is itself a
+    # log record that reaches the same exporter, on the same thread, inside
+    # its export.
+    import logging
+
+    from opentelemetry.sdk._logs import LoggingHandler
+
+    provider = LoggerProvider(resource=RESOURCE)
+    exporter = TallyLogRecordExporter(str(tmp_path / "nobody.sock"), timeout=2.0, retry_for=0)
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    bridge = LoggingHandler(logger_provider=provider)
+    own = logging.getLogger("tally.otel")
+    own.addHandler(bridge)
+    done = threading.Event()
+
+    def emit() -> None:
+        provider.get_logger("app").emit(LogRecord(body="hello"))
+        done.set()
+
+    worker = threading.Thread(target=emit, daemon=True)
+    try:
+        worker.start()
+        assert done.wait(20.0), "export deadlocked on its own warning"
+    finally:
+        own.removeHandler(bridge)

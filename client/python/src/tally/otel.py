@@ -298,10 +298,25 @@ class _Sender:
         self._lock = threading.Lock()
         # Set by shutdown() without the lock, so that it can cut a retry short.
         self._shutdown = threading.Event()
+        # Set while this thread is inside send(). The warnings send() logs may
+        # come straight back to it (an OpenTelemetry logging bridge on the
+        # "tally.otel" logger feeding a SimpleLogRecordProcessor with this
+        # exporter): such a nested call must not wait for the lock its own
+        # thread holds. It is dropped instead.
+        self._inside = threading.local()
 
     def send(self, events: Sequence[Event]) -> bool:
         if not events:
             return not self._shutdown.is_set()
+        if getattr(self._inside, "active", False):
+            return False
+        self._inside.active = True
+        try:
+            return self._send(events)
+        finally:
+            self._inside.active = False
+
+    def _send(self, events: Sequence[Event]) -> bool:
         with self._lock:
             deadline = time.monotonic() + self._retry_for
             delay = _RETRY_FIRST
