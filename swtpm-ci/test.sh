@@ -62,6 +62,56 @@ fi
 step "cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --locked
 
+# The Python client (client/python) against the debug tallyd just built: in a
+# venv of its own, installed as a user installs it (pip install ./client/python).
+step "Python client: ruff and pytest (client/python)"
+py_passed=0 py_failed=0 py_skipped=0 py_status=0
+python_suite() {
+    local target=${CARGO_TARGET_DIR:-$root/target} python venv
+    python=$(command -v /usr/bin/python3 || command -v python3 || true)
+    if [ -z "$python" ]; then
+        skip_check "pytest (client/python)" "no python3 on PATH (install.sh installs python3-venv)"
+        return
+    fi
+    venv="$target/python-venv"
+    if [ ! -x "$venv/bin/python" ] && ! "$python" -m venv "$venv"; then
+        rm -rf "$venv"
+        skip_check "pytest (client/python)" "$python -m venv failed (Debian: apt-get install python3-venv)"
+        return
+    fi
+    # Dependencies first, then the package itself again (--force-reinstall:
+    # pip would keep an older build of the same version).
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            "./client/python[otel]" -r client/python/requirements-dev.txt ||
+        ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --force-reinstall --no-deps ./client/python; then
+        skip_check "pytest (client/python)" "pip could not install ./client/python[otel] and requirements-dev.txt"
+        return
+    fi
+    "$venv/bin/ruff" check client/python
+    local py_log
+    py_log=$(mktemp /tmp/tally-ci-pytest.XXXXXX)
+    set +e
+    TALLYD_BIN="$target/debug/tallyd" TALLY_BIN="$target/debug/tally" \
+        "$venv/bin/python" -m pytest -rs -p no:cacheprovider client/python/tests 2>&1 | tee "$py_log"
+    py_status=${PIPESTATUS[0]}
+    set -e
+    # pytest's closing line: "== 55 passed, 2 skipped, 1 failed in 14.39s ==".
+    read -r py_passed py_failed py_skipped < <(awk '
+        / in [0-9.]+s/ && /(passed|failed|skipped|error)/ {
+            p = f = s = 0
+            for (i = 1; i < NF; i++) { n = $i + 0; w = $(i+1)
+                if (w ~ /^passed/) p = n; else if (w ~ /^(failed|error)/) f += n; else if (w ~ /^skipped/) s = n }
+        }
+        END { print p + 0, f + 0, s + 0 }' "$py_log")
+    if [ "$py_status" != 0 ] && [ "$py_failed" = 0 ]; then
+        # No test failed but pytest did (no tests collected, a usage error).
+        py_failed=1
+    fi
+    rm -f "$py_log"
+}
+python_suite
+
 step "cargo test"
 log=$(mktemp /tmp/tally-ci-test.XXXXXX)
 cargo test --workspace --locked 2>&1 | tee "$log"
@@ -88,7 +138,9 @@ fi
 # that recorded a skip passed for libtest; here it counts as skipped, not passed.
 skipped_tests=$(awk -F '\t' '$2 != "whole check" { print $1 }' "$skip_log" | sort -u | wc -l)
 skipped_checks=$(awk -F '\t' '$2 == "whole check" { print $1 }' "$skip_log" | sort -u | wc -l)
-awk -v skipped_tests="$skipped_tests" -v skipped_checks="$skipped_checks" '
+# pytest's counts (client/python) are added in; its skips printed above (-rs).
+awk -v skipped_tests="$skipped_tests" -v skipped_checks="$skipped_checks" \
+    -v py_passed="$py_passed" -v py_failed="$py_failed" -v py_skipped="$py_skipped" '
      /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "\nsuite: %d passed, %d failed, %d skipped (%d ignored, %d tests skipped in whole or part, %d checks skipped)\n", p - skipped_tests, f, s + skipped_tests + skipped_checks, s, skipped_tests, skipped_checks;
-           if (p == 0 || f > 0) exit 1 }' "$log"
+     END { printf "\nsuite: %d passed, %d failed, %d skipped (%d ignored, %d tests skipped in whole or part, %d checks skipped, %d pytest skipped)\n", p - skipped_tests + py_passed, f + py_failed, s + skipped_tests + skipped_checks + py_skipped, s, skipped_tests, skipped_checks, py_skipped;
+           if (p == 0 || f + py_failed > 0) exit 1 }' "$log"

@@ -1,0 +1,394 @@
+"""BatchWriter: logging from hot paths, batched and sent by one background thread.
+
+``log()`` encodes the event on the caller's thread (so a bad attribute raises
+there, at the call site) and appends the bytes to a bounded in-memory queue;
+it never waits for the daemon. One background thread takes what is queued,
+closes a batch when it reaches ``max_events``, ``max_bytes`` (below the
+daemon's frame limit) or ``linger`` seconds after its first event, sends it
+as one append request and waits for the ack before the next (the daemon's
+group commit makes the next batch bigger while one is in flight).
+
+Delivery is at least once. A batch whose connection breaks before its ack
+arrives (daemon restart, crash) is sent again on a new connection once the
+daemon is back; if the daemon had stored it and only the ack was lost, its
+events are stored twice. An event is lost only when it is dropped by
+``overflow="drop"`` (counted in ``dropped``), refused by the daemon with a
+non-retryable error (counted in ``failed``; the error is ``last_error`` and
+raised by the next ``flush()``), or still queued when ``close()`` gives up.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from . import _encode
+from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, resolve_socket
+from .errors import RETRYABLE_CODES, EventTooLarge, ProtocolError, TallyError, Timeout
+from .types import Event
+
+# Backoff between reconnect attempts and retries of a BUSY/RATE_LIMITED batch.
+_RETRY_MIN = 0.01
+_RETRY_MAX = 1.0
+# How long log() with overflow="block" sleeps between looks at the queue
+# (the writer also wakes it when it takes a batch).
+_BLOCK_POLL = 0.05
+# How long the writer sleeps between looks at the queue while a batch lingers.
+_LINGER_POLL = 0.0005
+# How long close() at interpreter exit waits for the daemon by default.
+EXIT_TIMEOUT = 10.0
+
+
+class _Marker:
+    """A flush() request in the queue: set once everything before it is acked."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class BatchWriter:
+    """Logs events in the background; see the module doc for delivery.
+
+    ``max_events`` / ``max_bytes``: batch bounds (default and ceiling: the
+    daemon's ``max_events_per_append`` and ``max_frame_bytes``). ``linger``:
+    seconds a batch waits for more events after its first. ``queue_size``:
+    events queued at most; when full, ``overflow="block"`` makes ``log()``
+    wait for space and ``"drop"`` drops the event and counts it in
+    ``dropped``. ``timeout``: per-request bound of the writer's connection.
+    ``exit_timeout``: how long the interpreter-exit flush waits.
+    """
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        max_events: int | None = None,
+        max_bytes: int | None = None,
+        linger: float = 0.005,
+        queue_size: int = 65536,
+        overflow: str = "block",
+        timeout: float | None = 30.0,
+        exit_timeout: float | None = EXIT_TIMEOUT,
+    ):
+        if overflow not in ("block", "drop"):
+            raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.socket = resolve_socket(socket)
+        self.timeout = timeout
+        self.linger = linger
+        self.exit_timeout = exit_timeout
+        self._user_max_events = max_events
+        self._user_max_bytes = max_bytes
+        self._max_events = min(max_events or DEFAULT_MAX_EVENTS, DEFAULT_MAX_EVENTS)
+        self._max_bytes = min(max_bytes or DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES)
+        self._queue_size = queue_size
+        self._drop = overflow == "drop"
+        self._queue: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        self._space_waiters = 0
+        self._wake = threading.Event()
+        # Set by the writer just before it sleeps on _wake, so that log()
+        # pays for Event.set() only when the writer is actually asleep.
+        self._sleeping = False
+        self._closing = False
+        self._abandon = False
+        self._conn: Connection | None = None
+        # The first non-retryable failure not yet raised by a flush().
+        self._unreported: BaseException | None = None
+        self.dropped = 0
+        self.acked = 0
+        self.failed = 0
+        self.reconnects = 0
+        self.last_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="tally-batch-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self._at_exit)
+
+    # -- the caller's side ------------------------------------------------
+
+    def log(
+        self,
+        kind: str,
+        *,
+        actor: str | None = None,
+        subject: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        payload: bytes | str | None = None,
+        content_type: str | None = None,
+        client_time_ns: int | None = None,
+    ) -> None:
+        """Queues one event (see :class:`tally.Event`); never waits for the daemon.
+
+        Raises ValueError/TypeError for an invalid event and EventTooLarge for
+        one over the frame limit, here on the caller's thread.
+        """
+        self._put(
+            _encode.event(
+                kind,
+                actor,
+                subject,
+                attributes,
+                payload,
+                content_type,
+                time.time_ns() if client_time_ns is None else client_time_ns,
+            )
+        )
+
+    def log_event(self, event: Event) -> None:
+        """Queues an :class:`tally.Event`."""
+        self._put(event.encode())
+
+    def _put(self, data: bytes) -> None:
+        if len(data) + _encode.EVENT_OVERHEAD + _encode.REQUEST_OVERHEAD > self._max_bytes:
+            raise EventTooLarge(len(data) + _encode.EVENT_OVERHEAD + _encode.REQUEST_OVERHEAD, self._max_bytes)
+        if self._closing:
+            raise TallyError("this BatchWriter is closed")
+        queue = self._queue
+        if len(queue) >= self._queue_size:
+            if self._drop:
+                with self._lock:
+                    self.dropped += 1
+                return
+            self._wait_for_space()
+        queue.append(data)
+        if self._sleeping:
+            self._wake.set()
+
+    def _wait_for_space(self) -> None:
+        with self._space:
+            self._space_waiters += 1
+            try:
+                while len(self._queue) >= self._queue_size and not self._closing:
+                    self._space.wait(_BLOCK_POLL)
+            finally:
+                self._space_waiters -= 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Returns once every event logged before the call is acked.
+
+        Raises the first non-retryable error since the last flush (those
+        events are not stored), and :class:`tally.errors.Timeout` if the
+        daemon did not ack everything within ``timeout`` seconds.
+        """
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        if not marker.done.wait(timeout):
+            raise Timeout(f"flush: events still unacked after {timeout} s (last error: {self.last_error})")
+        if marker.error is not None:
+            raise marker.error
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flushes (waiting up to ``timeout``), then stops the writer thread.
+
+        Events still queued when the timeout expires are abandoned (counted
+        in ``failed``) and Timeout is raised.
+        """
+        if self._closing:
+            return
+        atexit.unregister(self._at_exit)
+        try:
+            self.flush(timeout)
+        finally:
+            self._closing = True
+            self._abandon = True
+            self._wake.set()
+            with self._space:
+                self._space.notify_all()
+            conn = self._conn
+            if conn is not None:
+                # Wakes the writer if it waits for an ack that will not come.
+                conn.shutdown()
+            self._thread.join()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _at_exit(self) -> None:
+        try:
+            self.close(self.exit_timeout)
+        except TallyError:
+            # Nothing to raise to at exit; the events are counted in failed.
+            pass
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in the queue (not yet taken into a batch)."""
+        return sum(1 for item in list(self._queue) if type(item) is bytes)
+
+    # -- the writer thread ------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[bytes] = []
+        markers: list[_Marker] = []
+        while True:
+            if not pending:
+                for marker in markers:
+                    marker.error, self._unreported = self._unreported, None
+                    marker.done.set()
+                if self._abandon:
+                    break
+                pending, markers = self._take_batch()
+                if not pending:
+                    continue
+            if self._send(pending):
+                pending = []
+            elif self._abandon:
+                break
+        self._abandon_rest(pending, markers)
+
+    def _take_batch(self) -> tuple[list[bytes], list[_Marker]]:
+        """The next batch and the flush markers queued among its events."""
+        queue = self._queue
+        batch: list[bytes] = []
+        markers: list[_Marker] = []
+        size = _encode.REQUEST_OVERHEAD
+        max_bytes = self._max_bytes
+        max_events = self._max_events
+        deadline = 0.0
+        hurry = False
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                if markers and not batch:
+                    break
+                if self._closing:
+                    break
+                if not batch:
+                    self._sleep()
+                    continue
+                if hurry:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, _LINGER_POLL))
+                continue
+            if type(item) is not bytes:
+                markers.append(item)
+                hurry = True
+                continue
+            cost = len(item) + _encode.EVENT_OVERHEAD
+            if batch and (size + cost > max_bytes or len(batch) >= max_events):
+                queue.appendleft(item)
+                break
+            if not batch:
+                deadline = time.monotonic() + self.linger
+            batch.append(item)
+            size += cost
+        if self._space_waiters:
+            with self._space:
+                self._space.notify_all()
+        return batch, markers
+
+    def _sleep(self) -> None:
+        self._sleeping = True
+        # Look again after raising the flag: a log() that appended before it
+        # saw the flag down and did not wake us.
+        if not self._queue and not self._closing:
+            self._wake.wait()
+        self._wake.clear()
+        self._sleeping = False
+
+    def _connect(self) -> Connection:
+        if self._conn is None:
+            conn = Connection(self.socket, self.timeout)
+            self._max_bytes = min(self._user_max_bytes or conn.max_frame_bytes, conn.max_frame_bytes)
+            self._max_events = min(self._user_max_events or conn.max_events, conn.max_events)
+            self._conn = conn
+        return self._conn
+
+    def _send(self, batch: list[bytes]) -> bool:
+        """Sends one batch, retrying until acked or refused; False when abandoned."""
+        delay = _RETRY_MIN
+        while not self._abandon:
+            try:
+                conn = self._connect()
+                limit_ok = self._refit(batch)
+                if limit_ok is not None:
+                    batch[:] = limit_ok
+                for part in _split(batch, self._max_bytes, self._max_events):
+                    conn.append_encoded(part)
+                    self.acked += len(part)
+                    del batch[: len(part)]
+                return True
+            except ProtocolError as err:
+                self.last_error = err
+                if err.code not in RETRYABLE_CODES:
+                    self._fail(batch, err)
+                    return True
+            except TallyError as err:
+                # Lost, timed out, daemon not (yet) there: connect again.
+                self.last_error = err
+                self._drop_connection()
+            except OSError as err:
+                self.last_error = err
+                self._drop_connection()
+            time.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+        return False
+
+    def _refit(self, batch: list[bytes]) -> list[bytes] | None:
+        """Fails the events the daemon's (possibly new, smaller) limit cannot carry."""
+        limit = self._max_bytes - _encode.REQUEST_OVERHEAD - _encode.EVENT_OVERHEAD
+        if all(len(e) <= limit for e in batch):
+            return None
+        kept = []
+        for e in batch:
+            if len(e) <= limit:
+                kept.append(e)
+            else:
+                self._fail(
+                    [e], EventTooLarge(len(e) + _encode.REQUEST_OVERHEAD + _encode.EVENT_OVERHEAD, self._max_bytes)
+                )
+        return kept
+
+    def _fail(self, events: list[bytes], err: BaseException) -> None:
+        self.failed += len(events)
+        self.last_error = err
+        if self._unreported is None:
+            self._unreported = err
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+            self.reconnects += 1
+
+    def _abandon_rest(self, pending: list[bytes], markers: list[_Marker]) -> None:
+        abandoned = len(pending)
+        while self._queue:
+            item = self._queue.popleft()
+            if type(item) is bytes:
+                abandoned += 1
+            else:
+                markers.append(item)
+        if abandoned:
+            self._fail([b""] * abandoned, TallyError(f"BatchWriter closed with {abandoned} events unsent"))
+        for marker in markers:
+            marker.error = self._unreported
+            marker.done.set()
+
+
+def _split(batch: list[bytes], max_bytes: int, max_events: int) -> list[list[bytes]]:
+    """``batch`` as requests under the limits (one request unless the limits shrank)."""
+    from ._conn import batches
+
+    return batches(batch, max_bytes, max_events)
