@@ -295,6 +295,17 @@ async fn refused_appends_and_reads_name_their_reason() {
             "3 events in one append; the maximum is 2".into()
         )
     );
+    // An invalid event after a valid one: refused, named by its position,
+    // and neither is stored (the read below still sees size 0).
+    client.send(append(7, &["a", ""])).await;
+    assert_eq!(
+        client.recv_error().await,
+        (
+            7,
+            ErrorCode::BadRequest,
+            "event 1: the event's kind is empty".into()
+        )
+    );
     let read = proto::ReadRequest {
         from_seq: 100,
         max_records: 0,
