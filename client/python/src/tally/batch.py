@@ -32,6 +32,15 @@ from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, reso
 from .errors import RETRYABLE_CODES, EventTooLarge, ProtocolError, TallyError, Timeout
 from .types import Event
 
+_event_field = _encode.event_field
+_event = _encode.event
+_time_ns = time.time_ns
+_VARINT = _encode._VARINT
+_SMALL = _encode._SMALL
+_varint = _encode.varint
+# An event's field tag and length (at most 1 + 5 bytes) and the request around it.
+_FIELD_AND_REQUEST_OVERHEAD = _encode.EVENT_OVERHEAD + _encode.REQUEST_OVERHEAD
+
 # Backoff between reconnect attempts and retries of a BUSY/RATE_LIMITED batch.
 _RETRY_MIN = 0.01
 _RETRY_MAX = 1.0
@@ -132,27 +141,22 @@ class BatchWriter:
         Raises ValueError/TypeError for an invalid event and EventTooLarge for
         one over the frame limit, here on the caller's thread.
         """
-        self._put(
-            _encode.event(
-                kind,
-                actor,
-                subject,
-                attributes,
-                payload,
-                content_type,
-                time.time_ns() if client_time_ns is None else client_time_ns,
-            )
+        event = _event(
+            kind,
+            actor,
+            subject,
+            attributes,
+            payload,
+            content_type,
+            _time_ns() if client_time_ns is None else client_time_ns,
         )
-
-    def log_event(self, event: Event) -> None:
-        """Queues an :class:`tally.Event`."""
-        self._put(event.encode())
-
-    def _put(self, data: bytes) -> None:
-        if len(data) + _encode.EVENT_OVERHEAD + _encode.REQUEST_OVERHEAD > self._max_bytes:
-            raise EventTooLarge(len(data) + _encode.EVENT_OVERHEAD + _encode.REQUEST_OVERHEAD, self._max_bytes)
+        # _put, inlined: this is the hot path.
+        n = len(event)
+        field = b"\x0a" + (_VARINT[n] if n < _SMALL else _varint(n)) + event
+        if n + _FIELD_AND_REQUEST_OVERHEAD > self._max_bytes:
+            raise EventTooLarge(n + _FIELD_AND_REQUEST_OVERHEAD, self._max_bytes)
         if self._closing:
-            raise TallyError("this BatchWriter is closed")
+            raise TallyError(f"this BatchWriter is closed (last error: {self.last_error!r})")
         queue = self._queue
         if len(queue) >= self._queue_size:
             if self._drop:
@@ -160,7 +164,28 @@ class BatchWriter:
                     self.dropped += 1
                 return
             self._wait_for_space()
-        queue.append(data)
+        queue.append(field)
+        if self._sleeping:
+            self._wake.set()
+
+    def log_event(self, event: Event) -> None:
+        """Queues an :class:`tally.Event`."""
+        self._put(_event_field(event.encode()))
+
+    def _put(self, field: bytes) -> None:
+        """Queues one event in ``_encode.event_field`` form."""
+        if len(field) + _encode.REQUEST_OVERHEAD > self._max_bytes:
+            raise EventTooLarge(len(field) + _encode.REQUEST_OVERHEAD, self._max_bytes)
+        if self._closing:
+            raise TallyError(f"this BatchWriter is closed (last error: {self.last_error!r})")
+        queue = self._queue
+        if len(queue) >= self._queue_size:
+            if self._drop:
+                with self._lock:
+                    self.dropped += 1
+                return
+            self._wait_for_space()
+        queue.append(field)
         if self._sleeping:
             self._wake.set()
 
@@ -237,18 +262,30 @@ class BatchWriter:
     def _run(self) -> None:
         pending: list[bytes] = []
         markers: list[_Marker] = []
+        try:
+            self._loop(pending, markers)
+        except Exception as err:  # a bug here must not leave flush() waiting forever
+            self._closing = True
+            self._fail([], err)
+            self._abandon_rest(pending, markers)
+            raise
+
+    def _loop(self, pending: list[bytes], markers: list[_Marker]) -> None:
         while True:
             if not pending:
                 for marker in markers:
                     marker.error, self._unreported = self._unreported, None
                     marker.done.set()
+                markers.clear()
                 if self._abandon:
                     break
-                pending, markers = self._take_batch()
+                batch, taken = self._take_batch()
+                pending.extend(batch)
+                markers.extend(taken)
                 if not pending:
                     continue
             if self._send(pending):
-                pending = []
+                pending.clear()
             elif self._abandon:
                 break
         self._abandon_rest(pending, markers)
@@ -285,7 +322,7 @@ class BatchWriter:
                 markers.append(item)
                 hurry = True
                 continue
-            cost = len(item) + _encode.EVENT_OVERHEAD
+            cost = len(item)
             if batch and (size + cost > max_bytes or len(batch) >= max_events):
                 queue.appendleft(item)
                 break
@@ -325,8 +362,7 @@ class BatchWriter:
                 if limit_ok is not None:
                     batch[:] = limit_ok
                 for part in _split(batch, self._max_bytes, self._max_events):
-                    conn.append_encoded(part)
-                    self.acked += len(part)
+                    self.acked += conn.append_fields(part)
                     del batch[: len(part)]
                 return True
             except ProtocolError as err:
@@ -347,7 +383,7 @@ class BatchWriter:
 
     def _refit(self, batch: list[bytes]) -> list[bytes] | None:
         """Fails the events the daemon's (possibly new, smaller) limit cannot carry."""
-        limit = self._max_bytes - _encode.REQUEST_OVERHEAD - _encode.EVENT_OVERHEAD
+        limit = self._max_bytes - _encode.REQUEST_OVERHEAD
         if all(len(e) <= limit for e in batch):
             return None
         kept = []
@@ -355,9 +391,7 @@ class BatchWriter:
             if len(e) <= limit:
                 kept.append(e)
             else:
-                self._fail(
-                    [e], EventTooLarge(len(e) + _encode.REQUEST_OVERHEAD + _encode.EVENT_OVERHEAD, self._max_bytes)
-                )
+                self._fail([e], EventTooLarge(len(e) + _encode.REQUEST_OVERHEAD, self._max_bytes))
         return kept
 
     def _fail(self, events: list[bytes], err: BaseException) -> None:
@@ -383,7 +417,7 @@ class BatchWriter:
         if abandoned:
             self._fail([b""] * abandoned, TallyError(f"BatchWriter closed with {abandoned} events unsent"))
         for marker in markers:
-            marker.error = self._unreported
+            marker.error = marker.error or self._unreported
             marker.done.set()
 
 
@@ -391,4 +425,4 @@ def _split(batch: list[bytes], max_bytes: int, max_events: int) -> list[list[byt
     """``batch`` as requests under the limits (one request unless the limits shrank)."""
     from ._conn import batches
 
-    return batches(batch, max_bytes, max_events)
+    return batches(batch, max_bytes, max_events, overhead=0)
