@@ -118,7 +118,7 @@ pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<ExitCode> 
             batch: args.batch.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             json: args.json,
         };
-        return stream::run(&mut client, options).await;
+        return stream::run(&mut client, target, options).await;
     }
     let payload = match (&args.payload, &args.payload_file) {
         (Some(text), _) => text.clone().into_bytes(),
