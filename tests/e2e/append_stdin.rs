@@ -461,3 +461,22 @@ async fn a_payload_file_over_the_limit_gets_a_clear_error() {
         daemon.stderr()
     );
 }
+
+/// A producer quiet for longer than the daemon's idle timeout: the daemon
+/// closes the connection, and the next line is still sent and acked (tally
+/// reconnects) instead of ending the stream with "Broken pipe".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_producer_outlives_the_daemons_idle_timeout() {
+    let daemon = Daemon::start(DaemonOpts::with_config("idle_timeout_secs = 1")).unwrap();
+    let mut tally = Streaming::spawn(&daemon, &["append", "--stdin"], None);
+    tally.write(r#"{"kind":"before"}"#);
+    assert_eq!(ack_seq(&tally.next_line("ack before the pause")), 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    tally.write(r#"{"kind":"after"}"#);
+    assert_eq!(ack_seq(&tally.next_line("ack after the pause")), 1);
+    let run = tally.finish();
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("reconnecting"), "{}", run.stderr);
+    let kinds: Vec<String> = stored(&daemon).await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["before", "after"]);
+}

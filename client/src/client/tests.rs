@@ -133,7 +133,11 @@ async fn a_request_over_the_daemons_frame_limit_is_refused_before_it_is_written(
         })),
     }
     .encoded_len();
-    let refused = client.append(vec![event]).await;
+    // Bounded: a client that wrote the request would wait for the mute
+    // server's answer forever.
+    let refused = tokio::time::timeout(SHORT * 10, client.append(vec![event]))
+        .await
+        .expect("the request was sent instead of refused");
     assert!(
         matches!(refused, Err(ClientError::FrameTooLarge { bytes, limit: 1024 }) if bytes == expected),
         "{refused:?}"

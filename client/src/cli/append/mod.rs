@@ -43,6 +43,9 @@ request: its encoded size and the limit are named) is reported on stderr
 with its line number and skipped; the lines around it are still sent. At
 the end: \"N of M lines refused: lines ...\" and exit code 4.
 
+A connection the daemon closed while nothing was in flight (idle, or a
+restart) is reopened and the append sent again, once.
+
 Exit codes: 0 every event stored; 4 some lines refused (each named; all
 other lines stored); 2 any other error (daemon unreachable or refusing, the
 connection lost): the acks printed are stored, the lines not acknowledged
@@ -118,7 +121,7 @@ pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<ExitCode> 
             batch: args.batch.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             json: args.json,
         };
-        return stream::run(&mut client, options).await;
+        return stream::run(&mut client, target, options).await;
     }
     let payload = match (&args.payload, &args.payload_file) {
         (Some(text), _) => text.clone().into_bytes(),

@@ -19,6 +19,10 @@
 //! at the end the run exits [`EXIT_LINES_REFUSED`] with a summary. A failure
 //! of the connection or a refusal by the daemon stops the run (exit 2) once
 //! the requests in flight are answered, naming the lines not acknowledged.
+//! One exception: a send that fails with nothing in flight (the daemon closed
+//! an idle connection, e.g. after `idle_timeout_secs` of a quiet producer, or
+//! restarted) reconnects and sends again, once: the daemon acts only on
+//! whole frames, so a frame whose write failed was not stored.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Read, Write};
@@ -27,13 +31,13 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context as _};
 use tally_client::frame::APPEND_ENVELOPE_BYTES;
-use tally_client::proto::Event;
+use tally_client::proto::{ErrorCode, Event};
 use tally_client::{Ack, ClientError};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::line::{self, LineError};
 use super::{explain, print_ack};
-use crate::cli::connect::AnyClient;
+use crate::cli::connect::{connect, AnyClient, Target};
 
 /// Append requests in flight at once: enough to keep the daemon's group
 /// commit fed while acks come back, few enough that the acks of a slow
@@ -86,7 +90,11 @@ pub struct Options {
 }
 
 /// Streams stdin's lines to the daemon; see the module's comment.
-pub async fn run(client: &mut AnyClient, options: Options) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    client: &mut AnyClient,
+    target: &Target,
+    options: Options,
+) -> anyhow::Result<ExitCode> {
     let limits = client.limits();
     let bounds = Bounds {
         bytes: limits.max_frame_bytes.saturating_sub(APPEND_ENVELOPE_BYTES),
@@ -110,6 +118,7 @@ pub async fn run(client: &mut AnyClient, options: Options) -> anyhow::Result<Exi
         .context("cannot start the stdin reader")?;
     let mut sender = Sender {
         client,
+        target,
         bounds,
         json: options.json,
         items,
@@ -256,6 +265,8 @@ fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> io::Res
 /// The sender: batches, pipelined requests, acks printed in order.
 struct Sender<'c> {
     client: &'c mut AnyClient,
+    /// Where to reconnect when the daemon closed an idle connection.
+    target: &'c Target,
     bounds: Bounds,
     json: bool,
     items: mpsc::UnboundedReceiver<Item>,
@@ -360,16 +371,33 @@ impl Sender<'_> {
                 }
             }
         }
-        match self.client.send_append(events).await {
+        match self.send(events).await {
             Ok(id) => {
                 self.last_sent = line_of_last(&lines);
                 self.in_flight.push_back((id, lines));
             }
             Err(err) => {
                 self.unacked.extend(lines);
-                self.fail(explain(err));
+                self.fail(err);
             }
         }
+    }
+
+    /// Sends one append; with nothing in flight, a connection the daemon
+    /// closed is reopened and the append sent again (once).
+    async fn send(&mut self, events: Vec<Event>) -> anyhow::Result<u64> {
+        if !self.in_flight.is_empty() {
+            return self.client.send_append(events).await.map_err(explain);
+        }
+        let again = events.clone();
+        let err = match self.client.send_append(events).await {
+            Ok(id) => return Ok(id),
+            Err(err) if closed(&err) => err,
+            Err(err) => return Err(explain(err)),
+        };
+        eprintln!("tally: reconnecting: {}", tally_client::error_text(&err));
+        *self.client = connect(self.target).await?;
+        self.client.send_append(again).await.map_err(explain)
     }
 
     fn refuse(&mut self, line: u64, reason: &LineError) {
@@ -460,6 +488,16 @@ impl Sender<'_> {
             }
             None => Ok(ExitCode::SUCCESS),
         }
+    }
+}
+
+/// True when a send failed because the daemon had closed the connection
+/// (its write failed, or the daemon said it was busy or idle and closed).
+fn closed(err: &ClientError) -> bool {
+    match err {
+        ClientError::Io(_) | ClientError::Closed => true,
+        ClientError::Server { code, .. } => *code == ErrorCode::Busy,
+        _ => false,
     }
 }
 
