@@ -70,6 +70,10 @@ pub enum ClientError {
     /// stays usable.
     #[error("a request of {bytes} bytes is over the daemon's limit of {limit} bytes per frame (max_frame_bytes); nothing was sent")]
     FrameTooLarge { bytes: usize, limit: usize },
+    /// The daemon predates typed attributes (its hello carries no limits) and
+    /// would drop them as an unknown field while acking the event.
+    #[error("the daemon predates typed attributes and would store this event without them; nothing was sent (upgrade tallyd, or send the values as string attributes)")]
+    TypedAttributesUnsupported,
 }
 
 /// The daemon's limits on one request, from its hello; the protocol's
@@ -238,6 +242,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// A request over [`Limits::max_frame_bytes`] is refused with
     /// [`ClientError::FrameTooLarge`] before anything is written.
     pub async fn send_append(&mut self, events: Vec<Event>) -> Result<u64, ClientError> {
+        // Limits and typed attributes came in the same protocol change: a
+        // daemon whose hello has no limits would ack typed attributes it drops.
+        if self.hello.max_frame_bytes == 0
+            && events
+                .iter()
+                .any(|event| !event.typed_attributes.is_empty())
+        {
+            return Err(ClientError::TypedAttributesUnsupported);
+        }
         self.send(request::Body::Append(proto::AppendRequest { events }))
             .await
     }

@@ -28,7 +28,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/tally.v1.rs"));
 }
 
-pub use client::{Ack, Client, ClientError, Follow};
+pub use client::{Ack, Client, ClientError, Follow, Limits};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

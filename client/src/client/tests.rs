@@ -200,3 +200,39 @@ async fn a_daemon_that_closes_on_a_large_frame_is_reported_by_its_error() {
         other => panic!("expected the daemon's FRAME_TOO_LARGE, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn typed_attributes_are_not_sent_to_a_daemon_that_predates_them() {
+    // A hello without limits is a daemon older than typed attributes: it
+    // would decode field 8 as unknown, drop it and ack the event.
+    let (stream, server) = tokio::io::duplex(64 << 10);
+    let hello = hello_server(server, (0, 0));
+    let mut client = Client::handshake(stream, "t").await.unwrap();
+    let reader = mute_server(hello.await.unwrap());
+    let mut typed = event_of(10);
+    typed.typed_attributes = vec![crate::attributes::attribute(
+        "gen_ai.usage.input_tokens",
+        proto::attribute_value::Value::IntValue(812),
+    )];
+    let refused = client.send_append(vec![typed]).await;
+    assert!(
+        matches!(refused, Err(ClientError::TypedAttributesUnsupported)),
+        "{refused:?}"
+    );
+    // String attributes still go to it.
+    let plain = event_of(10);
+    let plain_len = Request {
+        id: 2,
+        body: Some(request::Body::Append(proto::AppendRequest {
+            events: vec![plain.clone()],
+        })),
+    }
+    .encoded_len();
+    assert_eq!(client.send_append(vec![plain]).await.unwrap(), 2);
+    drop(client);
+    assert_eq!(
+        reader.await.unwrap(),
+        plain_len as u64 + 4,
+        "only the event without typed attributes was written"
+    );
+}
