@@ -74,6 +74,7 @@ def test_batches_respect_max_events(daemon):
     for r in records:
         by_time[r.receive_time_ns] = by_time.get(r.receive_time_ns, 0) + 1
     assert len(records) == 50 and max(by_time.values()) <= 7
+    assert writer.requests == len(by_time) >= 8
 
 
 class NeverReads:

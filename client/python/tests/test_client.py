@@ -113,6 +113,10 @@ def test_append_many_splits_under_the_daemons_limits(daemon_factory):
             got += client.read(len(got))
     assert [r.subject for r in got] == [f"e{i}" for i in range(250)]
     assert [r.entry_hash for r in got] == [a.entry_hash for a in acks]
+    # Small events: the count limit closes the requests, not the bytes.
+    with tally.Client(daemon.socket) as client:
+        acks = client.append_many(tally.Event("tiny") for _ in range(201))
+    assert [a.seq for a in acks] == list(range(250, 451))
 
 
 def test_event_too_large_is_refused_before_sending(daemon_factory):

@@ -118,6 +118,8 @@ class BatchWriter:
         self.acked = 0
         self.failed = 0
         self.reconnects = 0
+        # Append requests acked (batches, once split under the daemon's limits).
+        self.requests = 0
         self.last_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tally-batch-writer", daemon=True)
         self._thread.start()
@@ -363,6 +365,7 @@ class BatchWriter:
                     batch[:] = limit_ok
                 for part in _split(batch, self._max_bytes, self._max_events):
                     self.acked += conn.append_fields(part)
+                    self.requests += 1
                     del batch[: len(part)]
                 return True
             except ProtocolError as err:
