@@ -46,6 +46,9 @@ def test_context_manager_flushes_on_exit_and_log_after_close_fails(daemon):
     assert writer.acked == 2 and len(read_all(daemon.socket)) == 2
     with pytest.raises(tally.TallyError, match="closed"):
         writer.log("late")
+    with pytest.raises(tally.TallyError, match="closed"):
+        writer.flush(1)
+    writer.close()  # a second close is a no-op
 
 
 def test_interpreter_exit_flushes_what_was_logged(daemon):

@@ -207,6 +207,9 @@ class BatchWriter:
         events are not stored), and :class:`tally.errors.Timeout` if the
         daemon did not ack everything within ``timeout`` seconds.
         """
+        if self._abandon:
+            # After close() the writer thread is gone: nothing would ever ack.
+            raise TallyError(f"this BatchWriter is closed (last error: {self.last_error!r})")
         marker = _Marker()
         self._queue.append(marker)
         self._wake.set()
