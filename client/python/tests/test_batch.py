@@ -164,8 +164,9 @@ def test_overflow_block_waits_for_space(daemon):
     assert [r.subject for r in read_all(daemon.socket)] == [str(i) for i in range(30)]
 
 
-def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon):
-    writer = tally.BatchWriter(daemon.socket, linger=0.001)
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon, window):
+    writer = tally.BatchWriter(daemon.socket, linger=0.001, window=window, max_events=500)
     n = 6000
     for i in range(n):
         writer.log("restart.event", subject=str(i))
