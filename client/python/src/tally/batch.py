@@ -4,9 +4,15 @@
 there, at the call site) and appends the bytes to a bounded in-memory queue;
 it never waits for the daemon. One background thread takes what is queued,
 closes a batch when it reaches ``max_events``, ``max_bytes`` (below the
-daemon's frame limit) or ``linger`` seconds after its first event, sends it
-as one append request and waits for the ack before the next (the daemon's
-group commit makes the next batch bigger while one is in flight).
+daemon's frame limit) or ``linger`` seconds after its first event, and sends
+it as one append request. Up to ``window`` requests are in flight at once
+(the daemon works on one while the next arrives); a further one is sent only
+once half a batch is waiting, so under light load there is one.
+
+Order: events are stored in logging order, except that with ``window`` > 1
+a batch refused with a retryable error (BUSY, RATE_LIMITED, STORAGE_FULL,
+SHUTTING_DOWN) is sent again after the requests already in flight behind
+it, so its events may be stored after theirs. ``window=1`` never reorders.
 
 Delivery is at least once. A batch whose connection breaks before its ack
 arrives (daemon restart, crash) is sent again on a new connection once the
@@ -72,7 +78,11 @@ class BatchWriter:
     events queued at most; when full, ``overflow="block"`` makes ``log()``
     wait for space and ``"drop"`` drops the event and counts it in
     ``dropped``. ``timeout``: per-request bound of the writer's connection.
-    ``exit_timeout``: how long the interpreter-exit flush waits.
+    ``exit_timeout``: how long the interpreter-exit flush waits. ``window``:
+    append requests in flight at most (see the module doc on order).
+    A writer lives until ``close()`` or interpreter exit (its atexit hook
+    holds it); after ``os.fork()`` the child has no writer thread: make a
+    new BatchWriter there.
     """
 
     def __init__(
