@@ -197,3 +197,21 @@ def test_event_too_large_raises_in_log(daemon):
         with pytest.raises(TypeError, match="'k'"):
             writer.log("bad", attributes={"k": object()})
     assert os.path.exists(daemon.socket)
+
+
+def test_an_event_over_the_daemons_smaller_limit_fails_at_send_then_in_log(daemon_factory):
+    daemon = daemon_factory("max_frame_bytes = 4096")
+    writer = tally.BatchWriter(daemon.socket, linger=0)
+    # Before its first connection the writer knows only the default limit
+    # (4 MiB): this event passes log() and is refused once hello says 4096.
+    writer.log("big", payload=bytes(5000))
+    writer.log("small", payload=bytes(100))
+    with pytest.raises(EventTooLarge) as info:
+        writer.flush(10)
+    assert info.value.limit == 4096
+    assert (writer.failed, writer.acked) == (1, 1)
+    # Now the writer knows: log() refuses it on the caller's thread.
+    with pytest.raises(EventTooLarge):
+        writer.log("big", payload=bytes(5000))
+    writer.close(10)
+    assert [r.kind for r in read_all(daemon.socket)] == ["small"]
