@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -196,7 +195,12 @@ def test_event_too_large_raises_in_log(daemon):
             writer.log("big", payload=bytes(5 * 1024 * 1024))
         with pytest.raises(TypeError, match="'k'"):
             writer.log("bad", attributes={"k": object()})
-    assert os.path.exists(daemon.socket)
+        with pytest.raises(ValueError, match="kind"):
+            writer.log("")
+        writer.log("fine")
+    # Refused on the caller's thread: nothing of them was queued or sent.
+    assert (writer.acked, writer.failed) == (1, 0)
+    assert [r.kind for r in read_all(daemon.socket)] == ["fine"]
 
 
 def test_an_event_over_the_daemons_smaller_limit_fails_at_send_then_in_log(daemon_factory):

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _encode
-from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, resolve_socket
+from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, batches, resolve_socket
 from .errors import RETRYABLE_CODES, EventTooLarge, ProtocolError, TallyError, Timeout
 from .types import Event
 
@@ -530,6 +530,4 @@ class _WriterState:
 
 def _split(batch: list[bytes], max_bytes: int, max_events: int) -> list[list[bytes]]:
     """``batch`` as requests under the limits (one request unless the limits shrank)."""
-    from ._conn import batches
-
     return batches(batch, max_bytes, max_events, overhead=0)
