@@ -157,7 +157,11 @@ def main() -> int:
         "python": sys.version.split()[0],
         "batch_writer": rate,
         "log_call": cost,
-        "lone_append": {**lone, "rust_lone_events_per_sec": [rust_before, rust_after], "ratio_to_rust": lone["events_per_sec"] / rust},
+        "lone_append": {
+            **lone,
+            "rust_lone_events_per_sec": [rust_before, rust_after],
+            "ratio_to_rust": lone["events_per_sec"] / rust,
+        },
     }
     print(f"tally Python client benchmark (Python {figures['python']}, 256-byte payloads, tallyd --no-tpm)")
     print(f"{'figure':<44} {'value':>14} {'target':>10}")
