@@ -163,8 +163,9 @@ def test_overflow_block_waits_for_space(daemon):
     assert [r.subject for r in read_all(daemon.socket)] == [str(i) for i in range(30)]
 
 
+@pytest.mark.parametrize("stop", ["terminate", "kill"])
 @pytest.mark.parametrize("window", [1, 2, 4])
-def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon, window):
+def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon, window, stop):
     writer = tally.BatchWriter(daemon.socket, linger=0.001, window=window, max_events=500)
     n = 6000
     for i in range(n):
@@ -174,7 +175,11 @@ def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once
         if i == 1000:
             writer.flush(10)  # connected and acking
         if i == 2000:
-            daemon.terminate()  # SIGTERM mid-stream; the writer keeps queueing
+            # SIGTERM or SIGKILL mid-stream; the writer keeps queueing.
+            if stop == "terminate":
+                daemon.terminate()
+            else:
+                daemon.kill()
         if i == 4000:
             daemon.start()
     writer.flush(timeout=60)
