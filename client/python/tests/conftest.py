@@ -3,8 +3,11 @@
 The daemon binary is $TALLYD_BIN, else <repo>/target/debug/tallyd (built by
 `cargo build --workspace`); without it every daemon test skips, saying why.
 TPM anchoring is off (`[tpm] enabled = false`, as the Rust end-to-end tests
-start it) unless $TCTI names a TPM. Readiness is systemd's: the daemon sends
-READY=1 to $NOTIFY_SOCKET once its socket accepts connections.
+start their daemons), even where $TCTI names a TPM: each anchoring log needs
+a TPM counter of its own, and these tests are about the client, not
+anchoring (TpmUnavailable is tested against this). Readiness is systemd's:
+the daemon sends READY=1 to $NOTIFY_SOCKET once its socket accepts
+connections.
 """
 
 from __future__ import annotations
@@ -32,14 +35,12 @@ def tallyd_bin() -> Path:
 class Daemon:
     """A running tallyd; ``restart()`` keeps its data directory, socket and config."""
 
-    def __init__(self, config: str = "", tpm: bool = False):
+    def __init__(self, config: str = ""):
         self.dir = Path(tempfile.mkdtemp(prefix="tally-py-"))
         self.socket = str(self.dir / "tally.sock")
         self.data_dir = self.dir / "data"
         self.config_path = self.dir / "tallyd.toml"
-        tcti = os.environ.get("TCTI")
-        tpm_table = f'enabled = true\ntcti = "{tcti}"\n' if tpm and tcti else "enabled = false\n"
-        self.config_path.write_text(f"{config}\n[tpm]\n{tpm_table}")
+        self.config_path.write_text(f"{config}\n[tpm]\nenabled = false\n")
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.start()
@@ -134,8 +135,8 @@ def daemon_factory():
     _require_tallyd()
     started: list[Daemon] = []
 
-    def start(config: str = "", tpm: bool = False) -> Daemon:
-        d = Daemon(config, tpm)
+    def start(config: str = "") -> Daemon:
+        d = Daemon(config)
         started.append(d)
         return d
 

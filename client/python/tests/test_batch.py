@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -46,6 +45,9 @@ def test_context_manager_flushes_on_exit_and_log_after_close_fails(daemon):
     assert writer.acked == 2 and len(read_all(daemon.socket)) == 2
     with pytest.raises(tally.TallyError, match="closed"):
         writer.log("late")
+    with pytest.raises(tally.TallyError, match="closed"):
+        writer.flush(1)
+    writer.close()  # a second close is a no-op
 
 
 def test_interpreter_exit_flushes_what_was_logged(daemon):
@@ -74,6 +76,7 @@ def test_batches_respect_max_events(daemon):
     for r in records:
         by_time[r.receive_time_ns] = by_time.get(r.receive_time_ns, 0) + 1
     assert len(records) == 50 and max(by_time.values()) <= 7
+    assert writer.requests == len(by_time) >= 8
 
 
 class NeverReads:
@@ -160,8 +163,10 @@ def test_overflow_block_waits_for_space(daemon):
     assert [r.subject for r in read_all(daemon.socket)] == [str(i) for i in range(30)]
 
 
-def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon):
-    writer = tally.BatchWriter(daemon.socket, linger=0.001)
+@pytest.mark.parametrize("stop", ["terminate", "kill"])
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once(daemon, window, stop):
+    writer = tally.BatchWriter(daemon.socket, linger=0.001, window=window, max_events=500)
     n = 6000
     for i in range(n):
         writer.log("restart.event", subject=str(i))
@@ -170,7 +175,11 @@ def test_writer_survives_a_daemon_restart_and_delivers_every_event_at_least_once
         if i == 1000:
             writer.flush(10)  # connected and acking
         if i == 2000:
-            daemon.terminate()  # SIGTERM mid-stream; the writer keeps queueing
+            # SIGTERM or SIGKILL mid-stream; the writer keeps queueing.
+            if stop == "terminate":
+                daemon.terminate()
+            else:
+                daemon.kill()
         if i == 4000:
             daemon.start()
     writer.flush(timeout=60)
@@ -191,4 +200,27 @@ def test_event_too_large_raises_in_log(daemon):
             writer.log("big", payload=bytes(5 * 1024 * 1024))
         with pytest.raises(TypeError, match="'k'"):
             writer.log("bad", attributes={"k": object()})
-    assert os.path.exists(daemon.socket)
+        with pytest.raises(ValueError, match="kind"):
+            writer.log("")
+        writer.log("fine")
+    # Refused on the caller's thread: nothing of them was queued or sent.
+    assert (writer.acked, writer.failed) == (1, 0)
+    assert [r.kind for r in read_all(daemon.socket)] == ["fine"]
+
+
+def test_an_event_over_the_daemons_smaller_limit_fails_at_send_then_in_log(daemon_factory):
+    daemon = daemon_factory("max_frame_bytes = 4096")
+    writer = tally.BatchWriter(daemon.socket, linger=0)
+    # Before its first connection the writer knows only the default limit
+    # (4 MiB): this event passes log() and is refused once hello says 4096.
+    writer.log("big", payload=bytes(5000))
+    writer.log("small", payload=bytes(100))
+    with pytest.raises(EventTooLarge) as info:
+        writer.flush(10)
+    assert info.value.limit == 4096
+    assert (writer.failed, writer.acked) == (1, 1)
+    # Now the writer knows: log() refuses it on the caller's thread.
+    with pytest.raises(EventTooLarge):
+        writer.log("big", payload=bytes(5000))
+    writer.close(10)
+    assert [r.kind for r in read_all(daemon.socket)] == ["small"]

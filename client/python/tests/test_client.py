@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
 import tally
 from tally.errors import EventTooLarge, OutOfRange
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_append_returns_seq_and_entry_hash_of_the_stored_record(daemon):
@@ -113,6 +118,10 @@ def test_append_many_splits_under_the_daemons_limits(daemon_factory):
             got += client.read(len(got))
     assert [r.subject for r in got] == [f"e{i}" for i in range(250)]
     assert [r.entry_hash for r in got] == [a.entry_hash for a in acks]
+    # Small events: the count limit closes the requests, not the bytes.
+    with tally.Client(daemon.socket) as client:
+        acks = client.append_many(tally.Event("tiny") for _ in range(201))
+    assert [a.seq for a in acks] == list(range(250, 451))
 
 
 def test_event_too_large_is_refused_before_sending(daemon_factory):
@@ -192,3 +201,21 @@ def test_client_reconnects_on_the_next_call_after_a_daemon_restart(daemon):
         client.append("two")
     assert client.append("three").seq == 1
     client.close()
+
+
+def test_records_from_the_cli_string_map_read_back_as_str(daemon):
+    # The legacy string map (Event.attributes, which this package never
+    # writes) comes back in Record.attributes beside the typed list.
+    tally_bin = Path(os.environ.get("TALLY_BIN") or REPO / "target" / "debug" / "tally")
+    if not tally_bin.is_file():
+        pytest.skip(f"{tally_bin} not found: run `cargo build --workspace` or set TALLY_BIN")
+    subprocess.run(
+        [str(tally_bin), "append", "--kind", "prompt", "--attr", "model_id=llama-3-8b", "--payload", "hi"],
+        check=True,
+        env={**os.environ, "TALLY_SOCKET": daemon.socket},
+        capture_output=True,
+        timeout=30,
+    )
+    with tally.Client(daemon.socket) as client:
+        (record,) = client.read(0)
+    assert (record.kind, record.payload, record.attributes) == ("prompt", b"hi", {"model_id": "llama-3-8b"})

@@ -12,7 +12,7 @@ import struct
 from typing import Any
 
 from . import _encode
-from .errors import ConnectionLost, TallyError, Timeout, connect_error, error_for_code
+from .errors import ConnectionLost, EventTooLarge, TallyError, Timeout, connect_error, error_for_code
 from .v1 import tally_pb2 as pb
 
 PROTOCOL_VERSION = 1
@@ -162,8 +162,6 @@ def batches(
     (0 for events already in ``_encode.event_field`` form). Raises
     EventTooLarge for an event no request can carry.
     """
-    from .errors import EventTooLarge
-
     out: list[list[bytes]] = []
     current: list[bytes] = []
     size = _encode.REQUEST_OVERHEAD

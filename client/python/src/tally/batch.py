@@ -4,9 +4,15 @@
 there, at the call site) and appends the bytes to a bounded in-memory queue;
 it never waits for the daemon. One background thread takes what is queued,
 closes a batch when it reaches ``max_events``, ``max_bytes`` (below the
-daemon's frame limit) or ``linger`` seconds after its first event, sends it
-as one append request and waits for the ack before the next (the daemon's
-group commit makes the next batch bigger while one is in flight).
+daemon's frame limit) or ``linger`` seconds after its first event, and sends
+it as one append request. Up to ``window`` requests are in flight at once
+(the daemon works on one while the next arrives); a further one is sent only
+once half a batch is waiting, so under light load there is one.
+
+Order: events are stored in logging order, except that with ``window`` > 1
+a batch refused with a retryable error (BUSY, RATE_LIMITED, STORAGE_FULL,
+SHUTTING_DOWN) is sent again after the requests already in flight behind
+it, so its events may be stored after theirs. ``window=1`` never reorders.
 
 Delivery is at least once. A batch whose connection breaks before its ack
 arrives (daemon restart, crash) is sent again on a new connection once the
@@ -28,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _encode
-from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, resolve_socket
+from ._conn import DEFAULT_MAX_EVENTS, DEFAULT_MAX_FRAME_BYTES, Connection, batches, resolve_socket
 from .errors import RETRYABLE_CODES, EventTooLarge, ProtocolError, TallyError, Timeout
 from .types import Event
 
@@ -72,7 +78,11 @@ class BatchWriter:
     events queued at most; when full, ``overflow="block"`` makes ``log()``
     wait for space and ``"drop"`` drops the event and counts it in
     ``dropped``. ``timeout``: per-request bound of the writer's connection.
-    ``exit_timeout``: how long the interpreter-exit flush waits.
+    ``exit_timeout``: how long the interpreter-exit flush waits. ``window``:
+    append requests in flight at most (see the module doc on order).
+    A writer lives until ``close()`` or interpreter exit (its atexit hook
+    holds it); after ``os.fork()`` the child has no writer thread: make a
+    new BatchWriter there.
     """
 
     def __init__(
@@ -86,6 +96,7 @@ class BatchWriter:
         overflow: str = "block",
         timeout: float | None = 30.0,
         exit_timeout: float | None = EXIT_TIMEOUT,
+        window: int = 2,
     ):
         if overflow not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
@@ -95,6 +106,9 @@ class BatchWriter:
         self.timeout = timeout
         self.linger = linger
         self.exit_timeout = exit_timeout
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
         self._user_max_events = max_events
         self._user_max_bytes = max_bytes
         self._max_events = min(max_events or DEFAULT_MAX_EVENTS, DEFAULT_MAX_EVENTS)
@@ -118,6 +132,8 @@ class BatchWriter:
         self.acked = 0
         self.failed = 0
         self.reconnects = 0
+        # Append requests acked (batches, once split under the daemon's limits).
+        self.requests = 0
         self.last_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="tally-batch-writer", daemon=True)
         self._thread.start()
@@ -205,6 +221,9 @@ class BatchWriter:
         events are not stored), and :class:`tally.errors.Timeout` if the
         daemon did not ack everything within ``timeout`` seconds.
         """
+        if self._abandon:
+            # After close() the writer thread is gone: nothing would ever ack.
+            raise TallyError(f"this BatchWriter is closed (last error: {self.last_error!r})")
         marker = _Marker()
         self._queue.append(marker)
         self._wake.set()
@@ -260,38 +279,138 @@ class BatchWriter:
     # -- the writer thread ------------------------------------------------
 
     def _run(self) -> None:
-        pending: list[bytes] = []
-        markers: list[_Marker] = []
+        state = _WriterState()
         try:
-            self._loop(pending, markers)
+            self._loop(state)
         except Exception as err:  # a bug here must not leave flush() waiting forever
             self._closing = True
             self._fail([], err)
-            self._abandon_rest(pending, markers)
+            self._abandon_rest(state)
             raise
 
-    def _loop(self, pending: list[bytes], markers: list[_Marker]) -> None:
+    def _loop(self, st: _WriterState) -> None:
+        """Takes batches, keeps up to ``window`` requests in flight, reads acks in order."""
+        delay = _RETRY_MIN
         while True:
-            if not pending:
-                for marker in markers:
-                    marker.error, self._unreported = self._unreported, None
-                    marker.done.set()
-                markers.clear()
-                if self._abandon:
-                    break
-                batch, taken = self._take_batch()
-                pending.extend(batch)
-                markers.extend(taken)
-                if not pending:
-                    continue
-            if self._send(pending):
-                pending.clear()
-            elif self._abandon:
+            self._fire_markers(st)
+            if self._abandon:
                 break
-        self._abandon_rest(pending, markers)
+            if len(st.inflight) < self.window:
+                if st.pending:
+                    if self._send_next(st):
+                        delay = _RETRY_MIN
+                        continue
+                    time.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                # While a request is in flight, another is sent only once half
+                # a batch is waiting: the next ack would make it bigger anyway.
+                if not st.inflight or len(self._queue) >= max(1, self._max_events // 2):
+                    batch, markers = self._take_batch(block=not st.inflight)
+                    if batch:
+                        st.next_seq += 1
+                        st.pending.append((st.next_seq, batch))
+                        st.unfinished[st.next_seq] += 1
+                    # A marker waits for every batch taken so far (its own too).
+                    st.markers.extend((st.next_seq, m) for m in markers)
+                    if batch or markers or not st.inflight:
+                        continue
+            if st.inflight:
+                if not self._receive_next(st):
+                    time.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                else:
+                    delay = _RETRY_MIN
+        self._abandon_rest(st)
 
-    def _take_batch(self) -> tuple[list[bytes], list[_Marker]]:
-        """The next batch and the flush markers queued among its events."""
+    def _fire_markers(self, st: _WriterState) -> None:
+        """Sets the flush markers whose batches (and all before them) are done."""
+        if not st.markers:
+            return
+        oldest = min(st.unfinished) if st.unfinished else st.next_seq + 1
+        keep = []
+        for seq, marker in st.markers:
+            if seq < oldest:
+                marker.error, self._unreported = self._unreported, None
+                marker.done.set()
+            else:
+                keep.append((seq, marker))
+        st.markers = keep
+
+    def _finish(self, st: _WriterState, seq: int) -> None:
+        st.unfinished[seq] -= 1
+        if st.unfinished[seq] <= 0:
+            del st.unfinished[seq]
+
+    def _send_next(self, st: _WriterState) -> bool:
+        """Sends the oldest pending batch; False (and everything requeued) on a broken connection."""
+        seq, batch = st.pending[0]
+        try:
+            conn = self._connect()
+            kept = self._refit(batch)
+            if kept is not None:
+                batch = kept
+            parts = _split(batch, self._max_bytes, self._max_events) if batch else []
+            st.pending.popleft()
+            if not parts:  # every event of it was too large for the new limit
+                self._finish(st, seq)
+                return True
+            st.unfinished[seq] += len(parts) - 1
+            for part in reversed(parts[1:]):
+                st.pending.appendleft((seq, part))
+            request_id = conn.take_id()
+            st.inflight.append((seq, parts[0], request_id))
+            conn.send(_encode.append_frame_of_fields(request_id, parts[0]))
+            return True
+        except (TallyError, OSError) as err:
+            self.last_error = err
+            self._requeue(st)
+            return False
+
+    def _receive_next(self, st: _WriterState) -> bool:
+        """Reads the ack of the oldest request in flight; False when the connection broke."""
+        seq, part, request_id = st.inflight[0]
+        conn = self._conn
+        try:
+            if conn is None:
+                raise TallyError("no connection")
+            acked = len(conn.recv(request_id).append.acks)
+            if acked != len(part):
+                raise TallyError(f"tallyd acked {acked} events of {len(part)}")
+        except ProtocolError as err:
+            self.last_error = err
+            st.inflight.popleft()
+            if err.code in RETRYABLE_CODES:
+                # Sent again after the requests already in flight behind it:
+                # with window > 1 its events may be stored after theirs.
+                st.pending.appendleft((seq, part))
+                return False
+            self._fail(part, err)
+            self._finish(st, seq)
+            return True
+        except (TallyError, OSError) as err:
+            self.last_error = err
+            self._requeue(st)
+            return False
+        st.inflight.popleft()
+        self.acked += acked
+        self.requests += 1
+        self._finish(st, seq)
+        return True
+
+    def _requeue(self, st: _WriterState) -> None:
+        """After a broken connection: everything in flight is sent again, in order."""
+        for seq, part, _ in reversed(st.inflight):
+            st.pending.appendleft((seq, part))
+        st.inflight.clear()
+        self._drop_connection()
+
+    def _take_batch(self, block: bool = True) -> tuple[list[bytes], list[_Marker]]:
+        """The next batch and the flush markers queued among its events.
+
+        ``block``: wait for a first event and linger after it; otherwise take
+        only what is queued now.
+        """
         queue = self._queue
         batch: list[bytes] = []
         markers: list[_Marker] = []
@@ -306,7 +425,7 @@ class BatchWriter:
             except IndexError:
                 if markers and not batch:
                     break
-                if self._closing:
+                if self._closing or not block:
                     break
                 if not batch:
                     self._sleep()
@@ -352,35 +471,6 @@ class BatchWriter:
             self._conn = conn
         return self._conn
 
-    def _send(self, batch: list[bytes]) -> bool:
-        """Sends one batch, retrying until acked or refused; False when abandoned."""
-        delay = _RETRY_MIN
-        while not self._abandon:
-            try:
-                conn = self._connect()
-                limit_ok = self._refit(batch)
-                if limit_ok is not None:
-                    batch[:] = limit_ok
-                for part in _split(batch, self._max_bytes, self._max_events):
-                    self.acked += conn.append_fields(part)
-                    del batch[: len(part)]
-                return True
-            except ProtocolError as err:
-                self.last_error = err
-                if err.code not in RETRYABLE_CODES:
-                    self._fail(batch, err)
-                    return True
-            except TallyError as err:
-                # Lost, timed out, daemon not (yet) there: connect again.
-                self.last_error = err
-                self._drop_connection()
-            except OSError as err:
-                self.last_error = err
-                self._drop_connection()
-            time.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
-        return False
-
     def _refit(self, batch: list[bytes]) -> list[bytes] | None:
         """Fails the events the daemon's (possibly new, smaller) limit cannot carry."""
         limit = self._max_bytes - _encode.REQUEST_OVERHEAD
@@ -406,8 +496,9 @@ class BatchWriter:
             self._conn = None
             self.reconnects += 1
 
-    def _abandon_rest(self, pending: list[bytes], markers: list[_Marker]) -> None:
-        abandoned = len(pending)
+    def _abandon_rest(self, st: _WriterState) -> None:
+        abandoned = sum(len(part) for _, part, _ in st.inflight) + sum(len(b) for _, b in st.pending)
+        markers = [m for _, m in st.markers]
         while self._queue:
             item = self._queue.popleft()
             if type(item) is bytes:
@@ -421,8 +512,22 @@ class BatchWriter:
             marker.done.set()
 
 
+class _WriterState:
+    """What the writer thread tracks between loop turns."""
+
+    def __init__(self) -> None:
+        # Batches to send (again), oldest first: (batch number, event fields).
+        self.pending: collections.deque[tuple[int, list[bytes]]] = collections.deque()
+        # Requests sent on the current connection, oldest first.
+        self.inflight: collections.deque[tuple[int, list[bytes], int]] = collections.deque()
+        # Requests not yet acked or failed, per batch number (a batch split
+        # under a smaller limit counts once per part).
+        self.unfinished: collections.Counter[int] = collections.Counter()
+        # Flush markers and the number of the last batch each waits for.
+        self.markers: list[tuple[int, _Marker]] = []
+        self.next_seq = 0
+
+
 def _split(batch: list[bytes], max_bytes: int, max_events: int) -> list[list[bytes]]:
     """``batch`` as requests under the limits (one request unless the limits shrank)."""
-    from ._conn import batches
-
     return batches(batch, max_bytes, max_events, overhead=0)
