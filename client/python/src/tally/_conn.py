@@ -27,6 +27,10 @@ CLIENT_NAME = "tally-python/0.1.0"
 # SO_SNDBUF asked for (one default-sized frame); see Connection.__init__.
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
 
+# How long a failed send waits for the daemon's closing error (it was sent
+# before the close, so it is already in the socket's queue when there is one).
+CLOSING_ERROR_WAIT = 0.5
+
 _unpack_len = struct.Struct(">I").unpack
 
 
@@ -95,7 +99,30 @@ class Connection:
         except TimeoutError as err:
             raise Timeout(f"tallyd did not take the request within {self.sock.gettimeout()} s") from err
         except OSError as err:
+            # A daemon that refuses a connection (BUSY) or a frame
+            # (FRAME_TOO_LARGE) says why, then closes: report its reason, not
+            # the broken pipe that writing after the close gives.
+            refusal = self._closing_error()
+            if refusal is not None:
+                raise refusal from err
             raise ConnectionLost(f"connection to {self.path} lost while sending: {err}") from err
+
+    def _closing_error(self) -> TallyError | None:
+        """The error response the daemon sent before it closed, if one is waiting."""
+        timeout = self.sock.gettimeout()
+        try:
+            self.sock.settimeout(CLOSING_ERROR_WAIT)
+            response = pb.Response.FromString(self.recv_frame())
+        except (TallyError, OSError, ValueError):
+            return None
+        finally:
+            try:
+                self.sock.settimeout(timeout)
+            except OSError:
+                pass
+        if response.WhichOneof("body") != "error":
+            return None
+        return error_for_code(response.error.code, response.error.message)
 
     def _fill(self, n: int) -> None:
         """Reads until the buffer holds at least n bytes."""

@@ -12,6 +12,7 @@ from typing import Any
 from . import _encode
 from ._conn import (
     CLIENT_NAME,
+    CLOSING_ERROR_WAIT,
     DEFAULT_MAX_EVENTS,
     DEFAULT_MAX_FRAME_BYTES,
     MAX_RESPONSE_BYTES,
@@ -67,6 +68,14 @@ class _AsyncConnection:
         except asyncio.TimeoutError as err:
             raise Timeout(f"tallyd did not take the request within {self.timeout} s") from err
         except OSError as err:
+            # The daemon's reason for closing (BUSY, FRAME_TOO_LARGE), if it
+            # sent one, rather than the broken pipe (see Connection.send).
+            try:
+                await self.recv(0, CLOSING_ERROR_WAIT)
+            except ProtocolError as refusal:
+                raise refusal from err
+            except TallyError:
+                pass
             raise ConnectionLost(f"connection to {self.path} lost while sending: {err}") from err
 
     async def recv(self, request_id: int, timeout: float | None) -> Any:
