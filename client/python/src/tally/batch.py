@@ -58,6 +58,14 @@ _LINGER_POLL = 0.0005
 # How long close() at interpreter exit waits for the daemon by default.
 EXIT_TIMEOUT = 10.0
 
+# Default events per batch, and default requests in flight (window): with
+# 4,000-event batches and three in flight the daemon decodes and hashes one
+# batch while it commits another and the GIL changes hands less often per
+# event. One thread logging 256-byte events, quiet 2-core machine, three runs
+# each: 203-208k events/s acked, against 188-195k with the daemon's maximum
+# (10,000) and two in flight (docs/BENCHMARKS.md, "Python client").
+BATCH_EVENTS = 4000
+
 
 class _Marker:
     """A flush() request in the queue: set once everything before it is acked."""
@@ -72,8 +80,9 @@ class _Marker:
 class BatchWriter:
     """Logs events in the background; see the module doc for delivery.
 
-    ``max_events`` / ``max_bytes``: batch bounds (default and ceiling: the
-    daemon's ``max_events_per_append`` and ``max_frame_bytes``). ``linger``:
+    ``max_events`` / ``max_bytes``: batch bounds (defaults: ``BATCH_EVENTS``
+    events and the daemon's ``max_frame_bytes``; ceilings: the daemon's
+    ``max_events_per_append`` and ``max_frame_bytes``). ``linger``:
     seconds a batch waits for more events after its first. ``queue_size``:
     events queued at most; when full, ``overflow="block"`` makes ``log()``
     wait for space and ``"drop"`` drops the event and counts it in
@@ -96,7 +105,7 @@ class BatchWriter:
         overflow: str = "block",
         timeout: float | None = 30.0,
         exit_timeout: float | None = EXIT_TIMEOUT,
-        window: int = 2,
+        window: int = 3,
     ):
         if overflow not in ("block", "drop"):
             raise ValueError(f'overflow must be "block" or "drop", not {overflow!r}')
@@ -111,7 +120,7 @@ class BatchWriter:
         self.window = window
         self._user_max_events = max_events
         self._user_max_bytes = max_bytes
-        self._max_events = min(max_events or DEFAULT_MAX_EVENTS, DEFAULT_MAX_EVENTS)
+        self._max_events = min(max_events or BATCH_EVENTS, DEFAULT_MAX_EVENTS)
         self._max_bytes = min(max_bytes or DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_FRAME_BYTES)
         self._queue_size = queue_size
         self._drop = overflow == "drop"
@@ -467,7 +476,7 @@ class BatchWriter:
         if self._conn is None:
             conn = Connection(self.socket, self.timeout)
             self._max_bytes = min(self._user_max_bytes or conn.max_frame_bytes, conn.max_frame_bytes)
-            self._max_events = min(self._user_max_events or conn.max_events, conn.max_events)
+            self._max_events = min(self._user_max_events or BATCH_EVENTS, conn.max_events)
             self._conn = conn
         return self._conn
 
