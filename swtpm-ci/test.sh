@@ -88,7 +88,7 @@ python_suite() {
         skip_check "pytest (client/python)" "pip could not install ./client/python[otel] and requirements-dev.txt"
         return
     fi
-    "$venv/bin/ruff" check client/python
+    "$venv/bin/ruff" check client/python bench/python
     local py_log
     py_log=$(mktemp /tmp/tally-ci-pytest.XXXXXX)
     set +e
