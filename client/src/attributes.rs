@@ -1,8 +1,10 @@
 //! Typed attribute values (OpenTelemetry's kinds: string, bool, int, double,
 //! bytes, and arrays of one of them) and the rules an event must follow.
 //!
-//! One place for the three things every side needs: [`check_event`] (the
-//! daemon refuses what it fails; a client may call it before sending),
+//! One place for the three things every side needs: [`check_client_event`]
+//! (the daemon refuses what it fails; a client may call it before sending)
+//! and [`check_event`], the rules every stored event follows, the daemon's own
+//! included,
 //! [`from_json`] (a JSON value as a typed value, for `tally append --stdin`)
 //! and [`to_json`]/[`to_text`] (a typed value for display). An event's
 //! attributes, string map and typed list together, are read through
@@ -20,6 +22,8 @@ use crate::proto::{attribute_value, ArrayValue, Attribute, AttributeValue, Event
 pub enum EventError {
     #[error("the event's kind is empty")]
     EmptyKind,
+    #[error("kind {kind:?} is reserved: kinds starting {RESERVED_KIND_PREFIX:?} are written by tallyd only")]
+    ReservedKind { kind: String },
     #[error("an attribute has an empty key")]
     EmptyKey,
     #[error("attribute {key:?} appears more than once")]
@@ -40,6 +44,21 @@ pub enum ArrayError {
     Nested,
     #[error("array elements must all be of one kind")]
     Mixed,
+}
+
+/// Kinds starting with this are the daemon's own (`tally.access_denied`): a
+/// client may not write them, so a record of such a kind is the daemon's.
+pub const RESERVED_KIND_PREFIX: &str = "tally.";
+
+/// Checks an event a client sends: [`check_event`]'s rules, and a kind that is
+/// not reserved ([`RESERVED_KIND_PREFIX`]).
+pub fn check_client_event(event: &Event) -> Result<(), EventError> {
+    if event.kind.starts_with(RESERVED_KIND_PREFIX) {
+        return Err(EventError::ReservedKind {
+            kind: event.kind.clone(),
+        });
+    }
+    check_event(event)
 }
 
 /// Checks the rules the protocol states for an event: a kind, and attribute
@@ -274,6 +293,24 @@ mod tests {
             attribute("empty", array(vec![])),
         ]);
         assert_eq!(check_event(&good), Ok(()));
+
+        assert_eq!(check_client_event(&good), Ok(()));
+        let mut reserved = good.clone();
+        reserved.kind = "tally.access_denied".into();
+        assert_eq!(
+            check_event(&reserved),
+            Ok(()),
+            "the daemon's own events pass"
+        );
+        assert_eq!(
+            check_client_event(&reserved),
+            Err(EventError::ReservedKind {
+                kind: "tally.access_denied".into()
+            })
+        );
+        let mut lookalike = good.clone();
+        lookalike.kind = "tallyx.event".into();
+        assert_eq!(check_client_event(&lookalike), Ok(()));
 
         let mut no_kind = good.clone();
         no_kind.kind.clear();

@@ -199,8 +199,15 @@ fn invalid_events() -> Vec<(&'static str, Event, &'static str)> {
     empty_kind.kind.clear();
     let mut empty_map_key = event(0);
     empty_map_key.attributes.insert(String::new(), "x".into());
+    let mut reserved_kind = event(0);
+    reserved_kind.kind = "tally.access_denied".into();
     vec![
         ("empty kind", empty_kind, "the event's kind is empty"),
+        (
+            "a kind reserved for the daemon",
+            reserved_kind,
+            "kind \"tally.access_denied\" is reserved: kinds starting \"tally.\" are written by tallyd only",
+        ),
         (
             "empty typed key",
             with(vec![attribute("", V::IntValue(1))]),

@@ -116,6 +116,15 @@ def test_append_without_events_is_bad_request(daemon):
     conn.close()
 
 
+def test_a_kind_reserved_for_the_daemon_is_bad_request(daemon):
+    # "tally." kinds are tallyd's own (tally.access_denied): a client's is refused.
+    with tally.Client(daemon.socket) as client:
+        with pytest.raises(tally.BadRequest, match="reserved"):
+            client.append("tally.access_denied", subject="append")
+        client.append("tallyx.lookalike")
+        assert client.status().size == 1
+
+
 def test_more_events_than_the_limit_is_too_many_events(daemon_factory):
     daemon = daemon_factory("max_events_per_append = 2")
     conn = Connection(daemon.socket, 10)

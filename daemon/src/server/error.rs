@@ -53,7 +53,7 @@ pub enum RequestError {
     #[error("{count} events in one append; the maximum is {max}")]
     TooManyEvents { count: usize, max: usize },
     /// Event `index` (0-based, in the append's list) breaks a rule of the
-    /// protocol (`tally_client::attributes::check_event`): nothing of the
+    /// protocol (`tally_client::attributes::check_client_event`): nothing of the
     /// append is stored.
     #[error("event {index}: {source}")]
     InvalidEvent { index: usize, source: EventError },

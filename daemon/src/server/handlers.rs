@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use prost::Message;
 use tally_attest::entry_hash;
-use tally_client::attributes::check_event;
+use tally_client::attributes::check_client_event;
 use tally_client::proto::{self, response};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,7 @@ pub(crate) async fn submit_append(
     // Before the rate limit takes its tokens and before anything is queued:
     // a request with one invalid event stores nothing and costs nothing.
     for (index, event) in append.events.iter().enumerate() {
-        check_event(event).map_err(|source| RequestError::InvalidEvent { index, source })?;
+        check_client_event(event).map_err(|source| RequestError::InvalidEvent { index, source })?;
     }
     if !shared.append_rate.try_take(peer, count) {
         return Err(RequestError::RateLimited {

@@ -65,7 +65,7 @@ pub enum LineError {
 }
 
 /// One stdin line as an event (its client time defaults to now), checked
-/// against the protocol's rules ([`attributes::check_event`]).
+/// against the protocol's rules ([`attributes::check_client_event`]).
 pub fn parse(line: &str) -> Result<Event, LineError> {
     let json: JsonEvent = serde_json::from_str(line)?;
     let mut content_type = json.content_type.unwrap_or_default();
@@ -93,7 +93,7 @@ pub fn parse(line: &str) -> Result<Event, LineError> {
     for (key, value) in json.attributes {
         put_attribute(&mut event, key, &value)?;
     }
-    attributes::check_event(&event)?;
+    attributes::check_client_event(&event)?;
     Ok(event)
 }
 

@@ -144,7 +144,7 @@ pub async fn run(target: &Target, args: AppendArgs) -> anyhow::Result<ExitCode> 
         line::put_attribute(&mut event, attr.key, &attr.value)
             .with_context(|| format!("--attr {key}"))?;
     }
-    attributes::check_event(&event).context("the event is not valid")?;
+    attributes::check_client_event(&event).context("the event is not valid")?;
     let acks = client.append(vec![event]).await.map_err(explain)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
