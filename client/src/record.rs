@@ -91,9 +91,9 @@ impl DecodedRecord {
             seq = self.header.seq,
             hash = &hex::encode(self.entry_hash)[..16],
             peer = peer_text(&self.body),
-            kind = event.kind,
-            actor = event.actor,
-            subject = event.subject,
+            kind = escape_controls(&event.kind),
+            actor = escape_controls(&event.actor),
+            subject = escape_controls(&event.subject),
             sep = if attributes.is_empty() { "" } else { " " },
             attrs = attributes.join(" "),
             len = event.payload.len(),
@@ -273,6 +273,22 @@ mod tests {
         let line = record_of(event).to_line();
         assert!(line.contains(" esc=x\\u{1b}[2Jy\\n "), "{line}");
         assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        // Every field a client chose: a forged second line or a terminal
+        // escape in kind, actor or subject is shown escaped too.
+        let mut event = typed_event();
+        event.kind = "k\n       9 0000000000000000 uid=0 pid=1 tally.fake".into();
+        event.actor = "a\u{1b}]0;title\u{7}".into();
+        event.subject = "s\r".into();
+        let line = record_of(event).to_line();
+        assert!(
+            !line.contains(['\n', '\r', '\u{1b}', '\u{7}']),
+            "a control character got through: {line:?}"
+        );
+        assert!(line.contains(" k\\n       9 "), "{line}");
+        assert!(
+            line.contains(" actor=a\\u{1b}]0;title\\u{7} subject=s\\r "),
+            "{line}"
+        );
     }
 }
 
