@@ -103,6 +103,17 @@ fn hello_server(
     })
 }
 
+/// Encoded length of the append request (id 2) the client sends for `event`.
+fn append_request_len(event: &Event) -> usize {
+    Request {
+        id: 2,
+        body: Some(request::Body::Append(proto::AppendRequest {
+            events: vec![event.clone()],
+        })),
+    }
+    .encoded_len()
+}
+
 fn event_of(payload_bytes: usize) -> Event {
     Event {
         kind: "k".into(),
@@ -126,13 +137,7 @@ async fn a_request_over_the_daemons_frame_limit_is_refused_before_it_is_written(
         "a limit of 0 falls back to the protocol's default"
     );
     let event = event_of(2000);
-    let expected = Request {
-        id: 2,
-        body: Some(request::Body::Append(proto::AppendRequest {
-            events: vec![event.clone()],
-        })),
-    }
-    .encoded_len();
+    let expected = append_request_len(&event);
     // Bounded: a client that wrote the request would wait for the mute
     // server's answer forever.
     let refused = tokio::time::timeout(SHORT * 10, client.append(vec![event]))
@@ -145,16 +150,7 @@ async fn a_request_over_the_daemons_frame_limit_is_refused_before_it_is_written(
     // Exactly at the limit is allowed: it is the daemon's own bound.
     let fits = (0..1100)
         .map(event_of)
-        .find(|event| {
-            Request {
-                id: 2,
-                body: Some(request::Body::Append(proto::AppendRequest {
-                    events: vec![event.clone()],
-                })),
-            }
-            .encoded_len()
-                == 1024
-        })
+        .find(|event| append_request_len(event) == 1024)
         .unwrap();
     let id = client.send_append(vec![fits]).await.unwrap();
     assert_eq!(id, 2, "the refused request used no id");
@@ -221,13 +217,7 @@ async fn typed_attributes_are_not_sent_to_a_daemon_that_predates_them() {
     );
     // String attributes still go to it.
     let plain = event_of(10);
-    let plain_len = Request {
-        id: 2,
-        body: Some(request::Body::Append(proto::AppendRequest {
-            events: vec![plain.clone()],
-        })),
-    }
-    .encoded_len();
+    let plain_len = append_request_len(&plain);
     assert_eq!(client.send_append(vec![plain]).await.unwrap(), 2);
     drop(client);
     assert_eq!(

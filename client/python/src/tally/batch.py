@@ -175,7 +175,8 @@ class BatchWriter:
             content_type,
             _time_ns() if client_time_ns is None else client_time_ns,
         )
-        # _put, inlined: this is the hot path.
+        # _put, inlined: this is the hot path (calling it instead raised the
+        # median log() from 1.7-2.6 to 2.5-3.0 us, quiet machine, 200k calls).
         n = len(event)
         field = b"\x0a" + (_VARINT[n] if n < _SMALL else _varint(n)) + event
         if n + _FIELD_AND_REQUEST_OVERHEAD > self._max_bytes:

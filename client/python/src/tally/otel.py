@@ -344,6 +344,18 @@ class _Sender:
                 self._client.close()
 
 
+def _mapping_options(
+    actor: str | None, digest_only: bool, content_keys: Iterable[str], include_resource: bool
+) -> dict[str, Any]:
+    """The keyword arguments both exporters pass to their mapping functions."""
+    return {
+        "actor": actor,
+        "digest_only": digest_only,
+        "content_keys": frozenset(content_keys),
+        "include_resource": include_resource,
+    }
+
+
 class TallySpanExporter(SpanExporter):
     """Exports finished spans to tallyd (see the module's docstring).
 
@@ -368,12 +380,7 @@ class TallySpanExporter(SpanExporter):
         retry_for: float = 10.0,
     ) -> None:
         self._sender = _Sender(socket, client, timeout, retry_for)
-        self._options = {
-            "actor": actor,
-            "digest_only": digest_only,
-            "content_keys": frozenset(content_keys),
-            "include_resource": include_resource,
-        }
+        self._options = _mapping_options(actor, digest_only, content_keys, include_resource)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -408,12 +415,7 @@ class TallyLogRecordExporter(_LogExporterBase):
         retry_for: float = 10.0,
     ) -> None:
         self._sender = _Sender(socket, client, timeout, retry_for)
-        self._options = {
-            "actor": actor,
-            "digest_only": digest_only,
-            "content_keys": frozenset(content_keys),
-            "include_resource": include_resource,
-        }
+        self._options = _mapping_options(actor, digest_only, content_keys, include_resource)
 
     def export(self, batch: Sequence[Any]) -> Any:
         try:
