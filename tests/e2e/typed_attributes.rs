@@ -345,3 +345,87 @@ async fn hello_reply_carries_the_configured_limits() -> anyhow::Result<()> {
     assert_eq!(hello.max_events_per_append, 77);
     Ok(())
 }
+
+/// Root's edit of a typed value where it is stored: the daemon stopped, its
+/// LMDB store opened beside the genuine files and the token count of seq 1
+/// changed from 812 to 813 in the record bytes. The restarted daemon serves
+/// the edit, but its export refuses the log and `tallyd check` fails, each
+/// naming the record (what a bundle edited the same way gets: tamper.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roots_edit_of_a_stored_typed_value_is_detected() {
+    let Some(tpm) = tally_tests::swtpm::Swtpm::start() else {
+        return;
+    };
+    let mut daemon = tally_tests::anchored::daemon(&tpm, "");
+    let identity = daemon.dir().join("identity.json");
+    let json = tally_tests::anchored::ok(daemon.tallyd(&["identity"]).unwrap(), "identity");
+    std::fs::write(&identity, json).unwrap();
+    let tokens = |n: i64| typed_event(vec![attribute("gen_ai.usage.input_tokens", V::IntValue(n))]);
+    let mut client = daemon.client().await.unwrap();
+    client
+        .append(vec![tokens(100), tokens(812), tokens(300)])
+        .await
+        .unwrap();
+    drop(client);
+    tally_tests::anchored::anchor(&daemon);
+    let verify = |daemon: &Daemon, name: &str| {
+        let bundle = daemon.dir().join(name);
+        let out = bundle.to_str().unwrap();
+        tally_tests::anchored::ok(daemon.tally(&["export", "--out", out]).unwrap(), "export");
+        daemon
+            .tally(&["verify", out, "--identity", identity.to_str().unwrap()])
+            .unwrap()
+    };
+    let honest = verify(&daemon, "honest.bundle");
+    assert_ne!(
+        honest.code, 1,
+        "the untouched log must not fail: {honest:?}"
+    );
+
+    assert!(daemon.terminate().unwrap().success());
+    // int_value 812 is `18 ac 06`; 813 is `18 ad 06` (same length).
+    tally_tests::store_edit::edit(&daemon.data_dir(), |wtxn, dbs| {
+        let record = dbs
+            .records
+            .get(wtxn, &1)?
+            .expect("seq 1 is stored")
+            .to_vec();
+        let at = record
+            .windows(3)
+            .position(|w| w == [0x18, 0xac, 0x06])
+            .expect("the stored record holds int_value 812");
+        let mut edited = record;
+        edited[at + 1] = 0xad;
+        dbs.records.put(wtxn, &1, &edited)?;
+        Ok(())
+    })
+    .unwrap();
+    daemon.restart().unwrap();
+    let shown = daemon.tally(&["tail", "--from", "1", "--json"]).unwrap();
+    assert!(
+        shown.stdout.contains("\"gen_ai.usage.input_tokens\":813"),
+        "the edit is in the store the daemon serves: {shown:?}"
+    );
+    // The export checks the chain as it reads: it refuses the edited log,
+    // naming the first record whose link no longer matches.
+    let out = daemon.dir().join("edited.bundle");
+    let run = daemon
+        .tally(&["export", "--out", out.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(run.code, 2, "an edited store must not export: {run:?}");
+    assert!(
+        run.stderr.contains("chain broken at seq 2"),
+        "the refusal names the record after the edit: {run:?}"
+    );
+    // And with the daemon stopped, tallyd's own check of the store names it.
+    assert!(daemon.terminate().unwrap().success());
+    let check = daemon.tallyd(&["check"]).unwrap();
+    assert_ne!(
+        check.code, 0,
+        "tallyd check must fail on the edited store: {check:?}"
+    );
+    assert!(
+        check.stderr.contains("chain broken at seq 2"),
+        "tallyd check names the record after the edit: {check:?}"
+    );
+}
