@@ -276,6 +276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .send(request::Body::Read(proto::ReadRequest {
                 from_seq,
                 max_records,
+                ..Default::default()
             }))
             .await?;
         match self.recv(id).await? {
@@ -383,7 +384,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// as it is committed. The connection is dedicated to the stream.
     pub async fn follow(mut self, from_seq: u64) -> Result<Follow<S>, ClientError> {
         let id = self
-            .send(request::Body::Follow(proto::FollowRequest { from_seq }))
+            .send(request::Body::Follow(proto::FollowRequest {
+                from_seq,
+                ..Default::default()
+            }))
             .await?;
         Ok(Follow {
             client: self,

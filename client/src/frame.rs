@@ -94,6 +94,7 @@ mod tests {
             request::Body::Read(ReadRequest {
                 from_seq: rng.gen(),
                 max_records: rng.gen(),
+                ..Default::default()
             })
         };
         Request {

@@ -4,6 +4,7 @@
 //! * [`frame`]: framing (4-byte big-endian length + protobuf) shared by the
 //!   daemon and clients.
 //! * [`attributes`]: typed attribute values and the rules an event follows.
+//! * [`filter`]: which records a read, a follow or `tally show` returns.
 //! * [`Client`]: connect, hello, append, read, follow, status, attest, anchor,
 //!   prove.
 //! * [`export`]: the whole log into a bundle file; [`record`]: stored records
@@ -19,6 +20,7 @@ pub mod attributes;
 pub mod client;
 pub mod clock;
 pub mod export;
+pub mod filter;
 pub mod frame;
 pub mod record;
 

@@ -49,6 +49,8 @@ enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: cli::select::FilterArgs,
     },
     /// Export the whole log into a self-contained bundle file.
     Export {
@@ -154,7 +156,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => return cli::append::run(&target, args).await,
-        Command::Tail { from, follow, json } => cli::tail::run(&target, from, follow, json).await?,
+        Command::Tail {
+            from,
+            follow,
+            json,
+            filter,
+        } => cli::tail::run(&target, from, follow, json, &filter.filter()?).await?,
         Command::Export { out, attest, nonce } => {
             cli::export::run(&target, &out, attest.zip(nonce)).await?
         }

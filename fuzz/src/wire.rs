@@ -73,9 +73,11 @@ pub fn stream(data: &[u8]) -> Vec<u8> {
             2 => Some(request::Body::Read(proto::ReadRequest {
                 from_seq: input.seq(),
                 max_records: u32::from(input.byte()),
+                ..Default::default()
             })),
             3 => Some(request::Body::Follow(proto::FollowRequest {
                 from_seq: input.seq(),
+                ..Default::default()
             })),
             4 => Some(request::Body::Status(proto::StatusRequest {})),
             5 => Some(request::Body::Attest(proto::AttestRequest {

@@ -188,7 +188,10 @@ async fn a_stalled_follower_is_cut_off_and_memory_stays_flat() {
         .send(&tally_client::proto::Request {
             id: 2,
             body: Some(tally_client::proto::request::Body::Follow(
-                tally_client::proto::FollowRequest { from_seq: 0 },
+                tally_client::proto::FollowRequest {
+                    from_seq: 0,
+                    ..Default::default()
+                },
             )),
         })
         .await

@@ -4,14 +4,21 @@
 use std::io::{self, Write};
 
 use anyhow::{bail, Context as _};
-use tally_client::proto::StoredRecord;
-use tally_client::record;
+use tally_client::proto::{Filter, StoredRecord};
+use tally_client::{filter, record};
 
 use crate::cli::connect::{connect, Target};
 
-/// Prints records from seq `from` to the size at the start, or with
-/// `follow` forever.
-pub async fn run(target: &Target, from: u64, follow: bool, json: bool) -> anyhow::Result<()> {
+/// Prints the records that match `filter` from seq `from` to the size at
+/// the start, or with `follow` forever. (The filter is evaluated here, on
+/// every record the daemon sends.)
+pub async fn run(
+    target: &Target,
+    from: u64,
+    follow: bool,
+    json: bool,
+    filter: &Filter,
+) -> anyhow::Result<()> {
     let mut client = connect(target).await?;
     let stdout = io::stdout();
     if follow {
@@ -19,7 +26,7 @@ pub async fn run(target: &Target, from: u64, follow: bool, json: bool) -> anyhow
         loop {
             let record = stream.next().await?;
             let mut out = stdout.lock();
-            print_record(&mut out, &record, json)?;
+            print_record(&mut out, &record, json, filter)?;
             out.flush()?;
         }
     }
@@ -31,21 +38,29 @@ pub async fn run(target: &Target, from: u64, follow: bool, json: bool) -> anyhow
         let Some(last) = page.last() else { break };
         next = last.seq + 1;
         for record in &page {
-            print_record(&mut out, record, json)?;
+            print_record(&mut out, record, json, filter)?;
         }
     }
     Ok(())
 }
 
-/// Prints one record, refusing it when the daemon's entry hash does not
-/// match the record's bytes.
-fn print_record(out: &mut impl Write, stored: &StoredRecord, json: bool) -> anyhow::Result<()> {
+/// Prints one record if it matches `filter`, refusing it when the daemon's
+/// entry hash does not match the record's bytes.
+fn print_record(
+    out: &mut impl Write,
+    stored: &StoredRecord,
+    json: bool,
+    filter: &Filter,
+) -> anyhow::Result<()> {
     let decoded = record::decode(&stored.record).with_context(|| format!("seq {}", stored.seq))?;
     if decoded.entry_hash.as_slice() != stored.entry_hash.as_ref() {
         bail!(
             "seq {}: the daemon's entry hash does not match the record",
             stored.seq
         );
+    }
+    if !filter::matches(filter, &decoded.body) {
+        return Ok(());
     }
     if json {
         writeln!(out, "{}", decoded.to_json())?;

@@ -263,6 +263,7 @@ impl<'a> Dispatcher<'a> {
                 log_id: self.shared.store.log_id().to_vec(),
                 max_frame_bytes: saturating_u32(self.shared.limits.max_frame),
                 max_events_per_append: saturating_u32(self.shared.limits.max_events_per_append),
+                read_filters: false,
             })),
         }))
     }

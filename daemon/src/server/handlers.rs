@@ -121,6 +121,7 @@ pub(crate) async fn load_page(
                 record: record.bytes.into(),
             })
             .collect(),
+        ..Default::default()
     })
 }
 

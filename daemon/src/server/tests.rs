@@ -309,6 +309,7 @@ async fn refused_appends_and_reads_name_their_reason() {
     let read = proto::ReadRequest {
         from_seq: 100,
         max_records: 0,
+        ..Default::default()
     };
     client.send(request(4, request::Body::Read(read))).await;
     assert_eq!(
@@ -367,6 +368,7 @@ async fn acked_events_are_readable_at_once() {
     let read = proto::ReadRequest {
         from_seq: 0,
         max_records: 0,
+        ..Default::default()
     };
     client.send(request(3, request::Body::Read(read))).await;
     let Some(Response {
