@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
+use crate::filter;
 use crate::frame::{self, MAX_RESPONSE_FRAME};
 use crate::proto::{self, request, response, ErrorCode, Event, Request, Response};
 use crate::PROTOCOL_VERSION;
@@ -74,6 +75,10 @@ pub enum ClientError {
     /// would drop them as an unknown field while acking the event.
     #[error("the daemon predates typed attributes and would store this event without them; nothing was sent (upgrade tallyd, or send the values as string attributes)")]
     TypedAttributesUnsupported,
+    /// The daemon predates read filters (`HelloReply.read_filters`) and would
+    /// ignore them, sending records that do not match.
+    #[error("the daemon predates read filters (--since, --kind, ..., tail -n with a filter) and would ignore them; nothing was sent (upgrade tallyd)")]
+    FiltersUnsupported,
 }
 
 /// The daemon's limits on one request, from its hello; the protocol's
@@ -285,6 +290,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// One page of a read as `read` describes it (a filter, the end of
+    /// the scan, oldest or newest first), with where its scan stopped
+    /// (`Records.resume_seq`). Refused before sending when the request uses
+    /// filters and the daemon predates them. The daemon evaluates the filter;
+    /// a careful caller checks it again on what it gets
+    /// ([`crate::filter::matches`]).
+    pub async fn read_where(
+        &mut self,
+        read: proto::ReadRequest,
+    ) -> Result<proto::Records, ClientError> {
+        let filtered = read.to_seq != 0
+            || read.newest
+            || read.filter.as_ref().is_some_and(|f| !filter::is_empty(f));
+        if filtered && !self.hello.read_filters {
+            return Err(ClientError::FiltersUnsupported);
+        }
+        let id = self.send(request::Body::Read(read)).await?;
+        match self.recv(id).await? {
+            response::Body::Records(records) => Ok(records),
+            other => Err(unexpected("read", &other)),
+        }
+    }
+
     /// The log's size, head and store figures.
     pub async fn status(&mut self) -> Result<proto::StatusReply, ClientError> {
         let id = self
@@ -382,17 +410,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// Follows the log from `from_seq`: every stored record, then each new one
     /// as it is committed. The connection is dedicated to the stream.
-    pub async fn follow(mut self, from_seq: u64) -> Result<Follow<S>, ClientError> {
+    pub async fn follow(self, from_seq: u64) -> Result<Follow<S>, ClientError> {
+        self.follow_where(from_seq, proto::Filter::default()).await
+    }
+
+    /// Follows the log from `from_seq`, receiving only the records that match
+    /// `filter` (evaluated by the daemon). Refused before sending when the
+    /// filter is not empty and the daemon predates filters.
+    pub async fn follow_where(
+        mut self,
+        from_seq: u64,
+        filter: proto::Filter,
+    ) -> Result<Follow<S>, ClientError> {
+        let filter = if filter::is_empty(&filter) {
+            None
+        } else if self.hello.read_filters {
+            Some(filter)
+        } else {
+            return Err(ClientError::FiltersUnsupported);
+        };
         let id = self
             .send(request::Body::Follow(proto::FollowRequest {
                 from_seq,
-                ..Default::default()
+                filter,
             }))
             .await?;
         Ok(Follow {
             client: self,
             id,
             pending: Vec::new().into_iter(),
+            examined: from_seq,
         })
     }
 
@@ -479,9 +526,22 @@ pub struct Follow<S = UnixStream> {
     client: Client<S>,
     id: u64,
     pending: std::vec::IntoIter<proto::StoredRecord>,
+    /// Every seq below this has been examined by the daemon (sent, or
+    /// skipped by the filter).
+    examined: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Follow<S> {
+    /// Where a new follow would resume without missing or repeating a record
+    /// that [`Follow::next`] returned: the seq of the next record not yet
+    /// returned, or the seq the daemon has examined up to.
+    pub fn resume_seq(&self) -> u64 {
+        self.pending
+            .as_slice()
+            .first()
+            .map_or(self.examined, |record| record.seq)
+    }
+
     /// The next record; waits for new records once caught up.
     pub async fn next(&mut self) -> Result<proto::StoredRecord, ClientError> {
         loop {
@@ -489,7 +549,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Follow<S> {
                 return Ok(record);
             }
             match self.client.recv(self.id).await? {
-                response::Body::Records(records) => self.pending = records.records.into_iter(),
+                response::Body::Records(page) => {
+                    let after_last = page.records.last().map_or(0, |record| record.seq + 1);
+                    self.examined = self.examined.max(after_last).max(page.resume_seq);
+                    self.pending = page.records.into_iter();
+                }
                 other => return Err(unexpected("follow", &other)),
             }
         }

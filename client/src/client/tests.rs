@@ -226,3 +226,48 @@ async fn typed_attributes_are_not_sent_to_a_daemon_that_predates_them() {
         "only the event without typed attributes was written"
     );
 }
+
+#[tokio::test]
+async fn filters_are_not_sent_to_a_daemon_that_predates_them() {
+    // A daemon without `read_filters` would ignore the filter and send
+    // every record: the client refuses before writing anything.
+    let (stream, server) = tokio::io::duplex(64 << 10);
+    let hello = hello_server(server, (1 << 20, 0));
+    let client = Client::handshake(stream, "t").await.unwrap();
+    let reader = mute_server(hello.await.unwrap());
+    let mut client = client;
+    let kind = proto::Filter {
+        kinds: vec!["prompt".into()],
+        ..Default::default()
+    };
+    let refused = client
+        .read_where(proto::ReadRequest {
+            filter: Some(kind.clone()),
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::FiltersUnsupported)),
+        "{refused:?}"
+    );
+    let newest = client
+        .read_where(proto::ReadRequest {
+            newest: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(newest, Err(ClientError::FiltersUnsupported)),
+        "{newest:?}"
+    );
+    let follow = client.follow_where(0, kind).await;
+    assert!(
+        matches!(follow, Err(ClientError::FiltersUnsupported)),
+        "{follow:?}"
+    );
+    assert_eq!(
+        reader.await.unwrap(),
+        0,
+        "nothing was written after the hello"
+    );
+}
