@@ -18,9 +18,33 @@ use crate::cli::connect::{connect, Target};
 
 mod cli;
 
-/// tally: append to, read, export and verify a Tally audit log.
+/// Top-level help: what the tool is, its subcommands by task, its exit
+/// codes and where the docs are (the wire protocol is the library's business).
+const AFTER_HELP: &str = "\
+Tally is a tamper-evident audit log for AI hosts: tallyd stores events in an
+append-only hash chain and anchors it in the TPM; tally talks to tallyd over
+its Unix socket (--socket, TALLY_SOCKET; default /run/tally/tally.sock) and
+verifies exported logs offline, with no daemon and no TPM.
+
+By task:
+  write       append (one event from flags, or JSON lines with --stdin)
+  read        tail [--follow], status
+  anchor      anchor (now), anchors (list anchored sizes, counters, times)
+  export      export (a bundle), attest (a fresh TPM attestation for your nonce)
+  verify      verify BUNDLE --identity identity.json, quote-files (for tpm2_checkquote)
+  prove       prove inclusion|consistency, verify-proof
+  review      gap-ack (accept a reviewed counter gap for verify --accept-gap)
+
+Exit codes: 0 success (verify: PASS); 1 verification failed (FAIL); 2 any other
+error (usage, daemon unreachable, I/O); 3 verification PARTIAL (something it
+needs was not given); 4 append --stdin refused some lines (each named).
+
+Docs: README.md (Using it), docs/DESIGN.md (formats, what verify proves),
+docs/OPERATIONS.md (running tallyd). `tally COMMAND --help` for each command.";
+
+/// tally: append to, read, anchor, export and verify a Tally audit log.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Cli {
     /// The daemon's Unix socket.
     #[arg(long, short, env = "TALLY_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -91,6 +115,14 @@ enum Command {
     GapAck(cli::tpm::GapAckArgs),
     /// Anchor the log's head in the TPM now (instead of waiting for the interval).
     Anchor,
+    /// List the anchors: counter, log size covered, time and age, TPM clock;
+    /// from the daemon, or offline from a bundle (--bundle). The time is the
+    /// daemon's clock when it made the anchor (the anchor record's
+    /// created_unix_nanos: informational, not TPM-signed, though the next
+    /// anchor's hash covers it); the TPM clock is the quote's (milliseconds
+    /// since the TPM's last clear, AK-signed). Signatures are not checked here:
+    /// `tally verify` does that.
+    Anchors(cli::anchors::AnchorsArgs),
     /// Write an inclusion or consistency proof, bound to TPM anchors.
     #[command(subcommand)]
     Prove(cli::proof::Prove),
@@ -153,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::GapAck(args) => cli::tpm::gap_ack(&args)?,
         Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
+        Command::Anchors(args) => cli::anchors::run(&target, &args).await?,
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => return cli::append::run(&target, args).await,

@@ -41,15 +41,7 @@ pub enum DataDirError {
 impl DataDirLock {
     /// Creates `dir` if needed (mode 0700) and takes its lock, without waiting.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, DataDirError> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| DataDirError::Create {
-                path: dir.to_owned(),
-                source,
-            })?;
+        create(dir)?;
         let path = dir.join("tallyd.lock");
         let mut file = OpenOptions::new()
             .read(true)
@@ -90,6 +82,23 @@ impl DataDirLock {
     }
 }
 
+/// Creates the data directory (and any missing parents) with mode 0700 if it
+/// does not exist; an existing directory keeps its mode (an operator may have
+/// chosen another). Every path that may be first to touch the data directory
+/// (`tallyd provision`, a start) comes through here, so it is never left at
+/// the umask's 0755.
+pub fn create(dir: &Path) -> Result<(), DataDirError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DataDirError::Create {
+            path: dir.to_owned(),
+            source,
+        })
+}
+
 /// Where the LMDB environment lives inside a data directory.
 pub fn store_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("store")
@@ -111,5 +120,18 @@ mod tests {
         }
         drop(first);
         DataDirLock::acquire(dir.path()).unwrap();
+    }
+
+    /// Regression: `tallyd provision` run first left the data directory 0755.
+    #[test]
+    fn a_new_data_directory_and_its_parents_are_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("var/lib/tally");
+        create(&data).unwrap();
+        for path in [data.as_path(), dir.path().join("var").as_path()] {
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", path.display());
+        }
     }
 }

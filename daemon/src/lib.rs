@@ -12,6 +12,7 @@ pub mod access;
 pub mod anchor;
 pub mod batch;
 pub mod config;
+pub mod config_env;
 pub mod datadir;
 pub mod exposure;
 pub mod journal;
@@ -148,6 +149,9 @@ pub async fn provision(config: &Config) -> Result<(TpmHandle, Provisioned), Daem
 /// `owner-key.pem`) and any EK certificates to `<data_dir>/tpm/`.
 pub async fn provision_with(tpm: &TpmHandle, config: &Config) -> Result<Provisioned, DaemonError> {
     let provisioned = tpm.provision().await?;
+    // `tallyd provision` may be the first to touch the data directory: it is
+    // created 0700 here too, not by `write_file`'s create_dir_all (0755).
+    crate::datadir::create(&config.data_dir)?;
     let dir = config.data_dir.join("tpm");
     write_file(&dir, "ak.pem", provisioned.ak.pem.as_bytes())?;
     write_file(&dir, "ak.pub", &provisioned.ak.tpm2b_public)?;

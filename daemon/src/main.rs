@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 /// tallyd: a tamper-evident audit log for AI hosts.
 ///
 /// Settings come from the config file, then TALLYD_* environment variables,
-/// then flags, each overriding the one before.
+/// then flags, each overriding the one before. Every key of the file is a
+/// variable: TALLYD_ + its name in upper case, a table's name first
+/// (max_frame_bytes: TALLYD_MAX_FRAME_BYTES; [tpm] tcti: TALLYD_TPM_TCTI);
+/// an unknown TALLYD_* variable is warned about, a malformed one refused.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -21,22 +24,22 @@ struct Cli {
     #[arg(long, short, env = "TALLYD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Data directory [default: /var/lib/tally].
-    #[arg(long, env = "TALLYD_DATA_DIR", global = true)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Unix socket path [default: /run/tally/tally.sock].
-    #[arg(long, env = "TALLYD_SOCKET", global = true)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Socket file mode, octal [default: 0660].
-    #[arg(long, env = "TALLYD_SOCKET_MODE", global = true)]
+    #[arg(long, global = true)]
     socket_mode: Option<String>,
     /// Also listen on this vsock port (guest VMs; peers need a grant by CID).
-    #[arg(long, env = "TALLYD_VSOCK_PORT", global = true)]
+    #[arg(long, global = true)]
     vsock_port: Option<u32>,
     /// Group owning the socket file (name or gid).
-    #[arg(long, env = "TALLYD_SOCKET_GROUP", global = true)]
+    #[arg(long, global = true)]
     socket_group: Option<String>,
     /// Log filter, e.g. "info" or "tally_daemon=debug" [default: info].
-    #[arg(long, env = "TALLYD_LOG", global = true)]
+    #[arg(long, global = true)]
     log: Option<String>,
     /// Run without a TPM: a hash chain only, not protected against a root
     /// attacker (a warning is logged).
@@ -46,7 +49,7 @@ struct Cli {
     #[arg(long, global = true)]
     tcti: Option<String>,
     /// Anchoring interval in seconds [default: 10].
-    #[arg(long, env = "TALLYD_ANCHOR_INTERVAL_SECS", global = true)]
+    #[arg(long, global = true)]
     anchor_interval_secs: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -135,10 +138,7 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = match &cli.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
-    };
+    let (mut config, env_warnings) = Config::load(cli.config.as_deref(), std::env::vars_os())?;
     if let Some(value) = cli.data_dir {
         config.data_dir = value;
     }
@@ -174,6 +174,9 @@ fn real_main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for warning in env_warnings {
+        tracing::warn!("{warning}");
+    }
 
     // libtss2 prints its own errors to stderr; tallyd reports them through tracing.
     if std::env::var_os("TSS2_LOG").is_none() {

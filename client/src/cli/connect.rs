@@ -1,7 +1,8 @@
 //! Reaching tallyd: the `--socket` / `--vsock` target, and a connection that
 //! has said hello, over either transport.
 
-use std::path::PathBuf;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tally_client::Client;
@@ -42,13 +43,55 @@ pub async fn connect(target: &Target) -> anyhow::Result<AnyClient> {
         None => Box::new(
             tokio::net::UnixStream::connect(&target.socket)
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot connect to {}: is tallyd running? (set the socket with --socket or TALLY_SOCKET)",
-                        target.socket.display()
-                    )
-                })?,
+                .map_err(|err| anyhow::anyhow!(unix_connect_error(&target.socket, &err)))?,
         ),
     };
     Ok(Client::handshake(stream, CLIENT_NAME).await?)
+}
+
+/// What to tell a user whose connect(2) to the socket failed. A refused
+/// permission means tallyd (or its socket file) is there and the kernel said
+/// no: asking "is tallyd running?" sends them looking in the wrong place, so
+/// only a missing socket or one nobody listens on asks that.
+pub fn unix_connect_error(socket: &Path, err: &std::io::Error) -> String {
+    let socket = socket.display();
+    match err.kind() {
+        ErrorKind::PermissionDenied => format!(
+            "cannot connect to {socket}: permission denied: tallyd is there, but this user may not \
+             open its socket (mode socket_mode, default 0660, group socket_group): run as a member \
+             of the socket's group (`ls -l {socket}`), or ask the operator to set socket_group; \
+             roles are granted in [access] (README \"Access control\", docs/OPERATIONS.md)"
+        ),
+        ErrorKind::NotFound => format!(
+            "cannot connect to {socket}: no such socket: is tallyd running? (set the socket with \
+             --socket or TALLY_SOCKET)"
+        ),
+        ErrorKind::ConnectionRefused => format!(
+            "cannot connect to {socket}: nothing is listening (a stale socket file): is tallyd \
+             running? (set the socket with --socket or TALLY_SOCKET)"
+        ),
+        _ => format!(
+            "cannot connect to {socket}: {err} (set the socket with --socket or TALLY_SOCKET)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: "Permission denied" was prefixed with "is tallyd running?".
+    #[test]
+    fn only_a_missing_or_dead_socket_asks_whether_tallyd_runs() {
+        let socket = Path::new("/run/tally/tally.sock");
+        let denied = unix_connect_error(socket, &ErrorKind::PermissionDenied.into());
+        assert!(denied.contains("permission denied"), "{denied}");
+        assert!(denied.contains("socket_group"), "{denied}");
+        assert!(!denied.contains("is tallyd running"), "{denied}");
+        for kind in [ErrorKind::NotFound, ErrorKind::ConnectionRefused] {
+            let text = unix_connect_error(socket, &kind.into());
+            assert!(text.contains("is tallyd running?"), "{text}");
+            assert!(text.contains("/run/tally/tally.sock"), "{text}");
+        }
+    }
 }

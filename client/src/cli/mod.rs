@@ -2,6 +2,7 @@
 //! top-level flags and the subcommand list and dispatches here. Part of the
 //! binary only: the library never imports from here.
 
+pub mod anchors;
 pub mod append;
 pub mod connect;
 pub mod export;
@@ -13,4 +14,5 @@ pub mod tail;
 pub mod tpm;
 pub mod trust;
 pub mod verify;
+pub mod verify_json;
 pub mod when;

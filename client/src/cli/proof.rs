@@ -47,13 +47,61 @@ pub async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut Client<S>,
     what: &Prove,
 ) -> anyhow::Result<()> {
-    let (bytes, out) = match what {
-        Prove::Inclusion { seq, size, out } => (client.prove_inclusion(*seq, *size).await?, out),
-        Prove::Consistency { from, to, out } => (client.prove_consistency(*from, *to).await?, out),
+    let (result, out, newest) = match what {
+        Prove::Inclusion { seq, size, out } => (
+            client.prove_inclusion(*seq, *size).await,
+            out,
+            // The newest anchor must cover the record: seq < its size.
+            (*size == 0).then_some(*seq + 1),
+        ),
+        Prove::Consistency { from, to, out } => (
+            client.prove_consistency(*from, *to).await,
+            out,
+            (*to == 0).then_some(*from + 1),
+        ),
+    };
+    let bytes = match (result, newest) {
+        (Ok(bytes), _) => bytes,
+        // Against the newest anchor, the usual reason on a new log is that no
+        // anchor covers the record yet: say what to do, from the daemon's status.
+        (Err(err), Some(needed)) => {
+            let status = client.status().await?;
+            match not_yet_anchored(&status, needed) {
+                Some(advice) => anyhow::bail!("{advice}"),
+                None => return Err(err.into()),
+            }
+        }
+        (Err(err), None) => return Err(err.into()),
     };
     std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     println!("proof written to {} ({} bytes)", out.display(), bytes.len());
     Ok(())
+}
+
+/// When the newest anchor does not cover `needed` records, what to do about it.
+pub fn not_yet_anchored(status: &tally_client::proto::StatusReply, needed: u64) -> Option<String> {
+    if !status.tpm_enabled {
+        return Some(
+            "this daemon runs without a TPM (tpm.enabled = false): there are no anchors to prove against".into(),
+        );
+    }
+    if status.last_anchor_size >= needed {
+        return None;
+    }
+    let newest = match (status.last_anchor_size, status.last_anchor_age_millis) {
+        (0, 0) => "the log has no anchor yet".to_owned(),
+        (size, age) => format!(
+            "the newest anchor covers {size} records (made {}s ago)",
+            age / 1000
+        ),
+    };
+    Some(format!(
+        "no anchor covers {needed} records yet: {newest} and the log has {} records: run `tally anchor` to anchor \
+         the head now, or wait for the anchoring interval ({}s, tpm.anchor_interval_secs); \
+         `tally anchors` lists the anchored sizes (--size / --to take one of them)",
+        status.size,
+        status.anchor_interval_millis / 1000
+    ))
 }
 
 /// Verifies either kind of proof file: exit 0 when it verifies against the
@@ -97,4 +145,46 @@ pub fn verify_proof(args: &VerifyProofArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_client::proto::StatusReply;
+
+    /// Regression: `tally prove` on a new log said only "seq 42 is not in the
+    /// anchored log of 0 records".
+    #[test]
+    fn a_record_past_the_newest_anchor_says_to_anchor_or_wait() {
+        let status = StatusReply {
+            tpm_enabled: true,
+            size: 100,
+            last_anchor_size: 0,
+            last_anchor_age_millis: 4000,
+            anchor_interval_millis: 10_000,
+            ..StatusReply::default()
+        };
+        let advice = not_yet_anchored(&status, 43).unwrap();
+        assert!(advice.contains("run `tally anchor`"), "{advice}");
+        assert!(
+            advice.contains("(10s, tpm.anchor_interval_secs)"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("covers 0 records (made 4s ago)"),
+            "{advice}"
+        );
+        let covered = StatusReply {
+            last_anchor_size: 43,
+            ..status.clone()
+        };
+        assert_eq!(not_yet_anchored(&covered, 43), None);
+        let no_tpm = StatusReply {
+            tpm_enabled: false,
+            ..status
+        };
+        assert!(not_yet_anchored(&no_tpm, 1)
+            .unwrap()
+            .contains("without a TPM"));
+    }
 }

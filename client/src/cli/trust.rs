@@ -52,6 +52,14 @@ pub fn parse_index(text: &str) -> anyhow::Result<u32> {
 pub fn load_log_key(text: &str) -> anyhow::Result<tally_attest::note::Verifier> {
     let key = match std::fs::read_to_string(text) {
         Ok(contents) => contents,
+        // A key string always holds '+' (origin+id+key); a name without one
+        // was meant as a file, and "not a log key" would hide that it is
+        // missing. tallyd writes it to <data_dir>/tpm/, not the working directory.
+        Err(err) if !text.contains('+') => anyhow::bail!(
+            "cannot read the log key file {text}: {err} (tallyd writes it to \
+             <data_dir>/tpm/log-key.pub, e.g. /var/lib/tally/tpm/log-key.pub; \
+             identity.json carries it too: --identity)"
+        ),
         Err(_) => text.to_owned(),
     };
     tally_attest::note::Verifier::parse(key.trim()).with_context(|| {
@@ -110,5 +118,19 @@ mod tests {
         assert_eq!(parse_index("01c17a11").unwrap(), DEFAULT_COUNTER_INDEX);
         let err = parse_index("zz").unwrap_err();
         assert_eq!(err.to_string(), "\"zz\" is not a hex NV index");
+    }
+
+    /// Regression: `--log-key log-key.pub` (no such file here) said "malformed key".
+    #[test]
+    fn a_missing_log_key_file_is_named_with_where_tallyd_writes_it() {
+        let err = load_log_key("no-such-dir/log-key.pub").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("cannot read the log key file no-such-dir/log-key.pub"),
+            "{text}"
+        );
+        assert!(text.contains("<data_dir>/tpm/log-key.pub"), "{text}");
+        let err = load_log_key("tally/00+0000+AAAA").unwrap_err();
+        assert!(format!("{err:#}").contains("is not a log key"), "{err:#}");
     }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use prost::Message;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tally_attest::anchor::{verify_anchor, AnchorPolicy, FreshAttestation};
 use tally_attest::identity::GapAck;
 use tally_attest::verify::{
@@ -18,6 +18,7 @@ use tally_attest::{verify_bundle, Report, VerifyOptions};
 
 use crate::cli::progress::progress_bar;
 use crate::cli::trust::{load_trust, TrustArgs};
+use crate::cli::verify_json;
 
 /// Which anchors' TPM signatures to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -53,7 +54,9 @@ pub struct VerifyArgs {
     /// Which anchors' TPM signatures to check.
     #[arg(long, value_enum, default_value_t = AnchorsArg::All)]
     pub anchors: AnchorsArg,
-    /// Print the verdicts as JSON.
+    /// Print the verdicts as JSON (schema 1, docs/VERIFY-JSON.md): the
+    /// verdict, the exit code, and one object per check with its status,
+    /// the kind of damage and fields such as seq and counter.
     #[arg(long)]
     pub json: bool,
 }
@@ -129,7 +132,7 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
             if args.json {
                 println!(
                     "{}",
-                    json!({"ok": false, "verdict": "fail", "error": err.to_string()})
+                    verify_json::unreadable_json(&err, verify_json::kind_of(&err))
                 );
             } else {
                 println!("bundle readable: FAILED: {err}");
@@ -140,7 +143,7 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
     };
     let verdict = report.verdict();
     if args.json {
-        println!("{}", to_json(&report, &verdict));
+        println!("{}", to_json(&report, &verdict, policy.as_ref()));
     } else {
         print_human(&report, &verdict, policy.as_ref());
     }
@@ -334,50 +337,17 @@ fn print_human(report: &Report, verdict: &Verdict, policy: Option<&AnchorPolicy>
     println!("verdict:            {}", verdict_text(report, verdict));
 }
 
-fn to_json(report: &Report, verdict: &Verdict) -> Value {
-    let (size, head) = match &report.chain {
-        Ok(chain) => (Some(chain.size), Some(hex::encode(chain.head_hash))),
-        Err(_) => (None, None),
-    };
-    let word = match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "fail",
-        Verdict::Partial(_) => "partial",
-    };
-    let not_checked: Vec<&str> = match verdict {
-        Verdict::Partial(missing) => missing.clone(),
-        _ => Vec::new(),
-    };
-    let current_counter = match &report.current {
-        CurrentVerdict::Current { tpm_counter, .. }
-        | CurrentVerdict::NotCurrent { tpm_counter, .. }
-        | CurrentVerdict::AttestationBehind { tpm_counter, .. }
-        | CurrentVerdict::NoAnchor { tpm_counter } => Some(*tpm_counter),
-        _ => None,
-    };
-    json!({
-        "ok": *verdict == Verdict::Pass,
-        "verdict": word,
-        "exit_code": verdict.exit_code(),
-        "not_checked": not_checked,
-        "log_id": hex::encode(&report.header.log_id),
-        "size": size,
-        "head_hash": head,
-        "first_bad_seq": report.chain.as_ref().err().map(|damage| damage.first_bad_seq()),
-        "chain": chain_line(report),
-        "origin": origin_line(&report.origin),
-        "anchors": anchors_line(&report.anchors),
-        "anchor_count": match report.anchors {
-            AnchorsVerdict::Valid { count, .. } => Some(count),
-            _ => None,
+fn to_json(report: &Report, verdict: &Verdict, policy: Option<&AnchorPolicy>) -> Value {
+    verify_json::report_json(
+        report,
+        verdict,
+        policy,
+        verify_json::Lines {
+            chain: chain_line(report),
+            origin: origin_line(&report.origin),
+            anchors: anchors_line(&report.anchors),
+            counter: counter_line(&report.counter),
+            current: current_line(&report.current),
         },
-        "counter": counter_line(&report.counter),
-        "current": current_line(&report.current),
-        "tpm_counter": current_counter,
-        "protected_records": report.coverage.map(|coverage| coverage.protected),
-        "unprotected_tail": report.coverage.map(|coverage| coverage.size - coverage.protected),
-        "acknowledged_gaps": report.acknowledged_gaps.iter().map(|gap| json!({
-            "after": gap.after, "next": gap.next, "reviewed_by": gap.reviewed_by, "reason": gap.reason,
-        })).collect::<Vec<_>>(),
-    })
+    )
 }
