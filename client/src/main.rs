@@ -42,9 +42,13 @@ needs was not given); 4 append --stdin refused some lines (each named).
 Docs: README.md (Using it), docs/DESIGN.md (formats, what verify proves),
 docs/OPERATIONS.md (running tallyd). `tally COMMAND --help` for each command.";
 
-/// tally: append to, read, anchor, export and verify a Tally audit log.
+/// The first line of `tally --help`. Given here: a bare `about` would take
+/// the crate's description, which is the library's (the wire protocol).
+const ABOUT: &str =
+    "tally: append to, read, anchor, export and verify a Tally audit log (tamper-evident, TPM-anchored)";
+
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(version, about = ABOUT, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     /// The daemon's Unix socket.
     #[arg(long, short, env = "TALLY_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -115,11 +119,12 @@ enum Command {
     GapAck(cli::tpm::GapAckArgs),
     /// Anchor the log's head in the TPM now (instead of waiting for the interval).
     Anchor,
-    /// List the anchors: counter, log size covered, time and age, TPM clock;
-    /// from the daemon, or offline from a bundle (--bundle). The time is the
+    /// List the anchors: counter, log size covered, time and age, TPM clock.
+    ///
+    /// From the daemon, or offline from a bundle (--bundle). The time is the
     /// daemon's clock when it made the anchor (the anchor record's
-    /// created_unix_nanos: informational, not TPM-signed, though the next
-    /// anchor's hash covers it); the TPM clock is the quote's (milliseconds
+    /// created_unix_nanos: informational and not TPM-signed; the next anchor,
+    /// once made, covers it by hashing this one); the TPM clock is the quote's (milliseconds
     /// since the TPM's last clear, AK-signed). Signatures are not checked here:
     /// `tally verify` does that.
     Anchors(cli::anchors::AnchorsArgs),

@@ -59,8 +59,13 @@ fn help_describes_the_tool_its_tasks_exit_codes_and_docs() {
             help.stdout
         );
     }
+    let first = help.stdout.lines().next().unwrap_or_default();
     assert!(
-        !help.stdout.to_lowercase().contains("protobuf"),
+        first.starts_with("tally: append to, read, anchor"),
+        "{first}"
+    );
+    assert!(
+        !help.stdout.to_lowercase().contains("wire protocol"),
         "{}",
         help.stdout
     );
