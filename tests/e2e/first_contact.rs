@@ -249,7 +249,10 @@ fn anchors_json(stdout: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anchors_are_listed_and_prove_says_to_anchor_first() {
     let Some(tpm) = Swtpm::start() else { return };
-    let daemon = anchored::daemon(&tpm, "");
+    // Pages of 2 anchors: the listing of 3 must ask for the next page.
+    let mut opts = anchored::opts(&tpm, "");
+    opts.config = "read_page_records = 2".into();
+    let daemon = Daemon::start(opts).unwrap();
     anchored::append(&daemon, 0, 100).await;
     let proof = daemon.dir().join("seq42.proof");
     let refused = daemon
@@ -475,6 +478,53 @@ async fn verify_json_matches_its_documented_schema() {
     assert_eq!(chain["status"], "fail", "{chain}");
     assert_eq!(chain["kind"], "record_modified", "{chain}");
     assert_eq!(chain["seq"], 7, "{chain}");
+
+    // Root drops record 12, then (from an intact copy) the bundle's last anchor.
+    let intact = anchored::sections(&path("log.tally"));
+    let mut nth = 0;
+    let dropped: Vec<(u8, Vec<u8>)> = intact
+        .iter()
+        .filter(|(kind, _)| {
+            let is_twelfth = *kind == anchored::RECORD && nth == 12;
+            nth += usize::from(*kind == anchored::RECORD);
+            !is_twelfth
+        })
+        .cloned()
+        .collect();
+    anchored::write_sections(&path("dropped.tally"), &dropped);
+    let dropped = verify(&path("dropped.tally"));
+    assert_eq!(dropped.code, 1, "{dropped:?}");
+    let json: Value = serde_json::from_str(dropped.stdout.trim()).unwrap();
+    let chain = check(&json, "chain");
+    assert_eq!(
+        (&chain["kind"], &chain["seq"]),
+        (&"missing".into(), &12.into()),
+        "{chain}"
+    );
+    let last_anchor = intact
+        .iter()
+        .rposition(|(kind, _)| *kind == anchored::ANCHOR)
+        .unwrap();
+    let mut no_anchor = intact.clone();
+    no_anchor.remove(last_anchor);
+    anchored::write_sections(&path("no-anchor.tally"), &no_anchor);
+    let stripped = verify(&path("no-anchor.tally"));
+    assert_eq!(stripped.code, 1, "{stripped:?}");
+    let json: Value = serde_json::from_str(stripped.stdout.trim()).unwrap();
+    let failed: Vec<&Value> = json["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|check| check["status"] == "fail")
+        .collect();
+    assert!(!failed.is_empty(), "{json}");
+    for check in &failed {
+        assert!(
+            check["kind"].as_str().is_some_and(|kind| !kind.is_empty()),
+            "{check}"
+        );
+    }
+    assert_eq!(check(&json, "chain")["status"], "pass", "{json}");
 
     // Regression: `--log-key log-key.pub` (the README's) failed as "malformed
     // key": the file is in <data_dir>/tpm/. A name that is not there is named
