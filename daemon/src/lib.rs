@@ -111,7 +111,12 @@ fn reload_access_on_sighup(
                 _ = shutdown.cancelled() => return,
                 received = hangups.recv() => if received.is_none() { return },
             }
-            match Config::from_file(&path).and_then(|config| config.validate().map(|_| config)) {
+            // Through the same layers as the start (file, then TALLYD_*), so
+            // that access settings given by the environment survive a
+            // reload; its unknown-variable warnings were logged at start.
+            let reloaded = Config::load(Some(&path), std::env::vars_os())
+                .and_then(|(config, _)| config.validate().map(|_| config));
+            match reloaded {
                 Ok(config) => {
                     access.replace(config.access);
                     tracing::info!(config = %path.display(), "SIGHUP: access grants reloaded");

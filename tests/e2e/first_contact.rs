@@ -227,6 +227,10 @@ async fn every_tallyd_variable_takes_effect_and_unknown_ones_are_named() {
         ..DaemonOpts::default()
     })
     .unwrap();
+    // Without a TPM there is nothing to list, and `tally anchor` is no advice.
+    let no_tpm = daemon.tally(&["anchors"]).unwrap();
+    assert_eq!(no_tpm.code, 2, "{no_tpm:?}");
+    assert!(no_tpm.stderr.contains("runs without a TPM"), "{no_tpm:?}");
     let client = daemon.client().await.unwrap();
     let limits = client.limits();
     assert_eq!(limits.max_events_per_append, 77);
@@ -562,4 +566,62 @@ async fn verify_json_matches_its_documented_schema() {
         "pass",
         "{partial}"
     );
+}
+
+/// `[access]` given by the environment (`TALLYD_ACCESS_UNIX_DEFAULT`) holds
+/// after a SIGHUP, which re-reads the file: the reload goes through the same
+/// layers as the start, so it does not fall back to the file's defaults
+/// (which would hand every local user the append role).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_from_the_environment_survives_a_reload() {
+    use nix::sys::signal::{self, Signal};
+    if !nix_is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        skip(
+            Needs::Ci,
+            Part::Whole,
+            "needs root and setpriv to act as a second uid",
+        );
+        return;
+    }
+    let daemon = Daemon::start(DaemonOpts {
+        config: "socket_mode = \"0666\"".into(),
+        env: vec![("TALLYD_ACCESS_UNIX_DEFAULT".into(), "[\"read\"]".into())],
+        ..DaemonOpts::default()
+    })
+    .unwrap();
+    // nobody must reach the socket and run the CLI (as tests/e2e/access.rs).
+    std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tally = daemon.dir().join("tally");
+    std::fs::copy(binary("tally").unwrap(), &tally).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&tally)
+            .args(args)
+            .env("TALLY_SOCKET", daemon.socket());
+        run(command)
+    };
+    let append = ["append", "--kind", "by-nobody"];
+    let denied = as_nobody(&append);
+    assert_eq!(denied.code, 2, "{denied:?}");
+    assert!(
+        denied.stderr.contains("lacks the 'append' role"),
+        "{denied:?}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(daemon.pid().unwrap() as i32);
+    signal::kill(pid, Signal::SIGHUP).unwrap();
+    let reloaded = tally_tests::wait_until(std::time::Duration::from_secs(5), || {
+        daemon.stderr().contains("access grants reloaded")
+    })
+    .await;
+    assert!(reloaded, "no reload logged: {}", daemon.stderr());
+    let still = as_nobody(&append);
+    assert_eq!(
+        still.code, 2,
+        "the reload dropped the environment's access: {still:?}"
+    );
+    let read = as_nobody(&["status"]);
+    assert_eq!(read.code, 0, "{read:?}");
 }

@@ -123,7 +123,17 @@ fn age(secs: i64) -> String {
 pub async fn run(target: &Target, args: &AnchorsArgs) -> anyhow::Result<()> {
     let anchors = match &args.bundle {
         Some(path) => from_bundle(path)?,
-        None => from_daemon(&mut connect(target).await?).await?,
+        None => {
+            let mut client = connect(target).await?;
+            let anchors = from_daemon(&mut client).await?;
+            // "Run tally anchor" would be wrong advice where there is no TPM.
+            if anchors.is_empty() && !client.status().await?.tpm_enabled {
+                anyhow::bail!(
+                    "this daemon runs without a TPM (tpm.enabled = false): it makes no anchors"
+                );
+            }
+            anchors
+        }
     };
     print(&anchors, args.json, jiff::Timestamp::now());
     Ok(())
