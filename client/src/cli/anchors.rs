@@ -27,7 +27,8 @@ pub struct AnchorsArgs {
     /// instead of asking the daemon.
     #[arg(long, value_name = "FILE")]
     pub bundle: Option<PathBuf>,
-    /// One JSON object per anchor per line instead of a table.
+    /// One JSON object per anchor per line instead of a table: counter,
+    /// size, created (RFC 3339, UTC), created_unix_nanos, age, tpm_clock_ms.
     #[arg(long)]
     pub json: bool,
 }
