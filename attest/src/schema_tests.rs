@@ -93,8 +93,6 @@ fn range_header() {
             first_seq: (1 << 33) + 5,
             count: 77,
             tree_size: (1 << 34) + 1,
-            exported_at_unix_nanos: -3,
-            producer: "tally/0.1.0 from host".into(),
         },
         &schema::RangeHeader {
             format_version: 1,
@@ -102,8 +100,6 @@ fn range_header() {
             first_seq: (1 << 33) + 5,
             count: 77,
             tree_size: (1 << 34) + 1,
-            exported_at_unix_nanos: -3,
-            producer: "tally/0.1.0 from host".into(),
         },
     );
 }

@@ -24,6 +24,7 @@ mod limits;
 mod paging;
 mod power_loss;
 mod proofs;
+mod range_export;
 mod shutdown;
 mod systemd;
 mod tamper;

@@ -38,8 +38,9 @@ pub const MAGIC: &[u8; 16] = b"tally-range-v01\n";
 pub const RANGE_FORMAT_VERSION: u32 = 1;
 
 /// What the exporter said about the range. A verifier trusts none of it: the
-/// anchor's checkpoint gives the tree size and root, and the records and
-/// the proof must lead to that root at exactly these seqs.
+/// anchor's checkpoint gives the log id, the tree size and the root, and the
+/// records and the proof must lead to that root at exactly these seqs; so
+/// each field is checked against something the TPM or the tree certifies.
 ///
 /// Schema: `tally.formats.v1.RangeHeader` in
 /// `attest/proto/tally/formats/v1/formats.proto`
@@ -63,12 +64,9 @@ pub struct RangeHeader {
     /// checkpoint size), at least `first_seq + count`.
     #[prost(uint64, tag = "5")]
     pub tree_size: u64,
-    /// When the export was made, Unix time in nanoseconds (informational).
-    #[prost(int64, tag = "6")]
-    pub exported_at_unix_nanos: i64,
-    /// Who made it (informational).
-    #[prost(string, tag = "7")]
-    pub producer: String,
+    // No informational fields (export time, producer) as the whole-log
+    // header has: nothing would check them, and every byte of a range bundle
+    // is meant to matter to its verdict (a test flips each one).
 }
 
 impl RangeHeader {
@@ -258,8 +256,6 @@ mod tests {
             first_seq: 3,
             count: 2,
             tree_size: 9,
-            exported_at_unix_nanos: 1,
-            producer: "test".into(),
         }
     }
 

@@ -13,4 +13,5 @@ pub mod tail;
 pub mod tpm;
 pub mod trust;
 pub mod verify;
+pub mod verify_range;
 pub mod when;
