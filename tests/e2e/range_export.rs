@@ -516,3 +516,37 @@ async fn since_and_until_pick_the_records_received_in_the_window() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("seqs 10..19 (10 records"), "{run:?}");
 }
+
+#[test]
+fn export_to_a_terminal_is_refused_before_connecting() {
+    //! `--out -` with stdout on a terminal would print a binary bundle there.
+    let tally = binary("tally").unwrap().display().to_string();
+    // util-linux `script` gives the command a pseudo-terminal as stdout.
+    let output = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{tally} export --out - --from 1 --to 2"),
+            "/dev/null",
+        ])
+        .env("TALLY_SOCKET", "/nonexistent/tally.sock")
+        .stdin(Stdio::null())
+        .output();
+    let Ok(output) = output else {
+        skip(
+            Needs::ThisMachine,
+            Part::Whole,
+            "util-linux `script` (a pseudo-terminal) is not installed",
+        );
+        return;
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("refusing to write a bundle (binary) to a terminal"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("cannot connect"),
+        "refused before connecting: {text}"
+    );
+}
