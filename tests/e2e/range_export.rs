@@ -256,57 +256,6 @@ async fn every_changed_byte_dropped_record_swapped_hash_or_foreign_anchor_fails(
     let good = std::fs::read(&bundle).unwrap();
     assert_eq!(verdict(&good, &identity), Some(Verdict::Pass));
 
-    // Every byte, through the attest verifier in-process.
-    let parts = sections(&good);
-    let offset = |section: usize| {
-        MAGIC.len()
-            + parts[..section]
-                .iter()
-                .map(|(_, body)| 5 + body.len())
-                .sum::<usize>()
-            + 5
-    };
-    let place = |at: usize| {
-        let section = (0..parts.len())
-            .rev()
-            .find(|s| offset(*s) - 5 <= at)
-            .unwrap_or(0);
-        format!(
-            "section {section} (kind {}), byte {} of it",
-            parts[section].0,
-            at as i64 - offset(section) as i64
-        )
-    };
-    // One field no signature covers, in any bundle: the anchor record's
-    // `created_unix_nanos` (the daemon's wall clock when it stored the
-    // anchor; in a whole-log bundle the next anchor's hash binds it, but a
-    // range bundle has no next anchor). prost writes it last; its value bytes
-    // are the only ones whose change leaves a PASS, and no verdict shows them.
-    let anchor_bytes = &parts[1].1;
-    let created = decode_anchor(anchor_bytes).unwrap().created_unix_nanos;
-    let mut field = Vec::new();
-    prost::encoding::int64::encode(3, &created, &mut field);
-    assert!(
-        anchor_bytes.ends_with(&field),
-        "created_unix_nanos is the anchor's last field"
-    );
-    let anchor_end = offset(1) + anchor_bytes.len();
-    let unsigned = anchor_end - (field.len() - 1)..anchor_end;
-    for at in 0..good.len() {
-        let mut bad = good.clone();
-        bad[at] ^= 0x01;
-        let got = verdict(&bad, &identity);
-        if unsigned.contains(&at) {
-            assert_eq!(got, Some(Verdict::Pass), "byte {at}: created_unix_nanos");
-            continue;
-        }
-        assert!(
-            matches!(got, None | Some(Verdict::Fail)),
-            "flipping bit 0 of byte {at} of {} ({}) gave {got:?}",
-            good.len(),
-            place(at)
-        );
-    }
     // A few through the CLI: in the header, the anchor, the proof, a record.
     let parts = sections(&good);
     let offset = |section: usize| {
@@ -454,6 +403,58 @@ async fn every_changed_byte_dropped_record_swapped_hash_or_foreign_anchor_fails(
         "{run:?}"
     );
     assert!(BundleHeader::decode(parts[0].1.as_slice()).is_err());
+
+    // Last (it takes longest): every byte, through the attest verifier in-process.
+    let parts = sections(&good);
+    let offset = |section: usize| {
+        MAGIC.len()
+            + parts[..section]
+                .iter()
+                .map(|(_, body)| 5 + body.len())
+                .sum::<usize>()
+            + 5
+    };
+    let place = |at: usize| {
+        let section = (0..parts.len())
+            .rev()
+            .find(|s| offset(*s) - 5 <= at)
+            .unwrap_or(0);
+        format!(
+            "section {section} (kind {}), byte {} of it",
+            parts[section].0,
+            at as i64 - offset(section) as i64
+        )
+    };
+    // One field no signature covers, in any bundle: the anchor record's
+    // `created_unix_nanos` (the daemon's wall clock when it stored the
+    // anchor; in a whole-log bundle the next anchor's hash binds it, but a
+    // range bundle has no next anchor). prost writes it last; its value bytes
+    // are the only ones whose change leaves a PASS, and no verdict shows them.
+    let anchor_bytes = &parts[1].1;
+    let created = decode_anchor(anchor_bytes).unwrap().created_unix_nanos;
+    let mut field = Vec::new();
+    prost::encoding::int64::encode(3, &created, &mut field);
+    assert!(
+        anchor_bytes.ends_with(&field),
+        "created_unix_nanos is the anchor's last field"
+    );
+    let anchor_end = offset(1) + anchor_bytes.len();
+    let unsigned = anchor_end - (field.len() - 1)..anchor_end;
+    for at in 0..good.len() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        let got = verdict(&bad, &identity);
+        if unsigned.contains(&at) {
+            assert_eq!(got, Some(Verdict::Pass), "byte {at}: created_unix_nanos");
+            continue;
+        }
+        assert!(
+            matches!(got, None | Some(Verdict::Fail)),
+            "flipping bit 0 of byte {at} of {} ({}) gave {got:?}",
+            good.len(),
+            place(at)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,3 +251,178 @@ fn check_records<R: BufRead>(
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::merkle::{inclusion_proof, range_proof_from_paths, root_from_leaf_hashes, Frontier};
+    use crate::range::{RangeWriter, RANGE_FORMAT_VERSION};
+    use crate::record::GENESIS_PREV;
+
+    /// A valid chain of `n` records with distinct bodies.
+    fn chain(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS_PREV;
+        (0..n)
+            .map(|seq| {
+                let mut record = Vec::new();
+                RecordHeader {
+                    seq,
+                    prev_hash: prev,
+                }
+                .encode_into(&mut record);
+                record.extend_from_slice(format!("event number {seq}").as_bytes());
+                prev = entry_hash(&record);
+                record
+            })
+            .collect()
+    }
+
+    /// The range proof of `first..end` in the tree of all of `records`.
+    fn proof(records: &[Vec<u8>], first: u64, end: u64) -> Vec<Hash> {
+        let mut nodes = HashMap::new();
+        let mut frontier = Frontier::new();
+        for record in records {
+            frontier
+                .push(entry_hash(record), |level, index, hash| {
+                    nodes.insert((level, index), *hash);
+                })
+                .unwrap();
+        }
+        let store = |level: u8, index: u64| nodes.get(&(level, index)).copied();
+        let size = records.len() as u64;
+        let first_path = inclusion_proof(&store, first, size).unwrap();
+        let last_path = inclusion_proof(&store, end - 1, size).unwrap();
+        range_proof_from_paths(first, end, size, &first_path, &last_path).unwrap()
+    }
+
+    struct Case {
+        header: RangeHeader,
+        proof: Vec<Hash>,
+        records: Vec<Vec<u8>>,
+        checkpoint: (u64, Hash),
+    }
+
+    /// Records 5..9 of a 16-record log, as exported.
+    fn case() -> Case {
+        let log = chain(16);
+        let root = root_from_leaf_hashes(&log.iter().map(|r| entry_hash(r)).collect::<Vec<_>>());
+        Case {
+            header: RangeHeader {
+                format_version: RANGE_FORMAT_VERSION,
+                log_id: vec![1; 16],
+                first_seq: 5,
+                count: 4,
+                tree_size: 16,
+            },
+            proof: proof(&log, 5, 9),
+            records: log[5..9].to_vec(),
+            checkpoint: (16, root),
+        }
+    }
+
+    fn check(case: &Case) -> Result<RangeProven, RangeDamage> {
+        let mut writer =
+            RangeWriter::new(Vec::new(), &case.header, b"anchor", &case.proof).unwrap();
+        for record in &case.records {
+            writer.record(record).unwrap();
+        }
+        let bytes = writer.finish().unwrap();
+        let mut reader = RangeReader::new(bytes.as_slice()).unwrap();
+        check_records(&mut reader, &case.header, &case.checkpoint).unwrap()
+    }
+
+    #[test]
+    fn an_intact_range_is_proven_at_its_seqs() {
+        let case = case();
+        assert_eq!(
+            check(&case),
+            Ok(RangeProven {
+                first_seq: 5,
+                last_seq: 8,
+                tree_size: 16,
+                root: case.checkpoint.1
+            })
+        );
+    }
+
+    #[test]
+    fn removed_moved_or_extra_records_are_named() {
+        let mut removed = case();
+        removed.records.remove(1);
+        assert_eq!(
+            check(&removed),
+            Err(RangeDamage::WrongSeq {
+                position: 1,
+                expected: 6,
+                found: 7
+            })
+        );
+        removed.header.count = 3;
+        assert!(matches!(check(&removed), Err(RangeDamage::WrongSeq { .. })));
+
+        let mut cut = case();
+        cut.records.pop();
+        assert_eq!(
+            check(&cut),
+            Err(RangeDamage::Truncated {
+                declared: 4,
+                found: 3
+            })
+        );
+        // The last one dropped and the count fixed: only the root tells.
+        cut.header.count = 3;
+        assert!(matches!(check(&cut), Err(RangeDamage::NotInTree { .. })));
+
+        let mut extra = case();
+        extra.records.push(chain(16)[9].clone());
+        assert_eq!(check(&extra), Err(RangeDamage::Extended { declared: 4 }));
+
+        let mut shifted = case();
+        shifted.header.first_seq = 6;
+        assert!(matches!(check(&shifted), Err(RangeDamage::WrongSeq { .. })));
+    }
+
+    #[test]
+    fn edits_break_a_link_or_the_root() {
+        let mut middle = case();
+        let last = middle.records[1].len() - 1;
+        middle.records[1][last] ^= 1;
+        assert_eq!(check(&middle), Err(RangeDamage::LinkBroken { seq: 7 }));
+
+        for edit in [
+            |case: &mut Case| *case.records[3].last_mut().unwrap() ^= 1,
+            |case: &mut Case| case.proof.swap(0, 1),
+            |case: &mut Case| case.proof[0][0] ^= 1,
+            |case: &mut Case| case.checkpoint.1[31] ^= 1,
+        ] {
+            let mut case = case();
+            edit(&mut case);
+            assert!(
+                matches!(check(&case), Err(RangeDamage::NotInTree { .. })),
+                "{:?}",
+                check(&case)
+            );
+        }
+        // The first record's prev_hash: nothing in the range links to it, its
+        // leaf hash does (and so does the next record's link).
+        let mut first = case();
+        first.records[0][20] ^= 1;
+        assert_eq!(check(&first), Err(RangeDamage::LinkBroken { seq: 6 }));
+        first.records.truncate(1);
+        first.header.count = 1;
+        first.proof = proof(&chain(16), 5, 6);
+        assert!(matches!(check(&first), Err(RangeDamage::NotInTree { .. })));
+
+        let mut short = case();
+        short.proof.pop();
+        assert!(matches!(
+            check(&short),
+            Err(RangeDamage::NotInTree {
+                source: MerkleError::WrongProofSize { .. },
+                ..
+            })
+        ));
+    }
+}
