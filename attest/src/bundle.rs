@@ -13,7 +13,9 @@
 //! `AnchorRecord`, in counter order), `header.size` [`SectionKind::Record`]
 //! sections (the stored record bytes, verbatim), then one
 //! [`SectionKind::End`] with no bytes, and nothing after it. A missing end
-//! section means the file was cut short.
+//! section means the file was cut short. Range bundles ([`crate::range`])
+//! share the section framing under their own magic, which this reader
+//! refuses by name ([`BundleError::RangeBundle`]).
 
 use std::io::{self, BufRead, Read, Write};
 
