@@ -43,7 +43,7 @@ pub struct RangeSummary {
 pub enum RangeError {
     #[error(transparent)]
     Export(#[from] ExportError),
-    #[error("the range is empty: --from {first} is after --to {last}")]
+    #[error("the range is empty: its first seq {first} is after its last seq {last} (--to is inclusive; without it the range ends at the newest anchor)")]
     Empty { first: u64, last: u64 },
     #[error("seq {seq} is not in the log (it holds {size} records)")]
     BeyondLog { seq: u64, size: u64 },
@@ -51,8 +51,6 @@ pub enum RangeError {
     NoAnchor,
     #[error("seq {last} is not covered by an anchor yet (the newest anchor covers {anchored} records, seqs 0..{}): run `tally anchor` (or wait for the next periodic anchor) and export again", anchored.saturating_sub(1))]
     NotAnchored { last: u64, anchored: u64 },
-    #[error("no record was received {what}")]
-    NoRecordAt { what: String },
 }
 
 impl From<ClientError> for RangeError {
