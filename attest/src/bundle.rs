@@ -13,7 +13,9 @@
 //! `AnchorRecord`, in counter order), `header.size` [`SectionKind::Record`]
 //! sections (the stored record bytes, verbatim), then one
 //! [`SectionKind::End`] with no bytes, and nothing after it. A missing end
-//! section means the file was cut short.
+//! section means the file was cut short. Range bundles ([`crate::range`])
+//! share the section framing under their own magic, which this reader
+//! refuses by name ([`BundleError::RangeBundle`]).
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -48,6 +50,8 @@ pub enum SectionKind {
     Header = 0x01,
     Record = 0x02,
     Anchor = 0x03,
+    /// Range bundles only ([`crate::range`]): the Merkle range proof.
+    Proof = 0x04,
     End = 0x7f,
 }
 
@@ -96,6 +100,8 @@ pub enum BundleError {
     BadMagic,
     #[error("this is a version 1 bundle (anchoring v1, whose guarantee did not hold against root); this build reads version 2 only: export the log again with a current tallyd")]
     VersionOne,
+    #[error("this is a range bundle (some records and their Merkle range proof, `tally export --from/--to`), not a whole-log bundle: `tally verify` checks it")]
+    RangeBundle,
     #[error("more than {MAX_ANCHORS} anchor sections")]
     TooManyAnchors,
     #[error(
@@ -170,13 +176,7 @@ impl<W: Write> BundleWriter<W> {
     }
 
     fn section(&mut self, kind: SectionKind, bytes: &[u8]) -> io::Result<()> {
-        let len = u32::try_from(bytes.len())
-            .ok()
-            .filter(|len| *len <= MAX_SECTION_LEN)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "section too large"))?;
-        self.out.write_all(&[kind as u8])?;
-        self.out.write_all(&len.to_be_bytes())?;
-        self.out.write_all(bytes)
+        write_section(&mut self.out, kind, bytes)
     }
 }
 
@@ -204,6 +204,9 @@ impl<R: BufRead> BundleReader<R> {
         read_exact_or(&mut input, &mut magic, "in the magic")?;
         if &magic == MAGIC_V1 {
             return Err(BundleError::VersionOne);
+        }
+        if &magic == crate::range::MAGIC {
+            return Err(BundleError::RangeBundle);
         }
         if &magic != MAGIC {
             return Err(BundleError::BadMagic);
@@ -301,7 +304,7 @@ impl<R: BufRead> BundleReader<R> {
                 }
                 Ok(false)
             }
-            found @ (SectionKind::Header | SectionKind::Anchor) => {
+            found @ (SectionKind::Header | SectionKind::Anchor | SectionKind::Proof) => {
                 Err(BundleError::UnexpectedSection {
                     expected: SectionKind::Record,
                     found,
@@ -312,41 +315,67 @@ impl<R: BufRead> BundleReader<R> {
     }
 
     fn section(&mut self, buf: &mut Vec<u8>) -> Result<SectionKind, BundleError> {
-        let offset = self.offset;
-        let mut head = [0u8; 5];
-        read_exact_or(&mut self.input, &mut head, "no end section")?;
-        let kind = match head[0] {
-            0x01 => SectionKind::Header,
-            0x02 => SectionKind::Record,
-            0x03 => SectionKind::Anchor,
-            0x7f => SectionKind::End,
-            kind => return Err(BundleError::UnknownSection { kind, offset }),
-        };
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-        if len > MAX_SECTION_LEN {
-            return Err(BundleError::SectionTooLarge { offset, len });
-        }
-        buf.clear();
-        if len <= EAGER_SECTION_LEN {
-            // Records are small: size the buffer and read exactly.
-            buf.resize(len as usize, 0);
-            read_exact_or(&mut self.input, buf, "inside a section")?;
-        } else {
-            // Read what is there rather than allocating the declared length
-            // up front: a tiny hostile file must not cost 64 MiB.
-            (&mut self.input).take(u64::from(len)).read_to_end(buf)?;
-            if buf.len() != len as usize {
-                return Err(BundleError::Truncated {
-                    what: "inside a section",
-                });
-            }
-        }
-        self.offset = offset + 5 + u64::from(len);
+        let kind = read_section(&mut self.input, buf, self.offset)?;
+        self.offset += 5 + buf.len() as u64;
         Ok(kind)
     }
 }
 
-fn read_exact_or(
+/// Reads one section (`kind || len || bytes`) at byte `offset` (for error
+/// messages) into `buf`, returning its kind. Shared with range bundles.
+pub(crate) fn read_section(
+    input: &mut impl Read,
+    buf: &mut Vec<u8>,
+    offset: u64,
+) -> Result<SectionKind, BundleError> {
+    let mut head = [0u8; 5];
+    read_exact_or(input, &mut head, "no end section")?;
+    let kind = match head[0] {
+        0x01 => SectionKind::Header,
+        0x02 => SectionKind::Record,
+        0x03 => SectionKind::Anchor,
+        0x04 => SectionKind::Proof,
+        0x7f => SectionKind::End,
+        kind => return Err(BundleError::UnknownSection { kind, offset }),
+    };
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    if len > MAX_SECTION_LEN {
+        return Err(BundleError::SectionTooLarge { offset, len });
+    }
+    buf.clear();
+    if len <= EAGER_SECTION_LEN {
+        // Records are small: size the buffer and read exactly.
+        buf.resize(len as usize, 0);
+        read_exact_or(input, buf, "inside a section")?;
+    } else {
+        // Read what is there rather than allocating the declared length
+        // up front: a tiny hostile file must not cost 64 MiB.
+        (&mut *input).take(u64::from(len)).read_to_end(buf)?;
+        if buf.len() != len as usize {
+            return Err(BundleError::Truncated {
+                what: "inside a section",
+            });
+        }
+    }
+    Ok(kind)
+}
+
+/// Writes one section: `kind || len (u32 big-endian) || bytes`.
+pub(crate) fn write_section(
+    out: &mut impl Write,
+    kind: SectionKind,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|len| *len <= MAX_SECTION_LEN)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "section too large"))?;
+    out.write_all(&[kind as u8])?;
+    out.write_all(&len.to_be_bytes())?;
+    out.write_all(bytes)
+}
+
+pub(crate) fn read_exact_or(
     input: &mut impl Read,
     buf: &mut [u8],
     what: &'static str,

@@ -17,6 +17,8 @@
 //! * [`identity`]: the log identity verifiers pin, and reviewed-gap acknowledgements.
 //! * [`note`]: C2SP signed notes (Ed25519) and tlog-checkpoint bodies.
 //! * [`proof`]: inclusion and consistency proof files bound to TPM anchors.
+//! * [`range`]: range bundles (records a..b and a Merkle range proof against
+//!   one anchor) and their verifier.
 //! * `tpm` (feature `tpm` only): producing evidence with a real TPM.
 //!
 //! Everything but `tpm` is pure Rust: no TPM, no libtss2, usable on a
@@ -32,6 +34,7 @@ pub mod identity;
 pub mod merkle;
 pub mod note;
 pub mod proof;
+pub mod range;
 pub mod record;
 pub mod verify;
 

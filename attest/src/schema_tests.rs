@@ -13,6 +13,7 @@ use prost::Message;
 use crate::anchor::{AnchorRecord, EvidenceRecord, FreshAttestation};
 use crate::bundle::BundleHeader;
 use crate::proof::{ConsistencyProofFile, InclusionProofFile, ProofFile};
+use crate::range::RangeHeader;
 
 /// The types generated from the schema at build time (see build.rs).
 #[allow(missing_debug_implementations, clippy::all)]
@@ -79,6 +80,26 @@ fn bundle_header() {
             head_hash: vec![0xab; 32],
             exported_at_unix_nanos: -1_790_000_000_000_000_000,
             producer: "tallyd/0.1.0".into(),
+        },
+    );
+}
+
+#[test]
+fn range_header() {
+    agree(
+        &RangeHeader {
+            format_version: 1,
+            log_id: vec![0x12; 16],
+            first_seq: (1 << 33) + 5,
+            count: 77,
+            tree_size: (1 << 34) + 1,
+        },
+        &schema::RangeHeader {
+            format_version: 1,
+            log_id: vec![0x12; 16],
+            first_seq: (1 << 33) + 5,
+            count: 77,
+            tree_size: (1 << 34) + 1,
         },
     );
 }

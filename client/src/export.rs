@@ -1,7 +1,10 @@
-//! Exporting the log into a bundle file (see `tally_attest::bundle`).
+//! Exporting the log into a bundle file (see `tally_attest::bundle`), or a
+//! range of it into a range bundle ([`range`], `tally_attest::range`).
+
+pub mod range;
 
 use std::fs::{self, File};
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use tally_attest::bundle::{BundleHeader, BundleWriter, BUNDLE_FORMAT_VERSION};
@@ -24,7 +27,7 @@ pub struct ExportSummary {
     /// daemon's reported head, which the replayed chain reached. Not the
     /// Merkle root.
     pub head_hash: [u8; 32],
-    /// The bundle file.
+    /// The bundle file (`-` for stdout).
     pub path: PathBuf,
 }
 
@@ -70,6 +73,13 @@ pub enum Inconsistency {
     ChainBroken { seq: u64 },
     #[error("records do not chain up to the reported head")]
     HeadMismatch,
+    #[error("the proof of seq {seq}: {why}")]
+    Proof { seq: u64, why: String },
+    #[error("the records and the daemon's proof hashes do not lead to the root of anchor {counter} ({source})")]
+    RangeRoot {
+        counter: u64,
+        source: tally_attest::merkle::MerkleError,
+    },
 }
 
 /// Exports records `0..size` (the size when the export starts) into `path`.
@@ -80,8 +90,55 @@ pub enum Inconsistency {
 pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut Client<S>,
     path: &Path,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
+    let partial = path.with_extension("partial");
+    let file = File::create(&partial).map_err(|source| ExportError::Write {
+        path: partial.clone(),
+        source,
+    })?;
+    let out = BufWriter::with_capacity(1 << 20, file);
+    let (mut summary, out) = export_to(client, out, &partial, progress).await?;
+    commit_file(out, &partial, path)?;
+    summary.path = path.to_owned();
+    Ok(summary)
+}
+
+/// Syncs the finished `partial` file and renames it to `path`.
+pub(crate) fn commit_file(
+    out: BufWriter<File>,
+    partial: &Path,
+    path: &Path,
+) -> Result<(), ExportError> {
+    let write_err = |source| ExportError::Write {
+        path: partial.to_owned(),
+        source,
+    };
+    let file = out
+        .into_inner()
+        .map_err(|err| write_err(err.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    fs::rename(partial, path).map_err(|source| ExportError::Write {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        // Make the rename durable; failure here loses nothing already written.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// [`export`] into any writer (`tally export --out -`: stdout); `name` names
+/// it in errors and in the summary. Returns the writer, flushed.
+pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
+    client: &mut Client<S>,
+    out: W,
+    name: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(ExportSummary, W), ExportError> {
     let status = client.status().await?;
     // The status's head hash: the entry hash of record size-1.
     let head_hash: [u8; 32] = status
@@ -121,14 +178,11 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    let partial = path.with_extension("partial");
     let write_err = |source| ExportError::Write {
-        path: partial.clone(),
+        path: name.to_owned(),
         source,
     };
-    let file = File::create(&partial).map_err(write_err)?;
-    let mut writer =
-        BundleWriter::new(BufWriter::with_capacity(1 << 20, file), &header).map_err(write_err)?;
+    let mut writer = BundleWriter::new(out, &header).map_err(write_err)?;
     for anchor in &anchors {
         writer.anchor(anchor).map_err(write_err)?;
     }
@@ -163,26 +217,15 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     if running != head_hash {
         return Err(Inconsistency::HeadMismatch.into());
     }
-    let buffered = writer.finish().map_err(write_err)?;
-    let file = buffered
-        .into_inner()
-        .map_err(|err| write_err(err.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    fs::rename(&partial, path).map_err(|source| ExportError::Write {
-        path: path.to_owned(),
-        source,
-    })?;
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        // Make the rename durable; failure here loses nothing already written.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(ExportSummary {
-        size: status.size,
-        anchors: anchors.len(),
-        last_anchor_size,
-        head_hash,
-        path: path.to_owned(),
-    })
+    let out = writer.finish().map_err(write_err)?;
+    Ok((
+        ExportSummary {
+            size: status.size,
+            anchors: anchors.len(),
+            last_anchor_size,
+            head_hash,
+            path: name.to_owned(),
+        },
+        out,
+    ))
 }

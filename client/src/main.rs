@@ -80,20 +80,9 @@ enum Command {
         #[command(flatten)]
         filter: cli::select::FilterArgs,
     },
-    /// Export the whole log into a self-contained bundle file.
-    Export {
-        /// The bundle file to write.
-        #[arg(long, short)]
-        out: PathBuf,
-        /// Right after the export, also take a fresh attestation for --nonce
-        /// that carries the anchors made since (written to FILE, default OUT.att).
-        #[arg(long, requires = "nonce", value_name = "FILE")]
-        #[allow(clippy::option_option)]
-        attest: Option<Option<PathBuf>>,
-        /// Your nonce for --attest, hex (1 to 64 bytes).
-        #[arg(long, requires = "attest")]
-        nonce: Option<String>,
-    },
+    /// Export the whole log into a self-contained bundle file, or a range of
+    /// it (--from/--to/--since/--until) into a range bundle that verifies alone.
+    Export(cli::export::ExportArgs),
     /// Verify a bundle offline (no daemon, no TPM needed) against the log's
     /// identity: chain intact, origin (genesis), anchors valid, counter
     /// continuous, current (--attestation, --nonce). Exit 0 PASS, 1 FAIL
@@ -200,9 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             filter,
         } => cli::tail::run(&target, from, follow, json, &filter.filter()?).await?,
-        Command::Export { out, attest, nonce } => {
-            cli::export::run(&target, &out, attest.zip(nonce)).await?
-        }
+        Command::Export(args) => cli::export::run(&target, &args).await?,
         Command::Status { json } => cli::status::run(&target, json).await?,
     }
     Ok(ExitCode::SUCCESS)

@@ -25,6 +25,7 @@ mod limits;
 mod paging;
 mod power_loss;
 mod proofs;
+mod range_export;
 mod readme;
 mod shutdown;
 mod systemd;

@@ -15,9 +15,12 @@
 //!   [`inclusion_proof`] and [`consistency_proof`] need O(log n) lookups.
 //! * [`verify_inclusion`] and [`verify_consistency`]: RFC 9162 §2.1.3.2 and
 //!   §2.1.4.2, with the proof length checked before any hashing.
+//! * [`range_proof_from_paths`] and [`verify_range`]: that a run of leaves is
+//!   exactly leaves `begin..end` of a tree (the subtrees around the range).
 
 mod frontier;
 mod prove;
+mod range;
 mod verify;
 
 #[cfg(test)]
@@ -32,6 +35,7 @@ use sha2::{Digest, Sha256};
 pub use crate::record::Hash;
 pub use frontier::{Frontier, FRONTIER_VERSION};
 pub use prove::{consistency_proof, inclusion_proof, root};
+pub use range::{range_proof_from_paths, range_proof_len, root_from_range_proof, verify_range};
 pub use verify::{
     consistency_proof_len, inclusion_proof_len, root_from_inclusion_proof, verify_consistency,
     verify_inclusion,
@@ -189,6 +193,9 @@ pub enum MerkleError {
     /// The node store lacks a complete subtree the proof needs.
     #[error("node store has no hash for node (level {level}, index {index})")]
     MissingNode { level: u8, index: u64 },
+    /// A range proof's range is empty or reaches past the tree.
+    #[error("leaf range {begin}..{end} is empty or outside a tree of size {size}")]
+    BadRange { begin: u64, end: u64, size: u64 },
     /// A frontier already holds `u64::MAX` leaves.
     #[error("the tree is full (2^64 - 1 leaves)")]
     TreeFull,

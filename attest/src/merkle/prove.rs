@@ -95,7 +95,7 @@ pub fn consistency_proof<S: NodeStore + ?Sized>(
 }
 
 /// The largest power of two strictly smaller than `n` (`n >= 2`).
-fn split_point(n: u64) -> u64 {
+pub(super) fn split_point(n: u64) -> u64 {
     1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 

@@ -15,4 +15,5 @@ pub mod tpm;
 pub mod trust;
 pub mod verify;
 pub mod verify_json;
+pub mod verify_range;
 pub mod when;

@@ -31,7 +31,8 @@ pub enum AnchorsArg {
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
-    /// The bundle file (from `tally export`).
+    /// The bundle file (from `tally export`; a range bundle from `tally
+    /// export --from/--to` is recognised and checked against its one anchor).
     pub bundle: PathBuf,
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -78,6 +79,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 
 fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
     let (policy, identity) = load_trust(&args.trust)?;
+    if crate::cli::verify_range::is_range_file(&args.bundle)? {
+        return crate::cli::verify_range::run(args, policy.as_ref());
+    }
     if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some()) {
         anyhow::bail!("--attestation and --trusted need the log's identity (--identity FILE)");
     }

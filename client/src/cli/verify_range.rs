@@ -1,0 +1,175 @@
+//! `tally verify` on a range bundle: the verdicts of
+//! `tally_attest::range::verify_range_bundle`, printed. The logic and the
+//! verdict types live in attest; this file only renders them.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+use tally_attest::anchor::AnchorPolicy;
+use tally_attest::range::{is_range_bundle, verify_range_bundle, RangeAnchorVerdict, RangeReport};
+use tally_attest::verify::Verdict;
+
+use crate::cli::verify::VerifyArgs;
+
+/// True when the file starts with the range bundle's magic.
+pub fn is_range_file(path: &Path) -> anyhow::Result<bool> {
+    let mut prefix = Vec::with_capacity(16);
+    File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .take(16)
+        .read_to_end(&mut prefix)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(is_range_bundle(&prefix))
+}
+
+/// Verifies a range bundle and prints the verdicts.
+pub fn run(args: &VerifyArgs, policy: Option<&AnchorPolicy>) -> anyhow::Result<ExitCode> {
+    if args.attestation.is_some()
+        || args.trusted.is_some()
+        || args.save_trusted.is_some()
+        || !args.accept_gap.is_empty()
+    {
+        anyhow::bail!(
+            "{} is a range bundle, proven against its one anchor: --attestation, --trusted, --save-trusted and --accept-gap apply to whole-log bundles only",
+            args.bundle.display()
+        );
+    }
+    let file = File::open(&args.bundle)
+        .with_context(|| format!("cannot open {}", args.bundle.display()))?;
+    let report = match verify_range_bundle(BufReader::with_capacity(1 << 20, file), policy) {
+        Ok(report) => report,
+        Err(err) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"ok": false, "verdict": "fail", "exit_code": 1, "kind": "range", "error": err.to_string()})
+                );
+            } else {
+                println!("bundle readable:    FAILED: {err}");
+                println!("verdict:            FAIL");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let verdict = report.verdict();
+    if args.json {
+        println!("{}", to_json(&report, &verdict));
+    } else {
+        print_human(&report, &verdict, policy.is_some());
+    }
+    Ok(ExitCode::from(verdict.exit_code()))
+}
+
+fn range_line(report: &RangeReport) -> String {
+    let header = &report.header;
+    format!(
+        "seqs {}..{} ({} records, inclusive), proven against the anchored log of {} records",
+        header.first_seq,
+        header
+            .first_seq
+            .saturating_add(header.count)
+            .saturating_sub(1),
+        header.count,
+        header.tree_size
+    )
+}
+
+fn anchor_line(verdict: &RangeAnchorVerdict) -> String {
+    match verdict {
+        RangeAnchorVerdict::Valid { counter, tree_size } => format!(
+            "OK (TPM counter {counter}, {tree_size} records: its TPM evidence and checkpoint signature verify with the identity's keys)"
+        ),
+        RangeAnchorVerdict::NotChecked {
+            counter, tree_size, ..
+        } => format!(
+            "NOT CHECKED (TPM counter {counter}, {tree_size} records, its evidence not verified: no --identity)"
+        ),
+        RangeAnchorVerdict::Invalid(error) => format!("FAILED: {error}"),
+        RangeAnchorVerdict::WrongLog { counter, found } => format!(
+            "FAILED: anchor {counter} is for another log (log id {})",
+            hex::encode(found)
+        ),
+        RangeAnchorVerdict::SizeMismatch {
+            counter,
+            checkpoint,
+            header,
+        } => format!(
+            "FAILED: anchor {counter} covers {checkpoint} records, the bundle claims a proof against {header}"
+        ),
+    }
+}
+
+fn records_line(report: &RangeReport) -> String {
+    match &report.records {
+        Ok(proven) => format!(
+            "OK (seqs {}..{} are exactly entries {}..{} of the log whose Merkle root at {} records is {}; each links to the one before)",
+            proven.first_seq,
+            proven.last_seq,
+            proven.first_seq,
+            proven.last_seq,
+            proven.tree_size,
+            hex::encode(proven.root)
+        ),
+        Err(damage) => format!("FAILED: {damage}"),
+    }
+}
+
+fn verdict_text(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Pass => "PASS".into(),
+        Verdict::Fail => "FAIL".into(),
+        Verdict::Partial(missing) => format!("PARTIAL (not checked: {})", missing.join("; ")),
+    }
+}
+
+fn print_human(report: &RangeReport, verdict: &Verdict, with_identity: bool) {
+    println!("log:                {}", hex::encode(&report.header.log_id));
+    println!("range:              {}", range_line(report));
+    println!("anchor valid:       {}", anchor_line(&report.anchor));
+    println!("records proven:     {}", records_line(report));
+    println!("note: a range bundle proves nothing about the records outside it, beyond the root they share");
+    if !with_identity {
+        println!("note: without the log's identity, anyone could have made the anchor and the records together");
+    }
+    println!("verdict:            {}", verdict_text(verdict));
+}
+
+fn to_json(report: &RangeReport, verdict: &Verdict) -> Value {
+    let word = match verdict {
+        Verdict::Pass => "pass",
+        Verdict::Fail => "fail",
+        Verdict::Partial(_) => "partial",
+    };
+    let not_checked: Vec<&str> = match verdict {
+        Verdict::Partial(missing) => missing.clone(),
+        _ => Vec::new(),
+    };
+    let counter = match &report.anchor {
+        RangeAnchorVerdict::Valid { counter, .. }
+        | RangeAnchorVerdict::NotChecked { counter, .. }
+        | RangeAnchorVerdict::WrongLog { counter, .. }
+        | RangeAnchorVerdict::SizeMismatch { counter, .. } => Some(*counter),
+        RangeAnchorVerdict::Invalid(_) => None,
+    };
+    let header = &report.header;
+    json!({
+        "ok": *verdict == Verdict::Pass,
+        "verdict": word,
+        "exit_code": verdict.exit_code(),
+        "kind": "range",
+        "not_checked": not_checked,
+        "log_id": hex::encode(&header.log_id),
+        "first_seq": header.first_seq,
+        "last_seq": header.first_seq.saturating_add(header.count).saturating_sub(1),
+        "count": header.count,
+        "tree_size": header.tree_size,
+        "anchor_counter": counter,
+        "root": report.records.as_ref().ok().map(|proven| hex::encode(proven.root)),
+        "anchor": anchor_line(&report.anchor),
+        "records": records_line(report),
+    })
+}
