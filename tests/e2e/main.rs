@@ -17,6 +17,7 @@ mod concurrency;
 mod crash;
 mod exposure;
 mod faults;
+mod filters;
 mod follow;
 mod fuzz_corpus;
 mod journal;
