@@ -272,3 +272,36 @@ fn the_times_key_is_that_of_the_layout_table() {
     assert!(times_key(-5, 9) < times_key(3, 0));
     assert_eq!(META_TIMES_SIZE, "times_size");
 }
+
+#[test]
+fn a_scan_past_its_deadline_stops_at_the_next_clock_check() {
+    //! The time bound: a slow scan (here, one whose deadline has passed)
+    //! stops within `CLOCK_EVERY` records and says where.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL).unwrap();
+    let times: Vec<i64> = (0..1_000).collect();
+    commit(&store, &[&times]);
+    let none = Filter {
+        kinds: vec!["absent".into()],
+        ..Default::default()
+    };
+    let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let scan = |newest, deadline| {
+        store
+            .scan(&Scan {
+                from: 0,
+                to: 1_000,
+                newest,
+                filter: &none,
+                max_records: 10,
+                max_bytes: usize::MAX,
+                max_examined: u64::MAX,
+                deadline,
+            })
+            .unwrap()
+            .resume_seq
+    };
+    assert_eq!(scan(false, Some(past)), 255);
+    assert_eq!(scan(true, Some(past)), 1_000 - 255);
+    assert_eq!(scan(false, None), 1_000);
+}
