@@ -386,7 +386,10 @@ mod tests {
         let mut bodies = Vec::new();
         while bytes.len() >= 4 {
             let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-            if let Ok(Request { body: Some(body), .. }) = Request::decode(&bytes[4..4 + len]) {
+            if let Ok(Request {
+                body: Some(body), ..
+            }) = Request::decode(&bytes[4..4 + len])
+            {
                 bodies.push(body);
             }
             bytes.drain(..4 + len);

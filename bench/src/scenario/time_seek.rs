@@ -128,7 +128,10 @@ pub fn run(options: &TimeSeekOptions) -> anyhow::Result<TimeSeek> {
             let began = Instant::now();
             let page = client.read(seq, 1).await?;
             plains.push(began.elapsed());
-            ensure!(page.first().map(|r| r.seq) == Some(seq), "plain read at {seq}");
+            ensure!(
+                page.first().map(|r| r.seq) == Some(seq),
+                "plain read at {seq}"
+            );
         }
         seeks.sort();
         plains.sort();
@@ -149,7 +152,9 @@ pub fn run(options: &TimeSeekOptions) -> anyhow::Result<TimeSeek> {
 
 async fn time_at(client: &mut Client, seq: u64) -> anyhow::Result<i64> {
     let page = client.read(seq, 1).await?;
-    let record = page.first().with_context(|| format!("no record at {seq}"))?;
+    let record = page
+        .first()
+        .with_context(|| format!("no record at {seq}"))?;
     Ok(tally_client::record::decode(&record.record)?
         .body
         .receive_time_unix_nanos)
