@@ -7,6 +7,7 @@
 //! target/release/tally-bench --quick    # everything in under 30 s
 //! (without --swtpm or --tcti the anchoring scenario is skipped)
 //! target/release/tally-bench verify-anchors --records 10000000 --anchors 1000000 --dir DIR
+//! target/release/tally-bench time-seek --records 10000000 --dir DIR
 //! ```
 
 use std::path::PathBuf;
@@ -83,6 +84,49 @@ enum Command {
     /// by software P-256 keys the identity pins) against the same records
     /// without anchors and bare SHA-256 (no tallyd, no TPM).
     VerifyAnchors(VerifyAnchorsArgs),
+    /// Time a `since` read's search for its start in a big log (kept in
+    /// --dir and reused) against a plain read at a seq.
+    TimeSeek(TimeSeekArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TimeSeekArgs {
+    /// Events in the log (ingested once through tallyd, then reused).
+    #[arg(long, default_value_t = 10_000_000)]
+    records: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 16)]
+    payload: usize,
+    /// Where the log's data directory is kept.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Timed seeks (each with a timed plain read).
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// The tallyd binary [default: next to this program].
+    #[arg(long)]
+    tallyd: Option<PathBuf>,
+}
+
+fn time_seek(args: TimeSeekArgs) -> anyhow::Result<()> {
+    use tally_bench::scenario::time_seek::{run, TimeSeekOptions};
+    let tallyd = match &args.tallyd {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("tallyd"),
+    };
+    let results = run(&TimeSeekOptions {
+        tallyd,
+        dir: args.dir.clone(),
+        records: args.records,
+        payload: args.payload,
+        samples: args.samples.max(1),
+    })?;
+    print!("{}", results.table());
+    let json = args.dir.join("time-seek.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!("\nevery figure: {}", json.display());
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,8 +178,10 @@ fn verify_anchors(args: VerifyAnchorsArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::VerifyAnchors(verify)) = args.command {
-        return verify_anchors(verify);
+    match args.command {
+        Some(Command::VerifyAnchors(verify)) => return verify_anchors(verify),
+        Some(Command::TimeSeek(seek)) => return time_seek(seek),
+        None => {}
     }
     let tallyd = match &args.tallyd {
         Some(path) => path.clone(),

@@ -50,6 +50,49 @@ pub fn matches(filter: &Filter, body: &RecordBody) -> bool {
             .all(|wanted| has_attribute(event, wanted))
 }
 
+/// The receive time of an encoded `RecordBody` without decoding the rest
+/// (the daemon reads it at every commit to keep its time index, where a
+/// full decode would allocate the event): field 1, the last occurrence as
+/// protobuf wants, 0 when absent. `None` when the bytes are not a protobuf
+/// message. Agrees with `RecordBody::decode(..).receive_time_unix_nanos`
+/// (tested below).
+pub fn receive_time(body: &[u8]) -> Option<i64> {
+    let mut rest = body;
+    let mut time = 0i64;
+    while !rest.is_empty() {
+        let key = varint(&mut rest)?;
+        match (key >> 3, key & 7) {
+            (0, _) => return None,
+            // int64 is a two's complement varint.
+            (1, 0) => time = varint(&mut rest)? as i64,
+            (_, 0) => {
+                varint(&mut rest)?;
+            }
+            (_, 1) => rest = rest.get(8..)?,
+            (_, 2) => {
+                let len = usize::try_from(varint(&mut rest)?).ok()?;
+                rest = rest.get(len..)?;
+            }
+            (_, 5) => rest = rest.get(4..)?,
+            _ => return None,
+        }
+    }
+    Some(time)
+}
+
+/// A base-128 varint off the front of `bytes` (at most 10 bytes).
+fn varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (index, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[index + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
 fn one_of(wanted: &[String], value: &str) -> bool {
     wanted.is_empty() || wanted.iter().any(|w| w == value)
 }
@@ -162,5 +205,48 @@ mod tests {
             ..Default::default()
         };
         assert!(!matches(&one_wrong, &record));
+    }
+
+    #[test]
+    fn receive_time_agrees_with_a_full_decode() {
+        use prost::Message;
+        for time in [0, 1, -1, 1_764_000_000_123_456_789, i64::MIN, i64::MAX] {
+            let encoded = body(time, "kind", "actor", "subject").encode_to_vec();
+            let decoded = RecordBody::decode(encoded.as_slice()).map(|b| b.receive_time_unix_nanos);
+            assert_eq!(receive_time(&encoded), decoded.ok(), "time {time}");
+        }
+        // The peer and the event before the time, and the time twice: the
+        // last occurrence wins, as prost decides.
+        let mut reordered = RecordBody {
+            event: body(0, "k", "a", "s").event,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        reordered.extend(
+            RecordBody {
+                receive_time_unix_nanos: 5,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        reordered.extend(
+            RecordBody {
+                receive_time_unix_nanos: 7,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        assert_eq!(receive_time(&reordered), Some(7));
+        assert_eq!(
+            RecordBody::decode(reordered.as_slice())
+                .map(|b| b.receive_time_unix_nanos)
+                .ok(),
+            Some(7)
+        );
+        // Truncated or invalid bytes are not a time.
+        let encoded = body(9, "k", "a", "s").encode_to_vec();
+        assert_eq!(receive_time(&encoded[..encoded.len() - 1]), None);
+        assert_eq!(receive_time(&[0x08, 0x80]), None);
+        assert_eq!(receive_time(&[0x00]), None);
     }
 }

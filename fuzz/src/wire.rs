@@ -17,7 +17,10 @@
 //! a body, 9 a frame of arbitrary bytes, 10 arbitrary unframed bytes, 11 a
 //! length header above [`MAX_FRAME`] (the connection is closed after it, so
 //! the stream ends there), 12 prove_inclusion, 13 prove_consistency.
-//! Exhausted input reads as zeros. An append's events carry string-map and
+//! A read whose count byte has its high bit set, and a follow whose byte
+//! after the seq is odd, carry a `Filter` (`Input::filter`: times at the
+//! edges of i64 or small, any-of lists, attribute matches) and the read a
+//! `to_seq` and `newest`. Exhausted input reads as zeros. An append's events carry string-map and
 //! typed attributes: every value kind, and sometimes a shape the daemon must
 //! refuse (a missing value, a nested or mixed array; see
 //! `Input::attribute_value`), besides empty kinds and keys.
@@ -70,14 +73,26 @@ pub fn stream(data: &[u8]) -> Vec<u8> {
             1 => Some(request::Body::Append(proto::AppendRequest {
                 events: (0..input.byte() % 5).map(|_| input.event()).collect(),
             })),
-            2 => Some(request::Body::Read(proto::ReadRequest {
-                from_seq: input.seq(),
-                max_records: u32::from(input.byte()),
-                ..Default::default()
-            })),
+            2 => {
+                let from_seq = input.seq();
+                let max = input.byte();
+                // The high bit of the count: the read also has a filter,
+                // an end and a direction.
+                let mut read = proto::ReadRequest {
+                    from_seq,
+                    max_records: u32::from(max & 0x7f),
+                    ..Default::default()
+                };
+                if max & 0x80 != 0 {
+                    read.to_seq = input.seq();
+                    read.newest = input.byte() & 1 == 1;
+                    read.filter = Some(input.filter());
+                }
+                Some(request::Body::Read(read))
+            }
             3 => Some(request::Body::Follow(proto::FollowRequest {
                 from_seq: input.seq(),
-                ..Default::default()
+                filter: (input.byte() & 1 == 1).then(|| input.filter()),
             })),
             4 => Some(request::Body::Status(proto::StatusRequest {})),
             5 => Some(request::Body::Attest(proto::AttestRequest {
@@ -179,6 +194,42 @@ impl<'a> Input<'a> {
             0xfe => u64::MAX - 1,
             0xfd => u64::from_be_bytes(std::array::from_fn(|_| self.byte())),
             small => u64::from(small % 32),
+        }
+    }
+
+    /// A filter: each time unset, small, or any i64; up to two values in
+    /// each list; up to two attribute matches.
+    fn filter(&mut self) -> proto::Filter {
+        let flags = self.byte();
+        let time = |set: bool, input: &mut Input<'_>| {
+            set.then(|| match input.byte() {
+                0xff => i64::from_be_bytes(std::array::from_fn(|_| input.byte())),
+                small => i64::from(small) - 64,
+            })
+        };
+        let since_unix_nanos = time(flags & 1 != 0, self);
+        let until_unix_nanos = time(flags & 2 != 0, self);
+        let list = |input: &mut Input<'_>| {
+            (0..input.byte() % 3)
+                .map(|_| input.string(8))
+                .collect::<Vec<_>>()
+        };
+        let kinds = list(self);
+        let actors = list(self);
+        let subjects = list(self);
+        let attributes = (0..self.byte() % 3)
+            .map(|_| proto::AttributeMatch {
+                key: self.string(8),
+                value: self.string(16),
+            })
+            .collect();
+        proto::Filter {
+            since_unix_nanos,
+            until_unix_nanos,
+            kinds,
+            actors,
+            subjects,
+            attributes,
         }
     }
 
@@ -324,5 +375,46 @@ mod tests {
         ));
         assert_eq!(value("v"), Some(None));
         assert!(events.iter().any(|event| event.kind.is_empty()));
+    }
+
+    /// The seed `structured_filters` makes a filtered newest read, a
+    /// filtered read with an end and a filtered follow.
+    #[test]
+    fn the_filters_seed_makes_filtered_reads_and_a_follow() {
+        let seed = include_bytes!("../corpus/request_handler/structured_filters");
+        let mut bytes = stream(seed);
+        let mut bodies = Vec::new();
+        while bytes.len() >= 4 {
+            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            if let Ok(Request {
+                body: Some(body), ..
+            }) = Request::decode(&bytes[4..4 + len])
+            {
+                bodies.push(body);
+            }
+            bytes.drain(..4 + len);
+        }
+        let reads: Vec<&proto::ReadRequest> = bodies
+            .iter()
+            .filter_map(|body| match body {
+                request::Body::Read(read) => Some(read),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reads.len(), 2);
+        let newest = reads[0];
+        assert!(newest.newest);
+        assert_eq!(newest.max_records, 5);
+        let filter = newest.filter.clone().unwrap_or_default();
+        assert_eq!(filter.since_unix_nanos, Some(-64));
+        assert_eq!(filter.until_unix_nanos, Some(i64::MAX));
+        assert_eq!(filter.kinds, ["a"]);
+        assert_eq!(filter.attributes.len(), 1);
+        assert_eq!(reads[1].to_seq, 1);
+        assert_eq!(reads[1].filter.clone().unwrap_or_default().actors, ["x"]);
+        assert!(bodies.iter().any(|body| matches!(
+            body,
+            request::Body::Follow(proto::FollowRequest { filter: Some(f), .. }) if f.kinds == ["b"]
+        )));
     }
 }

@@ -17,6 +17,7 @@ mod concurrency;
 mod crash;
 mod exposure;
 mod faults;
+mod filters;
 mod first_contact;
 mod follow;
 mod fuzz_corpus;

@@ -6,6 +6,7 @@ pub mod latency;
 pub mod lone;
 pub mod memory;
 pub mod throughput;
+pub mod time_seek;
 pub mod verify;
 pub mod verify_anchors;
 

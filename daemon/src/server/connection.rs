@@ -152,8 +152,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Ok(Err(refused)) => RequestError::from(refused).response(id),
                 Err(_) => RequestError::SequencerDropped.response(id),
             },
-            Outgoing::Follow { id, from } => {
-                follow(&mut frames, id, from, &shared, &shutdown, &reader_done).await;
+            Outgoing::Follow { id, from, filter } => {
+                let stream = FollowStream { id, from, filter };
+                follow(&mut frames, stream, &shared, &shutdown, &reader_done).await;
                 return;
             }
         };
@@ -191,35 +192,65 @@ async fn within<E>(
     }
 }
 
-/// Streams records from `from`, then new ones as they commit, until the
-/// client leaves or the daemon shuts down.
-async fn follow<W: AsyncWrite + Unpin>(
-    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+/// A follow request, as the writer streams it.
+struct FollowStream {
     id: u64,
     from: u64,
+    filter: proto::Filter,
+}
+
+/// A filtered follower is sent an empty page (with `resume_seq`) once the
+/// records its filter skipped since the last frame reach this many, so the
+/// point it would resume from advances though nothing matches; a resumed
+/// follow re-examines at most this many records (daemon-side), never resends one.
+pub(crate) const FOLLOW_PROGRESS_EVERY: u64 = 10_000;
+
+/// Streams the matching records from `from`, then new ones as they commit,
+/// until the client leaves or the daemon shuts down.
+async fn follow<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    stream: FollowStream,
     shared: &Shared,
     shutdown: &CancellationToken,
     reader_done: &CancellationToken,
 ) {
+    let id = stream.id;
     let mut head = shared.sequencer.head.clone();
-    let mut cursor = from;
+    let mut cursor = stream.from;
+    // The resume point the client last heard of.
+    let mut told = stream.from;
     loop {
         let size = head.borrow_and_update().size;
         while cursor < size {
-            let page =
-                match handlers::load_page(shared, cursor, shared.limits.read_page_records, size)
-                    .await
-                {
-                    Ok(page) => page,
-                    Err(error) => {
-                        let _ = frames.send(frame::encode(&error.response(id))).await;
-                        return;
-                    }
-                };
-            let Some(last) = page.records.last() else {
-                break;
+            let request = handlers::PageRequest {
+                from: cursor,
+                to: size,
+                newest: false,
+                filter: stream.filter.clone(),
+                max_records: shared.limits.read_page_records,
             };
-            cursor = last.seq + 1;
+            let page = match handlers::load_page(shared, request).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let _ = frames.send(frame::encode(&error.response(id))).await;
+                    return;
+                }
+            };
+            if page.resume_seq <= cursor {
+                // No progress (cannot happen: a scan examines a record or
+                // ends its range); never spin.
+                break;
+            }
+            cursor = page.resume_seq;
+            if page.records.is_empty() && cursor - told < FOLLOW_PROGRESS_EVERY {
+                // Nothing to send: a follower that left, or a shutdown, is
+                // noticed between scans all the same.
+                if reader_done.is_cancelled() || shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            told = cursor;
             let response = Response {
                 id,
                 body: Some(response::Body::Records(page)),

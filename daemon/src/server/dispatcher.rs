@@ -35,6 +35,7 @@ pub(crate) enum Outgoing {
     Follow {
         id: u64,
         from: u64,
+        filter: proto::Filter,
     },
 }
 
@@ -215,11 +216,10 @@ impl<'a> Dispatcher<'a> {
                 return Step::Continue(Outgoing::Follow {
                     id,
                     from: follow.from_seq,
+                    filter: follow.filter.unwrap_or_default(),
                 });
             }
-            Some(request::Body::Read(read)) => {
-                handlers::read_page(read.from_seq, read.max_records, shared).await
-            }
+            Some(request::Body::Read(read)) => handlers::read_page(read, shared).await,
             Some(request::Body::Status(_)) => Ok(handlers::status(shared)),
             Some(request::Body::Attest(attest)) => {
                 handlers::fresh_attestation(attest, shared).await
@@ -263,7 +263,7 @@ impl<'a> Dispatcher<'a> {
                 log_id: self.shared.store.log_id().to_vec(),
                 max_frame_bytes: saturating_u32(self.shared.limits.max_frame),
                 max_events_per_append: saturating_u32(self.shared.limits.max_events_per_append),
-                read_filters: false,
+                read_filters: true,
             })),
         }))
     }

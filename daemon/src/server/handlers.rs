@@ -4,6 +4,7 @@
 //! are the connection's and the dispatcher's.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tally_attest::entry_hash;
@@ -17,7 +18,7 @@ use super::shared::Shared;
 use crate::anchor::AnchorCommand;
 use crate::peer::PeerId;
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents};
-use crate::store::FORMAT_VERSION;
+use crate::store::{Scan, FORMAT_VERSION};
 use tally_client::clock::now_unix_nanos;
 
 /// Where the sequencer answers a submitted append.
@@ -81,39 +82,82 @@ pub(crate) async fn submit_append(
     Ok(Some(ack))
 }
 
-/// A page of records from `from`, at most `max_records` (0: the page limit).
+/// Records one read request examines at most: a filter that matches
+/// nothing returns an empty page (with `resume_seq`) after this many, and the
+/// client continues from there, instead of pinning a worker for the whole
+/// log (a decode and a match is ~1 us; 100,000 is ~0.1 s on a quiet core).
+pub(crate) const SCAN_MAX_RECORDS: u64 = 100_000;
+
+/// Time one read request's scan takes at most, for the same reason, on a
+/// machine slower than that estimate or a store that is not in the cache.
+pub(crate) const SCAN_MAX_TIME: Duration = Duration::from_millis(50);
+
+/// A read: a page of the records of `[from_seq, to_seq)` (0: the log's size
+/// now) that match its filter, the oldest (or with `newest` the newest) at
+/// most `max_records` (0: the page limit), with where the scan stopped.
 pub(crate) async fn read_page(
-    from: u64,
-    max_records: u32,
+    read: proto::ReadRequest,
     shared: &Shared,
 ) -> Result<response::Body, RequestError> {
     let size = shared.sequencer.head.borrow().size;
+    let from = read.from_seq;
     if from > size {
         return Err(RequestError::BeyondLog { from, size });
     }
-    let max = match max_records as usize {
+    let to = match read.to_seq {
+        0 => size,
+        to => to.min(size),
+    };
+    let max = match read.max_records as usize {
         0 => shared.limits.read_page_records,
         n => n.min(shared.limits.read_page_records),
     };
-    let records = load_page(shared, from, max, size).await?;
+    let page = PageRequest {
+        from,
+        to,
+        newest: read.newest,
+        filter: read.filter.unwrap_or_default(),
+        max_records: max,
+    };
+    let records = load_page(shared, page).await?;
     Ok(response::Body::Records(records))
 }
 
-/// Reads committed records `[from, min(from + max, size))` off the runtime.
+/// What [`load_page`] reads.
+pub(crate) struct PageRequest {
+    pub(crate) from: u64,
+    /// The end of the range, exclusive (at most the committed size).
+    pub(crate) to: u64,
+    pub(crate) newest: bool,
+    pub(crate) filter: proto::Filter,
+    pub(crate) max_records: usize,
+}
+
+/// Scans committed records off the runtime, bounded by the page limits and
+/// [`SCAN_MAX_RECORDS`] / [`SCAN_MAX_TIME`]; `resume_seq` says where it stopped.
 pub(crate) async fn load_page(
     shared: &Shared,
-    from: u64,
-    max: usize,
-    size: u64,
+    page: PageRequest,
 ) -> Result<proto::Records, RequestError> {
     let store = shared.store.clone();
     let max_bytes = shared.limits.max_frame;
-    let max = max.min(usize::try_from(size.saturating_sub(from)).unwrap_or(usize::MAX));
-    let page = tokio::task::spawn_blocking(move || store.read(from, max, max_bytes))
-        .await
-        .map_err(RequestError::PageTask)??;
+    let scanned = tokio::task::spawn_blocking(move || {
+        store.scan(&Scan {
+            from: page.from,
+            to: page.to,
+            newest: page.newest,
+            filter: &page.filter,
+            max_records: page.max_records,
+            max_bytes,
+            max_examined: SCAN_MAX_RECORDS,
+            deadline: Some(Instant::now() + SCAN_MAX_TIME),
+        })
+    })
+    .await
+    .map_err(RequestError::PageTask)??;
     Ok(proto::Records {
-        records: page
+        records: scanned
+            .records
             .into_iter()
             .map(|record| proto::StoredRecord {
                 seq: record.seq,
@@ -121,7 +165,7 @@ pub(crate) async fn load_page(
                 record: record.bytes.into(),
             })
             .collect(),
-        ..Default::default()
+        resume_seq: scanned.resume_seq,
     })
 }
 

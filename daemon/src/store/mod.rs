@@ -15,6 +15,8 @@
 //!   and the proofs;
 //! * `anchors.rs`: the `anchors` database, the identity and the pending
 //!   checkpoint;
+//! * `times.rs`: the `times` database, where a `since` read starts;
+//! * `scan.rs`: filtered reads, bounded per request;
 //! * `growth.rs`: the size of the memory map and its growth;
 //! * `space.rs`: free space on the file system, a full disk told from other
 //!   write errors, and the low-space warning.
@@ -37,14 +39,19 @@ use tally_attest::merkle::{Frontier, MerkleError};
 mod anchors;
 mod growth;
 mod records;
+mod scan;
 mod space;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_scan;
+mod times;
 mod tree;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
 pub use records::StoredRecord;
+pub use scan::{Scan, ScanPage};
 pub use space::{
     free_bytes, is_out_of_space, watch_space, DiskSpace, OutOfSpace, SpaceReport,
     SPACE_CHECK_INTERVAL,
@@ -65,6 +72,7 @@ const META_IDENTITY: &str = "identity";
 const META_PENDING_CHECKPOINT: &str = "pending_checkpoint";
 const META_FRONTIER: &str = "frontier";
 const META_JOURNAL_KEY: &str = "journal_key";
+const META_TIMES_SIZE: &str = "times_size";
 
 /// A database keyed by a big-endian u64 (seq or counter value).
 type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
@@ -73,6 +81,8 @@ type MetaDb = Database<'static, Str, Bytes>;
 /// Merkle subtree hashes, keyed by last leaf u64 big-endian || level
 /// (`tree::tree_key`).
 type TreeDb = Database<'static, Bytes, Bytes>;
+/// The running maximum of receive times, keyed as `times::times_key`.
+type TimesDb = Database<'static, Bytes, Bytes>;
 
 /// Sizing of the LMDB memory map.
 #[derive(Debug, Clone, Copy)]
@@ -191,6 +201,10 @@ pub struct Store {
     meta: MetaDb,
     anchors: SeqDb,
     tree: TreeDb,
+    times: TimesDb,
+    /// The running maximum of the indexed receive times (the last `times`
+    /// entry's); only the writer changes it, and only after a commit.
+    time_max: Mutex<Option<i64>>,
     /// The Merkle tree's right edge as of the last commit; only the writer
     /// changes it, and only after a successful commit.
     frontier: Mutex<Frontier>,
@@ -226,7 +240,7 @@ impl Store {
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options
             .map_size(sizing.initial)
-            .max_dbs(4)
+            .max_dbs(5)
             .max_readers(1024);
         // SAFETY: heed requires that the same environment is not opened twice
         // in one process with different options, and that the files are not
@@ -238,11 +252,13 @@ impl Store {
             let meta = opener.create_database(wtxn, Some("meta"))?;
             let anchors = opener.create_database(wtxn, Some("anchors"))?;
             let tree = opener.create_database(wtxn, Some("tree"))?;
+            let times = opener.create_database(wtxn, Some("times"))?;
             Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-                records, meta, anchors, tree,
+                records, meta, anchors, tree, times,
             )))
         })?;
-        let (records, meta, anchors, tree): (SeqDb, MetaDb, SeqDb, TreeDb) = match created {
+        type Databases = (SeqDb, MetaDb, SeqDb, TreeDb, TimesDb);
+        let (records, meta, anchors, tree, times): Databases = match created {
             CommitOrAbort::Commit(databases) => databases,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -284,12 +300,29 @@ impl Store {
             meta,
             anchors,
             tree,
+            times,
+            time_max: Mutex::new(None),
             frontier: Mutex::new(frontier),
             log_id,
             sizing,
             resize_gate: RwLock::new(()),
         };
         store.check_head()?;
+        // A store written before the time index (or appended to by such a
+        // tallyd since): index what it lacks now, once.
+        let indexed = store.index_times()?;
+        if indexed > 0 {
+            tracing::info!(
+                records = indexed,
+                "indexed the receive times of records written before the time index"
+            );
+        }
+        let max = {
+            let _gate = store.read_gate();
+            let rtxn = store.env.read_txn()?;
+            store.times_max(&rtxn)?
+        };
+        *store.time_max_lock() = max;
         Ok(store)
     }
 
@@ -344,6 +377,12 @@ impl Store {
             wtxn.commit()
         })();
         written.map_err(|err| self.classify(err.into(), 0))
+    }
+
+    fn time_max_lock(&self) -> std::sync::MutexGuard<'_, Option<i64>> {
+        self.time_max
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn read_gate(&self) -> RwLockReadGuard<'_, ()> {

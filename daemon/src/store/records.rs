@@ -6,8 +6,9 @@ use heed::PutFlags;
 use tally_attest::merkle::Frontier;
 use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
+use super::times::TimeEntries;
 use super::tree::tree_key;
-use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD};
+use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD, META_TIMES_SIZE};
 
 /// A record read back from the store.
 #[derive(Debug, Clone)]
@@ -119,7 +120,8 @@ impl Store {
     /// One write transaction, in this order (docs/DESIGN.md, section 5):
     /// every record with `MDB_APPEND` in seq order and every stored Merkle
     /// node the records complete (`MDB_APPEND` too: nodes are completed in
-    /// key order), then `frontier` and `head`; the commit fsyncs the data
+    /// key order), each batch's `times` entry if it raises the running
+    /// maximum of receive times, then `frontier`, `times_size` and `head`; the commit fsyncs the data
     /// pages and then the meta page. A crash at any point leaves either the
     /// whole transaction or none of it, so `head` always agrees with the
     /// last record. The in-memory frontier follows only a successful commit.
@@ -128,7 +130,11 @@ impl Store {
         // The same keys as `records` (u64 big-endian), encoded here on the
         // stack: heed's U64 codec allocates every key (5% of this thread).
         let records = self.records.remap_key_type::<Bytes>();
+        let mut times = TimeEntries {
+            max: *self.time_max_lock(),
+        };
         for batch in batches {
+            times.put_batch(self, &mut wtxn, batch)?;
             for (seq, record) in batch.records() {
                 records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
             }
@@ -144,9 +150,12 @@ impl Store {
         self.meta
             .put(&mut wtxn, META_FRONTIER, &last.frontier().to_bytes())?;
         self.meta
+            .put(&mut wtxn, META_TIMES_SIZE, &last.tip().size.to_be_bytes())?;
+        self.meta
             .put(&mut wtxn, META_HEAD, &encode_head(last.tip()))?;
         wtxn.commit()?;
         self.frontier().clone_from(last.frontier());
+        *self.time_max_lock() = times.max;
         Ok(())
     }
 
