@@ -551,3 +551,70 @@ fn export_to_a_terminal_is_refused_before_connecting() {
         "refused before connecting: {text}"
     );
 }
+
+/// `tally verify --json` on a range bundle is schema 1 (docs/VERIFY-JSON.md):
+/// the range's fields and the `anchor` and `records` checks, with the
+/// damage's kind and seq when a record was edited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_json_of_a_range_bundle_names_the_checks_and_the_damage() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let daemon = tally_tests::anchored::daemon(&tpm, "");
+    append(&daemon, 0, 40).await;
+    anchor(&daemon);
+    let id = identity(&daemon);
+    let range = export(&daemon, "r.range", &["--from", "10", "--to", "19"]);
+    let json = |path: &str, id: Option<&str>| {
+        let mut args = vec!["verify", path, "--json"];
+        if let Some(id) = id {
+            args.extend(["--identity", id]);
+        }
+        let run = daemon.tally(&args).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(doc["exit_code"], run.code, "{run:?}");
+        doc
+    };
+    let pass = json(&range, Some(&id));
+    assert_eq!(pass["schema"], 1);
+    assert_eq!(pass["verdict"], "pass");
+    assert_eq!(pass["bundle_kind"], "range");
+    assert_eq!(
+        (pass["first_seq"].as_u64(), pass["last_seq"].as_u64()),
+        (Some(10), Some(19))
+    );
+    assert_eq!(pass["tree_size"], 40);
+    let names: Vec<_> = pass["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].clone(), c["status"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("anchor".into(), "pass".into()),
+            ("records".into(), "pass".into())
+        ]
+    );
+
+    let partial = json(&range, None);
+    assert_eq!(partial["verdict"], "partial");
+    assert_eq!(partial["exit_code"], 3);
+    assert_eq!(partial["checks"][0]["status"], "skipped");
+
+    // Root edits the body of the range's fourth record (seq 13): its link to
+    // seq 14 breaks.
+    let mut parts = sections(&std::fs::read(&range).unwrap());
+    let records: Vec<usize> = (0..parts.len()).filter(|&i| parts[i].0 == RECORD).collect();
+    let body = &mut parts[records[3]].1;
+    let last = body.len() - 1;
+    body[last] ^= 1;
+    let tampered = file(&daemon, "t.range");
+    std::fs::write(&tampered, assemble(&parts)).unwrap();
+    let fail = json(&tampered, Some(&id));
+    assert_eq!(fail["verdict"], "fail");
+    let records_check = &fail["checks"][1];
+    assert_eq!(records_check["name"], "records");
+    assert_eq!(records_check["status"], "fail");
+    assert_eq!(records_check["kind"], "link_broken", "{fail}");
+    assert_eq!(records_check["seq"], 14, "{fail}");
+}

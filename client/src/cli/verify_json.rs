@@ -64,7 +64,7 @@ pub fn kind_of(value: &impl Debug) -> String {
 }
 
 /// One check object: name, status, message, then `fields`.
-fn check(name: &str, status: Status, message: String, fields: Value) -> Value {
+pub fn check(name: &str, status: Status, message: String, fields: Value) -> Value {
     let mut object = Map::new();
     object.insert("name".into(), name.into());
     object.insert("status".into(), status.word().into());

@@ -10,10 +10,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde_json::{json, Value};
 use tally_attest::anchor::AnchorPolicy;
-use tally_attest::range::{is_range_bundle, verify_range_bundle, RangeAnchorVerdict, RangeReport};
+use tally_attest::range::{
+    is_range_bundle, verify_range_bundle, RangeAnchorVerdict, RangeDamage, RangeReport,
+};
 use tally_attest::verify::Verdict;
 
 use crate::cli::verify::VerifyArgs;
+use crate::cli::verify_json::{check, kind_of, unreadable_json, verdict_word, Status, SCHEMA};
 
 /// True when the file starts with the range bundle's magic.
 pub fn is_range_file(path: &Path) -> anyhow::Result<bool> {
@@ -44,10 +47,7 @@ pub fn run(args: &VerifyArgs, policy: Option<&AnchorPolicy>) -> anyhow::Result<E
         Ok(report) => report,
         Err(err) => {
             if args.json {
-                println!(
-                    "{}",
-                    json!({"ok": false, "verdict": "fail", "exit_code": 1, "kind": "range", "error": err.to_string()})
-                );
+                println!("{}", unreadable_json(&err, kind_of(&err)));
             } else {
                 println!("bundle readable:    FAILED: {err}");
                 println!("verdict:            FAIL");
@@ -138,38 +138,107 @@ fn print_human(report: &RangeReport, verdict: &Verdict, with_identity: bool) {
     println!("verdict:            {}", verdict_text(verdict));
 }
 
+/// Schema 1 of docs/VERIFY-JSON.md for a range bundle: the range's fields,
+/// and two checks, `anchor` and `records`.
 fn to_json(report: &RangeReport, verdict: &Verdict) -> Value {
-    let word = match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Fail => "fail",
-        Verdict::Partial(_) => "partial",
-    };
     let not_checked: Vec<&str> = match verdict {
         Verdict::Partial(missing) => missing.clone(),
         _ => Vec::new(),
     };
-    let counter = match &report.anchor {
-        RangeAnchorVerdict::Valid { counter, .. }
-        | RangeAnchorVerdict::NotChecked { counter, .. }
-        | RangeAnchorVerdict::WrongLog { counter, .. }
-        | RangeAnchorVerdict::SizeMismatch { counter, .. } => Some(*counter),
-        RangeAnchorVerdict::Invalid(_) => None,
-    };
     let header = &report.header;
+    let proven = report.records.as_ref().ok();
     json!({
-        "ok": *verdict == Verdict::Pass,
-        "verdict": word,
+        "schema": SCHEMA,
+        "verdict": verdict_word(verdict),
         "exit_code": verdict.exit_code(),
-        "kind": "range",
-        "not_checked": not_checked,
+        "ok": *verdict == Verdict::Pass,
+        "bundle_kind": "range",
         "log_id": hex::encode(&header.log_id),
         "first_seq": header.first_seq,
         "last_seq": header.first_seq.saturating_add(header.count).saturating_sub(1),
         "count": header.count,
         "tree_size": header.tree_size,
-        "anchor_counter": counter,
-        "root": report.records.as_ref().ok().map(|proven| hex::encode(proven.root)),
-        "anchor": anchor_line(&report.anchor),
-        "records": records_line(report),
+        "root": proven.map(|proven| hex::encode(proven.root)),
+        "not_checked": not_checked,
+        "checks": [anchor_check(&report.anchor), records_check(report)],
     })
+}
+
+fn anchor_check(verdict: &RangeAnchorVerdict) -> Value {
+    let message = anchor_line(verdict);
+    match verdict {
+        RangeAnchorVerdict::Valid { counter, tree_size } => check(
+            "anchor",
+            Status::Pass,
+            message,
+            json!({"counter": counter, "tree_size": tree_size}),
+        ),
+        RangeAnchorVerdict::NotChecked {
+            counter, tree_size, ..
+        } => check(
+            "anchor",
+            Status::Skipped,
+            message,
+            json!({"counter": counter, "tree_size": tree_size}),
+        ),
+        RangeAnchorVerdict::Invalid(error) => check(
+            "anchor",
+            Status::Fail,
+            message,
+            json!({"kind": "invalid", "cause": kind_of(error)}),
+        ),
+        RangeAnchorVerdict::WrongLog { counter, found } => check(
+            "anchor",
+            Status::Fail,
+            message,
+            json!({"kind": "wrong_log", "counter": counter, "found_log_id": hex::encode(found)}),
+        ),
+        RangeAnchorVerdict::SizeMismatch {
+            counter,
+            checkpoint,
+            header,
+        } => check(
+            "anchor",
+            Status::Fail,
+            message,
+            json!({"kind": "size_mismatch", "counter": counter, "size": checkpoint, "tree_size": header}),
+        ),
+    }
+}
+
+fn records_check(report: &RangeReport) -> Value {
+    let message = records_line(report);
+    match &report.records {
+        Ok(proven) => check(
+            "records",
+            Status::Pass,
+            message,
+            json!({
+                "first_seq": proven.first_seq,
+                "last_seq": proven.last_seq,
+                "tree_size": proven.tree_size,
+                "root": hex::encode(proven.root),
+            }),
+        ),
+        Err(damage) => check("records", Status::Fail, message, damage_fields(damage)),
+    }
+}
+
+/// A damage's kind and the numbers it names.
+fn damage_fields(damage: &RangeDamage) -> Value {
+    let kind = kind_of(damage);
+    match damage {
+        RangeDamage::Malformed { position, .. } => json!({"kind": kind, "position": position}),
+        RangeDamage::WrongSeq {
+            position,
+            expected,
+            found,
+        } => json!({"kind": kind, "position": position, "seq": expected, "found": found}),
+        RangeDamage::LinkBroken { seq } => json!({"kind": kind, "seq": seq}),
+        RangeDamage::Truncated { declared, found } => {
+            json!({"kind": kind, "declared": declared, "found": found})
+        }
+        RangeDamage::Extended { declared } => json!({"kind": kind, "declared": declared}),
+        _ => json!({"kind": kind}),
+    }
 }
