@@ -26,6 +26,7 @@ mod power_loss;
 mod proofs;
 mod shutdown;
 mod systemd;
+mod tail;
 mod tamper;
 mod tpm_evidence;
 mod typed_attributes;
