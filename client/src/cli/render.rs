@@ -183,17 +183,27 @@ fn json_pretty(fields: &[(&str, Value)]) -> String {
 pub struct Sink {
     renderer: Renderer,
     filter: Filter,
-    out: BufWriter<io::StdoutLock<'static>>,
+    /// Stdout, buffered; a test's buffer.
+    out: Box<dyn Write>,
     /// Records offered that did not match.
     skipped: u64,
 }
 
 impl Sink {
     pub fn new(renderer: Renderer, filter: Filter) -> Sink {
+        Sink::to(
+            renderer,
+            filter,
+            Box::new(BufWriter::new(io::stdout().lock())),
+        )
+    }
+
+    /// A sink writing to `out`.
+    pub fn to(renderer: Renderer, filter: Filter, out: Box<dyn Write>) -> Sink {
         Sink {
             renderer,
             filter,
-            out: BufWriter::new(io::stdout().lock()),
+            out,
             skipped: 0,
         }
     }

@@ -305,23 +305,4 @@ impl Shown {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_a_count_or_all() {
-        assert_eq!(parse_lines("3"), Ok(Lines::Last(3)));
-        assert_eq!(parse_lines("0"), Ok(Lines::Last(0)));
-        assert_eq!(parse_lines("all"), Ok(Lines::All));
-        assert!(parse_lines("-3").is_err());
-        assert!(parse_lines("ten").is_err());
-    }
-
-    #[test]
-    fn from_wins_and_the_default_is_the_last_ten() {
-        assert_eq!(Start::of(None, None), Start::Last(10));
-        assert_eq!(Start::of(Some(Lines::Last(3)), None), Start::Last(3));
-        assert_eq!(Start::of(Some(Lines::All), None), Start::From(0));
-        assert_eq!(Start::of(None, Some(5)), Start::From(5));
-    }
-}
+mod tests;
