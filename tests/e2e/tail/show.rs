@@ -202,6 +202,19 @@ async fn show_stops_at_an_edited_or_dropped_record() {
     let run = show(&daemon, path.to_str().unwrap(), &["-n", "1"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert_eq!(run.stdout, "");
+    // Seq 0's previous-hash set to something other than the genesis zeros.
+    let mut genesis = bytes.clone();
+    genesis[at(0) + 9] = 1;
+    let path = daemon.dir().join("genesis.bundle");
+    fs::write(&path, &genesis).unwrap();
+    let run = show(&daemon, path.to_str().unwrap(), &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr
+            .contains("seq 0: its previous-hash is not the genesis value"),
+        "{run:?}"
+    );
     // The intact bundle shows whole.
     assert_eq!(show_seqs(&daemon, &bundle, &[]), (0..6).collect::<Vec<_>>());
 }

@@ -197,3 +197,77 @@ async fn records_a_daemon_sends_against_the_filter_are_not_shown() {
     assert!(seqs.iter().all(|seq| seq % 4 == 0), "{seqs:?}");
     assert_eq!(seqs, [28]);
 }
+
+fn shown() -> (Shown, Shared) {
+    let out = Shared::default();
+    let sink = Sink::to(
+        Renderer::with_zone(Mode::Json, None),
+        Filter::default(),
+        Box::new(out.clone()),
+    );
+    (Shown::new(sink), out)
+}
+
+#[test]
+fn a_record_that_does_not_hold_together_is_refused_before_it_is_shown() {
+    let records = log(4);
+    let refused = |sequence: &[StoredRecord]| {
+        let (mut shown, out) = shown();
+        let (last, before) = sequence.split_last().unwrap();
+        for stored in before {
+            shown.show(stored).unwrap();
+        }
+        let err = shown.show(last).unwrap_err().to_string();
+        let printed = out
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        assert_eq!(printed, before.len(), "{err}");
+        err
+    };
+    // In order, with a gap (a filtered read skips seqs): all shown.
+    let (mut ok, out) = shown();
+    for stored in [&records[0], &records[1], &records[3]] {
+        ok.show(stored).unwrap();
+    }
+    assert_eq!(
+        out.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count(),
+        3
+    );
+    // Repeated, or going back.
+    let err = refused(&[records[0].clone(), records[1].clone(), records[1].clone()]);
+    assert!(err.contains("sent seq 1 after seq 1"), "{err}");
+    // The daemon's entry hash is not the record's.
+    let mut wrong_hash = records[2].clone();
+    wrong_hash.entry_hash = vec![0; 32].into();
+    let err = refused(&[records[1].clone(), wrong_hash]);
+    assert!(err.contains("entry hash does not match"), "{err}");
+    // Served as another seq than its own.
+    let mut moved = records[2].clone();
+    moved.seq = 3;
+    let err = refused(&[moved]);
+    assert!(
+        err.contains("served seq 3 holding a record of seq 2"),
+        "{err}"
+    );
+    // Seq 2 with another previous-hash (and its entry hash to match): the
+    // link to seq 1 is broken.
+    let mut relinked = records[2].clone();
+    let mut bytes = relinked.record.to_vec();
+    bytes[9..41].copy_from_slice(&[7; 32]);
+    relinked.entry_hash = entry_hash(&bytes).to_vec().into();
+    relinked.record = bytes.into();
+    let err = refused(&[records[1].clone(), relinked]);
+    assert!(
+        err.contains("seq 2: its previous-hash is not the entry hash of seq 1"),
+        "{err}"
+    );
+}
