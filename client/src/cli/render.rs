@@ -11,7 +11,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde_json::Value;
 use tally_client::filter;
-use tally_client::proto::Filter;
+use tally_client::proto::{Event, Filter};
 use tally_client::record::{attributes_json, DecodedRecord};
 
 pub mod text;
@@ -119,7 +119,9 @@ pub fn rfc3339_utc(nanos: i64, digits: u8) -> String {
 /// The JSON object's members in their documented order (docs/EVENTS.md).
 /// serde_json's map sorts keys, so the order is kept here as a list.
 fn json_fields(record: &DecodedRecord) -> Vec<(&'static str, Value)> {
-    let event = record.body.event.clone().unwrap_or_default();
+    let none = Event::default();
+    // Borrowed, not cloned: the payload can be large.
+    let event = record.body.event.as_ref().unwrap_or(&none);
     let received = record.body.receive_time_unix_nanos;
     let client_time = event.client_time_unix_nanos;
     let mut fields = vec![
@@ -130,7 +132,7 @@ fn json_fields(record: &DecodedRecord) -> Vec<(&'static str, Value)> {
         ("actor", Value::from(event.actor.as_str())),
         ("subject", Value::from(event.subject.as_str())),
         ("peer", tally_client::record::peer_json(&record.body)),
-        ("attributes", attributes_json(&event)),
+        ("attributes", attributes_json(event)),
         ("content_type", Value::from(event.content_type.as_str())),
         (
             "client_time",
@@ -143,7 +145,7 @@ fn json_fields(record: &DecodedRecord) -> Vec<(&'static str, Value)> {
         ),
         ("client_time_unix_nanos", Value::from(client_time)),
     ];
-    let (key, payload) = tally_client::record::payload_json(&event);
+    let (key, payload) = tally_client::record::payload_json(event);
     fields.push((key, payload));
     fields.push(("entry_hash", Value::from(hex::encode(record.entry_hash))));
     fields.push((

@@ -5,13 +5,15 @@
 //! no client field can produce unquoted.
 
 use tally_client::attributes::{attributes, to_text, AttrRef};
-use tally_client::proto::{attribute_value, peer, RecordBody};
+use tally_client::proto::{attribute_value, peer, Event, RecordBody};
 use tally_client::record::DecodedRecord;
 
 /// One record as one line: `TIME SEQ KIND actor=A subject=S [PEER] K=V...
 /// (N payload bytes)`.
 pub fn line(record: &DecodedRecord, time: &str) -> String {
-    let event = record.body.event.clone().unwrap_or_default();
+    let none = Event::default();
+    // Borrowed, not cloned: the payload can be large.
+    let event = record.body.event.as_ref().unwrap_or(&none);
     let mut out = format!(
         "{time} {seq} {kind} actor={actor} subject={subject} [{peer}]",
         seq = record.header.seq,
@@ -20,7 +22,7 @@ pub fn line(record: &DecodedRecord, time: &str) -> String {
         subject = value(&event.subject),
         peer = peer_text(&record.body),
     );
-    for (key, attribute) in attributes(&event) {
+    for (key, attribute) in attributes(event) {
         let shown = match attribute {
             AttrRef::String(s) => value(s),
             AttrRef::Typed(array @ attribute_value::Value::ArrayValue(_)) => {
