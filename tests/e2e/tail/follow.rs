@@ -21,7 +21,8 @@ fn seqs(lines: &[String]) -> Vec<u64> {
 
 /// -f shows the last N, then new records; the daemon is killed and started
 /// again twice (records appended before, between and after), and the
-/// follower prints each seq of the log exactly once, with one notice per
+/// follower prints each seq of the log exactly once (killed, then stopped
+/// in order), with one notice per
 /// loss on stderr. Ctrl-C ends it with exit 0, its cursor at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_across_daemon_restarts_misses_and_repeats_nothing() {
@@ -46,6 +47,11 @@ async fn follow_across_daemon_restarts_misses_and_repeats_nothing() {
     append(&daemon, events(12, 5)).await;
     printed.extend(follower.take(5));
     for restart in 0..2u64 {
+        // First a crash (SIGKILL), then an orderly stop (SIGTERM: the
+        // daemon may tell its followers it is shutting down).
+        if restart == 1 {
+            daemon.terminate().unwrap();
+        }
         daemon.restart().unwrap();
         // Appended while the follower is still reconnecting (its first
         // retry is 100 ms away) and after.

@@ -232,4 +232,25 @@ async fn tail_filters_are_the_daemons_to_evaluate() {
         tail_seqs(&daemon, &["--actor", "nobody"]),
         Vec::<u64>::new()
     );
+    // A filtered follower gets only the matching new records.
+    let follower = Spawned::start(
+        &daemon,
+        &[
+            "tail",
+            "-f",
+            "-n",
+            "1",
+            "--kind",
+            "model.load",
+            "-o",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(json_lines(&follower.take(1).join("\n"))[0]["seq"], 9);
+    let mut more = events(12, 6);
+    more[4].kind = "model.load".into();
+    append(&daemon, more).await;
+    assert_eq!(json_lines(&follower.take(1).join("\n"))[0]["seq"], 16);
+    follower.assert_quiet();
 }
