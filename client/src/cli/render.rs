@@ -216,12 +216,14 @@ impl Sink {
     }
 
     /// Prints `record` if it passes the filter; returns whether it did.
-    pub fn offer(&mut self, record: &DecodedRecord) -> io::Result<bool> {
+    pub fn offer(&mut self, record: &DecodedRecord) -> Result<bool, OutputError> {
         if !self.matches(record) {
             self.skipped += 1;
             return Ok(false);
         }
-        self.renderer.write(&mut self.out, record)?;
+        self.renderer
+            .write(&mut self.out, record)
+            .map_err(OutputError::of)?;
         Ok(true)
     }
 
@@ -232,13 +234,36 @@ impl Sink {
 
     /// Writes out what is buffered (after each batch, so a follower's
     /// reader sees records as they come).
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        self.out.flush().map_err(OutputError::of)
+    }
+}
+
+/// Why the output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The reader went away (`| head`): not a failure of the command. Its
+    /// own variant, so a broken pipe elsewhere (the daemon's socket) is not
+    /// mistaken for it.
+    #[error("stdout was closed")]
+    Closed,
+    #[error("cannot write the output: {0}")]
+    Write(io::Error),
+}
+
+impl OutputError {
+    fn of(err: io::Error) -> OutputError {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            OutputError::Closed
+        } else {
+            OutputError::Write(err)
+        }
     }
 }
 
 /// Ends a command quietly when its reader went away (`tally tail | head`):
-/// a write or flush to a closed pipe is success, not an error to report.
+/// a write or flush to a closed stdout ([`OutputError::Closed`]) is success,
+/// not an error to report.
 pub fn quiet_on_closed_stdout(result: anyhow::Result<()>) -> anyhow::Result<()> {
     match result {
         Err(err) if is_broken_pipe(&err) => Ok(()),
@@ -247,11 +272,8 @@ pub fn quiet_on_closed_stdout(result: anyhow::Result<()>) -> anyhow::Result<()> 
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
-    })
+    err.chain()
+        .any(|cause| matches!(cause.downcast_ref(), Some(OutputError::Closed)))
 }
 
 #[cfg(test)]

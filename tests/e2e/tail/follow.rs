@@ -128,3 +128,49 @@ async fn a_cursor_resumes_where_the_last_run_stopped_and_only_on_its_log() {
     );
     assert_eq!(fs::read_to_string(cursor).unwrap(), "next=3\n");
 }
+
+/// A follower whose socket is taken over by a daemon of another log (a
+/// fresh data directory) does not resume there, where its seq would name
+/// other records: it stops with exit 2, naming both logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_does_not_resume_on_another_log() {
+    let mut daemon = Daemon::start(DaemonOpts::default()).unwrap();
+    append(&daemon, events(0, 3)).await;
+    let log_id = hex::encode(&daemon.client().await.unwrap().server_hello().log_id);
+    let mut follower = Spawned::start(&daemon, &["tail", "-f", "-o", "json"], &[]);
+    follower.take(3);
+    daemon.kill().unwrap();
+    let other_data = daemon.dir().join("other-data");
+    let mut other = std::process::Command::new(tally_tests::binary("tallyd").unwrap())
+        .arg("--data-dir")
+        .arg(&other_data)
+        .arg("--socket")
+        .arg(daemon.socket())
+        .arg("--config")
+        .arg(daemon.config_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = follower.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut follower.child.stderr.take().unwrap(), &mut stderr)
+            .unwrap();
+        (status.code(), stderr)
+    });
+    let (code, stderr) = tokio::time::timeout(std::time::Duration::from_secs(30), status)
+        .await
+        .expect("the follower kept going on another log")
+        .unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("tally: lost the daemon ("), "{stderr}");
+    assert!(
+        stderr.contains("the daemon now serves another log (")
+            && stderr.contains(&format!(", was {log_id}); not resuming")),
+        "{stderr}"
+    );
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use tally_client::proto::{ErrorCode, Filter};
-use tally_client::ClientError;
+use tally_client::{ClientError, Follow};
 
 use super::{Cursor, Shown};
 use crate::cli::connect::{connect, AnyClient, Target};
@@ -63,41 +63,60 @@ async fn follow(
     log_id: &[u8],
 ) -> anyhow::Result<()> {
     loop {
-        let mut stream = client.follow_where(from, filter.clone()).await?;
-        let mut unflushed = false;
-        let lost = loop {
-            // After a record, take the ones already received without
-            // waiting, then flush and save once for the batch.
-            let next = if unflushed {
-                match tokio::time::timeout(Duration::ZERO, stream.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        end_batch(shown, cursor, stream.resume_seq())?;
-                        unflushed = false;
-                        continue;
-                    }
-                }
-            } else {
-                stream.next().await
-            };
-            match next {
-                Ok(stored) => {
-                    shown.show(&stored)?;
-                    unflushed = true;
-                }
-                Err(err) if is_lost(&err) => break err,
-                Err(err) => return Err(err.into()),
+        // Lost before the stream started (the daemon went away between the
+        // connect and the request) or while it ran: reconnect either way.
+        let lost = match client.follow_where(from, filter.clone()).await {
+            Ok(stream) => {
+                let (lost, resume) = stream_until_lost(stream, shown, cursor).await?;
+                from = resume;
+                lost
             }
+            Err(err) if is_lost(&err) => err,
+            Err(err) => return Err(err.into()),
         };
-        from = stream.resume_seq();
-        if unflushed {
-            end_batch(shown, cursor, from)?;
-        }
-        drop(stream);
         eprintln!("tally: lost the daemon ({lost}); reconnecting");
         client = reconnect(target, log_id).await?;
         eprintln!("tally: resumed at seq {from}");
     }
+}
+
+/// Shows what `stream` sends until the connection is lost; returns why,
+/// and the seq to resume at.
+async fn stream_until_lost(
+    mut stream: Follow<Box<dyn crate::cli::connect::Stream>>,
+    shown: &mut Shown,
+    cursor: Option<&Cursor>,
+) -> anyhow::Result<(ClientError, u64)> {
+    let mut unflushed = false;
+    let lost = loop {
+        // After a record, take the ones already received without waiting,
+        // then flush and save once for the batch.
+        let next = if unflushed {
+            match tokio::time::timeout(Duration::ZERO, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    end_batch(shown, cursor, stream.resume_seq())?;
+                    unflushed = false;
+                    continue;
+                }
+            }
+        } else {
+            stream.next().await
+        };
+        match next {
+            Ok(stored) => {
+                shown.show(&stored)?;
+                unflushed = true;
+            }
+            Err(err) if is_lost(&err) => break err,
+            Err(err) => return Err(err.into()),
+        }
+    };
+    let resume = stream.resume_seq();
+    if unflushed {
+        end_batch(shown, cursor, resume)?;
+    }
+    Ok((lost, resume))
 }
 
 fn end_batch(shown: &mut Shown, cursor: Option<&Cursor>, next: u64) -> anyhow::Result<()> {
