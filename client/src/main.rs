@@ -66,20 +66,14 @@ enum Command {
     /// Prints one ack per event (seq and entry hash) once it is durable.
     /// Exit 4: some --stdin lines refused (named), the others stored.
     Append(cli::append::AppendArgs),
-    /// Print stored records; with --follow, keep printing new ones.
-    Tail {
-        /// First seq to print.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-        /// Keep following the log as it grows.
-        #[arg(long, short)]
-        follow: bool,
-        /// One JSON object per line instead of text.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        filter: cli::select::FilterArgs,
-    },
+    /// Print the last records (10; -n N, --from SEQ, --cursor FILE), checking
+    /// each; with -f, keep printing new ones, across daemon restarts.
+    /// Filters: --since/--until, --kind, --actor, --subject, --attr.
+    Tail(cli::tail::TailArgs),
+    /// Display an exported bundle's records offline (no daemon, no TPM), with
+    /// tail's output modes and filters. `show` displays (checking each
+    /// record's link to the one before); `verify` proves.
+    Show(cli::show::ShowArgs),
     /// Export the whole log into a self-contained bundle file, or a range of
     /// it (--from/--to/--since/--until) into a range bundle that verifies alone.
     Export(cli::export::ExportArgs),
@@ -183,12 +177,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => return cli::append::run(&target, args).await,
-        Command::Tail {
-            from,
-            follow,
-            json,
-            filter,
-        } => cli::tail::run(&target, from, follow, json, &filter.filter()?).await?,
+        Command::Tail(args) => cli::tail::run(&target, &args).await?,
+        Command::Show(args) => cli::show::run(&args)?,
         Command::Export(args) => cli::export::run(&target, &args).await?,
         Command::Status { json } => cli::status::run(&target, json).await?,
     }

@@ -2,10 +2,10 @@
 //! chain is checked over the raw bytes (see `tally_attest::record`).
 
 use prost::Message;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tally_attest::{entry_hash, RecordHeader};
 
-use crate::attributes::{attr_to_json, attributes, to_text, AttrRef};
+use crate::attributes::{attr_to_json, attributes};
 use crate::proto::{peer, Event, RecordBody};
 
 /// Why stored bytes could not be shown as an event.
@@ -36,71 +36,6 @@ pub fn decode(record: &[u8]) -> Result<DecodedRecord, DecodeError> {
     })
 }
 
-impl DecodedRecord {
-    /// A JSON object with every field; the payload as UTF-8 text when it is
-    /// valid UTF-8, else base64 under `payload_b64`. `attributes` holds both
-    /// of the event's attribute fields (see [`attributes_json`]).
-    pub fn to_json(&self) -> Value {
-        let event = self.body.event.clone().unwrap_or_default();
-        let mut out = Map::new();
-        out.insert("seq".into(), json!(self.header.seq));
-        out.insert("entry_hash".into(), json!(hex::encode(self.entry_hash)));
-        out.insert(
-            "prev_hash".into(),
-            json!(hex::encode(self.header.prev_hash)),
-        );
-        out.insert(
-            "receive_time_unix_nanos".into(),
-            json!(self.body.receive_time_unix_nanos),
-        );
-        out.insert("peer".into(), peer_json(&self.body));
-        out.insert("kind".into(), json!(event.kind));
-        out.insert("actor".into(), json!(event.actor));
-        out.insert("subject".into(), json!(event.subject));
-        out.insert("attributes".into(), attributes_json(&event));
-        out.insert("content_type".into(), json!(event.content_type));
-        out.insert(
-            "client_time_unix_nanos".into(),
-            json!(event.client_time_unix_nanos),
-        );
-        match String::from_utf8(event.payload) {
-            Ok(text) => out.insert("payload".into(), json!(text)),
-            Err(err) => {
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(err.into_bytes());
-                out.insert("payload_b64".into(), json!(b64))
-            }
-        };
-        Value::Object(out)
-    }
-
-    /// One human-readable line.
-    pub fn to_line(&self) -> String {
-        let event = self.body.event.clone().unwrap_or_default();
-        let attributes: Vec<String> = attributes(&event)
-            .map(|(key, value)| {
-                let text = match value {
-                    AttrRef::String(s) => escape_controls(s),
-                    AttrRef::Typed(typed) => escape_controls(&to_text(typed)),
-                };
-                format!("{}={text}", escape_controls(key))
-            })
-            .collect();
-        format!(
-            "{seq:>8} {hash} {peer} {kind} actor={actor} subject={subject}{sep}{attrs} ({len} payload bytes)",
-            seq = self.header.seq,
-            hash = &hex::encode(self.entry_hash)[..16],
-            peer = peer_text(&self.body),
-            kind = escape_controls(&event.kind),
-            actor = escape_controls(&event.actor),
-            subject = escape_controls(&event.subject),
-            sep = if attributes.is_empty() { "" } else { " " },
-            attrs = attributes.join(" "),
-            len = event.payload.len(),
-        )
-    }
-}
-
 /// The event's attributes, string map and typed list, as one JSON object:
 /// string-map values as strings, typed values as [`crate::attributes::to_json`]
 /// gives them (812 as the number 812). Keys in byte order, whichever field
@@ -118,25 +53,41 @@ pub fn attributes_json(event: &Event) -> Value {
     )
 }
 
-/// `text` with control characters (a newline, an escape sequence) written
-/// as Rust escapes, so one record stays one line and cannot drive the
-/// terminal.
-fn escape_controls(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_owned();
+/// The payload for JSON output, as (key, value): under `payload`, the
+/// parsed JSON when the content type is JSON (`application/json` or
+/// `+json`, parameters ignored) and the bytes parse, else the UTF-8 text;
+/// under `payload_b64`, base64, when it is not UTF-8. Parsed JSON is the
+/// value, not the bytes (spacing and number spelling are not kept).
+pub fn payload_json(event: &Event) -> (&'static str, Value) {
+    if is_json_type(&event.content_type) {
+        if let Ok(value) = serde_json::from_slice::<Value>(&event.payload) {
+            return ("payload", value);
+        }
     }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    match std::str::from_utf8(&event.payload) {
+        Ok(text) => ("payload", json!(text)),
+        Err(_) => {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&event.payload);
+            ("payload_b64", json!(b64))
+        }
+    }
 }
 
-fn peer_json(body: &RecordBody) -> Value {
+/// `application/json`, `application/ld+json`, `text/json; charset=utf-8`...
+fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+/// The peer the kernel reported for the appending connection, as JSON:
+/// `{"unix": {uid, gid, pid}}`, `{"vsock": {cid, port}}`, or null.
+pub fn peer_json(body: &RecordBody) -> Value {
     match body.peer.as_ref().and_then(|peer| peer.kind.as_ref()) {
         Some(peer::Kind::Unix(unix)) => {
             json!({"unix": {"uid": unix.uid, "gid": unix.gid, "pid": unix.pid}})
@@ -146,43 +97,15 @@ fn peer_json(body: &RecordBody) -> Value {
     }
 }
 
-fn peer_text(body: &RecordBody) -> String {
-    match body.peer.as_ref().and_then(|peer| peer.kind.as_ref()) {
-        Some(peer::Kind::Unix(unix)) => format!("uid={} pid={}", unix.uid, unix.pid),
-        Some(peer::Kind::Vsock(vsock)) => format!("cid={} port={}", vsock.cid, vsock.port),
-        None => "peer=?".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::attributes::attribute;
-    use crate::proto::{attribute_value::Value as V, ArrayValue, AttributeValue, UnixPeer};
+    use crate::proto::{attribute_value::Value as V, ArrayValue, AttributeValue};
 
-    fn record_of(event: Event) -> DecodedRecord {
-        let body = RecordBody {
-            receive_time_unix_nanos: 1,
-            peer: Some(crate::proto::Peer {
-                kind: Some(peer::Kind::Unix(UnixPeer {
-                    uid: 1,
-                    gid: 2,
-                    pid: 3,
-                })),
-            }),
-            event: Some(event),
-        };
-        let mut bytes = Vec::new();
-        RecordHeader {
-            seq: 7,
-            prev_hash: [0; 32],
-        }
-        .encode_into(&mut bytes);
-        body.encode(&mut bytes).unwrap();
-        decode(&bytes).unwrap()
-    }
-
-    fn typed_event() -> Event {
+    /// One attribute of each kind, for the display tests (here and in the
+    /// CLI's renderer).
+    pub fn typed_event() -> Event {
         Event {
             kind: "gen_ai.chat".into(),
             attributes: [("model".to_owned(), "812".to_owned())].into(),
@@ -206,11 +129,10 @@ mod tests {
 
     #[test]
     fn json_holds_typed_values_beside_the_string_map_in_key_order() {
-        let json = record_of(typed_event()).to_json();
-        let attributes = &json["attributes"];
+        let attributes = attributes_json(&typed_event());
         assert_eq!(
             attributes,
-            &json!({
+            json!({
                 "b": true,
                 "gen_ai.usage.input_tokens": 812,
                 "model": "812",
@@ -238,56 +160,43 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_string_map_only_event_shows_as_before() {
-        let event = Event {
-            kind: "prompt".into(),
-            actor: "agent-7".into(),
-            attributes: [("model_id".to_owned(), "llama".to_owned())].into(),
+    fn payload(content_type: &str, bytes: &[u8]) -> (&'static str, Value) {
+        payload_json(&Event {
+            content_type: content_type.into(),
+            payload: bytes.to_vec(),
             ..Default::default()
-        };
-        let record = record_of(event);
-        assert_eq!(record.to_json()["attributes"], json!({"model_id": "llama"}));
-        assert!(
-            record.to_line().ends_with(
-                " uid=1 pid=3 prompt actor=agent-7 subject= model_id=llama (0 payload bytes)"
-            ),
-            "{}",
-            record.to_line()
-        );
+        })
     }
 
     #[test]
-    fn the_line_shows_typed_values_as_text_and_escapes_controls() {
-        let line = record_of(typed_event()).to_line();
-        assert!(
-            line.ends_with(
-                " model=812 gen_ai.usage.input_tokens=812 b=true ratio=NaN raw=base64:/w== tags=[\"a\\nb\"] (0 payload bytes)"
-            ),
-            "{line}"
+    fn a_json_payload_is_json_and_anything_else_text_or_base64() {
+        let doc = br#"{"b": [1, 2], "a": "x"}"#;
+        let parsed = json!({"a": "x", "b": [1, 2]});
+        assert_eq!(
+            payload("application/json", doc),
+            ("payload", parsed.clone())
         );
-        let mut event = typed_event();
-        event
-            .typed_attributes
-            .push(attribute("esc", V::StringValue("x\u{1b}[2Jy\n".into())));
-        let line = record_of(event).to_line();
-        assert!(line.contains(" esc=x\\u{1b}[2Jy\\n "), "{line}");
-        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
-        // Every field a client chose: a forged second line or a terminal
-        // escape in kind, actor or subject is shown escaped too.
-        let mut event = typed_event();
-        event.kind = "k\n       9 0000000000000000 uid=0 pid=1 tally.fake".into();
-        event.actor = "a\u{1b}]0;title\u{7}".into();
-        event.subject = "s\r".into();
-        let line = record_of(event).to_line();
-        assert!(
-            !line.contains(['\n', '\r', '\u{1b}', '\u{7}']),
-            "a control character got through: {line:?}"
+        assert_eq!(
+            payload("Application/JSON; charset=utf-8", doc),
+            ("payload", parsed.clone())
         );
-        assert!(line.contains(" k\\n       9 "), "{line}");
-        assert!(
-            line.contains(" actor=a\\u{1b}]0;title\\u{7} subject=s\\r "),
-            "{line}"
+        assert_eq!(payload("application/ld+json", doc), ("payload", parsed));
+        // JSON bytes under another type, and a JSON type that does not parse,
+        // stay text: the content type is the client's claim, checked here.
+        let text = json!(std::str::from_utf8(doc).unwrap());
+        assert_eq!(payload("text/plain", doc), ("payload", text));
+        assert_eq!(
+            payload("application/json", b"{not json"),
+            ("payload", json!("{not json"))
+        );
+        assert_eq!(payload("application/jsonx", b"1"), ("payload", json!("1")));
+        assert_eq!(
+            payload("application/octet-stream", &[0, 1, 2, 0xff]),
+            ("payload_b64", json!("AAEC/w=="))
+        );
+        assert_eq!(
+            payload("application/json", &[0xff]),
+            ("payload_b64", json!("/w=="))
         );
     }
 }

@@ -30,6 +30,7 @@ mod range_export;
 mod readme;
 mod shutdown;
 mod systemd;
+mod tail;
 mod tamper;
 mod tpm_evidence;
 mod typed_attributes;

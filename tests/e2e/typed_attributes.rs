@@ -183,10 +183,10 @@ async fn a_string_map_only_event_is_shown_as_before() -> anyhow::Result<()> {
     let tailed = tail_json(&daemon)?;
     assert_eq!(tailed[0]["attributes"], json!({"i": "812"}));
     let run = ok(daemon.tally(&["tail"])?);
+    let line = run.stdout.trim_end();
     assert!(
-        run.stdout
-            .trim_end()
-            .ends_with(" test.event actor=tally-e2e subject=event-812 i=812 (256 payload bytes)"),
+        line.contains(" test.event actor=tally-e2e subject=event-812 [uid=")
+            && line.ends_with("] i=812 (256 payload bytes)"),
         "{run:?}"
     );
     Ok(())
