@@ -618,3 +618,40 @@ async fn verify_json_of_a_range_bundle_names_the_checks_and_the_damage() {
     assert_eq!(records_check["kind"], "link_broken", "{fail}");
     assert_eq!(records_check["seq"], 14, "{fail}");
 }
+
+/// `tally show` reads a range bundle as it reads a whole-log one: the
+/// range's records, in tail's output, offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_displays_a_range_bundle_as_tail_shows_the_same_seqs() {
+    let Some(tpm) = Swtpm::start() else { return };
+    let mut daemon = tally_tests::anchored::daemon(&tpm, "");
+    append(&daemon, 0, 30).await;
+    anchor(&daemon);
+    let range = export(&daemon, "s.range", &["--from", "10", "--to", "19"]);
+    let tail = ok(
+        daemon
+            .tally(&["tail", "--from", "10", "-o", "json"])
+            .unwrap(),
+        "tail",
+    );
+    daemon.terminate().unwrap();
+    let shown = ok(
+        daemon.tally(&["show", &range, "-o", "json"]).unwrap(),
+        "show",
+    );
+    let expected: String = tail
+        .lines()
+        .take(10)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(shown, expected);
+    let seqs: Vec<u64> = shown
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (10..20).collect::<Vec<_>>());
+}

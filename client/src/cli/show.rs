@@ -4,16 +4,19 @@
 //! prove: it checks each record's link to the one before it as it streams
 //! (a damaged bundle stops it at the first bad record, after the ones
 //! before it were shown), but not the anchors, the counter or the log's
-//! identity. That is `tally verify`'s work.
+//! identity. That is `tally verify`'s work. A range bundle (`tally export
+//! --from/--since ...`) is shown the same way; its first record's link to
+//! the record before it, which the bundle does not hold, is for `verify`.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
 use tally_attest::bundle::BundleReader;
+use tally_attest::range::{is_range_bundle, RangeReader};
 use tally_attest::GENESIS_PREV;
 use tally_client::record::{self, DecodedRecord};
 
@@ -24,7 +27,7 @@ use crate::cli::tail::{parse_lines, Lines};
 /// `tally show`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct ShowArgs {
-    /// The bundle (from `tally export`).
+    /// The bundle (from `tally export`: the whole log, or a range).
     pub bundle: PathBuf,
     /// Show only the last N matching records; `all` (the default): every one.
     #[arg(long = "lines", short = 'n', value_name = "N|all", value_parser = parse_lines)]
@@ -47,6 +50,8 @@ pub enum LinkError {
     PrevHash { previous: u64, seq: u64 },
     #[error("seq 0: its previous-hash is not the genesis value (zeros); run `tally verify` on the bundle")]
     Genesis,
+    #[error("the bundle's first record is seq {seq}, its header says seq {expected}; run `tally verify` on the bundle")]
+    First { expected: u64, seq: u64 },
 }
 
 /// Runs `tally show`.
@@ -59,7 +64,7 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     let path = &args.bundle;
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader =
-        BundleReader::new(BufReader::new(file)).with_context(|| format!("{}", path.display()))?;
+        Bundle::open(BufReader::new(file)).with_context(|| format!("{}", path.display()))?;
     let mut sink = Sink::new(Renderer::new(&args.output), filter);
     let from = args.from.unwrap_or(0);
     // -n N keeps the newest N matches seen so far; memory is N records.
@@ -79,6 +84,13 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             let after = previous.map_or("the start".into(), |(seq, _)| format!("seq {seq}"));
             format!("{}: the record after {after}", path.display())
         })?;
+        if previous.is_none() && decoded.header.seq != reader.first_seq() {
+            return Err(LinkError::First {
+                expected: reader.first_seq(),
+                seq: decoded.header.seq,
+            }
+            .into());
+        }
         check_link(previous, &decoded)?;
         previous = Some((decoded.header.seq, decoded.entry_hash));
         if decoded.header.seq < from {
@@ -105,6 +117,38 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     }
     sink.flush()?;
     Ok(())
+}
+
+/// A whole-log bundle or a range bundle, told apart by their magic.
+enum Bundle<R: BufRead> {
+    Log(BundleReader<R>),
+    Range(RangeReader<R>),
+}
+
+impl<R: BufRead> Bundle<R> {
+    fn open(mut input: R) -> anyhow::Result<Bundle<R>> {
+        if is_range_bundle(input.fill_buf()?) {
+            Ok(Bundle::Range(RangeReader::new(input)?))
+        } else {
+            Ok(Bundle::Log(BundleReader::new(input)?))
+        }
+    }
+
+    /// The next record's bytes into `buf`; false after the last.
+    fn next_record(&mut self, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
+        Ok(match self {
+            Bundle::Log(reader) => reader.next_record(buf)?,
+            Bundle::Range(reader) => reader.next_record(buf)?,
+        })
+    }
+
+    /// The seq the first record must have.
+    fn first_seq(&self) -> u64 {
+        match self {
+            Bundle::Log(_) => 0,
+            Bundle::Range(reader) => reader.header().first_seq,
+        }
+    }
 }
 
 /// `record` follows `previous` in a chain: the next seq, linked by its
