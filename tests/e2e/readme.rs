@@ -9,9 +9,7 @@
 //! data directory and socket; the TPM is the swtpm's, through `TCTI` (which
 //! tallyd reads when `tpm.tcti` is unset, as a real TPM's device would be
 //! found). Each command must exit 0, except one whose comment says it runs
-//! "until killed": it runs for 3 s and is then killed. The part between the
-//! `# -- issue 14's reading commands` and `# -- end of` markers is skipped
-//! (and reported as skipped) until those commands are on main.
+//! "until killed": it runs for 3 s and is then killed.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,8 +19,6 @@ use tally_tests::swtpm::Swtpm;
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/tally";
 const DEFAULT_SOCKET: &str = "/run/tally/tally.sock";
-const GATE_START: &str = "# -- issue 14's reading commands";
-const GATE_END: &str = "# -- end of issue 14's reading commands";
 
 /// One shell command of the block (continuation lines joined).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +35,8 @@ fn using_it_block(readme: &str) -> &str {
     &section[start..end]
 }
 
-/// The block's commands, and the gated ones (skipped).
-fn steps(block: &str, data_dir: &str, socket: &str) -> (Vec<Step>, Vec<String>) {
+/// The block's commands.
+fn steps(block: &str, data_dir: &str, socket: &str) -> Vec<Step> {
     let mut joined = Vec::new();
     let mut current = String::new();
     for line in block.lines() {
@@ -51,23 +47,10 @@ fn steps(block: &str, data_dir: &str, socket: &str) -> (Vec<Step>, Vec<String>) 
         current.push_str(line);
         joined.push(std::mem::take(&mut current));
     }
-    let (mut run, mut gated) = (Vec::new(), Vec::new());
-    let mut in_gate = false;
+    let mut run = Vec::new();
     for line in joined {
         let trimmed = line.trim();
-        if trimmed.starts_with(GATE_START) {
-            in_gate = true;
-            continue;
-        }
-        if trimmed.starts_with(GATE_END) {
-            in_gate = false;
-            continue;
-        }
         if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        if in_gate {
-            gated.push(trimmed.to_owned());
             continue;
         }
         if trimmed.starts_with("cargo build") || trimmed.starts_with("export PATH=") {
@@ -89,8 +72,7 @@ fn steps(block: &str, data_dir: &str, socket: &str) -> (Vec<Step>, Vec<String>) 
             text,
         });
     }
-    assert!(!in_gate, "the README's gated part has no end marker");
-    (run, gated)
+    run
 }
 
 /// A bash script running each step in order, in one shell (variables and
@@ -122,14 +104,12 @@ fn script(steps: &[Step], dir: &Path) -> String {
 }
 
 #[test]
-fn the_readme_block_is_read_with_its_substitutions_and_gate() {
+fn the_readme_block_is_read_with_its_substitutions() {
     let block = "cargo build --release\nexport PATH=\"$PWD/target/release:$PATH\"\n\
                  export TALLYD_DATA_DIR=/var/lib/tally TALLY_SOCKET=/run/tally/tally.sock\n\
                  # a comment\ntally append --kind a \\\n    --actor b\n\
-                 tally tail --follow   # until killed\n\
-                 # -- issue 14's reading commands: ...\ntally show x\n\
-                 # -- end of issue 14's reading commands --\ntallyd check\n";
-    let (run, gated) = steps(block, "/tmp/d", "/tmp/s.sock");
+                 tally tail --follow   # until killed\ntallyd check\n";
+    let run = steps(block, "/tmp/d", "/tmp/s.sock");
     let texts: Vec<&str> = run.iter().map(|step| step.text.as_str()).collect();
     assert_eq!(
         texts,
@@ -141,7 +121,6 @@ fn the_readme_block_is_read_with_its_substitutions_and_gate() {
         ]
     );
     assert!(run[2].long_running && !run[1].long_running);
-    assert_eq!(gated, ["tally show x"]);
 }
 
 #[test]
@@ -159,7 +138,7 @@ fn the_using_it_block_runs_as_written() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let socket = dir.path().join("tally.sock");
-    let (steps, gated) = steps(
+    let steps = steps(
         using_it_block(&readme),
         &data_dir.display().to_string(),
         &socket.display().to_string(),
@@ -210,13 +189,11 @@ fn the_using_it_block_runs_as_written() {
     assert!(stdout.contains("OK: log "), "{stdout}");
     assert!(stdout.contains("verdict:            PASS"), "{stdout}");
     assert!(
+        stdout.contains("proven against the anchored log of"),
+        "the range bundle verified: {stdout}"
+    );
+    assert!(dir.path().join("ten.tally").metadata().unwrap().len() > 0);
+    assert!(
         data_dir.join("tpm/identity.json").is_file() || dir.path().join("identity.json").is_file()
     );
-    if !gated.is_empty() {
-        skip(
-            Needs::ThisMachine,
-            Part::Only("the README's issue 14 reading commands (not on main yet)"),
-            &format!("{} gated commands: {}", gated.len(), gated.join(" | ")),
-        );
-    }
 }

@@ -45,12 +45,12 @@ pub struct ExportArgs {
     /// Start the range at the first record received at or after TIME
     /// (RFC 3339, "2026-12-01 10:00" local, "-1h", "yesterday", @UNIX).
     /// Needs a daemon that evaluates read filters.
-    #[arg(long, short = 'S', value_name = "TIME")]
+    #[arg(long, short = 'S', value_name = "TIME", allow_hyphen_values = true)]
     pub since: Option<String>,
     /// End the range at the last record received before TIME (exclusive:
     /// a record received at exactly TIME is not in it). Combined with --to,
     /// the earlier end wins.
-    #[arg(long, short = 'U', value_name = "TIME")]
+    #[arg(long, short = 'U', value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
 }
 
