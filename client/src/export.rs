@@ -92,16 +92,35 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     path: &Path,
     progress: impl FnMut(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
-    let partial = path.with_extension("partial");
+    let partial = partial_path(path);
     let file = File::create(&partial).map_err(|source| ExportError::Write {
         path: partial.clone(),
         source,
     })?;
     let out = BufWriter::with_capacity(1 << 20, file);
-    let (mut summary, out) = export_to(client, out, &partial, progress).await?;
+    let (mut summary, out) = export_to(client, out, &partial, progress)
+        .await
+        .inspect_err(|_| remove_partial(&partial))?;
     commit_file(out, &partial, path)?;
     summary.path = path.to_owned();
     Ok(summary)
+}
+
+/// `FILE.partial`, beside `FILE`: the name an export writes under until it
+/// is complete (appended, not an extension replaced, so `a.tally` and
+/// `a.range` never share one).
+pub(crate) fn partial_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".partial");
+    name.into()
+}
+
+/// Removes the partial file of an export that failed (refused by the
+/// daemon, a damaged chain, ...): it is not a bundle, and leaving it would
+/// look like one half-written. A failure to remove it is not the error
+/// worth reporting.
+pub(crate) fn remove_partial(partial: &Path) {
+    let _ = fs::remove_file(partial);
 }
 
 /// Syncs the finished `partial` file and renames it to `path`.

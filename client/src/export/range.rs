@@ -20,7 +20,7 @@ use tally_attest::range::{RangeHeader, RangeWriter, RANGE_FORMAT_VERSION};
 use tally_attest::{entry_hash, RecordHeader};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::export::{commit_file, ExportError, Inconsistency};
+use crate::export::{commit_file, partial_path, remove_partial, ExportError, Inconsistency};
 use crate::{proto, Client, ClientError};
 
 /// What a range export wrote.
@@ -81,13 +81,15 @@ pub async fn export_range<S: AsyncRead + AsyncWrite + Unpin>(
     last: Option<u64>,
     path: &Path,
 ) -> Result<RangeSummary, RangeError> {
-    let partial = path.with_extension("partial");
+    let partial = partial_path(path);
     let file = File::create(&partial).map_err(|source| ExportError::Write {
         path: partial.clone(),
         source,
     })?;
     let out = BufWriter::with_capacity(1 << 20, file);
-    let (summary, out) = export_range_to(client, first, last, out, &partial).await?;
+    let (summary, out) = export_range_to(client, first, last, out, &partial)
+        .await
+        .inspect_err(|_| remove_partial(&partial))?;
     commit_file(out, &partial, path)?;
     Ok(summary)
 }
