@@ -50,7 +50,7 @@ fn flip(time: i64) -> u64 {
     (time as u64) ^ (1 << 63)
 }
 
-fn unflip(bits: u64) -> i64 {
+pub(super) fn unflip(bits: u64) -> i64 {
     (bits ^ (1 << 63)) as i64
 }
 
@@ -147,6 +147,20 @@ impl Store {
                 .map_err(|_| StoreError::CorruptMeta("a times key is not 16 bytes"))
         })
         .transpose()
+    }
+
+    /// Drops the index (every entry and `times_size`) in one transaction,
+    /// so that [`Store::index_times`] builds it anew from the records: the
+    /// repair when `tallyd check` finds it unsound. Returns the entries
+    /// dropped.
+    pub(super) fn drop_times(&self) -> Result<u64, StoreError> {
+        let _gate = self.read_gate();
+        let mut wtxn = self.env.write_txn()?;
+        let dropped = self.times.len(&wtxn)?;
+        self.times.clear(&mut wtxn)?;
+        self.meta.delete(&mut wtxn, META_TIMES_SIZE)?;
+        wtxn.commit()?;
+        Ok(dropped)
     }
 
     /// Indexes the records the index does not cover yet (a store written
