@@ -31,6 +31,7 @@ mod readme;
 mod shutdown;
 mod systemd;
 mod tamper;
+mod times_index;
 mod tpm_evidence;
 mod typed_attributes;
 mod vsock;

@@ -45,21 +45,21 @@ mod space;
 mod tests;
 #[cfg(test)]
 mod tests_scan;
-mod times;
-mod times_check;
 #[cfg(test)]
 mod tests_times_check;
+mod times;
+mod times_check;
 mod tree;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
 pub use records::StoredRecord;
 pub use scan::{Scan, ScanPage};
-pub use times_check::TimesFault;
 pub use space::{
     free_bytes, is_out_of_space, watch_space, DiskSpace, OutOfSpace, SpaceReport,
     SPACE_CHECK_INTERVAL,
 };
+pub use times_check::TimesFault;
 
 use records::encode_head;
 
