@@ -418,3 +418,32 @@ fn any_single_edit_that_passes_leaves_every_seek_exact() {
     }
     assert!(refused > 30, "only {refused} edits refused");
 }
+
+#[test]
+fn a_fault_names_the_entry_its_seq_and_the_times_in_rfc_3339() {
+    //! The operator reads this in `tallyd check`'s error.
+    let (_dir, store) = stepped();
+    replace(&store, (21, 3), (21, 4));
+    let text = store.verify().unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "entry 1 (max 1970-01-01T00:00:00.000000021Z, seq 4): the records before seq 4 were \
+             received up to 1970-01-01T00:00:00.00000002Z, entry 0 says up to \
+             1970-01-01T00:00:00.000000012Z"
+        ) && text.contains("tallyd check --rebuild-times"),
+        "{text}"
+    );
+    let first = TimesFault::Before {
+        index: 0,
+        max: 21,
+        seq: 3,
+        claimed: None,
+        found: Some(12),
+    };
+    assert!(
+        first
+            .to_string()
+            .ends_with("none should have a time before the first entry"),
+        "{first}"
+    );
+}

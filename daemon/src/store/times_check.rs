@@ -72,13 +72,17 @@ pub enum TimesFault {
     Size { times_size: u64, size: u64 },
 }
 
-/// A receive time as a fault shows it (unix nanoseconds, or none).
+/// A receive time as a fault shows it: RFC 3339 in UTC (nanoseconds since
+/// the epoch beyond jiff's range), or none.
 struct Time(Option<i64>);
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(nanos) => write!(f, "{nanos} ns"),
+            Some(nanos) => match jiff::Timestamp::from_nanosecond(i128::from(nanos)) {
+                Ok(time) => write!(f, "{time}"),
+                Err(_) => write!(f, "{nanos} ns since the epoch"),
+            },
             None => f.write_str("no time (no record with one)"),
         }
     }
