@@ -127,6 +127,9 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
         Some(DaemonError::Store(StoreError::AnchoringV1 { .. })) => ExitCode::from(EXIT_REFUSED),
         // data.mdb is damaged: restoring it is an operator's decision.
         Some(DaemonError::Store(StoreError::Damaged { .. })) => ExitCode::from(EXIT_REFUSED),
+        // A times key tallyd cannot read at open: the repair is named
+        // (tallyd check --rebuild-times); a restart cannot help.
+        Some(DaemonError::Store(StoreError::TimesUnsound(_))) => ExitCode::from(EXIT_REFUSED),
         // Acked events the store lacks and the journal cannot give back
         // intact: an operator looks before anything is served.
         Some(DaemonError::Journal(

@@ -172,7 +172,18 @@ fn an_index_rebuilt_at_open_passes() {
     // Commits after the rebuild extend it soundly.
     commit(&store, &[&[Some(2000), Some(5)]]);
     assert_eq!(store.verify().unwrap().size, 1002);
-    // A key of the wrong length cannot stop the rebuild either.
+    // A last key of the wrong length refuses the open, naming the repair.
+    edit(&store, |store, wtxn| {
+        store.times.put(wtxn, &[0xff; 17], &[]).unwrap();
+    });
+    drop(store);
+    match Store::open(dir.path(), SMALL) {
+        Err(StoreError::TimesUnsound(TimesFault::Malformed { index: 5 })) => {}
+        other => panic!("{other:?}"),
+    }
+    let store = Store::open_with(dir.path(), SMALL, true).unwrap();
+    assert_eq!(store.verify().unwrap().size, 1002);
+    // Nor can one that sorts first.
     edit(&store, |store, wtxn| {
         store.times.put(wtxn, b"short", &[]).unwrap();
     });
