@@ -209,3 +209,32 @@ async fn a_lowered_maximum_is_refused_and_dropping_the_index_by_hand_repairs_it(
     assert_eq!(check.code, 0, "{check:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unreadable_newest_times_key_refuses_the_start_naming_the_repair() -> anyhow::Result<()>
+{
+    //! Start-up reads the newest entry: a key root made 17 bytes long was
+    //! "damaged, restore a backup" (exit 3), though the records are intact.
+    let (mut daemon, times) = grouped_log().await?;
+    assert!(daemon.terminate()?.success());
+    store_edit::edit(&daemon.data_dir(), |wtxn, dbs| {
+        Ok(dbs.times.put(wtxn, &[0xff; 17], &[])?)
+    })?;
+    let refused = daemon.tallyd::<&str>(&[])?;
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(
+        refused.stderr.contains("receive-time index")
+            && refused.stderr.contains("is not a 16-byte key")
+            && refused.stderr.contains("tallyd check --rebuild-times")
+            && !refused.stderr.contains("restore"),
+        "{refused:?}"
+    );
+    let repair = daemon.tallyd(&["check", "--rebuild-times"])?;
+    assert_eq!(repair.code, 0, "{repair:?}");
+    daemon.restart()?;
+    assert_eq!(
+        since(&daemon, times[25]).await?,
+        expected(&times, times[25])
+    );
+    Ok(())
+}
