@@ -16,6 +16,7 @@
 //! * `anchors.rs`: the `anchors` database, the identity and the pending
 //!   checkpoint;
 //! * `times.rs`: the `times` database, where a `since` read starts;
+//! * `times_check.rs`: `tallyd check`'s proof that it is sound;
 //! * `scan.rs`: filtered reads, bounded per request;
 //! * `growth.rs`: the size of the memory map and its growth;
 //! * `space.rs`: free space on the file system, a full disk told from other
