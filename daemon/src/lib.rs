@@ -281,8 +281,17 @@ async fn start_anchoring(
 /// head (acked events whose LMDB commit a stop or crash cut off). The data
 /// directory must be locked.
 pub fn open_store(config: &Config) -> Result<(Store, Journal), DaemonError> {
+    open_store_with(config, false)
+}
+
+/// [`open_store`], rebuilding the `times` index from the records first when
+/// `rebuild_times` (`tallyd check --rebuild-times`; see `Store::open_with`).
+pub fn open_store_with(
+    config: &Config,
+    rebuild_times: bool,
+) -> Result<(Store, Journal), DaemonError> {
     let dir = datadir::store_dir(&config.data_dir);
-    let store = Store::open(&dir, config.map_sizing())?;
+    let store = Store::open_with(&dir, config.map_sizing(), rebuild_times)?;
     let (journal, replayed) = Journal::recover(&dir, &store)?;
     if replayed > 0 {
         tracing::warn!(

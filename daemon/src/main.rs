@@ -75,8 +75,15 @@ enum Command {
     /// --identity) from the store. Works while the daemon runs; fails before
     /// the log's first start with a TPM.
     Identity,
-    /// Check the stored chain offline (the daemon must be stopped) and print its head.
-    Check,
+    /// Check the store offline (the daemon must be stopped): the chain, the
+    /// head, the Merkle tree and the receive-time index that --since reads
+    /// seek with; print the head.
+    Check {
+        /// First drop the receive-time index and rebuild it from the
+        /// records (the repair when check finds it unsound), then check.
+        #[arg(long)]
+        rebuild_times: bool,
+    },
     /// Print the effective configuration as TOML and exit.
     Config,
 }
@@ -120,6 +127,9 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
         Some(DaemonError::Store(StoreError::AnchoringV1 { .. })) => ExitCode::from(EXIT_REFUSED),
         // data.mdb is damaged: restoring it is an operator's decision.
         Some(DaemonError::Store(StoreError::Damaged { .. })) => ExitCode::from(EXIT_REFUSED),
+        // A times key tallyd cannot read at open: the repair is named
+        // (tallyd check --rebuild-times); a restart cannot help.
+        Some(DaemonError::Store(StoreError::TimesUnsound(_))) => ExitCode::from(EXIT_REFUSED),
         // Acked events the store lacks and the journal cannot give back
         // intact: an operator looks before anything is served.
         Some(DaemonError::Journal(
@@ -197,7 +207,7 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", tally_daemon::read_identity(&config)?);
             Ok(())
         }
-        Command::Check => check(&config),
+        Command::Check { rebuild_times } => check(&config, rebuild_times),
         Command::Config => {
             print!("{}", config.to_toml()?);
             Ok(())
@@ -264,11 +274,12 @@ async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-fn check(config: &Config) -> anyhow::Result<()> {
+fn check(config: &Config, rebuild_times: bool) -> anyhow::Result<()> {
     let _lock = DataDirLock::acquire(&config.data_dir)?;
     // Acked events still in the ack journal are committed first, as a start
-    // would: the check covers every acked event.
-    let (store, _journal) = tally_daemon::open_store(config)?;
+    // would: the check covers every acked event. (The index is rebuilt at
+    // open, before the journal's events are committed and indexed.)
+    let (store, _journal) = tally_daemon::open_store_with(config, rebuild_times)?;
     let head = store.verify()?;
     println!(
         "ok: {} records, head {}, log id {}",

@@ -32,6 +32,7 @@ mod shutdown;
 mod systemd;
 mod tail;
 mod tamper;
+mod times_index;
 mod tpm_evidence;
 mod typed_attributes;
 mod vsock;

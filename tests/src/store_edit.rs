@@ -14,6 +14,8 @@ pub struct Dbs {
     pub anchors: Database<'static, U64<BigEndian>, Bytes>,
     pub meta: Database<'static, Str, Bytes>,
     pub tree: Database<'static, Bytes, Bytes>,
+    /// The receive-time index (docs/DESIGN.md, section 4c).
+    pub times: Database<'static, Bytes, Bytes>,
 }
 
 /// Opens `<data_dir>/store` (the daemon must be stopped) and runs `edit` in
@@ -30,10 +32,11 @@ pub fn edit<T>(
             opener.create_database(wtxn, Some("anchors"))?,
             opener.create_database(wtxn, Some("meta"))?,
             opener.create_database(wtxn, Some("tree"))?,
+            opener.create_database(wtxn, Some("times"))?,
         );
         Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit(dbs))
     })?;
-    let (records, anchors, meta, tree) = match opened {
+    let (records, anchors, meta, tree, times) = match opened {
         CommitOrAbort::Commit(dbs) => dbs,
         CommitOrAbort::Abort(never) => match never {},
     };
@@ -42,6 +45,7 @@ pub fn edit<T>(
         anchors,
         meta,
         tree,
+        times,
     };
     let mut wtxn = env.write_txn()?;
     let out = edit(&mut wtxn, &dbs)?;

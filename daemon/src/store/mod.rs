@@ -16,6 +16,7 @@
 //! * `anchors.rs`: the `anchors` database, the identity and the pending
 //!   checkpoint;
 //! * `times.rs`: the `times` database, where a `since` read starts;
+//! * `times_check.rs`: `tallyd check`'s proof that it is sound;
 //! * `scan.rs`: filtered reads, bounded per request;
 //! * `growth.rs`: the size of the memory map and its growth;
 //! * `space.rs`: free space on the file system, a full disk told from other
@@ -45,7 +46,10 @@ mod space;
 mod tests;
 #[cfg(test)]
 mod tests_scan;
+#[cfg(test)]
+mod tests_times_check;
 mod times;
+mod times_check;
 mod tree;
 
 pub use crate::batch::{Batch, Head, Tip};
@@ -56,6 +60,7 @@ pub use space::{
     free_bytes, is_out_of_space, watch_space, DiskSpace, OutOfSpace, SpaceReport,
     SPACE_CHECK_INTERVAL,
 };
+pub use times_check::TimesFault;
 
 use records::encode_head;
 
@@ -136,6 +141,16 @@ pub enum StoreError {
     /// describe the `records` stored records.
     #[error("store is inconsistent: head does not match the records (head says {head} records, {records} are stored)")]
     HeadMismatch { head: u64, records: u64 },
+    /// [`Store::verify`]: the `times` index does not describe the records,
+    /// so a `since` read could skip records that match (docs/DESIGN.md,
+    /// section 4c). The records and their proofs are not affected.
+    #[error(
+        "the receive-time index (the store's `times` database) does not match the records: {0}. \
+         Reads with --since could skip records that match; the records themselves are intact. \
+         Rebuild the index from the records: with tallyd stopped, run `tallyd check --rebuild-times` \
+         (docs/OPERATIONS.md, section 6a)"
+    )]
+    TimesUnsound(TimesFault),
     /// [`Store::append`]: a batch built on another state than the committed
     /// one (nothing was written).
     #[error(
@@ -220,7 +235,20 @@ impl Store {
     /// Opens (creating if needed) the store under `dir`, checks its format
     /// version and its head against the last record.
     pub fn open(dir: &Path, sizing: MapSizing) -> Result<Store, StoreError> {
-        Store::open_checked(dir, sizing).map_err(|err| {
+        Store::open_with(dir, sizing, false)
+    }
+
+    /// [`Store::open`], first dropping the `times` index when
+    /// `rebuild_times` (it is then rebuilt from the records, as for a store
+    /// written before it): the repair `tallyd check --rebuild-times` runs.
+    /// The index is dropped before it is read, so an index damaged in any
+    /// way can be rebuilt.
+    pub fn open_with(
+        dir: &Path,
+        sizing: MapSizing,
+        rebuild_times: bool,
+    ) -> Result<Store, StoreError> {
+        Store::open_checked(dir, sizing, rebuild_times).map_err(|err| {
             if err.is_damage() {
                 StoreError::Damaged {
                     file: dir.join("data.mdb"),
@@ -232,7 +260,11 @@ impl Store {
         })
     }
 
-    fn open_checked(dir: &Path, sizing: MapSizing) -> Result<Store, StoreError> {
+    fn open_checked(
+        dir: &Path,
+        sizing: MapSizing,
+        rebuild_times: bool,
+    ) -> Result<Store, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_owned(),
             source,
@@ -308,6 +340,13 @@ impl Store {
             resize_gate: RwLock::new(()),
         };
         store.check_head()?;
+        if rebuild_times {
+            let dropped = store.drop_times()?;
+            tracing::warn!(
+                entries = dropped,
+                "dropped the receive-time index to rebuild it from the records"
+            );
+        }
         // A store written before the time index (or appended to by such a
         // tallyd since): index what it lacks now, once.
         let indexed = store.index_times()?;

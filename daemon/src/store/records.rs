@@ -6,7 +6,8 @@ use heed::PutFlags;
 use tally_attest::merkle::Frontier;
 use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
-use super::times::TimeEntries;
+use super::times::{record_time, TimeEntries};
+use super::times_check::TimesCheck;
 use super::tree::tree_key;
 use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD, META_TIMES_SIZE};
 
@@ -188,13 +189,15 @@ impl Store {
     /// Checks the records from 0 on: dense seqs and every link; then that
     /// the `head` meta value holds their number and the last one's entry
     /// hash, and that the frontier's size and the Merkle root recomputed
-    /// from the stored tree agree with them. Used by `tallyd check` and by
-    /// tests.
+    /// from the stored tree agree with them; then that the `times` index,
+    /// walked beside the records in the same pass, makes every `since` seek
+    /// exact (`times_check.rs`). Used by `tallyd check` and by tests.
     pub fn verify(&self) -> Result<Head, StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
         let mut running = GENESIS_PREV;
         let mut size = 0u64;
+        let mut times = TimesCheck::new(self.times.iter(&rtxn)?)?;
         for entry in self.records.iter(&rtxn)? {
             let (seq, bytes) = entry?;
             let (header, _) = RecordHeader::parse(bytes)
@@ -202,9 +205,13 @@ impl Store {
             if seq != size || header.seq != seq || header.prev_hash != running {
                 return Err(StoreError::ChainBroken { seq });
             }
+            times.record(seq, record_time(bytes))?;
             running = entry_hash(bytes);
             size += 1;
         }
+        // Judged after the head (below): a chain or head fault is the graver
+        // finding. Finished here, as the walk holds the snapshot's cursor.
+        let times_found = times.finish(size, self.times_size(&rtxn)?);
         // The head and the frontier from the same snapshot as the records:
         // a live store may commit meanwhile.
         let head_bytes = self
@@ -230,6 +237,7 @@ impl Store {
                 records: size,
             });
         }
+        times_found.map_err(StoreError::TimesUnsound)?;
         Ok(head)
     }
 }

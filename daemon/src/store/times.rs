@@ -25,7 +25,7 @@ use heed::{PutFlags, RoTxn, RwTxn, WithoutTls};
 use tally_attest::record::HEADER_LEN;
 use tally_client::filter::receive_time;
 
-use super::{Batch, Store, StoreError, META_TIMES_SIZE};
+use super::{Batch, Store, StoreError, TimesFault, META_TIMES_SIZE};
 
 /// Records per transaction when indexing at open a store written before the
 /// index (resumable: each commits its `times_size`).
@@ -50,7 +50,7 @@ fn flip(time: i64) -> u64 {
     (time as u64) ^ (1 << 63)
 }
 
-fn unflip(bits: u64) -> i64 {
+pub(super) fn unflip(bits: u64) -> i64 {
     (bits ^ (1 << 63)) as i64
 }
 
@@ -141,12 +141,35 @@ impl Store {
         rtxn: &RoTxn<'_, WithoutTls>,
     ) -> Result<Option<i64>, StoreError> {
         let last = self.times.remap_types::<Bytes, Bytes>().last(rtxn)?;
-        last.map(|(key, _)| {
-            <[u8; 8]>::try_from(&key[..8.min(key.len())])
-                .map(|bits| unflip(u64::from_be_bytes(bits)))
-                .map_err(|_| StoreError::CorruptMeta("a times key is not 16 bytes"))
-        })
-        .transpose()
+        let Some((key, _)) = last else {
+            return Ok(None);
+        };
+        match <[u8; 16]>::try_from(key) {
+            Ok(key) => {
+                let mut max = [0u8; 8];
+                max.copy_from_slice(&key[..8]);
+                Ok(Some(unflip(u64::from_be_bytes(max))))
+            }
+            // Read at open: a refusal that names the repair, not "damaged,
+            // restore a backup" (the records are not at fault).
+            Err(_) => Err(StoreError::TimesUnsound(TimesFault::Malformed {
+                index: self.times.len(rtxn)?.saturating_sub(1),
+            })),
+        }
+    }
+
+    /// Drops the index (every entry and `times_size`) in one transaction,
+    /// so that [`Store::index_times`] builds it anew from the records: the
+    /// repair when `tallyd check` finds it unsound. Returns the entries
+    /// dropped.
+    pub(super) fn drop_times(&self) -> Result<u64, StoreError> {
+        let _gate = self.read_gate();
+        let mut wtxn = self.env.write_txn()?;
+        let dropped = self.times.len(&wtxn)?;
+        self.times.clear(&mut wtxn)?;
+        self.meta.delete(&mut wtxn, META_TIMES_SIZE)?;
+        wtxn.commit()?;
+        Ok(dropped)
     }
 
     /// Indexes the records the index does not cover yet (a store written
