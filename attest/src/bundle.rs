@@ -29,6 +29,10 @@ pub const MAGIC: &[u8; 16] = b"tally-bundle-v2\n";
 /// The magic of version 1 (anchoring v1), refused with its own message.
 const MAGIC_V1: &[u8; 16] = b"tally-bundle-v1\n";
 
+/// First bytes of every range bundle ([`crate::range`]), here beside the
+/// others so that this reader can refuse one by name.
+pub const RANGE_MAGIC: &[u8; 16] = b"tally-range-v01\n";
+
 /// Most anchor sections a reader accepts: 2^24, over five years of anchors
 /// every 10 s. Anchors are streamed ([`BundleReader::next_anchor`]), so this
 /// bounds what a verifier keeps per anchor (a few dozen bytes), not the
@@ -205,7 +209,7 @@ impl<R: BufRead> BundleReader<R> {
         if &magic == MAGIC_V1 {
             return Err(BundleError::VersionOne);
         }
-        if &magic == crate::range::MAGIC {
+        if &magic == RANGE_MAGIC {
             return Err(BundleError::RangeBundle);
         }
         if &magic != MAGIC {

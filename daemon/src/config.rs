@@ -269,47 +269,6 @@ impl Config {
         })
     }
 
-    /// The file (if any), then the `TALLYD_*` variables of `vars` over it
-    /// (see `config_env`); flags go over the result. Returns the warnings
-    /// about unknown variables, for the log once it is set up.
-    pub fn load(
-        file: Option<&Path>,
-        vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
-    ) -> Result<(Config, Vec<String>), ConfigError> {
-        let mut table = match file {
-            Some(path) => {
-                // Parsed into the struct first, so the file's own errors name the file.
-                let config = Config::from_file(path)?;
-                match toml::Value::try_from(&config)? {
-                    toml::Value::Table(table) => table,
-                    _ => toml::Table::new(),
-                }
-            }
-            None => toml::Table::new(),
-        };
-        let mut named = Vec::new();
-        for (name, value) in vars {
-            let Some(name) = name.to_str().map(str::to_owned) else {
-                continue;
-            };
-            if !name.starts_with(crate::config_env::PREFIX) {
-                continue;
-            }
-            match value.into_string() {
-                Ok(value) => named.push((name, value)),
-                Err(_) => return Err(ConfigError::EnvNotUtf8 { variable: name }),
-            }
-        }
-        let layer = crate::config_env::layer(named)?;
-        crate::config_env::merge(&mut table, layer.table);
-        let config =
-            Config::deserialize(toml::Value::Table(table)).map_err(|err| ConfigError::Invalid {
-                field: "environment",
-                message: err.message().to_owned(),
-            })?;
-        Ok((config, layer.warnings))
-    }
-
     /// The configuration as TOML (what `tallyd config` prints).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         Ok(toml::to_string(self)?)

@@ -24,6 +24,7 @@
 //! internals, and it is ~100 lines.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -80,6 +81,48 @@ impl Key {
     pub fn variable(&self) -> String {
         format!("{PREFIX}{}", self.path.join("_").to_uppercase())
     }
+}
+
+/// The file (if any), then the `TALLYD_*` variables of `vars` over it
+/// (this module); flags go over the result. (Here, not in `config`, so
+/// that `config` does not import the layer that imports it.) Returns the warnings
+/// about unknown variables, for the log once it is set up.
+pub fn load(
+    file: Option<&Path>,
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            // Parsed into the struct first, so the file's own errors name the file.
+            let config = Config::from_file(path)?;
+            match toml::Value::try_from(&config)? {
+                toml::Value::Table(table) => table,
+                _ => toml::Table::new(),
+            }
+        }
+        None => toml::Table::new(),
+    };
+    let mut named = Vec::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            continue;
+        };
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        match value.into_string() {
+            Ok(value) => named.push((name, value)),
+            Err(_) => return Err(ConfigError::EnvNotUtf8 { variable: name }),
+        }
+    }
+    let layer = layer(named)?;
+    merge(&mut table, layer.table);
+    let config =
+        Config::deserialize(toml::Value::Table(table)).map_err(|err| ConfigError::Invalid {
+            field: "environment",
+            message: err.message().to_owned(),
+        })?;
+    Ok((config, layer.warnings))
 }
 
 /// Every key of [`Config`], tables' keys included, in declaration order.

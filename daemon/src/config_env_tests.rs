@@ -107,7 +107,7 @@ fn every_key_is_set_by_its_variable() {
         })
         .collect();
     let pairs: Vec<(&str, &str)> = env.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let (config, warnings) = Config::load(None, vars(&pairs)).unwrap();
+    let (config, warnings) = crate::config_env::load(None, vars(&pairs)).unwrap();
     assert_eq!(warnings, Vec::<String>::new());
     let effective = toml::Value::try_from(&config).unwrap();
     let default = toml::Value::try_from(Config::default()).unwrap();
@@ -124,7 +124,7 @@ fn every_key_is_set_by_its_variable() {
 
 #[test]
 fn the_old_names_keep_working_and_flags_stay_out_of_the_key_list() {
-    let (config, warnings) = Config::load(
+    let (config, warnings) = crate::config_env::load(
         None,
         vars(&[
             ("TALLYD_ANCHOR_INTERVAL_SECS", "4"),
@@ -145,7 +145,7 @@ fn the_old_names_keep_working_and_flags_stay_out_of_the_key_list() {
 
 #[test]
 fn an_unknown_variable_is_warned_about_with_the_closest_known_name() {
-    let (config, warnings) = Config::load(
+    let (config, warnings) = crate::config_env::load(
         None,
         vars(&[
             ("TALLYD_MAX_FRAME", "1"),
@@ -165,16 +165,18 @@ fn an_unknown_variable_is_warned_about_with_the_closest_known_name() {
 
 #[test]
 fn a_malformed_value_names_its_variable() {
-    let err = Config::load(None, vars(&[("TALLYD_MAX_FRAME_BYTES", "lots")])).unwrap_err();
+    let err =
+        crate::config_env::load(None, vars(&[("TALLYD_MAX_FRAME_BYTES", "lots")])).unwrap_err();
     let text = err.to_string();
     assert!(
         text.starts_with("environment variable TALLYD_MAX_FRAME_BYTES (sets max_frame_bytes): "),
         "{text}"
     );
-    let err = Config::load(None, vars(&[("TALLYD_TPM_ENABLED", "maybe")])).unwrap_err();
+    let err = crate::config_env::load(None, vars(&[("TALLYD_TPM_ENABLED", "maybe")])).unwrap_err();
     assert!(err.to_string().contains("TALLYD_TPM_ENABLED"), "{err}");
     // A second line cannot smuggle in another key.
-    let err = Config::load(None, vars(&[("TALLYD_QUEUE_JOBS", "5\nlog = 'trace'")])).unwrap_err();
+    let err = crate::config_env::load(None, vars(&[("TALLYD_QUEUE_JOBS", "5\nlog = 'trace'")]))
+        .unwrap_err();
     assert!(err.to_string().contains("TALLYD_QUEUE_JOBS"), "{err}");
 }
 
@@ -187,7 +189,7 @@ fn the_environment_goes_over_the_file() {
         "queue_jobs = 7\nlog = \"warn\"\n[tpm]\npcrs = \"sha256:1\"\n",
     )
     .unwrap();
-    let (config, _) = Config::load(
+    let (config, _) = crate::config_env::load(
         Some(&path),
         vars(&[("TALLYD_QUEUE_JOBS", "8"), ("TALLYD_TPM_TIMEOUT_SECS", "9")]),
     )

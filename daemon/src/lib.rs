@@ -114,7 +114,7 @@ fn reload_access_on_sighup(
             // Through the same layers as the start (file, then TALLYD_*), so
             // that access settings given by the environment survive a
             // reload; its unknown-variable warnings were logged at start.
-            let reloaded = Config::load(Some(&path), std::env::vars_os())
+            let reloaded = crate::config_env::load(Some(&path), std::env::vars_os())
                 .and_then(|(config, _)| config.validate().map(|_| config));
             match reloaded {
                 Ok(config) => {

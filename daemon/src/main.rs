@@ -148,7 +148,8 @@ fn exit_code(err: &anyhow::Error) -> ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (mut config, env_warnings) = Config::load(cli.config.as_deref(), std::env::vars_os())?;
+    let (mut config, env_warnings) =
+        tally_daemon::config_env::load(cli.config.as_deref(), std::env::vars_os())?;
     if let Some(value) = cli.data_dir {
         config.data_dir = value;
     }

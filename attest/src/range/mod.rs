@@ -32,7 +32,7 @@ use crate::record::Hash;
 pub use verify::{verify_range_bundle, RangeAnchorVerdict, RangeDamage, RangeProven, RangeReport};
 
 /// First bytes of every range bundle.
-pub const MAGIC: &[u8; 16] = b"tally-range-v01\n";
+pub use crate::bundle::RANGE_MAGIC as MAGIC;
 
 /// Version written into [`RangeHeader::format_version`].
 pub const RANGE_FORMAT_VERSION: u32 = 1;

@@ -80,7 +80,16 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
 fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
     let (policy, identity) = load_trust(&args.trust)?;
     if crate::cli::verify_range::is_range_file(&args.bundle)? {
-        return crate::cli::verify_range::run(args, policy.as_ref());
+        let whole_log_flags = args.attestation.is_some()
+            || args.trusted.is_some()
+            || args.save_trusted.is_some()
+            || !args.accept_gap.is_empty();
+        return crate::cli::verify_range::run(
+            &args.bundle,
+            args.json,
+            whole_log_flags,
+            policy.as_ref(),
+        );
     }
     if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some()) {
         anyhow::bail!("--attestation and --trusted need the log's identity (--identity FILE)");

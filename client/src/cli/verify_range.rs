@@ -15,7 +15,6 @@ use tally_attest::range::{
 };
 use tally_attest::verify::Verdict;
 
-use crate::cli::verify::VerifyArgs;
 use crate::cli::verify_json::{check, kind_of, unreadable_json, verdict_word, Status, SCHEMA};
 
 /// True when the file starts with the range bundle's magic.
@@ -29,24 +28,26 @@ pub fn is_range_file(path: &Path) -> anyhow::Result<bool> {
     Ok(is_range_bundle(&prefix))
 }
 
-/// Verifies a range bundle and prints the verdicts.
-pub fn run(args: &VerifyArgs, policy: Option<&AnchorPolicy>) -> anyhow::Result<ExitCode> {
-    if args.attestation.is_some()
-        || args.trusted.is_some()
-        || args.save_trusted.is_some()
-        || !args.accept_gap.is_empty()
-    {
+/// Verifies the range bundle `bundle` and prints the verdicts (`json`: as
+/// docs/VERIFY-JSON.md). `whole_log_flags`: the caller was given flags that
+/// only a whole-log bundle can use (refused, naming them).
+pub fn run(
+    bundle: &Path,
+    json: bool,
+    whole_log_flags: bool,
+    policy: Option<&AnchorPolicy>,
+) -> anyhow::Result<ExitCode> {
+    if whole_log_flags {
         anyhow::bail!(
             "{} is a range bundle, proven against its one anchor: --attestation, --trusted, --save-trusted and --accept-gap apply to whole-log bundles only",
-            args.bundle.display()
+            bundle.display()
         );
     }
-    let file = File::open(&args.bundle)
-        .with_context(|| format!("cannot open {}", args.bundle.display()))?;
+    let file = File::open(bundle).with_context(|| format!("cannot open {}", bundle.display()))?;
     let report = match verify_range_bundle(BufReader::with_capacity(1 << 20, file), policy) {
         Ok(report) => report,
         Err(err) => {
-            if args.json {
+            if json {
                 println!("{}", unreadable_json(&err, kind_of(&err)));
             } else {
                 println!("bundle readable:    FAILED: {err}");
@@ -56,7 +57,7 @@ pub fn run(args: &VerifyArgs, policy: Option<&AnchorPolicy>) -> anyhow::Result<E
         }
     };
     let verdict = report.verdict();
-    if args.json {
+    if json {
         println!("{}", to_json(&report, &verdict));
     } else {
         print_human(&report, &verdict, policy.is_some());
