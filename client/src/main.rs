@@ -28,7 +28,7 @@ verifies exported logs offline, with no daemon and no TPM.
 
 By task:
   write       append (one event from flags, or JSON lines with --stdin)
-  read        tail [--follow], status
+  read        tail [-n N] [--follow] [--since ...], status; show BUNDLE (offline)
   anchor      anchor (now), anchors (list anchored sizes, counters, times)
   export      export (a bundle), attest (a fresh TPM attestation for your nonce)
   verify      verify BUNDLE --identity identity.json, quote-files (for tpm2_checkquote)
@@ -79,8 +79,9 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Verify a bundle offline (no daemon, no TPM needed) against the log's
     /// identity: chain intact, origin (genesis), anchors valid, counter
-    /// continuous, current (--attestation, --nonce). Exit 0 PASS, 1 FAIL
-    /// (naming the first violation), 3 PARTIAL (naming what was not checked).
+    /// continuous, current (--attestation, --nonce); a range bundle: its
+    /// records are exactly those entries of the anchored log. Exit 0 PASS,
+    /// 1 FAIL (naming the first violation), 3 PARTIAL (naming what was not checked).
     Verify(cli::verify::VerifyArgs),
     /// Get a fresh TPM attestation bound to your nonce.
     Attest {
