@@ -12,8 +12,10 @@ mod accept;
 mod connection;
 mod dispatcher;
 mod error;
+mod follow;
 mod handlers;
 mod shared;
+mod slow_reader;
 #[cfg(test)]
 mod tests;
 
