@@ -15,7 +15,7 @@
 //! The replay looks one record ahead to tell these apart, and reports the
 //! earliest record that cannot be genuine.
 
-use crate::record::{entry_hash, Hash, RecordError, RecordHeader, GENESIS_PREV};
+use crate::record::{Hash, RecordError, RecordHeader, GENESIS_PREV};
 
 /// Where records come from: a bundle file, a store, a test vector.
 pub trait RecordSource {
@@ -256,10 +256,8 @@ struct Hashed<'s, S: RecordSource> {
 /// A record's parsed header (or why it does not parse) and its entry hash.
 type HashedRecord = (Result<RecordHeader, RecordError>, Hash);
 
-/// Records per chunk.
+/// Records per chunk (hashed on every core by `parallel.rs`).
 const CHUNK: usize = 8192;
-/// Below this many records a chunk is hashed on the calling thread.
-const PARALLEL_MIN: usize = 1024;
 
 impl<'s, S: RecordSource> Hashed<'s, S> {
     fn new(source: &'s mut S) -> Self {
@@ -298,28 +296,7 @@ impl<'s, S: RecordSource> Hashed<'s, S> {
                 self.exhausted = true;
             }
         }
-        let records = &self.records[..self.filled];
-        self.hashes.clear();
-        self.hashes.resize(self.filled, GENESIS_PREV);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        if threads < 2 || records.len() < PARALLEL_MIN {
-            for (hash, record) in self.hashes.iter_mut().zip(records) {
-                *hash = entry_hash(record);
-            }
-        } else {
-            let per = records.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                for (hashes, records) in self.hashes.chunks_mut(per).zip(records.chunks(per)) {
-                    scope.spawn(move || {
-                        for (hash, record) in hashes.iter_mut().zip(records) {
-                            *hash = entry_hash(record);
-                        }
-                    });
-                }
-            });
-        }
+        crate::parallel::entry_hashes(&self.records[..self.filled], &mut self.hashes);
         Ok(self.filled > 0)
     }
 }
@@ -371,7 +348,7 @@ fn classify_misplaced<S: RecordSource>(source: &mut S, position: u64, found: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::RecordHeader;
+    use crate::record::{entry_hash, RecordHeader};
 
     /// A valid chain of `n` records with distinct bodies.
     fn chain(n: u64) -> (Vec<Vec<u8>>, Hash) {

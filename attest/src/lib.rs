@@ -33,6 +33,7 @@ pub mod evidence;
 pub mod identity;
 pub mod merkle;
 pub mod note;
+pub mod parallel;
 pub mod proof;
 pub mod range;
 pub mod record;

@@ -10,7 +10,9 @@
 //! is its version; the key encodings are pinned by this module's tests).
 //!
 //! * `records.rs`: the `records` database and the `head` meta value, the
-//!   batch commit (and its commit order), reads and the full check;
+//!   batch commit (and its commit order), reads and the start-up check;
+//! * `verify.rs`: the full check (`tallyd check`), hashing on every core;
+//! * `map_advice.rs`: madvise on the map during that pass (its one unsafe);
 //! * `tree.rs`: the `tree` database (stored Merkle subtrees), the frontier
 //!   and the proofs;
 //! * `anchors.rs`: the `anchors` database, the identity and the pending
@@ -39,6 +41,7 @@ use tally_attest::merkle::{Frontier, MerkleError};
 
 mod anchors;
 mod growth;
+mod map_advice;
 mod records;
 mod scan;
 mod space;
@@ -48,9 +51,12 @@ mod tests;
 mod tests_scan;
 #[cfg(test)]
 mod tests_times_check;
+#[cfg(test)]
+mod tests_verify;
 mod times;
 mod times_check;
 mod tree;
+mod verify;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;

@@ -1,13 +1,12 @@
 //! The `records` database and the `head` meta value: the batch commit, the
-//! reads, and the checks that the head agrees with the records.
+//! reads, and the start-up check that the head agrees with the last record
+//! (the whole-log check is `verify.rs`).
 
 use heed::types::Bytes;
 use heed::PutFlags;
-use tally_attest::merkle::Frontier;
-use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
+use tally_attest::{entry_hash, Hash};
 
-use super::times::{record_time, TimeEntries};
-use super::times_check::TimesCheck;
+use super::times::TimeEntries;
 use super::tree::tree_key;
 use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD, META_TIMES_SIZE};
 
@@ -184,60 +183,5 @@ impl Store {
             });
         }
         Ok(out)
-    }
-
-    /// Checks the records from 0 on: dense seqs and every link; then that
-    /// the `head` meta value holds their number and the last one's entry
-    /// hash, and that the frontier's size and the Merkle root recomputed
-    /// from the stored tree agree with them; then that the `times` index,
-    /// walked beside the records in the same pass, makes every `since` seek
-    /// exact (`times_check.rs`). Used by `tallyd check` and by tests.
-    pub fn verify(&self) -> Result<Head, StoreError> {
-        let _gate = self.read_gate();
-        let rtxn = self.env.read_txn()?;
-        let mut running = GENESIS_PREV;
-        let mut size = 0u64;
-        let mut times = TimesCheck::new(self.times.iter(&rtxn)?)?;
-        for entry in self.records.iter(&rtxn)? {
-            let (seq, bytes) = entry?;
-            let (header, _) = RecordHeader::parse(bytes)
-                .map_err(|source| StoreError::RecordUnreadable { seq, source })?;
-            if seq != size || header.seq != seq || header.prev_hash != running {
-                return Err(StoreError::ChainBroken { seq });
-            }
-            times.record(seq, record_time(bytes))?;
-            running = entry_hash(bytes);
-            size += 1;
-        }
-        // Judged after the head (below): a chain or head fault is the graver
-        // finding. Finished here, as the walk holds the snapshot's cursor.
-        let times_found = times.finish(size, self.times_size(&rtxn)?);
-        // The head and the frontier from the same snapshot as the records:
-        // a live store may commit meanwhile.
-        let head_bytes = self
-            .meta
-            .get(&rtxn, META_HEAD)?
-            .ok_or(StoreError::CorruptMeta("head missing"))?
-            .to_vec();
-        let frontier = Frontier::from_bytes(
-            self.meta
-                .get(&rtxn, META_FRONTIER)?
-                .ok_or(StoreError::CorruptMeta("frontier missing"))?,
-        )?;
-        drop(rtxn);
-        let head = decode_head(&head_bytes, frontier.root())
-            .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))?;
-        if head.size != size
-            || head.hash != running
-            || frontier.size() != size
-            || self.root_at(size)? != head.root
-        {
-            return Err(StoreError::HeadMismatch {
-                head: head.size,
-                records: size,
-            });
-        }
-        times_found.map_err(StoreError::TimesUnsound)?;
-        Ok(head)
     }
 }
