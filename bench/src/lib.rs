@@ -43,6 +43,10 @@ pub struct Scenarios {
     pub memory: bool,
     /// Needs [`Options::anchoring`] (a TPM); skipped with a reason otherwise.
     pub anchoring: bool,
+    /// `tallyd check` vs bare multi-core SHA-256 (and an older tallyd).
+    pub check: bool,
+    /// Ingest rate per slice as the log grows.
+    pub growth: bool,
 }
 
 impl Scenarios {
@@ -53,8 +57,10 @@ impl Scenarios {
         verify: true,
         memory: true,
         anchoring: true,
+        check: true,
+        growth: true,
     };
-    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring";
+    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring,check,growth";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -65,6 +71,8 @@ impl Scenarios {
             verify: false,
             memory: false,
             anchoring: false,
+            check: false,
+            growth: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -74,6 +82,8 @@ impl Scenarios {
                 "verify" => out.verify = true,
                 "memory" => out.memory = true,
                 "anchoring" => out.anchoring = true,
+                "check" => out.check = true,
+                "growth" => out.growth = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -163,6 +173,8 @@ pub struct Options {
     pub lone: LoneOptions,
     pub verify: VerifyOptions,
     pub memory: MemoryOptions,
+    pub check: scenario::check::CheckOptions,
+    pub growth: scenario::growth::GrowthOptions,
     /// How long each timed baseline loop runs in total.
     pub baseline_duration: Duration,
     /// Throughput and the lone client run in this many slices, with their
@@ -215,6 +227,20 @@ impl Options {
                 duration: Duration::from_secs(5),
                 queue_bytes: 64 << 20,
             },
+            check: scenario::check::CheckOptions {
+                events: 2_000_000,
+                payload: PAYLOAD_BYTES,
+                store_dir: None,
+                old_tallyd: None,
+                runs: 3,
+            },
+            growth: scenario::growth::GrowthOptions {
+                events: 2_000_000,
+                slice: 200_000,
+                clients: 10,
+                payload: PAYLOAD_BYTES,
+                status_samples: 1000,
+            },
             baseline_duration: Duration::from_secs(3),
             rounds: 5,
             anchoring: None,
@@ -246,6 +272,16 @@ impl Options {
             memory: MemoryOptions {
                 duration: Duration::from_millis(1500),
                 ..full.memory
+            },
+            check: scenario::check::CheckOptions {
+                events: 200_000,
+                runs: 1,
+                ..full.check
+            },
+            growth: scenario::growth::GrowthOptions {
+                events: 400_000,
+                slice: 100_000,
+                ..full.growth
             },
             baseline_duration: Duration::from_millis(800),
             rounds: 2,
@@ -379,6 +415,22 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
                     Some("no TPM: pass --tcti TCTI or --swtpm to measure anchoring".into());
             }
         }
+    }
+    if selected.check {
+        settle(work_dir)?;
+        eprintln!(
+            "tally-bench: tallyd check ({} events), with bare SHA-256 on every core over the same records",
+            options.check.events
+        );
+        results.check = Some(scenario::check::run(options, &options.check)?);
+    }
+    if selected.growth {
+        settle(work_dir)?;
+        eprintln!(
+            "tally-bench: growth ({} events, rate per {} events)",
+            options.growth.events, options.growth.slice
+        );
+        results.growth = Some(scenario::growth::run(options, &options.growth)?);
     }
     results.finish();
     Ok(results)

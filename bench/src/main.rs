@@ -26,7 +26,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): throughput, latency, lone,
-    /// verify, memory, anchoring.
+    /// verify, memory, anchoring, check, growth.
     #[arg(long)]
     only: Option<String>,
     /// Where to write every figure as JSON [default: target/tally-bench.json].
@@ -60,6 +60,28 @@ struct Args {
     /// Verify: events to export and verify.
     #[arg(long)]
     verify_events: Option<u64>,
+    /// Check: events in the checked store.
+    #[arg(long)]
+    check_events: Option<u64>,
+    /// Check: keep the store in DIR (DIR/data) and reuse it when it holds
+    /// --check-events events [default: a temporary directory].
+    #[arg(long)]
+    check_store: Option<PathBuf>,
+    /// Check: an older tallyd whose `check` runs on the same store (A/B).
+    #[arg(long)]
+    check_old_tallyd: Option<PathBuf>,
+    /// Growth: events to ingest [default: 2,000,000; 100,000,000 with
+    /// --growth-long].
+    #[arg(long)]
+    growth_events: Option<u64>,
+    /// Growth: events per reported slice [default: 200,000; 10,000,000
+    /// with --growth-long].
+    #[arg(long)]
+    growth_slice: Option<u64>,
+    /// Growth: the long form, 100M events in slices of 10M (about 45 GB of
+    /// disk under --dir; docs/BENCHMARKS.md).
+    #[arg(long)]
+    growth_long: bool,
     /// A TPM to anchor in, e.g. from `swtpm-ci/swtpm.sh start DIR`.
     #[arg(long, conflicts_with = "swtpm")]
     tcti: Option<String>,
@@ -216,11 +238,24 @@ fn main() -> anyhow::Result<()> {
         options.latency.payload = payload;
         options.lone.payload = payload;
         options.verify.payload = payload;
+        options.check.payload = payload;
+        options.growth.payload = payload;
     }
     if let Some(rates) = &args.rates {
         options.latency.rates = rates.clone();
     }
     options.verify.events = args.verify_events.unwrap_or(options.verify.events);
+    let check = &mut options.check;
+    check.events = args.check_events.unwrap_or(check.events);
+    check.store_dir = args.check_store.clone();
+    check.old_tallyd = args.check_old_tallyd.clone();
+    let growth = &mut options.growth;
+    if args.growth_long {
+        growth.events = tally_bench::scenario::growth::GrowthOptions::LONG_EVENTS;
+        growth.slice = tally_bench::scenario::growth::GrowthOptions::LONG_SLICE;
+    }
+    growth.events = args.growth_events.unwrap_or(growth.events);
+    growth.slice = args.growth_slice.unwrap_or(growth.slice);
 
     let swtpm = if args.swtpm && options.scenarios.anchoring {
         eprintln!("tally-bench: starting swtpm");

@@ -88,6 +88,10 @@ pub struct Results {
     pub anchoring: Option<Anchoring>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring_skipped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<crate::scenario::check::Check>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<crate::scenario::growth::Growth>,
     pub baselines: Baselines,
     /// Throughput over bare heed, slice by slice (each tallyd slice over the
     /// heed slice right after it): the spread shows how noisy the machine was.
@@ -126,6 +130,8 @@ impl Results {
             memory: None,
             anchoring: None,
             anchoring_skipped: None,
+            check: None,
+            growth: None,
             ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),
             targets: Vec::new(),
@@ -275,6 +281,24 @@ impl Results {
                 ),
                 met: memory.bounded,
                 margin: limit as f64 / memory.peak_rss_bytes as f64,
+            });
+        }
+        if let Some(check) = &self.check {
+            let threshold = crate::scenario::check::CHECK_OVER_SHA;
+            let (met, margin) = at_least(check.check_over_sha, threshold);
+            targets.push(Target {
+                name: "tallyd check vs bare SHA-256 (all cores)",
+                value: check.check.events_per_sec,
+                unit: "events/s",
+                baseline: Some(format!(
+                    "sha2 on {} threads {} records/s",
+                    check.sha_threads,
+                    count(check.sha_events_per_sec)
+                )),
+                ratio: Some(check.check_over_sha),
+                required: format!(">= {threshold} of bare SHA-256"),
+                met,
+                margin,
             });
         }
         self.targets = targets;

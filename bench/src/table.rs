@@ -347,6 +347,9 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             format!("{}, {:.0}", count(sha.events_per_sec), sha.mb_per_sec),
         );
     }
+    let scenario_rows = results.check.iter().flat_map(|check| check.rows());
+    let scenario_rows = scenario_rows.chain(results.growth.iter().flat_map(|g| g.rows()));
+    rows.extend(scenario_rows.map(Vec::from));
     if let Some(memory) = &results.memory {
         let name = format!(
             "memory ({} x {} x {} KiB)",

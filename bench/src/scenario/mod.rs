@@ -2,6 +2,8 @@
 //! temporary directory and measures one thing through the client library.
 
 pub mod anchoring;
+pub mod check;
+pub mod growth;
 pub mod latency;
 pub mod lone;
 pub mod memory;
