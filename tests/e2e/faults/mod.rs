@@ -5,6 +5,7 @@
 //! exit code) and that no acknowledged event is lost. docs/OPERATIONS.md,
 //! section 6a, says the same for the operator.
 
+mod check_chunks;
 mod corrupt;
 mod disk;
 mod operator;
