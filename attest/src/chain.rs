@@ -148,14 +148,54 @@ pub fn verify_chain_observed<S: RecordSource>(
     source: &mut S,
     declared_size: u64,
     declared_head: &Hash,
+    progress: impl FnMut(u64),
+    observe: impl FnMut(u64, &Hash),
+) -> Result<ChainSummary, ChainError<S::Error>> {
+    verify_chain_from(
+        source,
+        ChainStart::GENESIS,
+        declared_size,
+        declared_head,
+        progress,
+        observe,
+    )
+}
+
+/// Where a replay starts: at seq 0 after [`GENESIS_PREV`], or at a seq whose
+/// predecessor's entry hash the caller has already proven (a trusted
+/// checkpoint and an inclusion proof: `verify`'s trusted start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainStart {
+    /// The seq of the first record the source yields.
+    pub seq: u64,
+    /// The entry hash of record `seq - 1` ([`GENESIS_PREV`] for seq 0).
+    pub prev: Hash,
+}
+
+impl ChainStart {
+    /// The whole log: seq 0, linked to [`GENESIS_PREV`].
+    pub const GENESIS: ChainStart = ChainStart {
+        seq: 0,
+        prev: GENESIS_PREV,
+    };
+}
+
+/// [`verify_chain_observed`] over a source whose first record is
+/// `start.seq` (it must link to `start.prev`); `declared_size` is still the
+/// log's whole size, so the source holds `declared_size - start.seq` records.
+pub fn verify_chain_from<S: RecordSource>(
+    source: &mut S,
+    start: ChainStart,
+    declared_size: u64,
+    declared_head: &Hash,
     mut progress: impl FnMut(u64),
     mut observe: impl FnMut(u64, &Hash),
 ) -> Result<ChainSummary, ChainError<S::Error>> {
     let damaged = |damage| Err(ChainError::Damaged(damage));
     let mut records = Hashed::new(source);
-    let mut position: u64 = 0;
+    let mut position: u64 = start.seq;
     // Entry hash of the last record replayed.
-    let mut running = GENESIS_PREV;
+    let mut running = start.prev;
     // Set when the link into record `suspect` was broken; resolved by the
     // next record (or the declared head), which tells which side changed.
     let mut suspect: Option<u64> = None;
@@ -222,7 +262,7 @@ pub fn verify_chain_observed<S: RecordSource>(
     if &running != declared_head {
         // With the size right and every link intact, the last record is the
         // only one whose hash nothing else commits to.
-        if position == 0 {
+        if position == start.seq {
             return damaged(Damage::Truncated {
                 declared: declared_size,
                 found: 0,

@@ -338,6 +338,16 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             "export events/s (client library)",
             count(verify.export_events_per_sec),
         );
+        push(
+            rows,
+            &name,
+            "live events/s (from the daemon, no file); / export+verify",
+            format!(
+                "{}, {:.2}",
+                count(verify.live_events_per_sec),
+                (verify.export_seconds + verify.seconds) / verify.live_seconds
+            ),
+        );
     }
     if let Some(sha) = &results.baselines.sha256 {
         push(

@@ -1,6 +1,7 @@
 //! Exporting the log into a bundle file (see `tally_attest::bundle`), or a
 //! range of it into a range bundle ([`range`], `tally_attest::range`).
 
+pub mod live;
 pub mod range;
 
 use std::fs::{self, File};

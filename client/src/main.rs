@@ -162,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         vsock: cli.vsock,
     };
     match cli.command {
-        Command::Verify(args) => return cli::verify::run(&args),
+        Command::Verify(args) => return cli::verify::run(&target, &args),
         Command::QuoteFiles {
             bundle,
             ak,

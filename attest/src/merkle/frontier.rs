@@ -64,6 +64,42 @@ impl Frontier {
         Ok(Frontier { size, hashes })
     }
 
+    /// The frontier of a tree of `size` leaves, rebuilt from its last leaf
+    /// (`size - 1`, hash `leaf_hash`) and that leaf's inclusion proof in the
+    /// same tree: the proof's first `size.trailing_zeros()` hashes are the
+    /// left siblings inside the smallest complete subtree, the rest are the
+    /// larger complete subtrees, smallest first, so together they are the
+    /// whole frontier. The proof is not checked here: the caller compares
+    /// [`Frontier::root`] with a root it trusts (equal means the leaf and
+    /// every subtree are the trusted tree's). This is what lets a verifier
+    /// that trusts a checkpoint at `size` append the records after it without
+    /// the records before (`verify`'s trusted start).
+    pub fn from_last_leaf(
+        size: u64,
+        leaf_hash: &Hash,
+        proof: &[Hash],
+    ) -> Result<Frontier, MerkleError> {
+        let expected = super::inclusion_proof_len(size.saturating_sub(1), size)?;
+        if proof.len() != expected {
+            return Err(MerkleError::WrongProofSize {
+                expected,
+                found: proof.len(),
+            });
+        }
+        let inner = size.trailing_zeros() as usize;
+        let (inside, larger) = proof.split_at(inner);
+        let smallest = inside
+            .iter()
+            .fold(*leaf_hash, |right, left| node_hash(left, &right));
+        let hashes: Vec<Hash> = larger
+            .iter()
+            .rev()
+            .copied()
+            .chain(std::iter::once(smallest))
+            .collect();
+        Frontier::from_parts(size, hashes)
+    }
+
     /// Number of leaves covered.
     pub fn size(&self) -> u64 {
         self.size
@@ -171,6 +207,32 @@ mod tests {
     use super::super::testutil::{leaves, reference_root, MemStore};
     use super::super::EMPTY_ROOT;
     use super::*;
+
+    #[test]
+    fn from_last_leaf_rebuilds_the_frontier_of_every_size() {
+        //! A trusted start at any size: the last leaf's inclusion proof must
+        //! give back exactly the writer's frontier, and a wrong leaf or proof
+        //! hash must give another root.
+        let hashes = leaves(300);
+        let (store, _) = MemStore::build(&hashes);
+        for size in 1..=300u64 {
+            let (_, expected) = MemStore::build(&hashes[..size as usize]);
+            let proof = crate::merkle::inclusion_proof(&store, size - 1, size).unwrap();
+            let leaf = hashes[size as usize - 1];
+            let rebuilt = Frontier::from_last_leaf(size, &leaf, &proof).unwrap();
+            assert_eq!(rebuilt, expected, "size {size}");
+            let wrong_leaf = Frontier::from_last_leaf(size, &[9; 32], &proof).unwrap();
+            assert_ne!(wrong_leaf.root(), expected.root(), "size {size}");
+            if let Some(first) = proof.first() {
+                let mut bad = proof.clone();
+                bad[0] = super::super::testutil::flip(first, 3);
+                let rebuilt = Frontier::from_last_leaf(size, &leaf, &bad).unwrap();
+                assert_ne!(rebuilt.root(), expected.root(), "size {size}");
+                assert!(Frontier::from_last_leaf(size, &leaf, &proof[1..]).is_err());
+            }
+        }
+        assert!(Frontier::from_last_leaf(0, &[0; 32], &[]).is_err());
+    }
 
     #[test]
     fn root_matches_reference_and_store_after_every_push() {

@@ -17,8 +17,10 @@
 
 mod anchor_pass;
 mod run;
+pub mod source;
 
-pub use run::verify_bundle;
+pub use run::{verify_bundle, verify_sections};
+pub use source::{Sections, TrustedStart};
 
 use crate::anchor::checks::AcknowledgedGap;
 use crate::anchor::{AnchorError, CounterFinding};
@@ -81,6 +83,11 @@ pub enum AnchorViolation {
     },
     #[error("the attestation's anchors since the export: {0}")]
     Since(#[source] SinceError),
+    /// The source starts at seq `start`, after the trusted anchor `counter`
+    /// (size `size`), but its proof that record `start - 1` is that
+    /// tree's last leaf does not lead to the trusted root.
+    #[error("the records from seq {start} do not extend your trusted anchor {counter} (size {size}): the proof that record {start} links to the trusted tree does not verify (records before seq {start} were rewritten, or the start is not the trusted size)")]
+    StartUnproven { counter: u64, size: u64, start: u64 },
 }
 
 /// Why the anchors a fresh attestation brought (made after the bundle's last
@@ -211,6 +218,9 @@ pub struct Report {
     /// The newest anchor whose value the verdict shows closed (what
     /// `--save-trusted` writes), as stored bytes.
     pub last_closed_anchor: Option<Vec<u8>>,
+    /// The first record replayed: 0, or the size of the trusted checkpoint
+    /// the source started from ([`TrustedStart`]).
+    pub start_seq: u64,
 }
 
 /// The overall verdict.
@@ -289,4 +299,11 @@ impl Report {
 pub enum VerifyError {
     #[error("bad bundle: {0}")]
     Format(#[from] BundleError),
+    /// A source other than a file failed (the daemon's stream).
+    #[error("reading the log failed: {0}")]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the records start at seq {seq}, but no trusted anchor (--trusted) stands for the records before it")]
+    UntrustedStart { seq: u64 },
+    #[error("the records start at seq {seq}, past the log's size {size}")]
+    StartBeyondLog { seq: u64, size: u64 },
 }

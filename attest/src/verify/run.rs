@@ -1,20 +1,24 @@
-//! [`verify_bundle`]: one pass over the bundle. The anchors come first and
-//! go through [`AnchorPass`]; then the chain is replayed, rebuilding the
-//! Merkle tree only at the sizes some anchor claims a root for, and the
-//! verdicts are judged from both.
+//! [`verify_sections`]: one pass over a source of sections (a bundle file,
+//! or the daemon's stream). The anchors come first and go through
+//! [`AnchorPass`]; then the chain is replayed, rebuilding the Merkle tree
+//! only at the sizes some anchor claims a root for, and the verdicts are
+//! judged from both. A source that starts after a trusted checkpoint
+//! ([`TrustedStart`]) seeds the replay with the trusted tree's frontier,
+//! proven against the trusted anchor's root before any record is read.
 
 use std::io::BufRead;
 
 use crate::anchor::checks::clock_finding;
 use crate::anchor::{verify_fresh, AnchorError, VerifiedAnchor, VerifiedFresh};
 use crate::bundle::{BundleHeader, BundleReader};
-use crate::chain::{verify_chain_observed, ChainError};
+use crate::chain::{verify_chain_from, ChainError, ChainStart};
 use crate::merkle::{Frontier, EMPTY_ROOT};
 use crate::record::Hash;
 use crate::verify::anchor_pass::{AnchorPass, Claimant, RootClaim, BATCH};
+use crate::verify::source::{Sections, TrustedStart};
 use crate::verify::{
-    AnchorViolation, AnchorsVerdict, CounterVerdict, Coverage, CurrentVerdict, OriginVerdict,
-    Report, VerifyError, VerifyOptions,
+    AnchorViolation, AnchorsVerdict, CounterVerdict, Coverage, CurrentVerdict, Origin,
+    OriginVerdict, Report, VerifyError, VerifyOptions,
 };
 
 /// Reads and verifies a bundle. `progress` gets `(records replayed, declared size)`.
@@ -22,12 +26,41 @@ use crate::verify::{
 pub fn verify_bundle<R: BufRead>(
     input: R,
     options: VerifyOptions<'_>,
-    mut progress: impl FnMut(u64, u64),
+    progress: impl FnMut(u64, u64),
 ) -> Result<Report, VerifyError> {
     let mut reader = BundleReader::new(input)?;
-    let header = reader.header().clone();
+    verify_sections(&mut reader, options, progress)
+}
+
+/// Verifies whatever `source` yields, as [`verify_bundle`] does a file.
+/// Returns `Err` only when the source fails or is not well-formed (or
+/// starts after seq 0 without a trusted origin to start from); damage is in
+/// the report.
+pub fn verify_sections<S: Sections>(
+    source: &mut S,
+    options: VerifyOptions<'_>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Report, VerifyError>
+where
+    S::Error: Into<VerifyError>,
+{
+    let header = source.header().clone();
     let head = header.head()?;
     let size = header.size;
+    let start = source.start().cloned();
+    if let Some(start) = &start {
+        // Records before the start are not read: only an anchor the
+        // verifier already trusts can stand for them.
+        if options.policy.is_none() || !matches!(options.origin, Some(Origin::Trusted { .. })) {
+            return Err(VerifyError::UntrustedStart { seq: start.seq });
+        }
+        if start.seq > size {
+            return Err(VerifyError::StartBeyondLog {
+                seq: start.seq,
+                size,
+            });
+        }
+    }
 
     let mut pass = options
         .policy
@@ -35,7 +68,7 @@ pub fn verify_bundle<R: BufRead>(
     if let Some(pass) = pass.as_mut() {
         let mut batch = Vec::with_capacity(BATCH + 1);
         let mut buf = Vec::new();
-        while reader.next_anchor(&mut buf)? {
+        while source.next_anchor(&mut buf).map_err(Into::into)? {
             batch.push(std::mem::take(&mut buf));
             if batch.len() > BATCH {
                 // Keep the newest anchor back: whether it is the bundle's
@@ -77,10 +110,33 @@ pub fn verify_bundle<R: BufRead>(
         .iter()
         .map(|claim| (claim.size == 0).then_some(EMPTY_ROOT))
         .collect();
-    let mut cursor = claims.partition_point(|claim| claim.size == 0);
-    let mut frontier = (!claims.is_empty()).then(Frontier::new);
-    let chain = verify_chain_observed(
-        &mut reader,
+    let (chain_start, start_frontier) = match &start {
+        None => (ChainStart::GENESIS, Frontier::new()),
+        Some(start) => {
+            let frontier = trusted_frontier(start, &claims, pass.as_mut());
+            (
+                ChainStart {
+                    seq: start.seq,
+                    prev: start.prev,
+                },
+                frontier.unwrap_or_default(),
+            )
+        }
+    };
+    let start_seq = chain_start.seq;
+    // Claims at the start's size are proven by the frontier (checked
+    // against the trusted root above); claims below it cannot be compared
+    // (no records before the start are read) and stay unproven.
+    for (claim, computed) in claims.iter().zip(computed.iter_mut()) {
+        if start_seq > 0 && claim.size == start_seq {
+            *computed = Some(start_frontier.root());
+        }
+    }
+    let mut cursor = claims.partition_point(|claim| claim.size <= start_seq);
+    let mut frontier = (!claims.is_empty()).then_some(start_frontier);
+    let chain = verify_chain_from(
+        source,
+        chain_start,
         size,
         &head,
         |done| progress(done, size),
@@ -98,7 +154,7 @@ pub fn verify_bundle<R: BufRead>(
     let chain = match chain {
         Ok(summary) => Ok(summary),
         Err(ChainError::Damaged(damage)) => Err(damage),
-        Err(ChainError::Source(err)) => return Err(VerifyError::Format(err)),
+        Err(ChainError::Source(err)) => return Err(err.into()),
     };
     let log_size = chain.as_ref().map(|summary| summary.size).ok();
 
@@ -114,10 +170,50 @@ pub fn verify_bundle<R: BufRead>(
             acknowledged_gaps: Vec::new(),
             anchor_checks: options.anchor_checks,
             last_closed_anchor: None,
+            start_seq,
         });
     };
     let roots = compare_roots(&claims, &computed, log_size);
-    judge(pass, header, chain, log_size, roots, fresh)
+    let mut report = judge(pass, header, chain, log_size, roots, fresh)?;
+    report.start_seq = start_seq;
+    Ok(report)
+}
+
+/// The trusted tree's frontier at `start.seq`, rebuilt from the source's
+/// last-leaf proof; `None` (and the anchors FAIL) unless it hashes to the
+/// root of the trusted anchor, which must be the first anchor and of
+/// exactly that size.
+fn trusted_frontier(
+    start: &TrustedStart,
+    claims: &[RootClaim],
+    pass: Option<&mut AnchorPass<'_>>,
+) -> Option<Frontier> {
+    let pass = pass?;
+    let OriginVerdict::Trusted { counter, size } = pass.origin else {
+        // Not the trusted anchor: the origin verdict already FAILs.
+        return None;
+    };
+    let trusted_root = claims
+        .iter()
+        .find(|claim| claim.by == Claimant::Bundle(counter))
+        .map(|claim| claim.root);
+    let frontier = match (start.seq, trusted_root) {
+        (0, Some(root)) if root == EMPTY_ROOT && size == 0 => Some(Frontier::new()),
+        (seq, Some(root)) if seq == size && seq > 0 => {
+            Frontier::from_last_leaf(seq, &start.prev, &start.path)
+                .ok()
+                .filter(|frontier| frontier.root() == root)
+        }
+        _ => None,
+    };
+    if frontier.is_none() && pass.failure.is_none() {
+        pass.failure = Some(AnchorViolation::StartUnproven {
+            counter,
+            size,
+            start: start.seq,
+        });
+    }
+    frontier
 }
 
 /// The first anchor whose root disagrees with the records, or lies beyond
@@ -252,6 +348,7 @@ fn judge(
         acknowledged_gaps: pass.checker.acknowledged.clone(),
         anchor_checks: pass.options.anchor_checks,
         last_closed_anchor,
+        start_seq: 0,
     })
 }
 

@@ -3,7 +3,10 @@
 //! `tally_attest::verify_bundle` on the file in this process. The first run
 //! warms the page cache and is not counted; then verify runs alternate with
 //! the bare SHA-256 baseline over the same records (so both see the same
-//! machine noise) and the medians are reported.
+//! machine noise) and the medians are reported. Before the daemon stops,
+//! the same log is also verified straight from it (`tally verify --live`'s
+//! path: `tally_client::export::live` into `verify_sections`), once, so the
+//! live figure compares with export + verify of the bundle.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -29,6 +32,10 @@ pub struct Verify {
     pub ingest_seconds: f64,
     pub export_seconds: f64,
     pub export_events_per_sec: f64,
+    /// One verification streamed from the daemon (no bundle file), with
+    /// the page cache warm from the export.
+    pub live_seconds: f64,
+    pub live_events_per_sec: f64,
     /// The first (cold) run, not counted.
     pub first_verify_seconds: f64,
     /// Warm runs, alternating with the SHA-256 baseline.
@@ -73,6 +80,7 @@ pub fn run(options: &Options, shape: &VerifyOptions) -> anyhow::Result<(Verify, 
         summary.size,
         shape.events
     );
+    let live_seconds = verify_live(&runtime, daemon.socket(), shape.events)?;
     // The daemon is not needed any more: free its CPU for the timed part.
     drop(daemon);
 
@@ -109,6 +117,8 @@ pub fn run(options: &Options, shape: &VerifyOptions) -> anyhow::Result<(Verify, 
             ingest_seconds,
             export_seconds,
             export_events_per_sec: shape.events as f64 / export_seconds,
+            live_seconds,
+            live_events_per_sec: shape.events as f64 / live_seconds,
             first_verify_seconds,
             runs: RUNS,
             seconds,
@@ -117,6 +127,35 @@ pub fn run(options: &Options, shape: &VerifyOptions) -> anyhow::Result<(Verify, 
         },
         sha,
     ))
+}
+
+/// Verifies the daemon's log as `tally verify --live` does: the stream on
+/// the runtime, the verifier on this thread. Returns the seconds taken.
+fn verify_live(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    events: u64,
+) -> anyhow::Result<f64> {
+    use tally_client::export::live::{stream_live, LiveFrom, LiveSections, CHANNEL_PAGES};
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_PAGES);
+    let socket = socket.to_owned();
+    let started = Instant::now();
+    let producer = runtime.spawn(async move {
+        let mut client = Client::connect(&socket, CLIENT_NAME).await?;
+        stream_live(&mut client, LiveFrom::default(), tx).await;
+        anyhow::Ok(())
+    });
+    let (mut sections, _) = LiveSections::open(rx)?;
+    let report =
+        tally_attest::verify::verify_sections(&mut sections, AttestOptions::default(), |_, _| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(sections);
+    runtime.block_on(producer)??;
+    let chain = report
+        .chain
+        .map_err(|damage| anyhow::anyhow!("live verify found damage: {damage}"))?;
+    anyhow::ensure!(chain.size == events, "live verified {} records", chain.size);
+    Ok(seconds)
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {

@@ -8,17 +8,22 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use prost::Message;
+use serde_json::json;
 use serde_json::Value;
 use tally_attest::anchor::{verify_anchor, AnchorPolicy, FreshAttestation};
 use tally_attest::identity::GapAck;
+use tally_attest::verify::verify_sections;
 use tally_attest::verify::{
     AnchorChecks, AnchorsVerdict, CounterVerdict, CurrentVerdict, Origin, OriginVerdict, Verdict,
 };
 use tally_attest::{verify_bundle, Report, VerifyOptions};
+use tally_client::export::live::{LiveFrom, LiveSections};
 
+use crate::cli::connect::Target;
 use crate::cli::progress::progress_bar;
+use crate::cli::sequential::SequentialReader;
 use crate::cli::trust::{load_trust, TrustArgs};
-use crate::cli::verify_json;
+use crate::cli::{verify_json, verify_live};
 
 /// Which anchors' TPM signatures to check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,7 +38,19 @@ pub enum AnchorsArg {
 pub struct VerifyArgs {
     /// The bundle file (from `tally export`; a range bundle from `tally
     /// export --from/--to` is recognised and checked against its one anchor).
-    pub bundle: PathBuf,
+    #[arg(required_unless_present = "live", conflicts_with = "live")]
+    pub bundle: Option<PathBuf>,
+    /// Verify the log straight from the daemon (--socket / --vsock), with no
+    /// bundle file: the same checks and verdicts as for a bundle, on the
+    /// records and anchors the daemon streams (it is trusted for nothing).
+    /// With --trusted, only the records and anchors after that anchor are read.
+    #[arg(long)]
+    pub live: bool,
+    /// With --live: take a fresh attestation for a nonce chosen here, in the
+    /// same run, so "current" is checked (as `export --attest` then
+    /// `verify --attestation` would).
+    #[arg(long, requires = "live", conflicts_with_all = ["attestation", "nonce"])]
+    pub attest: bool,
     #[command(flatten)]
     pub trust: TrustArgs,
     /// A fresh attestation (from `tally attest`) to check the log is current.
@@ -43,7 +60,9 @@ pub struct VerifyArgs {
     #[arg(long, requires = "attestation")]
     pub nonce: Option<String>,
     /// An anchor you verified before (from --save-trusted): verification
-    /// starts there instead of at the genesis; earlier anchors are not checked again.
+    /// starts there instead of at the genesis; earlier anchors are not
+    /// checked again. With --live only the records after it are read and
+    /// replayed (their link to it is proven); a bundle is still replayed whole.
     #[arg(long)]
     pub trusted: Option<PathBuf>,
     /// After a PASS, write the newest closed anchor here, for a later --trusted.
@@ -66,10 +85,11 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Verifies the bundle with a progress bar and prints the verdicts.
-pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+/// Verifies the bundle (or the daemon's log) with a progress bar and prints
+/// the verdicts.
+pub fn run(target: &Target, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let bar = progress_bar("verifying");
-    let code = verify(args, |done, total| {
+    let code = verify(target, args, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     });
@@ -77,22 +97,30 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<ExitCode> {
+fn verify(
+    target: &Target,
+    args: &VerifyArgs,
+    progress: impl FnMut(u64, u64),
+) -> anyhow::Result<ExitCode> {
     let (policy, identity) = load_trust(&args.trust)?;
-    if crate::cli::verify_range::is_range_file(&args.bundle)? {
-        let whole_log_flags = args.attestation.is_some()
-            || args.trusted.is_some()
-            || args.save_trusted.is_some()
-            || !args.accept_gap.is_empty();
-        return crate::cli::verify_range::run(
-            &args.bundle,
-            args.json,
-            whole_log_flags,
-            policy.as_ref(),
-        );
+    if let Some(bundle) = args.bundle.as_deref() {
+        if crate::cli::verify_range::is_range_file(bundle)? {
+            let whole_log_flags = args.attestation.is_some()
+                || args.trusted.is_some()
+                || args.save_trusted.is_some()
+                || !args.accept_gap.is_empty();
+            return crate::cli::verify_range::run(
+                bundle,
+                args.json,
+                whole_log_flags,
+                policy.as_ref(),
+            );
+        }
     }
-    if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some()) {
-        anyhow::bail!("--attestation and --trusted need the log's identity (--identity FILE)");
+    if policy.is_none() && (args.attestation.is_some() || args.trusted.is_some() || args.attest) {
+        anyhow::bail!(
+            "--attestation, --attest and --trusted need the log's identity (--identity FILE)"
+        );
     }
     let attestation = match &args.attestation {
         Some(path) => Some(
@@ -101,7 +129,7 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
         ),
         None => None,
     };
-    let nonce = match &args.nonce {
+    let mut nonce = match &args.nonce {
         Some(text) => hex::decode(text).context("--nonce is not hex")?,
         None => Vec::new(),
     };
@@ -109,9 +137,23 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
         counter: identity.genesis_counter,
         anchor: identity.genesis_anchor,
     });
+    let mut trusted_at = None;
     if let (Some(path), Some(policy)) = (&args.trusted, &policy) {
         let trusted = verify_anchor(policy, &read(path)?)
             .with_context(|| format!("the trusted anchor {} does not verify", path.display()))?;
+        if let Some(identity) = &identity {
+            // An anchor of another log (signed by the same TPM) is no
+            // starting point for this one.
+            if trusted.checkpoint.log_id != identity.log_id {
+                anyhow::bail!(
+                    "the trusted anchor {} is for another log (log id {}, the identity's is {})",
+                    path.display(),
+                    hex::encode(trusted.checkpoint.log_id),
+                    hex::encode(identity.log_id)
+                );
+            }
+        }
+        trusted_at = Some((trusted.counter, trusted.checkpoint.size));
         origin = Some(Origin::Trusted {
             counter: trusted.counter,
             anchor: trusted.hash,
@@ -125,30 +167,59 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
                 .with_context(|| format!("{} is not a gap acknowledgement", path.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let file = File::open(&args.bundle)
-        .with_context(|| format!("cannot open {}", args.bundle.display()))?;
+    let anchor_checks = match args.anchors {
+        AnchorsArg::All => AnchorChecks::All,
+        AnchorsArg::Newest => AnchorChecks::Newest,
+    };
     let options = VerifyOptions {
         policy: policy.as_ref(),
         origin,
-        fresh: attestation
-            .as_ref()
-            .map(|attestation| (attestation, nonce.as_slice())),
+        fresh: None,
         acknowledged_gaps: &gaps,
-        anchor_checks: match args.anchors {
-            AnchorsArg::All => AnchorChecks::All,
-            AnchorsArg::Newest => AnchorChecks::Newest,
-        },
+        anchor_checks,
     };
-    let report = match verify_bundle(BufReader::with_capacity(1 << 20, file), options, progress) {
+    let (result, source) = if args.live {
+        let live_nonce: Option<[u8; 32]> = args.attest.then(rand::random);
+        if let Some(live_nonce) = live_nonce {
+            nonce = live_nonce.to_vec();
+        }
+        let from = LiveFrom {
+            trusted: trusted_at,
+            nonce: live_nonce,
+        };
+        let result = verify_live::verify(target, from, |sections: &mut LiveSections, fresh| {
+            let fresh = fresh.map(|attestation| (attestation, nonce.as_slice()));
+            verify_sections(sections, VerifyOptions { fresh, ..options }, progress)
+        })?;
+        (result, verify_live::source_json(target, trusted_at))
+    } else {
+        let path = args.bundle.as_deref().context("no bundle given")?;
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let input = SequentialReader::new(file);
+        let fresh = attestation
+            .as_ref()
+            .map(|attestation| (attestation, nonce.as_slice()));
+        (
+            verify_bundle(
+                BufReader::with_capacity(1 << 20, input),
+                VerifyOptions { fresh, ..options },
+                progress,
+            ),
+            json!({"kind": "bundle", "path": path.display().to_string()}),
+        )
+    };
+    let report = match result {
         Ok(report) => report,
         Err(err) => {
             if args.json {
-                println!(
-                    "{}",
-                    verify_json::unreadable_json(&err, verify_json::kind_of(&err))
-                );
+                let mut doc = verify_json::unreadable_json(&err, verify_json::kind_of(&err));
+                doc["source"] = source;
+                println!("{doc}");
             } else {
-                println!("bundle readable: FAILED: {err}");
+                println!(
+                    "{} readable: FAILED: {err}",
+                    if args.live { "log" } else { "bundle" }
+                );
                 println!("verdict:            FAIL");
             }
             return Ok(ExitCode::from(1));
@@ -156,8 +227,16 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
     };
     let verdict = report.verdict();
     if args.json {
-        println!("{}", to_json(&report, &verdict, policy.as_ref()));
+        let mut doc = to_json(&report, &verdict, policy.as_ref());
+        doc["source"] = source;
+        println!("{doc}");
     } else {
+        if args.live {
+            println!(
+                "source:             {}",
+                verify_live::source_line(target, trusted_at)
+            );
+        }
         print_human(&report, &verdict, policy.as_ref());
     }
     if let (Verdict::Pass, Some(path), Some(bytes)) =
@@ -173,6 +252,14 @@ fn verify(args: &VerifyArgs, progress: impl FnMut(u64, u64)) -> anyhow::Result<E
 
 fn chain_line(report: &Report) -> String {
     match &report.chain {
+        Ok(chain) if report.start_seq > 0 => format!(
+            "OK ({} records, head {}; seqs {}..{} replayed, linked to your trusted checkpoint at size {})",
+            chain.size,
+            hex::encode(chain.head_hash),
+            report.start_seq,
+            chain.size.saturating_sub(1),
+            report.start_seq
+        ),
         Ok(chain) => format!(
             "OK ({} records, head {})",
             chain.size,

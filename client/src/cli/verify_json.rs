@@ -81,7 +81,7 @@ fn chain(report: &Report, line: String) -> Value {
             "chain",
             Status::Pass,
             line,
-            json!({"size": chain.size, "head_hash": hex::encode(chain.head_hash)}),
+            json!({"size": chain.size, "head_hash": hex::encode(chain.head_hash), "from_seq": report.start_seq}),
         ),
         Err(damage) => check(
             "chain",
@@ -141,6 +141,15 @@ fn violation_fields(violation: &AnchorViolation) -> Value {
             fields["log_size"] = json!(log_size);
         }
         AnchorViolation::Since(error) => fields["cause"] = json!(kind_of(error)),
+        AnchorViolation::StartUnproven {
+            counter,
+            size,
+            start,
+        } => {
+            fields["counter"] = json!(counter);
+            fields["size"] = json!(size);
+            fields["seq"] = json!(start);
+        }
         // A violation added later keeps its kind and message.
         _ => {}
     }
