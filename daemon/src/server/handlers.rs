@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tally_attest::entry_hash;
 use tally_client::attributes::check_client_event;
 use tally_client::proto::{self, response};
 use tokio::sync::oneshot;
@@ -155,13 +154,16 @@ pub(crate) async fn load_page(
     })
     .await
     .map_err(RequestError::PageTask)??;
+    // The hashes come from the chain's links (Store::scan): no SHA-256 to
+    // serve a read.
     Ok(proto::Records {
         records: scanned
             .records
             .into_iter()
-            .map(|record| proto::StoredRecord {
+            .zip(scanned.entry_hashes)
+            .map(|(record, hash)| proto::StoredRecord {
                 seq: record.seq,
-                entry_hash: entry_hash(&record.bytes).to_vec().into(),
+                entry_hash: hash.to_vec().into(),
                 record: record.bytes.into(),
             })
             .collect(),
