@@ -17,7 +17,7 @@ use super::shared::Shared;
 use crate::anchor::AnchorCommand;
 use crate::peer::PeerId;
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents};
-use crate::store::{Scan, FORMAT_VERSION};
+use crate::store::{Scan, ScanPage, FORMAT_VERSION};
 use tally_client::clock::now_unix_nanos;
 
 /// Where the sequencer answers a submitted append.
@@ -154,9 +154,13 @@ pub(crate) async fn load_page(
     })
     .await
     .map_err(RequestError::PageTask)??;
-    // The hashes come from the chain's links (Store::scan): no SHA-256 to
-    // serve a read.
-    Ok(proto::Records {
+    Ok(records_of(scanned))
+}
+
+/// A scanned page as the protocol sends it. The hashes come from the chain's
+/// links (`Store::scan`): no SHA-256 to serve a read.
+pub(crate) fn records_of(scanned: ScanPage) -> proto::Records {
+    proto::Records {
         records: scanned
             .records
             .into_iter()
@@ -168,7 +172,7 @@ pub(crate) async fn load_page(
             })
             .collect(),
         resume_seq: scanned.resume_seq,
-    })
+    }
 }
 
 /// A fresh attestation for the caller's nonce, made by the anchoring task (so no
