@@ -16,6 +16,7 @@ mod client_timeout;
 mod concurrency;
 mod crash;
 mod exposure;
+mod fanout;
 mod faults;
 mod filters;
 mod first_contact;

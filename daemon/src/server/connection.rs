@@ -43,19 +43,28 @@ pub async fn serve_connection<S>(
     );
     let (queue_tx, queue_rx) = mpsc::channel(shared.limits.max_inflight_per_connection.max(1));
     let reader_done = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(
+    let writer_done = CancellationToken::new();
+    let writing = write_loop(
         frames_out,
         queue_rx,
         shared.clone(),
         shutdown.clone(),
         reader_done.clone(),
-    ));
+    );
+    let done = writer_done.clone().drop_guard();
+    let writer = tokio::spawn(async move {
+        let _done = done;
+        writing.await
+    });
     let peer_text = peer.to_string();
     let dispatcher = Dispatcher::new(&shared, &peer, &peer_text, &shutdown);
-    read_loop(
-        frames_in, queue_tx, dispatcher, &peer_text, &shared, &shutdown,
-    )
-    .await;
+    // A writer that stopped (a follower cut off by the slow-reader timeout,
+    // a failed write) ends the connection: the reader goes too, so the
+    // socket closes rather than wait for a request that a follower never sends.
+    tokio::select! {
+        _ = read_loop(frames_in, queue_tx, dispatcher, &peer_text, &shared, &shutdown) => {}
+        _ = writer_done.cancelled() => {}
+    }
     reader_done.cancel();
     if let Err(err) = writer.await {
         tracing::error!(peer = %peer_text, %err, "connection writer task failed");

@@ -2,14 +2,21 @@
 //! records from its start seq, then each new page as it commits, until the
 //! client leaves or the daemon shuts down. The connection's writer hands its
 //! socket here and never takes it back.
+//!
+//! An unfiltered follower is served the publisher's shared pages
+//! (`fanout.rs`) and reads the store itself only where its position is not
+//! in the ring (it started behind, or fell behind); a filtered follower scans
+//! the store with its filter, page by page.
 
+use bytes::Buf;
 use futures::SinkExt;
-use tally_client::frame;
 use tally_client::proto::{self, response, Response};
-use tokio::io::AsyncWrite;
+use tally_client::{filter, frame};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::fanout::{Position, SharedPage};
 use super::handlers;
 use super::shared::Shared;
 use super::slow_reader::within;
@@ -30,6 +37,140 @@ pub(crate) const FOLLOW_PROGRESS_EVERY: u64 = 10_000;
 /// Streams the matching records from `from`, then new ones as they commit,
 /// until the client leaves or the daemon shuts down.
 pub(super) async fn follow<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    stream: FollowStream,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) {
+    if filter::is_empty(&stream.filter) {
+        follow_shared(frames, stream, shared, shutdown, reader_done).await
+    } else {
+        follow_filtered(frames, stream, shared, shutdown, reader_done).await
+    }
+}
+
+/// What sending one frame came to.
+enum Sent {
+    Ok,
+    /// The client left, did not take the frame in time, or the daemon stops.
+    Stop,
+}
+
+/// Sends `response` within the slow-reader bound. A client that stops
+/// sending (half-close, or a stray request) still gets whole frames: its
+/// reader ending is checked between frames, and the slow-reader timeout
+/// bounds the wait. Only a daemon shutdown cuts a frame short (the
+/// connection closes).
+async fn send<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    response: &Response,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) -> Sent {
+    let sent = tokio::select! {
+        sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(response))) => sent,
+        _ = shutdown.cancelled() => return Sent::Stop,
+    };
+    if !sent || reader_done.is_cancelled() {
+        return Sent::Stop;
+    }
+    Sent::Ok
+}
+
+/// Sends a shared page: this follower's frame header, then the page's bytes
+/// as they are (one vectored write; no copy in the daemon), within the
+/// slow-reader bound as [`send`].
+async fn send_shared<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    id: u64,
+    page: &SharedPage,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) -> Sent {
+    let mut bytes = page.header(id).freeze().chain(page.body.clone());
+    let write = async {
+        // Whatever the codec holds goes first (frames stay in order).
+        SinkExt::<bytes::Bytes>::flush(frames).await?;
+        frames.get_mut().write_all_buf(&mut bytes).await
+    };
+    let sent = tokio::select! {
+        sent = within(shared.limits.slow_reader_timeout, write) => sent,
+        _ = shutdown.cancelled() => return Sent::Stop,
+    };
+    if !sent || reader_done.is_cancelled() {
+        return Sent::Stop;
+    }
+    Sent::Ok
+}
+
+/// An unfiltered follow: shared pages where the ring has its position, the
+/// store up to the next page start where it has not.
+async fn follow_shared<W: AsyncWrite + Unpin>(
+    frames: &mut FramedWrite<W, LengthDelimitedCodec>,
+    stream: FollowStream,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) {
+    let id = stream.id;
+    let (_joined, mut published) =
+        shared
+            .fanout
+            .join(&shared.store, &shared.sequencer.head, &shared.limits);
+    let mut cursor = stream.from;
+    loop {
+        published.borrow_and_update();
+        loop {
+            let sent = match shared.fanout.position(cursor) {
+                Position::Page(page) => {
+                    cursor = page.to;
+                    send_shared(frames, id, &page, shared, shutdown, reader_done).await
+                }
+                Position::ReadTo(to) => {
+                    let request = handlers::PageRequest {
+                        from: cursor,
+                        to,
+                        newest: false,
+                        filter: proto::Filter::default(),
+                        max_records: shared.limits.read_page_records,
+                    };
+                    let page = match handlers::load_page(shared, request).await {
+                        Ok(page) if page.resume_seq > cursor => page,
+                        // No progress (cannot happen: a scan examines a
+                        // record or ends its range); never spin.
+                        Ok(_) => break,
+                        Err(error) => {
+                            let _ = frames.send(frame::encode(&error.response(id))).await;
+                            return;
+                        }
+                    };
+                    cursor = page.resume_seq;
+                    let response = Response {
+                        id,
+                        body: Some(response::Body::Records(page)),
+                    };
+                    send(frames, &response, shared, shutdown, reader_done).await
+                }
+                Position::Wait => break,
+            };
+            if matches!(sent, Sent::Stop) {
+                return;
+            }
+        }
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            _ = reader_done.cancelled() => return,
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// A filtered follow: the store scanned with the follower's filter from its
+/// position to the head, then again as the head moves.
+async fn follow_filtered<W: AsyncWrite + Unpin>(
     frames: &mut FramedWrite<W, LengthDelimitedCodec>,
     stream: FollowStream,
     shared: &Shared,
@@ -77,15 +218,10 @@ pub(super) async fn follow<W: AsyncWrite + Unpin>(
                 id,
                 body: Some(response::Body::Records(page)),
             };
-            // A client that stops sending (half-close, or a stray request)
-            // still gets whole frames: its reader ending is checked between
-            // frames, and the slow-reader timeout bounds the wait. Only a
-            // daemon shutdown cuts a frame short (the connection closes).
-            let sent = tokio::select! {
-                sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(&response))) => sent,
-                _ = shutdown.cancelled() => return,
-            };
-            if !sent || reader_done.is_cancelled() {
+            if matches!(
+                send(frames, &response, shared, shutdown, reader_done).await,
+                Sent::Stop
+            ) {
                 return;
             }
         }

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tally_attest::entry_hash;
 use tally_client::attributes::check_client_event;
 use tally_client::proto::{self, response};
 use tokio::sync::oneshot;
@@ -18,7 +17,7 @@ use super::shared::Shared;
 use crate::anchor::AnchorCommand;
 use crate::peer::PeerId;
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents};
-use crate::store::{Scan, FORMAT_VERSION};
+use crate::store::{Scan, ScanPage, FORMAT_VERSION};
 use tally_client::clock::now_unix_nanos;
 
 /// Where the sequencer answers a submitted append.
@@ -155,18 +154,25 @@ pub(crate) async fn load_page(
     })
     .await
     .map_err(RequestError::PageTask)??;
-    Ok(proto::Records {
+    Ok(records_of(scanned))
+}
+
+/// A scanned page as the protocol sends it. The hashes come from the chain's
+/// links (`Store::scan`): no SHA-256 to serve a read.
+pub(crate) fn records_of(scanned: ScanPage) -> proto::Records {
+    proto::Records {
         records: scanned
             .records
             .into_iter()
-            .map(|record| proto::StoredRecord {
+            .zip(scanned.entry_hashes)
+            .map(|(record, hash)| proto::StoredRecord {
                 seq: record.seq,
-                entry_hash: entry_hash(&record.bytes).to_vec().into(),
+                entry_hash: hash.to_vec().into(),
                 record: record.bytes.into(),
             })
             .collect(),
         resume_seq: scanned.resume_seq,
-    })
+    }
 }
 
 /// A fresh attestation for the caller's nonce, made by the anchoring task (so no

@@ -12,6 +12,7 @@ mod accept;
 mod connection;
 mod dispatcher;
 mod error;
+mod fanout;
 mod follow;
 mod handlers;
 mod shared;

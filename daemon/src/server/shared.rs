@@ -12,6 +12,7 @@
 //! | `connections` | `Mutex` | admitting a connection, dropping its permit | the same |
 //! | `append_rate` | `Mutex` | every append, when a rate is set | the same |
 //! | `anchoring.status` | `Mutex` | the anchoring task | status (a clone) |
+//! | `fanout` ring | `Mutex` | the publisher task, a push per committed page | followers (an `Arc` clone of a page) |
 //! | `anchoring.ack_times` | `Mutex` ([`AckTimes`](crate::exposure::AckTimes)) | the sequencer's role holder after each commit; the anchorer | status (the exposure window) |
 //!
 //! No lock is held while another is taken, and none across an `.await`.
@@ -54,6 +55,8 @@ pub struct Shared {
     pub connections: Arc<ConnectionLimits>,
     /// Events per second each peer may append (optional).
     pub append_rate: AppendRate,
+    /// Committed pages shared by the unfiltered followers (`fanout.rs`).
+    pub fanout: Arc<super::fanout::Fanout>,
 }
 
 impl Shared {
@@ -84,6 +87,7 @@ impl Shared {
                 config.max_connections_per_peer,
             ),
             append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
+            fanout: Arc::default(),
         }
     }
 }

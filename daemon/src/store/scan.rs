@@ -6,14 +6,17 @@
 
 use std::time::Instant;
 
+use heed::RoTxn;
 use prost::Message;
 use tally_attest::record::HEADER_LEN;
+use tally_attest::{entry_hash, Hash};
 use tally_client::filter;
 use tally_client::proto::{Filter, RecordBody};
 
+use super::records::decode_head;
 use super::records::StoredRecord;
 use super::times::record_time;
-use super::{Store, StoreError};
+use super::{Store, StoreError, META_HEAD};
 
 /// One read request's scan.
 #[derive(Debug, Clone)]
@@ -44,7 +47,19 @@ const CLOCK_EVERY: u64 = 256;
 #[derive(Debug, Default)]
 pub struct ScanPage {
     pub records: Vec<StoredRecord>,
+    /// The entry hash of each record of `records`, in the same order: taken
+    /// from the chain's links, not recomputed (see [`prev_hash`]).
+    pub entry_hashes: Vec<Hash>,
     pub resume_seq: u64,
+}
+
+/// The `prev_hash` field of a stored record (bytes 9..41, DESIGN.md
+/// section 3): the entry hash of record `seq - 1`. The store holds only
+/// chained records (checked at start-up and by `tallyd check`), so serving a
+/// read needs no SHA-256: record i's entry hash is record i+1's link, and the
+/// last record's is the head's.
+pub(crate) fn prev_hash(record: &[u8]) -> Option<Hash> {
+    record.get(9..HEADER_LEN)?.try_into().ok()
 }
 
 /// Whether a stored record matches; a record whose body does not decode
@@ -82,6 +97,7 @@ impl Store {
         if start >= scan.to {
             return Ok(ScanPage {
                 records: Vec::new(),
+                entry_hashes: Vec::new(),
                 resume_seq: done.max(scan.from),
             });
         }
@@ -96,10 +112,25 @@ impl Store {
         let stop_at = |seq: u64| if scan.newest { seq + 1 } else { seq };
         let max_records = scan.max_records.max(1);
         let mut records = Vec::new();
+        let mut hashes: Vec<Option<Hash>> = Vec::new();
+        // The link of the record examined just before (newest: seq + 1).
+        let mut above: Option<(u64, Option<Hash>)> = None;
         let mut bytes = 0usize;
         let mut resume_seq = done;
         for (examined, entry) in (0u64..).zip(entries) {
             let (seq, record) = entry?;
+            if !scan.newest {
+                // Forward: this record's link is the hash of the last one
+                // kept, when that was the record just before.
+                if let (Some(last), Some(hash)) = (records.last(), hashes.last_mut()) {
+                    let last: &StoredRecord = last;
+                    if last.seq + 1 == seq && hash.is_none() {
+                        *hash = prev_hash(record);
+                    }
+                }
+            }
+            let link_above = above.take();
+            above = Some((seq, prev_hash(record)));
             if examined >= scan.max_examined
                 || (examined % CLOCK_EVERY == CLOCK_EVERY - 1
                     && scan.deadline.is_some_and(|at| Instant::now() >= at))
@@ -119,6 +150,10 @@ impl Store {
                 seq,
                 bytes: record.to_vec(),
             });
+            hashes.push(match link_above {
+                Some((next, link)) if scan.newest && next == seq + 1 => link,
+                _ => None,
+            });
             if records.len() == max_records {
                 // This record is examined too: forward, resume after it;
                 // newest, at it.
@@ -126,12 +161,40 @@ impl Store {
                 break;
             }
         }
+        let mut entry_hashes = Vec::with_capacity(records.len());
+        for (record, hash) in records.iter().zip(hashes) {
+            entry_hashes.push(match hash {
+                Some(hash) => hash,
+                None => self.entry_hash_of(&rtxn, record)?,
+            });
+        }
         if scan.newest {
             records.reverse();
+            entry_hashes.reverse();
         }
         Ok(ScanPage {
             records,
+            entry_hashes,
             resume_seq,
         })
+    }
+
+    /// The entry hash of a record whose successor the scan did not examine:
+    /// the successor's link, or the head's hash when it is the last record,
+    /// from the same snapshot. SHA-256 only for a record that is neither (a
+    /// store that is not chained fails `tallyd check`; never served unhashed).
+    fn entry_hash_of(&self, rtxn: &RoTxn<'_>, record: &StoredRecord) -> Result<Hash, StoreError> {
+        if let Some(next) = self.records.get(rtxn, &(record.seq + 1))? {
+            if let Some(hash) = prev_hash(next) {
+                return Ok(hash);
+            }
+        } else if let Some(head) = self.meta.get(rtxn, META_HEAD)? {
+            if let Some(head) = decode_head(head, [0; 32]) {
+                if head.size == record.seq + 1 {
+                    return Ok(head.hash);
+                }
+            }
+        }
+        Ok(entry_hash(&record.bytes))
     }
 }

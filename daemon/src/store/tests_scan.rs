@@ -305,3 +305,60 @@ fn a_scan_past_its_deadline_stops_at_the_next_clock_check() {
     assert_eq!(scan(true, Some(past)), 1_000 - 255);
     assert_eq!(scan(false, None), 1_000);
 }
+
+#[test]
+fn served_entry_hashes_are_the_entry_hashes_at_and_before_the_head() {
+    //! The hash a scan serves comes from the next record's link or the head;
+    //! it must equal SHA-256's entry hash for every page shape: forward and
+    //! newest, filtered (gaps between kept records) or not, pages ending at
+    //! the head, before it, or cut by the record bound.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL).unwrap();
+    commit(&store, &[&[1, 2, 3, 4], &[5, 6, 7], &[8, 9, 10, 11, 12]]);
+    let size = store.head().unwrap().size;
+    let filters = [
+        Filter::default(),
+        Filter {
+            kinds: vec!["odd".into()],
+            ..Default::default()
+        },
+        Filter {
+            kinds: vec!["even".into()],
+            ..Default::default()
+        },
+    ];
+    let mut checked = 0;
+    for filter in &filters {
+        for from in 0..size {
+            for to in from + 1..=size {
+                for newest in [false, true] {
+                    for max_records in [1, 2, 5, 100] {
+                        let page = store
+                            .scan(&Scan {
+                                from,
+                                to,
+                                newest,
+                                filter,
+                                max_records,
+                                max_bytes: usize::MAX,
+                                max_examined: u64::MAX,
+                                deadline: None,
+                            })
+                            .unwrap();
+                        assert_eq!(page.records.len(), page.entry_hashes.len());
+                        for (record, hash) in page.records.iter().zip(&page.entry_hashes) {
+                            assert_eq!(
+                                *hash,
+                                tally_attest::entry_hash(&record.bytes),
+                                "seq {} of [{from}, {to}) newest {newest} max {max_records}",
+                                record.seq
+                            );
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "only {checked} records checked");
+}

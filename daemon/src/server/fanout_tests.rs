@@ -1,0 +1,104 @@
+//! The shared page's frame is byte for byte the frame the per-follower path
+//! sends, and the ring says where a follower stands.
+
+use prost::Message;
+use tally_client::frame;
+use tally_client::proto::{self, response, Response};
+
+use super::*;
+
+fn records(from: u64, count: u64, record_len: usize) -> proto::Records {
+    proto::Records {
+        records: (from..from + count)
+            .map(|seq| proto::StoredRecord {
+                seq,
+                record: vec![seq as u8; record_len].into(),
+                entry_hash: vec![!(seq as u8); 32].into(),
+            })
+            .collect(),
+        resume_seq: from + count,
+    }
+}
+
+fn page(from: u64, count: u64, record_len: usize) -> Arc<SharedPage> {
+    Arc::new(SharedPage::new(from, &records(from, count, record_len)))
+}
+
+#[test]
+fn a_shared_frame_is_the_frame_the_old_path_sends() {
+    //! A follower's header plus the shared bytes must be exactly the
+    //! length-prefixed `Response { id, records }` each follower encoded
+    //! before, for every id width (0 is omitted by prost) and page size.
+    for (from, count, record_len) in [(0, 0, 0), (7, 1, 10), (1 << 40, 300, 200), (5, 3, 70_000)] {
+        let records = records(from, count, record_len);
+        let page = SharedPage::new(from, &records);
+        assert_eq!((page.from, page.to), (from, from + count));
+        for id in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            let old = frame::encode(&Response {
+                id,
+                body: Some(response::Body::Records(records.clone())),
+            });
+            let mut expected = (old.len() as u32).to_be_bytes().to_vec();
+            expected.extend_from_slice(&old);
+            let mut sent = page.header(id).to_vec();
+            sent.extend_from_slice(&page.body);
+            assert_eq!(
+                sent, expected,
+                "id {id}, {count} records of {record_len} bytes"
+            );
+            let decoded = Response::decode(&sent[4..]).unwrap();
+            assert_eq!(decoded.id, id);
+            assert_eq!(decoded.body, Some(response::Body::Records(records.clone())));
+        }
+    }
+}
+
+#[test]
+fn the_ring_says_where_a_follower_stands() {
+    let mut ring = Ring::default();
+    ring.restart(10);
+    // Nothing published yet: before the start, read the store up to it.
+    assert!(matches!(ring.position(3), Position::ReadTo(10)));
+    assert!(matches!(ring.position(10), Position::Wait));
+    ring.push(page(10, 5, 8));
+    ring.push(page(15, 5, 8));
+    assert_eq!(ring.end, 20);
+    assert!(matches!(ring.position(10), Position::Page(page) if page.from == 10 && page.to == 15));
+    assert!(matches!(ring.position(15), Position::Page(page) if page.from == 15));
+    // Inside a page: read to the next page's start, or to the end.
+    assert!(matches!(ring.position(12), Position::ReadTo(15)));
+    assert!(matches!(ring.position(17), Position::ReadTo(20)));
+    assert!(matches!(ring.position(2), Position::ReadTo(10)));
+    assert!(matches!(ring.position(20), Position::Wait));
+    assert!(matches!(ring.position(25), Position::Wait));
+    ring.restart(40);
+    assert!(ring.pages.is_empty());
+    assert_eq!(ring.bytes, 0);
+    assert!(matches!(ring.position(15), Position::ReadTo(40)));
+}
+
+#[test]
+fn the_ring_is_bounded_and_keeps_its_newest_page() {
+    //! Eviction by page count and by bytes; one page larger than the byte
+    //! bound still stays (the followers at the head need it).
+    let mut ring = Ring::default();
+    for i in 0..(RING_PAGES as u64 + 10) {
+        ring.push(page(i, 1, 1));
+    }
+    assert_eq!(ring.pages.len(), RING_PAGES);
+    assert_eq!(ring.pages[0].from, 10);
+    assert!(matches!(ring.position(5), Position::ReadTo(10)));
+    let total: usize = ring.pages.iter().map(|page| page.body.len()).sum();
+    assert_eq!(ring.bytes, total);
+    let big = RING_BYTES / 3 + 1;
+    let next = ring.end;
+    for i in 0..4 {
+        ring.push(page(next + i, 1, big));
+    }
+    assert!(ring.bytes <= RING_BYTES, "{} bytes held", ring.bytes);
+    assert_eq!(ring.pages.len(), 2);
+    let huge = next + 4;
+    ring.push(page(huge, 1, RING_BYTES + 1));
+    assert_eq!(ring.pages.len(), 1);
+    assert!(matches!(ring.position(huge), Position::Page(_)));
+}
