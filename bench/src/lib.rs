@@ -43,6 +43,7 @@ pub struct Scenarios {
     pub memory: bool,
     /// Needs [`Options::anchoring`] (a TPM); skipped with a reason otherwise.
     pub anchoring: bool,
+    pub many_clients: bool,
 }
 
 impl Scenarios {
@@ -53,8 +54,9 @@ impl Scenarios {
         verify: true,
         memory: true,
         anchoring: true,
+        many_clients: true,
     };
-    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring";
+    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring,many-clients";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -65,6 +67,7 @@ impl Scenarios {
             verify: false,
             memory: false,
             anchoring: false,
+            many_clients: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -74,6 +77,7 @@ impl Scenarios {
                 "verify" => out.verify = true,
                 "memory" => out.memory = true,
                 "anchoring" => out.anchoring = true,
+                "many-clients" => out.many_clients = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -163,6 +167,7 @@ pub struct Options {
     pub lone: LoneOptions,
     pub verify: VerifyOptions,
     pub memory: MemoryOptions,
+    pub many_clients: scenario::many_clients::ManyClientsOptions,
     /// How long each timed baseline loop runs in total.
     pub baseline_duration: Duration,
     /// Throughput and the lone client run in this many slices, with their
@@ -215,6 +220,13 @@ impl Options {
                 duration: Duration::from_secs(5),
                 queue_bytes: 64 << 20,
             },
+            many_clients: scenario::many_clients::ManyClientsOptions {
+                connections: vec![100, 1000],
+                slice: Duration::from_secs(3),
+                payload: PAYLOAD_BYTES,
+                rounds: 2,
+                ab_tallyd: None,
+            },
             baseline_duration: Duration::from_secs(3),
             rounds: 5,
             anchoring: None,
@@ -246,6 +258,11 @@ impl Options {
             memory: MemoryOptions {
                 duration: Duration::from_millis(1500),
                 ..full.memory
+            },
+            many_clients: scenario::many_clients::ManyClientsOptions {
+                slice: Duration::from_millis(700),
+                rounds: 1,
+                ..full.many_clients
             },
             baseline_duration: Duration::from_millis(800),
             rounds: 2,
@@ -366,6 +383,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         settle(work_dir)?;
         eprintln!("tally-bench: memory under overload");
         results.memory = Some(scenario::memory::run(options, &options.memory)?);
+    }
+    if selected.many_clients {
+        settle(work_dir)?;
+        eprintln!("tally-bench: many one-event clients, with 10 pipelined clients");
+        results.many_clients = Some(scenario::many_clients::run(options, &options.many_clients)?);
     }
     if selected.anchoring {
         settle(work_dir)?;

@@ -87,6 +87,8 @@ pub struct Results {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring: Option<Anchoring>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub many_clients: Option<crate::scenario::many_clients::ManyClients>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring_skipped: Option<String>,
     pub baselines: Baselines,
     /// Throughput over bare heed, slice by slice (each tallyd slice over the
@@ -125,6 +127,7 @@ impl Results {
             verify: None,
             memory: None,
             anchoring: None,
+            many_clients: None,
             anchoring_skipped: None,
             ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),
@@ -276,6 +279,9 @@ impl Results {
                 met: memory.bounded,
                 margin: limit as f64 / memory.peak_rss_bytes as f64,
             });
+        }
+        if let Some(many) = &self.many_clients {
+            crate::scenario::many_clients::targets(many, &mut targets);
         }
         self.targets = targets;
     }

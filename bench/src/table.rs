@@ -347,6 +347,11 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             format!("{}, {:.0}", count(sha.events_per_sec), sha.mb_per_sec),
         );
     }
+    if let Some(many) = &results.many_clients {
+        crate::scenario::many_clients::rows(many, &mut |scenario, figure, value| {
+            push(rows, scenario, figure, value)
+        });
+    }
     if let Some(memory) = &results.memory {
         let name = format!(
             "memory ({} x {} x {} KiB)",

@@ -23,6 +23,7 @@ mod follow;
 mod fuzz_corpus;
 mod journal;
 mod limits;
+mod many_writers;
 mod paging;
 mod power_loss;
 mod proofs;

@@ -4,6 +4,7 @@
 pub mod anchoring;
 pub mod latency;
 pub mod lone;
+pub mod many_clients;
 pub mod memory;
 pub mod throughput;
 pub mod time_seek;
