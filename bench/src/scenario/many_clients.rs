@@ -69,7 +69,10 @@ pub struct Binary {
 #[derive(Debug, Clone, Serialize)]
 pub struct Shape {
     pub connections: usize,
-    /// Connections refused (BUSY) at hello, over every round.
+    /// Connections greeted, over every round.
+    pub admitted: usize,
+    /// Connections refused (BUSY) at hello, over every round; absent: none.
+    #[serde(skip_serializing_if = "is_zero")]
     pub refused: usize,
     pub seconds: f64,
     pub events: u64,
@@ -84,6 +87,10 @@ pub struct Shape {
     pub over_pipelined: f64,
     /// tallyd's cores and the load generator's (`bench_cores`).
     pub cpu: CpuUse,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 /// Runs the scenario.
@@ -133,6 +140,7 @@ struct Acc {
 
 struct ShapeAcc {
     connections: usize,
+    admitted: usize,
     refused: usize,
     seconds: f64,
     events: u64,
@@ -149,6 +157,7 @@ impl Acc {
             .map(|&connections| {
                 Ok(ShapeAcc {
                     connections,
+                    admitted: 0,
                     refused: 0,
                     seconds: 0.0,
                     events: 0,
@@ -181,6 +190,7 @@ impl Acc {
                     let rate = s.events as f64 / s.seconds.max(1e-9);
                     Shape {
                         connections: s.connections,
+                        admitted: s.admitted,
                         refused: s.refused,
                         seconds: s.seconds,
                         events: s.events,
@@ -248,6 +258,7 @@ fn one_round(
     for s in &mut acc.shapes {
         let (conns, refused) =
             runtime.block_on(connect_all(daemon.socket(), s.connections, &frames))?;
+        s.admitted += conns.len();
         s.refused += refused;
         let txn_before = daemon.last_txn_id()?;
         s.cpu.resume(&daemon)?;
