@@ -47,6 +47,7 @@ pub struct Scenarios {
     pub check: bool,
     /// Ingest rate per slice as the log grows.
     pub growth: bool,
+    pub many_clients: bool,
 }
 
 impl Scenarios {
@@ -59,8 +60,10 @@ impl Scenarios {
         anchoring: true,
         check: true,
         growth: true,
+        many_clients: true,
     };
-    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring,check,growth";
+    pub const NAMES: &'static str =
+        "throughput,latency,lone,verify,memory,anchoring,check,growth,many-clients";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -73,6 +76,7 @@ impl Scenarios {
             anchoring: false,
             check: false,
             growth: false,
+            many_clients: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -84,6 +88,7 @@ impl Scenarios {
                 "anchoring" => out.anchoring = true,
                 "check" => out.check = true,
                 "growth" => out.growth = true,
+                "many-clients" => out.many_clients = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -175,6 +180,7 @@ pub struct Options {
     pub memory: MemoryOptions,
     pub check: scenario::check::CheckOptions,
     pub growth: scenario::growth::GrowthOptions,
+    pub many_clients: scenario::many_clients::ManyClientsOptions,
     /// How long each timed baseline loop runs in total.
     pub baseline_duration: Duration,
     /// Throughput and the lone client run in this many slices, with their
@@ -241,6 +247,13 @@ impl Options {
                 payload: PAYLOAD_BYTES,
                 status_samples: 1000,
             },
+            many_clients: scenario::many_clients::ManyClientsOptions {
+                connections: vec![100, 1000],
+                slice: Duration::from_secs(3),
+                payload: PAYLOAD_BYTES,
+                rounds: 2,
+                ab_tallyd: None,
+            },
             baseline_duration: Duration::from_secs(3),
             rounds: 5,
             anchoring: None,
@@ -282,6 +295,11 @@ impl Options {
                 events: 400_000,
                 slice: 100_000,
                 ..full.growth
+            },
+            many_clients: scenario::many_clients::ManyClientsOptions {
+                slice: Duration::from_millis(700),
+                rounds: 1,
+                ..full.many_clients
             },
             baseline_duration: Duration::from_millis(800),
             rounds: 2,
@@ -402,6 +420,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         settle(work_dir)?;
         eprintln!("tally-bench: memory under overload");
         results.memory = Some(scenario::memory::run(options, &options.memory)?);
+    }
+    if selected.many_clients {
+        settle(work_dir)?;
+        eprintln!("tally-bench: many one-event clients, with 10 pipelined clients");
+        results.many_clients = Some(scenario::many_clients::run(options, &options.many_clients)?);
     }
     if selected.anchoring {
         settle(work_dir)?;

@@ -26,7 +26,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): throughput, latency, lone,
-    /// verify, memory, anchoring, check, growth.
+    /// verify, memory, anchoring, check, growth, many-clients.
     #[arg(long)]
     only: Option<String>,
     /// Where to write every figure as JSON [default: target/tally-bench.json].
@@ -82,6 +82,13 @@ struct Args {
     /// disk under --dir; docs/BENCHMARKS.md).
     #[arg(long)]
     growth_long: bool,
+    /// many-clients: also measure this tallyd (e.g. the previous commit's),
+    /// alternating with --tallyd round by round.
+    #[arg(long)]
+    ab_tallyd: Option<PathBuf>,
+    /// many-clients: connection counts, comma-separated [default: 100,1000].
+    #[arg(long, value_delimiter = ',')]
+    connections: Option<Vec<usize>>,
     /// A TPM to anchor in, e.g. from `swtpm-ci/swtpm.sh start DIR`.
     #[arg(long, conflicts_with = "swtpm")]
     tcti: Option<String>,
@@ -92,7 +99,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     anchor_interval_secs: u64,
     /// Alternating anchoring off/on runs (medians compared)
-    /// [default: 3, 1 with --quick].
+    /// [default: 3, 1 with --quick]; many-clients: rounds per binary
+    /// [default: 2, 1 with --quick].
     #[arg(long)]
     rounds: Option<usize>,
     /// Anchors whose round trip is measured [default: 50, 5 with --quick].
@@ -256,6 +264,17 @@ fn main() -> anyhow::Result<()> {
     }
     growth.events = args.growth_events.unwrap_or(growth.events);
     growth.slice = args.growth_slice.unwrap_or(growth.slice);
+    let many = &mut options.many_clients;
+    many.ab_tallyd = args.ab_tallyd.clone();
+    if let Some(connections) = &args.connections {
+        many.connections = connections.clone();
+    }
+    if let Some(rounds) = args.rounds {
+        many.rounds = rounds;
+    }
+    if let Some(payload) = args.payload {
+        many.payload = payload;
+    }
 
     let swtpm = if args.swtpm && options.scenarios.anchoring {
         eprintln!("tally-bench: starting swtpm");

@@ -87,6 +87,8 @@ pub struct Results {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring: Option<Anchoring>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub many_clients: Option<crate::scenario::many_clients::ManyClients>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring_skipped: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<crate::scenario::check::Check>,
@@ -129,6 +131,7 @@ impl Results {
             verify: None,
             memory: None,
             anchoring: None,
+            many_clients: None,
             anchoring_skipped: None,
             check: None,
             growth: None,
@@ -300,6 +303,9 @@ impl Results {
                 met,
                 margin,
             });
+        }
+        if let Some(many) = &self.many_clients {
+            crate::scenario::many_clients::targets(many, &mut targets);
         }
         self.targets = targets;
     }

@@ -360,6 +360,11 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
     let scenario_rows = results.check.iter().flat_map(|check| check.rows());
     let scenario_rows = scenario_rows.chain(results.growth.iter().flat_map(|g| g.rows()));
     rows.extend(scenario_rows.map(Vec::from));
+    if let Some(many) = &results.many_clients {
+        crate::scenario::many_clients::rows(many, &mut |scenario, figure, value| {
+            push(rows, scenario, figure, value)
+        });
+    }
     if let Some(memory) = &results.memory {
         let name = format!(
             "memory ({} x {} x {} KiB)",

@@ -60,6 +60,11 @@ const KEYS: &[&str] = &[
     "machine.filesystem",
     "total_seconds",
     "throughput.events_per_sec",
+    "many_clients.binaries.0.pipelined_events_per_sec",
+    "many_clients.binaries.0.shapes.0.events_per_sec",
+    "many_clients.binaries.0.shapes.0.admitted",
+    "many_clients.binaries.0.shapes.0.p99_ms",
+    "many_clients.binaries.0.shapes.0.cpu.bench_cores",
     "throughput.payload_mb_per_sec",
     "throughput.record_bytes",
     "throughput.commits",
@@ -132,6 +137,8 @@ fn quick_run_produces_every_figure() {
     options.verify.events = 20_000;
     options.memory.duration = Duration::from_secs(1);
     options.baseline_duration = Duration::from_millis(400);
+    // One target row (the 100-connection one); 1,000 is e2e many_writers'.
+    options.many_clients.connections = vec![100];
 
     let swtpm = match tally_bench::swtpm::unavailable() {
         Some(reason) => {
@@ -176,7 +183,7 @@ fn quick_run_produces_every_figure() {
     }
     assert_positive(&json, "report");
     let targets = json["targets"].as_array().unwrap();
-    let expected = if swtpm.is_some() { 8 } else { 7 };
+    let expected = if swtpm.is_some() { 9 } else { 8 };
     assert_eq!(targets.len(), expected, "one row per target: {targets:?}");
     for target in targets {
         assert!(target["met"].is_boolean(), "{target}");

@@ -33,8 +33,16 @@ pub const DEFAULT_MAP_MAX_BYTES: usize = 1 << 40;
 /// the tree and B-tree pages), room to act before appends get STORAGE_FULL.
 pub const DEFAULT_DISK_WARN_BELOW_BYTES: u64 = 1 << 30;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
+/// Connections served at once. An idle one costs about 17 KiB of RSS
+/// (docs/DESIGN.md section 6), so 4,096 are about 70 MiB and as many file
+/// descriptors (the systemd unit allows 65,536).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Connections of one peer (uid or vsock CID): half of the total, so one
+/// runaway uid cannot take every slot (another uid's `tally status` or
+/// follower still gets in), and a pool of 1,000 one-event worker processes
+/// running as one uid is admitted with room to spare (256, the old default,
+/// refused 744 of them with BUSY).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 2048;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_SLOW_READER_TIMEOUT_SECS: u64 = 30;
 /// tss-esapi logs every context close at info; keep it to warnings.
@@ -165,7 +173,9 @@ pub struct Config {
     pub ack_journal_max_bytes: usize,
     /// Most records per read or follow response.
     pub read_page_records: usize,
-    /// Connections served at once, in total and per peer (uid or vsock CID).
+    /// Connections served at once, in total and per peer (uid or vsock CID):
+    /// the per-peer limit keeps one peer from taking every slot; it must fit
+    /// the largest worker pool that runs as one uid.
     pub max_connections: usize,
     pub max_connections_per_peer: usize,
     /// Events per second each peer may append (0: unlimited), and the burst.

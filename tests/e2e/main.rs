@@ -25,6 +25,7 @@ mod fuzz_corpus;
 mod journal;
 mod limits;
 mod live_verify;
+mod many_writers;
 mod paging;
 mod power_loss;
 mod proofs;

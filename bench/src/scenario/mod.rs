@@ -6,6 +6,7 @@ pub mod check;
 pub mod growth;
 pub mod latency;
 pub mod lone;
+pub mod many_clients;
 pub mod memory;
 pub mod throughput;
 pub mod time_seek;

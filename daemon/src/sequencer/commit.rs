@@ -250,10 +250,12 @@ fn next_work(pipeline: &Pipeline) -> Work {
             // A submitter commits its own job; it wakes this thread after
             // if there is work, or any apply due (this wait has no timeout).
             building.apply_due_seen = None;
+            building.commit_waiting = true;
             building = pipeline
                 .filled
                 .wait(building)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            building.commit_waiting = false;
             continue;
         }
         let now = Instant::now();
@@ -278,6 +280,7 @@ fn next_work(pipeline: &Pipeline) -> Work {
         }
         building.committing = false;
         building.apply_due_seen = building.apply_due;
+        building.commit_waiting = true;
         building = match wait {
             Some(wait) => {
                 pipeline
@@ -291,5 +294,6 @@ fn next_work(pipeline: &Pipeline) -> Work {
                 .wait(building)
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         };
+        building.commit_waiting = false;
     }
 }

@@ -61,6 +61,7 @@
 //! | `apply_requested` | lock 1 | set by `settle`, cleared by `apply` | `next_work`, `offer`, the role's drop | a reader waits for the journaled batches: apply now |
 //! | `apply_due_seen` | lock 1 | `next_work`, before it waits (`None` while a submitter holds the role) | the role's drop | `apply_due` as the commit thread last saw it |
 //! | `apply_full` | lock 1 | `apply` or a commit: set when it failed for lack of space, cleared when an apply or an LMDB commit succeeds | `settle` | the journaled batches cannot reach LMDB until space is freed: readers are told at once ([`SettleError::StorageFull`]) |
+//! | `commit_waiting` | lock 1 | `next_work`: set before it waits on `filled`, cleared when it wakes | `offer` | signal `filled` for a new job only while the commit thread waits (a busy one looks at the open batch before it waits again) |
 //! | `journal_used` | lock 1 | a commit, an apply | `offer` | the journal's bytes used, copied so that `offer` need not take lock 2 |
 //! | `other_busy` | lock 2 | set by `Durable::switch`; cleared by a successful apply or LMDB commit | `apply` | the other region holds acked batches not in the store: do not switch again |
 //! | `acked` | atomic, Release / Acquire | the role holder after a successful commit, before it answers the jobs | `settle` | size of the log as acked: journaled or in the store |

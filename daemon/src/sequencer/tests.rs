@@ -205,6 +205,80 @@ fn a_failed_commit_fails_what_was_built_on_it_and_building_restarts_from_the_com
 }
 
 #[test]
+fn a_hundred_one_event_submitters_are_all_answered_with_the_commit_thread_signalled_only_while_it_waits(
+) {
+    //! Submitters signal `filled` only while the commit thread waits: a
+    //! wrong flag leaves jobs in the open batch with nobody to take them.
+    let (_dir, store) = store(1 << 30);
+    let policy = BatchPolicy {
+        max_jobs: 4096,
+        ..policy(16_384)
+    };
+    let (handle, thread) = start(store.clone(), None, policy).unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let senders: Vec<_> = (0..100)
+        .map(|_| {
+            let (handle, counter) = (handle.clone(), counter.clone());
+            thread::spawn(move || {
+                let mut acked = Vec::new();
+                for _ in 0..20 {
+                    let (job, answer) = job(1, 100, &counter);
+                    submit(&handle, job);
+                    acked.extend(answered(answer).unwrap());
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<Ack> = senders
+        .into_iter()
+        .flat_map(|sender| sender.join().unwrap())
+        .collect();
+    assert_eq!(acked.len(), 2000);
+    let head = *handle.head.borrow();
+    drop(handle);
+    thread.join().unwrap();
+    assert_eq!(counter.load(Ordering::Relaxed), 0, "every job was answered");
+    check(&store, head, &acked);
+}
+
+#[test]
+fn an_offer_to_a_busy_commit_thread_joins_the_open_batch_without_a_signal_and_is_taken_next() {
+    let (_dir, store) = store(1 << 30);
+    let policy = BatchPolicy {
+        max_jobs: 4096,
+        ..policy(16_384)
+    };
+    let (pipeline, head) = Pipeline::new(store.clone(), None, policy).unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    // The commit thread is busy (holds the role, not waiting).
+    lock(&pipeline).committing = true;
+    let answers: Vec<Answer> = (0..300)
+        .map(|_| {
+            let (job, answer) = job(1, 10, &counter);
+            pipeline.offer(job).unwrap();
+            answer
+        })
+        .collect();
+    {
+        let building = lock(&pipeline);
+        assert!(!building.commit_waiting);
+        // Group commit: every job that came during the commit is one batch.
+        assert_eq!(building.open.jobs.len(), 300);
+        assert!(building.sealed.is_empty());
+    }
+    let taken = pipeline.take(&mut lock(&pipeline));
+    assert_eq!(taken.batch.len(), 300, "one commit for all 300");
+    pipeline.commit(taken);
+    lock(&pipeline).committing = false;
+    let acked: Vec<Ack> = answers
+        .into_iter()
+        .flat_map(|answer| answered(answer).unwrap())
+        .collect();
+    check(&store, *head.borrow(), &acked);
+}
+
+#[test]
 fn while_a_commit_is_pending_full_batches_are_sealed_and_queued_up_to_max_jobs() {
     let (_dir, store) = store(1 << 30);
     let policy = BatchPolicy {

@@ -7,13 +7,13 @@
 //! stays bounded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tally_client::frame;
 use tally_client::proto::{self, response, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
@@ -81,25 +81,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shutdown: &CancellationToken,
 ) {
     let mut following = false;
+    // Registered once per connection, not once per request: a fresh
+    // `cancelled()` and a fresh idle timeout around every read each took a
+    // lock to register and another to deregister, per request.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let idle = shared.limits.idle_timeout;
+    // The idle timer is moved only when it fires: to `idle` after the last
+    // request, if one came since.
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    let mut last_request = Instant::now();
     loop {
-        let idle = if following {
-            Duration::MAX
-        } else {
-            shared.limits.idle_timeout
-        };
+        // FramedRead decodes every frame already buffered before it reads
+        // the socket again, so a burst of pipelined requests costs one read.
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
-            next = tokio::time::timeout(idle, frames.next()) => match next {
-                Ok(next) => next,
-                Err(_) => {
-                    tracing::info!(peer = %peer_text, idle_secs = idle.as_secs(), "closing an idle connection");
-                    let error = RequestError::Idle { secs: idle.as_secs() };
-                    let _ = queue.send(Outgoing::Ready(error.response(0))).await;
-                    return;
+            _ = &mut cancelled => return,
+            next = frames.next() => next,
+            _ = &mut idle_timer, if !following => {
+                let quiet_until = last_request + idle;
+                if quiet_until > Instant::now() {
+                    idle_timer.as_mut().reset(quiet_until);
+                    continue;
                 }
-            },
+                tracing::info!(peer = %peer_text, idle_secs = idle.as_secs(), "closing an idle connection");
+                let error = RequestError::Idle { secs: idle.as_secs() };
+                let _ = queue.send(Outgoing::Ready(error.response(0))).await;
+                return;
+            }
         };
+        last_request = Instant::now();
         let frame = match next {
             None => return,
             Some(Ok(frame)) => frame,
