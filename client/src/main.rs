@@ -80,7 +80,9 @@ enum Command {
     /// Verify a bundle offline (no daemon, no TPM needed) against the log's
     /// identity: chain intact, origin (genesis), anchors valid, counter
     /// continuous, current (--attestation, --nonce); a range bundle: its
-    /// records are exactly those entries of the anchored log. Exit 0 PASS,
+    /// records are exactly those entries of the anchored log. Or, with
+    /// --live, the daemon's log as it streams it, with no bundle file (with
+    /// --trusted: only what is new since that anchor). Exit 0 PASS,
     /// 1 FAIL (naming the first violation), 3 PARTIAL (naming what was not checked).
     Verify(cli::verify::VerifyArgs),
     /// Get a fresh TPM attestation bound to your nonce.

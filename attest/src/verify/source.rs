@@ -50,3 +50,57 @@ impl<R: BufRead> Sections for BundleReader<R> {
         BundleReader::next_anchor(self, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! A source that starts after seq 0 must come with a trusted origin:
+    //! without one, records before the start would be taken on faith.
+    use super::*;
+    use crate::verify::{verify_sections, VerifyError, VerifyOptions};
+
+    /// An empty source that claims to start at seq 5.
+    struct FromFive(BundleHeader);
+
+    impl RecordSource for FromFive {
+        type Error = BundleError;
+        fn next_record(&mut self, _: &mut Vec<u8>) -> Result<bool, BundleError> {
+            Ok(false)
+        }
+    }
+
+    impl Sections for FromFive {
+        fn header(&self) -> &BundleHeader {
+            &self.0
+        }
+        fn next_anchor(&mut self, _: &mut Vec<u8>) -> Result<bool, BundleError> {
+            Ok(false)
+        }
+        fn start(&self) -> Option<&TrustedStart> {
+            static START: TrustedStart = TrustedStart {
+                seq: 5,
+                prev: [7; 32],
+                path: Vec::new(),
+            };
+            Some(&START)
+        }
+    }
+
+    #[test]
+    fn a_start_without_a_trusted_origin_is_refused() {
+        //! Without this refusal, a source starting at 5 whose head is its
+        //! own `prev` would replay as an intact chain of 5 records.
+        let header = BundleHeader {
+            format_version: crate::bundle::BUNDLE_FORMAT_VERSION,
+            log_id: vec![1; 16],
+            size: 5,
+            head_hash: vec![7; 32],
+            exported_at_unix_nanos: 0,
+            producer: "test".into(),
+        };
+        let result = verify_sections(&mut FromFive(header), VerifyOptions::default(), |_, _| {});
+        assert!(
+            matches!(result, Err(VerifyError::UntrustedStart { seq: 5 })),
+            "{result:?}"
+        );
+    }
+}
