@@ -97,6 +97,14 @@ const KEYS: &[&str] = &[
     "memory.allowance_bytes",
     "memory.bounded",
     "memory.committed_events",
+    "check.check.events_per_sec",
+    "check.check.cpu_seconds",
+    "check.check.peak_rss_file_bytes",
+    "check.sha_events_per_sec",
+    "check.check_over_sha",
+    "growth.slices.3.events_per_sec",
+    "growth.start_up_ms",
+    "growth.status_p50_us",
     "targets.0.met",
     "targets.1.ratio",
 ];
@@ -130,6 +138,10 @@ fn quick_run_produces_every_figure() {
     options.latency.rates = vec![5_000, 20_000];
     options.lone.duration = Duration::from_millis(600);
     options.verify.events = 20_000;
+    options.check.events = 20_000;
+    options.growth.events = 40_000;
+    options.growth.slice = 10_000;
+    options.growth.status_samples = 100;
     options.memory.duration = Duration::from_secs(1);
     options.baseline_duration = Duration::from_millis(400);
 
@@ -176,7 +188,7 @@ fn quick_run_produces_every_figure() {
     }
     assert_positive(&json, "report");
     let targets = json["targets"].as_array().unwrap();
-    let expected = if swtpm.is_some() { 8 } else { 7 };
+    let expected = if swtpm.is_some() { 9 } else { 8 };
     assert_eq!(targets.len(), expected, "one row per target: {targets:?}");
     for target in targets {
         assert!(target["met"].is_boolean(), "{target}");
