@@ -24,21 +24,37 @@ pub fn threads() -> usize {
 /// Replaces `hashes` with the entry hash of each record, in order, computed
 /// on [`threads`] scoped threads (on the calling thread for a short slice).
 pub fn entry_hashes<R: AsRef<[u8]> + Sync>(records: &[R], hashes: &mut Vec<Hash>) {
-    hashes.clear();
-    hashes.resize(records.len(), GENESIS_PREV);
+    map(records, hashes, GENESIS_PREV, |record| {
+        entry_hash(record.as_ref())
+    });
+}
+
+/// Replaces `out` with `f` of each record, in order, computed on
+/// [`threads`] scoped threads (on the calling thread for a short slice):
+/// for callers that derive more than the hash from each record while its
+/// bytes are in the cache (`tallyd check` also parses the header there).
+pub fn map<R, T, F>(records: &[R], out: &mut Vec<T>, fill: T, f: F)
+where
+    R: Sync,
+    T: Clone + Send,
+    F: Fn(&R) -> T + Sync,
+{
+    out.clear();
+    out.resize(records.len(), fill);
     let threads = threads();
     if threads < 2 || records.len() < PARALLEL_MIN {
-        for (hash, record) in hashes.iter_mut().zip(records) {
-            *hash = entry_hash(record.as_ref());
+        for (slot, record) in out.iter_mut().zip(records) {
+            *slot = f(record);
         }
         return;
     }
     let per = records.len().div_ceil(threads);
+    let f = &f;
     std::thread::scope(|scope| {
-        for (hashes, records) in hashes.chunks_mut(per).zip(records.chunks(per)) {
+        for (slots, records) in out.chunks_mut(per).zip(records.chunks(per)) {
             scope.spawn(move || {
-                for (hash, record) in hashes.iter_mut().zip(records) {
-                    *hash = entry_hash(record.as_ref());
+                for (slot, record) in slots.iter_mut().zip(records) {
+                    *slot = f(record);
                 }
             });
         }

@@ -102,6 +102,14 @@ const KEYS: &[&str] = &[
     "memory.allowance_bytes",
     "memory.bounded",
     "memory.committed_events",
+    "check.check.events_per_sec",
+    "check.check.cpu_seconds",
+    "check.check.peak_rss_file_bytes",
+    "check.sha_events_per_sec",
+    "check.check_over_sha",
+    "growth.slices.3.events_per_sec",
+    "growth.start_up_ms",
+    "growth.status_p50_us",
     "targets.0.met",
     "targets.1.ratio",
 ];
@@ -135,6 +143,10 @@ fn quick_run_produces_every_figure() {
     options.latency.rates = vec![5_000, 20_000];
     options.lone.duration = Duration::from_millis(600);
     options.verify.events = 20_000;
+    options.check.events = 20_000;
+    options.growth.events = 40_000;
+    options.growth.slice = 10_000;
+    options.growth.status_samples = 100;
     options.memory.duration = Duration::from_secs(1);
     options.baseline_duration = Duration::from_millis(400);
     // One target row (the 100-connection one); 1,000 is e2e many_writers'.

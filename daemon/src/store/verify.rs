@@ -4,9 +4,10 @@
 //!
 //! The pass is a three-stage pipeline over chunks of [`CHUNK`] records,
 //! all slices into one read snapshot: while the entry hashes of chunk `k`
-//! are computed on every core (`tally_attest::parallel`, the code
-//! `tally verify` uses), this thread checks chunk `k - 1` in seq order
-//! with the hashes already computed, then reads chunk `k + 1` from the
+//! (with each record's parsed header and receive time, read while its bytes
+//! are in that core's cache) are computed on every core
+//! (`tally_attest::parallel`, the code `tally verify` uses), this thread
+//! checks chunk `k - 1` in seq order with what was computed, then reads chunk `k + 1` from the
 //! cursor. Only the hashing is parallel; every check that depends on the
 //! order (each link, the `times` walk, the first fault named) runs on one
 //! thread in seq order exactly as a one-record-at-a-time loop would, and a
@@ -21,7 +22,8 @@
 use std::mem;
 
 use tally_attest::merkle::Frontier;
-use tally_attest::{parallel, Hash, RecordHeader, GENESIS_PREV};
+use tally_attest::record::RecordError;
+use tally_attest::{entry_hash, parallel, Hash, RecordHeader, GENESIS_PREV};
 
 use super::map_advice::MapRegion;
 use super::records::decode_head;
@@ -43,8 +45,8 @@ pub(super) const TEST_CHUNK: usize = CHUNK;
 struct Chunk<'t> {
     seqs: Vec<u64>,
     bytes: Vec<&'t [u8]>,
-    /// Entry hashes of `bytes` (filled by the hashing stage).
-    hashes: Vec<Hash>,
+    /// What the hashing stage derives from `bytes`, record by record.
+    hashed: Vec<Hashed>,
     /// The read error that ended the chunk, met after its records.
     end: Option<heed::Error>,
 }
@@ -79,8 +81,35 @@ impl<'t> Chunk<'t> {
     fn clear(&mut self) {
         self.seqs.clear();
         self.bytes.clear();
-        self.hashes.clear();
+        self.hashed.clear();
         self.end = None;
+    }
+}
+
+/// One record as the hashing stage leaves it: its entry hash, its header
+/// (or why it does not parse) and its receive time, computed on the worker
+/// that has the record's bytes in its cache, so the in-order checks read
+/// only this compact array.
+#[derive(Clone)]
+struct Hashed {
+    hash: Hash,
+    header: Result<RecordHeader, RecordError>,
+    time: Option<i64>,
+}
+
+impl Hashed {
+    const EMPTY: Hashed = Hashed {
+        hash: GENESIS_PREV,
+        header: Err(RecordError::TooShort { len: 0 }),
+        time: None,
+    };
+
+    fn of(bytes: &&[u8]) -> Hashed {
+        Hashed {
+            hash: entry_hash(bytes),
+            header: RecordHeader::parse(bytes).map(|(header, _)| header),
+            time: record_time(bytes),
+        }
     }
 }
 
@@ -99,14 +128,19 @@ where
 {
     /// Checks a hashed chunk's records in seq order, then its read error.
     fn check(&mut self, chunk: &mut Chunk<'_>) -> Result<(), StoreError> {
-        for ((&seq, &bytes), &hash) in chunk.seqs.iter().zip(&chunk.bytes).zip(&chunk.hashes) {
-            let (header, _) = RecordHeader::parse(bytes)
-                .map_err(|source| StoreError::RecordUnreadable { seq, source })?;
+        for (&seq, hashed) in chunk.seqs.iter().zip(&chunk.hashed) {
+            let header = hashed
+                .header
+                .as_ref()
+                .map_err(|source| StoreError::RecordUnreadable {
+                    seq,
+                    source: source.clone(),
+                })?;
             if seq != self.size || header.seq != seq || header.prev_hash != self.running {
                 return Err(StoreError::ChainBroken { seq });
             }
-            self.times.record(seq, record_time(bytes))?;
-            self.running = hash;
+            self.times.record(seq, hashed.time)?;
+            self.running = hashed.hash;
             self.size += 1;
         }
         match chunk.end.take() {
@@ -191,8 +225,8 @@ impl Store {
         let _sequential = map.as_ref().map(MapRegion::sequential);
         while !(previous.is_empty() && current.is_empty()) {
             std::thread::scope(|scope| {
-                let (bytes, hashes) = (&current.bytes, &mut current.hashes);
-                scope.spawn(move || parallel::entry_hashes(bytes, hashes));
+                let (bytes, hashed) = (&current.bytes, &mut current.hashed);
+                scope.spawn(move || parallel::map(bytes, hashed, Hashed::EMPTY, Hashed::of));
                 walk.check(&mut previous)?;
                 if more {
                     more = next.fill(&mut entries);
