@@ -43,6 +43,7 @@ pub struct Scenarios {
     pub memory: bool,
     /// Needs [`Options::anchoring`] (a TPM); skipped with a reason otherwise.
     pub anchoring: bool,
+    pub followers: bool,
 }
 
 impl Scenarios {
@@ -53,8 +54,9 @@ impl Scenarios {
         verify: true,
         memory: true,
         anchoring: true,
+        followers: true,
     };
-    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring";
+    pub const NAMES: &'static str = "throughput,latency,lone,verify,memory,anchoring,followers";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -65,6 +67,7 @@ impl Scenarios {
             verify: false,
             memory: false,
             anchoring: false,
+            followers: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -74,6 +77,7 @@ impl Scenarios {
                 "verify" => out.verify = true,
                 "memory" => out.memory = true,
                 "anchoring" => out.anchoring = true,
+                "followers" => out.followers = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -171,6 +175,7 @@ pub struct Options {
     pub rounds: usize,
     /// `None`: the anchoring scenario is skipped (no TPM given).
     pub anchoring: Option<AnchoringOptions>,
+    pub followers: scenario::followers::FollowersOptions,
 }
 
 /// Default payload size: an event of about 256 bytes (PRODUCT.md).
@@ -218,6 +223,17 @@ impl Options {
             baseline_duration: Duration::from_secs(3),
             rounds: 5,
             anchoring: None,
+            followers: scenario::followers::FollowersOptions {
+                counts: vec![0, 1, 10, 100],
+                paced: vec![(100_000, 100), (300_000, 10)],
+                duration: Duration::from_secs(4),
+                writers: 10,
+                batch: 256,
+                window: 8,
+                payload: PAYLOAD_BYTES,
+                grace: Duration::from_secs(3),
+                compare: None,
+            },
         }
     }
 
@@ -249,6 +265,11 @@ impl Options {
             },
             baseline_duration: Duration::from_millis(800),
             rounds: 2,
+            followers: scenario::followers::FollowersOptions {
+                duration: Duration::from_secs(1),
+                grace: Duration::from_secs(2),
+                ..full.followers
+            },
             ..full
         }
     }
@@ -379,6 +400,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
                     Some("no TPM: pass --tcti TCTI or --swtpm to measure anchoring".into());
             }
         }
+    }
+    if selected.followers {
+        settle(work_dir)?;
+        eprintln!("tally-bench: followers at full speed and paced, against no follower");
+        results.followers = scenario::followers::run(options, &options.followers)?;
     }
     results.finish();
     Ok(results)

@@ -88,6 +88,8 @@ pub struct Results {
     pub anchoring: Option<Anchoring>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anchoring_skipped: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<crate::scenario::followers::FollowersRow>,
     pub baselines: Baselines,
     /// Throughput over bare heed, slice by slice (each tallyd slice over the
     /// heed slice right after it): the spread shows how noisy the machine was.
@@ -126,6 +128,7 @@ impl Results {
             memory: None,
             anchoring: None,
             anchoring_skipped: None,
+            followers: Vec::new(),
             ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),
             targets: Vec::new(),

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_client::proto::{request, response, FollowRequest, Request, StoredRecord};
-use tally_client::{Client, Follow};
+use tally_client::Follow;
 use tally_tests::raw::RawConn;
 use tally_tests::{append_pipelined, check_records, Daemon, DaemonOpts};
 

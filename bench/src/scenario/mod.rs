@@ -2,6 +2,7 @@
 //! temporary directory and measures one thing through the client library.
 
 pub mod anchoring;
+pub mod followers;
 pub mod latency;
 pub mod lone;
 pub mod memory;
