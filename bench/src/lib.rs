@@ -48,6 +48,7 @@ pub struct Scenarios {
     /// Ingest rate per slice as the log grows.
     pub growth: bool,
     pub many_clients: bool,
+    pub followers: bool,
 }
 
 impl Scenarios {
@@ -61,9 +62,10 @@ impl Scenarios {
         check: true,
         growth: true,
         many_clients: true,
+        followers: true,
     };
     pub const NAMES: &'static str =
-        "throughput,latency,lone,verify,memory,anchoring,check,growth,many-clients";
+        "throughput,latency,lone,verify,memory,anchoring,check,growth,many-clients,followers";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -77,6 +79,7 @@ impl Scenarios {
             check: false,
             growth: false,
             many_clients: false,
+            followers: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -89,6 +92,7 @@ impl Scenarios {
                 "check" => out.check = true,
                 "growth" => out.growth = true,
                 "many-clients" => out.many_clients = true,
+                "followers" => out.followers = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -189,6 +193,7 @@ pub struct Options {
     pub rounds: usize,
     /// `None`: the anchoring scenario is skipped (no TPM given).
     pub anchoring: Option<AnchoringOptions>,
+    pub followers: scenario::followers::FollowersOptions,
 }
 
 /// Default payload size: an event of about 256 bytes (PRODUCT.md).
@@ -257,6 +262,17 @@ impl Options {
             baseline_duration: Duration::from_secs(3),
             rounds: 5,
             anchoring: None,
+            followers: scenario::followers::FollowersOptions {
+                counts: vec![0, 1, 10, 100],
+                paced: vec![(100_000, 100), (300_000, 10)],
+                duration: Duration::from_secs(4),
+                writers: 10,
+                batch: 256,
+                window: 8,
+                payload: PAYLOAD_BYTES,
+                grace: Duration::from_secs(3),
+                compare: None,
+            },
         }
     }
 
@@ -303,6 +319,11 @@ impl Options {
             },
             baseline_duration: Duration::from_millis(800),
             rounds: 2,
+            followers: scenario::followers::FollowersOptions {
+                duration: Duration::from_secs(1),
+                grace: Duration::from_secs(2),
+                ..full.followers
+            },
             ..full
         }
     }
@@ -454,6 +475,11 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
             options.growth.events, options.growth.slice
         );
         results.growth = Some(scenario::growth::run(options, &options.growth)?);
+    }
+    if selected.followers {
+        settle(work_dir)?;
+        eprintln!("tally-bench: followers at full speed and paced, against no follower");
+        results.followers = scenario::followers::run(options, &options.followers)?;
     }
     results.finish();
     Ok(results)

@@ -26,7 +26,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): throughput, latency, lone,
-    /// verify, memory, anchoring, check, growth, many-clients.
+    /// verify, memory, anchoring, check, growth, many-clients, followers.
     #[arg(long)]
     only: Option<String>,
     /// Where to write every figure as JSON [default: target/tally-bench.json].
@@ -106,6 +106,9 @@ struct Args {
     /// Anchors whose round trip is measured [default: 50, 5 with --quick].
     #[arg(long)]
     anchor_latency: Option<usize>,
+    /// Followers: also run every row against this tallyd, alternating (A/B).
+    #[arg(long)]
+    compare: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -275,6 +278,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(payload) = args.payload {
         many.payload = payload;
     }
+    options.followers.compare = args.compare.clone();
 
     let swtpm = if args.swtpm && options.scenarios.anchoring {
         eprintln!("tally-bench: starting swtpm");

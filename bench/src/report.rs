@@ -94,6 +94,8 @@ pub struct Results {
     pub check: Option<crate::scenario::check::Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<crate::scenario::growth::Growth>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<crate::scenario::followers::FollowersRow>,
     pub baselines: Baselines,
     /// Throughput over bare heed, slice by slice (each tallyd slice over the
     /// heed slice right after it): the spread shows how noisy the machine was.
@@ -135,6 +137,7 @@ impl Results {
             anchoring_skipped: None,
             check: None,
             growth: None,
+            followers: Vec::new(),
             ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),
             targets: Vec::new(),

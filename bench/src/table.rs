@@ -175,6 +175,48 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
             ),
         );
     }
+    for row in &results.followers {
+        let mode = row.offered_per_sec.map_or("full speed".to_owned(), |rate| {
+            format!("{} /s", count(rate as f64))
+        });
+        let name = format!("followers: {} @ {mode} ({})", row.followers, row.binary);
+        let ratio = row
+            .ingest_ratio_to_none
+            .map_or(String::new(), |ratio| format!(", {ratio:.2} of none"));
+        push(
+            rows,
+            &name,
+            "ingest events/s",
+            format!("{}{ratio}", count(row.ingest_per_sec)),
+        );
+        if row.followers > 0 {
+            let ms = |value: Option<f64>| value.map_or("-".to_owned(), |ms| format!("{ms:.1}"));
+            push(
+                rows,
+                &name,
+                "lag (arrival - ack) p50 / p99 / max ms",
+                format!(
+                    "{} / {} / {}",
+                    ms(row.lag_p50_ms),
+                    ms(row.lag_p99_ms),
+                    ms(row.lag_max_ms)
+                ),
+            );
+            push(
+                rows,
+                &name,
+                "kept up (got every acked record)",
+                format!(
+                    "{} of {} (fewest received {} of {})",
+                    row.kept_up,
+                    row.followers,
+                    count(row.min_received as f64),
+                    count(row.acked as f64)
+                ),
+            );
+        }
+        push(rows, &name, "CPU cores", cpu(&row.cpu));
+    }
     for latency in &results.latency {
         let name = format!("latency @ {} /s", count(latency.offered_per_sec));
         push(

@@ -151,6 +151,10 @@ fn quick_run_produces_every_figure() {
     options.baseline_duration = Duration::from_millis(400);
     // One target row (the 100-connection one); 1,000 is e2e many_writers'.
     options.many_clients.connections = vec![100];
+    options.followers.counts = vec![0, 1, 10];
+    options.followers.paced = vec![(5_000, 10)];
+    options.followers.duration = Duration::from_millis(600);
+    options.followers.grace = Duration::from_secs(2);
 
     let swtpm = match tally_bench::swtpm::unavailable() {
         Some(reason) => {
@@ -192,6 +196,21 @@ fn quick_run_produces_every_figure() {
     }
     for key in keys {
         assert!(!get(&json, key).is_null(), "the JSON report has no {key}");
+    }
+    // Followers: one row per (count, mode); each row with followers got
+    // everything acked at these rates, or says how far it fell short.
+    // (Counts of 0 followers, 0 kept up and lag clamped at 0 are figures
+    // too: these rows are checked here, not by assert_positive.)
+    let mut json = json;
+    let followers = json
+        .as_object_mut()
+        .and_then(|report| report.remove("followers"))
+        .unwrap();
+    let followers = followers.as_array().unwrap();
+    assert_eq!(followers.len(), 5, "{followers:?}");
+    for row in followers {
+        assert!(row["ingest_per_sec"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["kept_up"].is_u64(), "{row}");
     }
     assert_positive(&json, "report");
     let targets = json["targets"].as_array().unwrap();

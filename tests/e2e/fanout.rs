@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tally_client::proto::{request, response, FollowRequest, Request, StoredRecord};
-use tally_client::{Client, Follow};
+use tally_client::Follow;
 use tally_tests::raw::RawConn;
 use tally_tests::{append_pipelined, check_records, Daemon, DaemonOpts};
 
@@ -19,6 +19,9 @@ type Acked = Arc<Mutex<HashMap<u64, [u8; 32]>>>;
 /// Events per phase: before and after the stalled follower is cut off.
 const PHASE: u64 = 12_000;
 
+/// Where the late follower starts.
+const LATE_FROM: u64 = PHASE / 2 + 1;
+
 /// How long a follower may wait for a record that must come.
 const NEXT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -26,11 +29,12 @@ const NEXT_TIMEOUT: Duration = Duration::from_secs(20);
 /// `pause_at` records when asked to.
 async fn take(
     mut follow: Follow,
+    from: u64,
     to: u64,
     pause: Option<(u64, Duration)>,
 ) -> anyhow::Result<Vec<StoredRecord>> {
     let mut records = Vec::new();
-    for seq in 0..to {
+    for seq in from..to {
         if pause.is_some_and(|(at, _)| at == seq) {
             tokio::time::sleep(pause.map_or(Duration::ZERO, |(_, wait)| wait)).await;
         }
@@ -124,13 +128,15 @@ async fn every_follower_gets_every_record_and_a_stalled_one_is_cut_off() -> anyh
     let mut followers = Vec::new();
     for pause in [None, None, Some((PHASE / 3, Duration::from_millis(700)))] {
         let follow = daemon.client().await?.follow(0).await?;
-        followers.push(tokio::spawn(take(follow, total, pause)));
+        followers.push(tokio::spawn(take(follow, 0, total, pause)));
     }
 
     append_phase(&daemon, &acked, 0).await?;
-    // A follower from seq 0 after the first phase: the store, then the ring.
-    let late = daemon.client().await?.follow(0).await?;
-    followers.push(tokio::spawn(take(late, total, None)));
+    // A follower after the first phase from a seq inside a shared page
+    // (appends are of 100 events): the store up to the next page start,
+    // then the ring.
+    let late = daemon.client().await?.follow(LATE_FROM).await?;
+    followers.push(tokio::spawn(take(late, LATE_FROM, total, None)));
 
     let cut = tally_tests::wait_until(Duration::from_secs(20), || {
         daemon.stderr().contains("not reading its responses")
@@ -152,9 +158,11 @@ async fn every_follower_gets_every_record_and_a_stalled_one_is_cut_off() -> anyh
         all.push(follower.await??);
     }
     for (n, records) in all.iter().enumerate() {
-        // In order from 0, entry hashes that are the records' (recomputed),
-        // each linked to the one before...
-        check_records(records, 0).map_err(|err| anyhow::anyhow!("follower {n}: {err}"))?;
+        // In order from the start asked for, entry hashes that are the
+        // records' (recomputed), each linked to the one before...
+        let from = records.first().map_or(0, |record| record.seq);
+        assert_eq!(from, if n == all.len() - 1 { LATE_FROM } else { 0 });
+        check_records(records, from).map_err(|err| anyhow::anyhow!("follower {n}: {err}"))?;
         // ... and what the appenders were acked for.
         for record in records {
             assert_eq!(
