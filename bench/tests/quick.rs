@@ -214,7 +214,7 @@ fn quick_run_produces_every_figure() {
     }
     assert_positive(&json, "report");
     let targets = json["targets"].as_array().unwrap();
-    let expected = if swtpm.is_some() { 9 } else { 8 };
+    let expected = if swtpm.is_some() { 10 } else { 9 };
     assert_eq!(targets.len(), expected, "one row per target: {targets:?}");
     for target in targets {
         assert!(target["met"].is_boolean(), "{target}");

@@ -401,10 +401,23 @@ async fn roots_edit_of_a_stored_typed_value_is_detected() {
     })
     .unwrap();
     daemon.restart().unwrap();
+    // The daemon serves each record with the entry hash its successor links
+    // to (not a hash of the edited bytes), and tail recomputes it: the edit
+    // is refused by name, not displayed.
     let shown = daemon.tally(&["tail", "--from", "1", "--json"]).unwrap();
+    assert_eq!(
+        shown.code, 2,
+        "tail must refuse the edited record: {shown:?}"
+    );
     assert!(
-        shown.stdout.contains("\"gen_ai.usage.input_tokens\":813"),
-        "the edit is in the store the daemon serves: {shown:?}"
+        shown
+            .stderr
+            .contains("seq 1: the daemon's entry hash does not match the record"),
+        "tail names the edited record: {shown:?}"
+    );
+    assert!(
+        !shown.stdout.contains("\"gen_ai.usage.input_tokens\":813"),
+        "the edited value is not shown as if it were the log's: {shown:?}"
     );
     // The export checks the chain as it reads: it refuses the edited log,
     // naming the first record whose link no longer matches.
