@@ -146,7 +146,7 @@ async fn with_the_journal_off_every_ack_is_an_lmdb_commit_and_survives_sigkill(
     for client_index in 0..3u64 {
         let mut client = daemon.client().await?;
         // Ids from a range of its own per client; batch sizes 1-20 events
-        // (each far below the 16 KiB the journal would take), pipelined;
+        // (each far below the 256 KiB the journal would take), pipelined;
         // more than the test lets it send before the kill.
         let sizes: Vec<u64> = (0..5_000).map(|_| rng.gen_range(1..=20)).collect();
         let window = rng.gen_range(1..=4);

@@ -168,7 +168,8 @@ async fn power_loss_on_lmdb_commits_of_batches_too_large_for_the_journal() {
     run(
         Workload {
             name: "power_loss_lmdb_large_batches",
-            config: "",
+            // The default (256 KiB) would journal these batches.
+            config: "ack_journal_max_bytes = 16384",
             from_empty: false,
             connections: 2,
             window: 2,

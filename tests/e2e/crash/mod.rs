@@ -47,13 +47,17 @@ use driver::{Kill, KillPath, Report};
 use tally_tests::swtpm::Swtpm;
 use tally_tests::DaemonOpts;
 
-/// Events per request that stay under the journal's 16 KiB...
+/// Events per request that stay under the journal's 16 KiB (the limit the
+/// paths with big requests pin, [`JOURNAL_16K`])...
 const SMALL: u64 = 5;
 /// ...and that do not (64 records of about 400 bytes: checked below).
 const BIG: u64 = 64;
 
-/// The journal's default limit (`ack_journal_max_bytes`).
+/// The journal's limit on the paths that send big requests. The default
+/// (256 KiB) would journal a 64-event request too; these paths exist to
+/// kill LMDB commits of batches larger than the journal takes.
 const JOURNAL_MAX_BYTES: u64 = 16 << 10;
+const JOURNAL_16K: &str = "ack_journal_max_bytes = 16384";
 
 /// Rounds per path: `TALLY_KILLS` if set, else the CI form's `ci`.
 fn rounds(ci: usize) -> usize {
@@ -102,7 +106,14 @@ async fn kill_on_the_journal_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_on_the_lmdb_path() {
-    let report = run(&path("lmdb", "", &[BIG, BIG, SMALL], &[Kill::Load], 5)).await;
+    let report = run(&path(
+        "lmdb",
+        JOURNAL_16K,
+        &[BIG, BIG, SMALL],
+        &[Kill::Load],
+        5,
+    ))
+    .await;
     assert!(
         BIG * report.min_record_bytes > JOURNAL_MAX_BYTES,
         "a {BIG}-event request of {}-byte records fits the journal: not the LMDB path",
@@ -140,7 +151,7 @@ async fn kill_with_the_journal_turned_off_and_on_across_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_across_map_growth() {
-    let config = "map_initial_bytes = 1048576";
+    let config = "map_initial_bytes = 1048576\nack_journal_max_bytes = 16384";
     let report = run(&path(
         "map-growth",
         config,
@@ -156,7 +167,14 @@ async fn kill_across_map_growth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_during_the_sigterm_drain() {
-    let report = run(&path("drain", "", &[BIG, SMALL, SMALL], &[Kill::Drain], 5)).await;
+    let report = run(&path(
+        "drain",
+        JOURNAL_16K,
+        &[BIG, SMALL, SMALL],
+        &[Kill::Drain],
+        5,
+    ))
+    .await;
     let in_drain: u64 = report
         .kills
         .iter()
@@ -187,7 +205,10 @@ async fn kill_while_anchoring() {
     let anchored = anchored::Anchored { tpm };
     let kills = [Kill::Load, Kill::Anchor, Kill::Drain, Kill::Startup];
     let mut path = path("anchoring", "", &[SMALL, SMALL, BIG], &kills, 5);
-    path.opts = anchored.opts();
+    path.opts = DaemonOpts {
+        config: JOURNAL_16K.into(),
+        ..anchored.opts()
+    };
     path.genesis_kills = rounds(3);
     let mut rng = tally_tests::seed::rng(path.name);
     driver::run(&path, &mut rng, Some(&anchored)).await.unwrap();

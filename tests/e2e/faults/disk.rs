@@ -290,7 +290,7 @@ async fn a_full_disk_behind_the_ack_journal_acks_until_it_is_full_then_refuses_a
     //! journaled events are applied once space is freed.
     let Some(fs) = LoopFs::mount(64) else { return };
     // Batches of one 35-event append (about 13 KiB, under the journal's
-    // 16 KiB): every commit is a journal frame, never a group commit big
+    // 256 KiB): every commit is a journal frame, never a group commit big
     // enough to go to LMDB directly.
     let daemon = daemon_on(&fs, "batch_max_events = 35");
     let acked: Acked = Arc::default();
