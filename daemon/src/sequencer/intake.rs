@@ -270,7 +270,11 @@ impl Pending {
         for &end in &job.ends {
             let body = &bodies[start..end];
             start = end;
-            match self.batch.push(|bytes| bytes.extend_from_slice(body)) {
+            let received = job.receive_time_unix_nanos;
+            match self
+                .batch
+                .push_received(received, |bytes| bytes.extend_from_slice(body))
+            {
                 Ok((seq, entry_hash)) => acks.push(Ack { seq, entry_hash }),
                 // Unreachable after `has_room`; if it were not, the batch
                 // holds part of this job and none of it may be committed.

@@ -23,6 +23,9 @@ pub struct AppendJob {
     _permit: Option<OwnedSemaphorePermit>,
     /// Counted in status until the job is answered or dropped.
     _queued: QueuedEvents,
+    /// The receive time encoded in every body (the commit's `times` index
+    /// takes it from here instead of re-reading each body).
+    pub(super) receive_time_unix_nanos: i64,
 }
 
 impl AppendJob {
@@ -52,6 +55,7 @@ impl AppendJob {
             ends.push(bodies.len());
         }
         AppendJob {
+            receive_time_unix_nanos,
             bodies,
             ends,
             reply,

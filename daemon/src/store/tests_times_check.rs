@@ -458,3 +458,66 @@ fn a_fault_names_the_entry_its_seq_and_the_times_in_rfc_3339() {
         "{first}"
     );
 }
+
+#[test]
+fn times_the_pushers_give_make_the_index_the_records_make() {
+    //! The commit takes a batch's maximum from its pushers (the sequencer's
+    //! jobs) instead of each body: the entries must be exactly those read
+    //! from the bodies, across step-backs, and a batch with one untimed
+    //! record falls back to the bodies.
+    let timed_dir = tempfile::tempdir().unwrap();
+    let timed = Store::open(timed_dir.path(), SMALL).unwrap();
+    for times in STEPPED {
+        let mut batch = timed.start_batch().unwrap();
+        for time in times.iter().flatten() {
+            let bytes = body(*time);
+            batch
+                .push_received(*time, |out| out.extend_from_slice(&bytes))
+                .unwrap();
+        }
+        assert!(matches!(
+            batch.receive_times(),
+            crate::batch::ReceiveTimes::Max(Some(_))
+        ));
+        timed.append(&batch).unwrap();
+    }
+    let (_dir, read_back) = stepped();
+    assert_eq!(entries(&timed), entries(&read_back));
+    assert_eq!(
+        entries(&timed),
+        [(12, 0), (21, 3), (30, 7), (40, 11), (41, 13)]
+    );
+    timed.verify().unwrap();
+
+    let mut mixed = timed.start_batch().unwrap();
+    let (early, late) = (body(50), body(60));
+    mixed
+        .push_received(50, |out| out.extend_from_slice(&early))
+        .unwrap();
+    mixed.push(|out| out.extend_from_slice(&late)).unwrap();
+    assert_eq!(mixed.receive_times(), crate::batch::ReceiveTimes::Unknown);
+    // Journaled batches commit absorbed into one: an untimed one makes the
+    // whole unknown, timed ones keep the larger maximum.
+    let mut first = timed.start_batch().unwrap();
+    first
+        .push_received(70, |out| out.extend_from_slice(&body(70)))
+        .unwrap();
+    let mut second = crate::batch::Batch::new(first.tip(), first.frontier().clone());
+    second
+        .push_received(65, |out| out.extend_from_slice(&body(65)))
+        .unwrap();
+    let mut untimed = crate::batch::Batch::new(second.tip(), second.frontier().clone());
+    untimed
+        .push(|out| out.extend_from_slice(&body(80)))
+        .unwrap();
+    first.absorb(&second).unwrap();
+    assert_eq!(
+        first.receive_times(),
+        crate::batch::ReceiveTimes::Max(Some(70))
+    );
+    first.absorb(&untimed).unwrap();
+    assert_eq!(first.receive_times(), crate::batch::ReceiveTimes::Unknown);
+    timed.append(&mixed).unwrap();
+    assert_eq!(entries(&timed).last(), Some(&(60, 14)));
+    timed.verify().unwrap();
+}

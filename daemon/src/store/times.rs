@@ -26,6 +26,7 @@ use tally_attest::record::HEADER_LEN;
 use tally_client::filter::receive_time;
 
 use super::{Batch, Store, StoreError, TimesFault, META_TIMES_SIZE};
+use crate::batch::ReceiveTimes;
 
 /// Records per transaction when indexing at open a store written before the
 /// index (resumable: each commits its `times_size`).
@@ -73,12 +74,11 @@ impl TimeEntries {
         wtxn: &mut RwTxn<'_>,
         batch: &Batch,
     ) -> Result<(), heed::Error> {
-        let mut first = None;
-        let mut batch_max = None;
-        for (seq, record) in batch.records() {
-            first.get_or_insert(seq);
-            batch_max = batch_max.max(record_time(record));
-        }
+        let first = batch.records().next().map(|(seq, _)| seq);
+        let batch_max = match batch.receive_times() {
+            ReceiveTimes::Max(max) => max,
+            ReceiveTimes::Unknown => batch.records().filter_map(|(_, r)| record_time(r)).max(),
+        };
         self.raise(store, wtxn, first, batch_max)
     }
 
