@@ -25,6 +25,7 @@ pub mod scenario;
 pub mod swtpm;
 pub mod synth;
 mod table;
+pub mod target;
 
 use baseline::fsync::FsyncBaseline;
 use baseline::heed_loop::HeedBaseline;

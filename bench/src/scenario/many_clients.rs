@@ -24,7 +24,7 @@ use tokio::net::UnixStream;
 use crate::daemon::{CpuMeter, CpuUse, Daemon, Setup};
 use crate::format::count;
 use crate::load::{self, Load};
-use crate::report::Target;
+use crate::target::Target;
 use crate::Options;
 
 /// What the scenario runs.

@@ -25,7 +25,7 @@ use prost::Message;
 use tally_client::proto;
 use tokio::sync::{watch, Notify};
 
-use super::handlers::{records_of, SCAN_MAX_RECORDS, SCAN_MAX_TIME};
+use super::page::{records_of, SCAN_MAX_RECORDS, SCAN_MAX_TIME};
 use crate::batch::Head;
 use crate::limits::Limits;
 use crate::store::{Scan, Store};

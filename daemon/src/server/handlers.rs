@@ -4,7 +4,7 @@
 //! are the connection's and the dispatcher's.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prost::Message;
 use tally_client::attributes::check_client_event;
@@ -13,11 +13,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{RequestError, MAX_NONCE_BYTES};
+use super::page::{records_of, SCAN_MAX_RECORDS, SCAN_MAX_TIME};
 use super::shared::Shared;
 use crate::anchor::AnchorCommand;
 use crate::peer::PeerId;
 use crate::sequencer::{Ack, AppendError, AppendJob, QueuedEvents};
-use crate::store::{Scan, ScanPage, FORMAT_VERSION};
+use crate::store::{Scan, FORMAT_VERSION};
 use tally_client::clock::now_unix_nanos;
 
 /// Where the sequencer answers a submitted append.
@@ -80,16 +81,6 @@ pub(crate) async fn submit_append(
     }
     Ok(Some(ack))
 }
-
-/// Records one read request examines at most: a filter that matches
-/// nothing returns an empty page (with `resume_seq`) after this many, and the
-/// client continues from there, instead of pinning a worker for the whole
-/// log (a decode and a match is ~1 us; 100,000 is ~0.1 s on a quiet core).
-pub(crate) const SCAN_MAX_RECORDS: u64 = 100_000;
-
-/// Time one read request's scan takes at most, for the same reason, on a
-/// machine slower than that estimate or a store that is not in the cache.
-pub(crate) const SCAN_MAX_TIME: Duration = Duration::from_millis(50);
 
 /// A read: a page of the records of `[from_seq, to_seq)` (0: the log's size
 /// now) that match its filter, the oldest (or with `newest` the newest) at
@@ -155,24 +146,6 @@ pub(crate) async fn load_page(
     .await
     .map_err(RequestError::PageTask)??;
     Ok(records_of(scanned))
-}
-
-/// A scanned page as the protocol sends it. The hashes come from the chain's
-/// links (`Store::scan`): no SHA-256 to serve a read.
-pub(crate) fn records_of(scanned: ScanPage) -> proto::Records {
-    proto::Records {
-        records: scanned
-            .records
-            .into_iter()
-            .zip(scanned.entry_hashes)
-            .map(|(record, hash)| proto::StoredRecord {
-                seq: record.seq,
-                entry_hash: hash.to_vec().into(),
-                record: record.bytes.into(),
-            })
-            .collect(),
-        resume_seq: scanned.resume_seq,
-    }
 }
 
 /// A fresh attestation for the caller's nonce, made by the anchoring task (so no

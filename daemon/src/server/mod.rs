@@ -15,6 +15,7 @@ mod error;
 mod fanout;
 mod follow;
 mod handlers;
+mod page;
 mod shared;
 mod slow_reader;
 #[cfg(test)]
