@@ -57,11 +57,7 @@ enum Sent {
     Stop,
 }
 
-/// Sends `response` within the slow-reader bound. A client that stops
-/// sending (half-close, or a stray request) still gets whole frames: its
-/// reader ending is checked between frames, and the slow-reader timeout
-/// bounds the wait. Only a daemon shutdown cuts a frame short (the
-/// connection closes).
+/// Sends `response` within the slow-reader bound (see [`bounded`]).
 async fn send<W: AsyncWrite + Unpin>(
     frames: &mut FramedWrite<W, LengthDelimitedCodec>,
     response: &Response,
@@ -69,14 +65,8 @@ async fn send<W: AsyncWrite + Unpin>(
     shutdown: &CancellationToken,
     reader_done: &CancellationToken,
 ) -> Sent {
-    let sent = tokio::select! {
-        sent = within(shared.limits.slow_reader_timeout, frames.send(frame::encode(response))) => sent,
-        _ = shutdown.cancelled() => return Sent::Stop,
-    };
-    if !sent || reader_done.is_cancelled() {
-        return Sent::Stop;
-    }
-    Sent::Ok
+    let write = frames.send(frame::encode(response));
+    bounded(write, shared, shutdown, reader_done).await
 }
 
 /// Sends a shared page: this follower's frame header, then the page's bytes
@@ -96,6 +86,20 @@ async fn send_shared<W: AsyncWrite + Unpin>(
         SinkExt::<bytes::Bytes>::flush(frames).await?;
         frames.get_mut().write_all_buf(&mut bytes).await
     };
+    bounded(write, shared, shutdown, reader_done).await
+}
+
+/// Runs one frame's write within the slow-reader bound. A client that stops
+/// sending (half-close, or a stray request) still gets whole frames: its
+/// reader ending is checked between frames, and the slow-reader timeout
+/// bounds the wait. Only a daemon shutdown cuts a frame short (the
+/// connection closes).
+async fn bounded<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    reader_done: &CancellationToken,
+) -> Sent {
     let sent = tokio::select! {
         sent = within(shared.limits.slow_reader_timeout, write) => sent,
         _ = shutdown.cancelled() => return Sent::Stop,
