@@ -88,6 +88,10 @@ pub struct BundleHeader {
     /// Who made it, e.g. "tallyd/0.1.0" (informational).
     #[prost(string, tag = "6")]
     pub producer: String,
+    /// The exporter left every content out on purpose (`--redact`): no
+    /// content section follows any record (docs/DESIGN.md section 7).
+    #[prost(bool, tag = "7")]
+    pub redacted: bool,
 }
 
 /// Version written into [`BundleHeader::format_version`].
@@ -402,6 +406,7 @@ mod tests {
             head_hash: vec![0; 32],
             exported_at_unix_nanos: 1,
             producer: "test".into(),
+            redacted: false,
         }
     }
 

@@ -2,6 +2,8 @@
 //!
 //! * [`record`]: the stored record (a fixed header + a protobuf body) and the
 //!   entry-hash chain over it. The bytes stored in LMDB are the bytes hashed.
+//! * [`content`]: content committed, not chained: the commitment in a record
+//!   body, openings, and the seqs erasure records cover.
 //! * [`bundle`]: the self-contained export file a verifier checks offline.
 //! * [`chain`]: the verifier that replays a chain and names the first damage.
 //! * [`verify`]: bundle verification (format, then chain against the declared head,
@@ -29,6 +31,7 @@
 pub mod anchor;
 pub mod bundle;
 pub mod chain;
+pub mod content;
 pub mod evidence;
 pub mod identity;
 pub mod merkle;

@@ -72,6 +72,7 @@ fn bundle_header() {
             head_hash: vec![0xab; 32],
             exported_at_unix_nanos: -1_790_000_000_000_000_000,
             producer: "tallyd/0.1.0".into(),
+            redacted: true,
         },
         &schema::BundleHeader {
             format_version: 2,
@@ -80,6 +81,7 @@ fn bundle_header() {
             head_hash: vec![0xab; 32],
             exported_at_unix_nanos: -1_790_000_000_000_000_000,
             producer: "tallyd/0.1.0".into(),
+            redacted: true,
         },
     );
 }
@@ -93,6 +95,7 @@ fn range_header() {
             first_seq: (1 << 33) + 5,
             count: 77,
             tree_size: (1 << 34) + 1,
+            redacted: true,
         },
         &schema::RangeHeader {
             format_version: 1,
@@ -100,6 +103,7 @@ fn range_header() {
             first_seq: (1 << 33) + 5,
             count: 77,
             tree_size: (1 << 34) + 1,
+            redacted: true,
         },
     );
 }

@@ -594,6 +594,7 @@ fn unexpected(request: &str, body: &response::Body) -> ClientError {
         response::Body::Anchor(_) => "anchor",
         response::Body::Anchors(_) => "anchors",
         response::Body::Proof(_) => "proof",
+        response::Body::Erase(_) => "erase",
     };
     ClientError::Protocol(format!("a {kind} response to a {request} request"))
 }

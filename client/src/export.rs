@@ -177,6 +177,7 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             env!("CARGO_PKG_VERSION"),
             status.server_name
         ),
+        redacted: false,
     };
     // Anchors that cover at most the exported records, in counter order.
     let mut anchors = Vec::new();

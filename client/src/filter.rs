@@ -129,6 +129,7 @@ mod tests {
             receive_time_unix_nanos: time,
             peer: None,
             event: Some(event),
+            ..Default::default()
         }
     }
 

@@ -64,6 +64,10 @@ pub struct RangeHeader {
     /// checkpoint size), at least `first_seq + count`.
     #[prost(uint64, tag = "5")]
     pub tree_size: u64,
+    /// The exporter left every content out on purpose (`--redact`);
+    /// otherwise each committed record is followed by its content section.
+    #[prost(bool, tag = "6")]
+    pub redacted: bool,
     // No informational fields (export time, producer) as the whole-log
     // header has: nothing would check them, and every byte of a range bundle
     // is meant to matter to its verdict (a test flips each one).
@@ -256,6 +260,7 @@ mod tests {
             first_seq: 3,
             count: 2,
             tree_size: 9,
+            redacted: false,
         }
     }
 

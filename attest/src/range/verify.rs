@@ -315,6 +315,7 @@ mod tests {
                 first_seq: 5,
                 count: 4,
                 tree_size: 16,
+                redacted: false,
             },
             proof: proof(&log, 5, 9),
             records: log[5..9].to_vec(),

@@ -96,6 +96,7 @@ mod tests {
             head_hash: vec![7; 32],
             exported_at_unix_nanos: 0,
             producer: "test".into(),
+            redacted: false,
         };
         let result = verify_sections(&mut FromFive(header), VerifyOptions::default(), |_, _| {});
         assert!(

@@ -314,6 +314,7 @@ fn record(seq: u64, prev: &Hash, payload: &[u8], out: &mut Vec<u8>) {
             payload: payload.to_vec(),
             ..Default::default()
         }),
+        ..Default::default()
     };
     // Encoding into a Vec cannot fail.
     let _ = body.encode(out);
@@ -350,6 +351,7 @@ pub fn write_plain<W: Write>(out: W, shape: &Shape) -> anyhow::Result<(BundleHea
         head_hash: prev.to_vec(),
         exported_at_unix_nanos: TIME_START + TIME_STEP * shape.records as i64,
         producer: "tally-bench synthetic".into(),
+        redacted: false,
     };
     let mut writer = BundleWriter::new(out, &header)?;
     let mut prev = GENESIS_PREV;

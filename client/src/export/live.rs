@@ -115,6 +115,7 @@ async fn produce<S: AsyncRead + AsyncWrite + Unpin>(
             env!("CARGO_PKG_VERSION"),
             status.server_name
         ),
+        redacted: false,
     };
     let (from_counter, from_seq) = from.trusted.unwrap_or((0, 0));
     let start = match from.trusted {

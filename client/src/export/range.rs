@@ -148,6 +148,7 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
         first_seq: first,
         count: end - first,
         tree_size: anchor.size,
+        redacted: false,
     };
     let write_err = |source| ExportError::Write {
         path: name.to_owned(),

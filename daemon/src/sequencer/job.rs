@@ -49,6 +49,7 @@ impl AppendJob {
                 receive_time_unix_nanos,
                 peer: Some(peer),
                 event: Some(event),
+                ..Default::default()
             };
             // Encoding into a Vec cannot fail (it grows as needed).
             let _ = body.encode(&mut bodies);

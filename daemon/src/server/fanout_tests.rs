@@ -14,6 +14,7 @@ fn records(from: u64, count: u64, record_len: usize) -> proto::Records {
                 seq,
                 record: vec![seq as u8; record_len].into(),
                 entry_hash: vec![!(seq as u8); 32].into(),
+                content: Default::default(),
             })
             .collect(),
         resume_seq: from + count,

@@ -29,6 +29,7 @@ pub(crate) fn records_of(scanned: ScanPage) -> proto::Records {
                 seq: record.seq,
                 entry_hash: hash.to_vec().into(),
                 record: record.bytes.into(),
+                content: Default::default(),
             })
             .collect(),
         resume_seq: scanned.resume_seq,

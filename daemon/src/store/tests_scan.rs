@@ -21,6 +21,7 @@ fn body(time: i64, kind: &str) -> Vec<u8> {
             kind: kind.into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
     .encode_to_vec()
 }

@@ -22,6 +22,7 @@ fn body(time: i64) -> Vec<u8> {
             kind: "k".into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
     .encode_to_vec()
 }

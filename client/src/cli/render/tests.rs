@@ -26,6 +26,7 @@ fn record_of(event: Event) -> DecodedRecord {
             })),
         }),
         event: Some(event),
+        ..Default::default()
     };
     let mut bytes = Vec::new();
     RecordHeader {

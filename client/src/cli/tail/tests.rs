@@ -59,6 +59,7 @@ fn log(n: u64) -> Vec<StoredRecord> {
                 seq,
                 record: record.into(),
                 entry_hash: prev.to_vec().into(),
+                content: Default::default(),
             }
         })
         .collect()
