@@ -357,6 +357,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// Erases the content of the records `request` selects (role admin;
+    /// docs/DESIGN.md section 3b). Returns once the daemon has destroyed
+    /// their keys and appended its `tally.erasure` records.
+    pub async fn erase(
+        &mut self,
+        request: proto::EraseRequest,
+    ) -> Result<proto::EraseReply, ClientError> {
+        let id = self.send(request::Body::Erase(request)).await?;
+        match self.recv(id).await? {
+            response::Body::Erase(reply) => Ok(reply),
+            other => Err(unexpected("erase", &other)),
+        }
+    }
+
     /// Stored anchors with counter values from `from_counter` on (0 = the
     /// daemon's page size).
     pub async fn read_anchors(

@@ -105,6 +105,11 @@ enum Command {
     GapAck(cli::tpm::GapAckArgs),
     /// Anchor the log's head in the TPM now (instead of waiting for the interval).
     Anchor,
+    /// Erase the content (payload and personal attributes) of the records
+    /// selected, for good; the records, their hashes and the anchors stay, and
+    /// the daemon appends a tally.erasure record naming you, the selection,
+    /// the seqs and the reason. Role admin.
+    Erase(cli::erase::EraseArgs),
     /// List the anchors: counter, log size covered, time and age, TPM clock.
     ///
     /// From the daemon, or offline from a bundle (--bundle). The time is the
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GapAck(args) => cli::tpm::gap_ack(&args)?,
         Command::Anchor => cli::tpm::anchor(&mut connect(&target).await?).await?,
         Command::Anchors(args) => cli::anchors::run(&target, &args).await?,
+        Command::Erase(args) => cli::erase::run(&target, &args).await?,
         Command::Prove(what) => cli::proof::prove(&mut connect(&target).await?, &what).await?,
         Command::VerifyProof(args) => return cli::proof::verify_proof(&args),
         Command::Append(args) => return cli::append::run(&target, args).await,

@@ -205,6 +205,8 @@ pub struct Config {
     pub tpm: TpmSettings,
     /// Who may do what (reloaded on SIGHUP).
     pub access: crate::access::AccessConfig,
+    /// Erasing content on a schedule (docs/DESIGN.md section 3b).
+    pub retention: crate::erasure::retention::RetentionConfig,
 }
 
 impl Default for Config {
@@ -238,6 +240,7 @@ impl Default for Config {
             log: DEFAULT_LOG.into(),
             tpm: TpmSettings::default(),
             access: crate::access::AccessConfig::default(),
+            retention: crate::erasure::retention::RetentionConfig::default(),
         }
     }
 }

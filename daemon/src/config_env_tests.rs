@@ -52,6 +52,9 @@ const EVERY_KEY: &[(&str, &str, &str)] = &[
         "[{uid = 1000, roles = ['admin']}]",
     ),
     ("access.denials_logged_per_minute", "6", "6"),
+    ("retention.payload_max_age_secs", "86400", "86400"),
+    ("retention.kinds", "{prompt = 3600}", "{prompt = 3600}"),
+    ("retention.interval_secs", "30", "30"),
 ];
 
 fn at<'a>(value: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod config;
 pub mod config_env;
 pub mod datadir;
+pub mod erasure;
 pub mod exposure;
 pub mod journal;
 pub mod limits;
@@ -366,6 +367,14 @@ pub async fn run(
         shared.disk_space.clone(),
         shutdown.clone(),
     ));
+    if config.retention.is_active() {
+        tracing::info!(retention = ?config.retention, "retention erases content on a schedule");
+        tokio::spawn(server::retention(
+            shared.clone(),
+            config.retention.clone(),
+            shutdown.clone(),
+        ));
+    }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let listeners = server::Listeners {
         unix: listener,

@@ -15,6 +15,7 @@ mod cli;
 mod client_timeout;
 mod concurrency;
 mod crash;
+mod erasure;
 mod exposure;
 mod fanout;
 mod faults;

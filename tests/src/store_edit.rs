@@ -16,6 +16,8 @@ pub struct Dbs {
     pub tree: Database<'static, Bytes, Bytes>,
     /// The receive-time index (docs/DESIGN.md, section 4c).
     pub times: Database<'static, Bytes, Bytes>,
+    /// Sealed openings by seq (docs/DESIGN.md, section 3b).
+    pub content: Database<'static, U64<BigEndian>, Bytes>,
 }
 
 /// Opens `<data_dir>/store` (the daemon must be stopped) and runs `edit` in
@@ -33,10 +35,11 @@ pub fn edit<T>(
             opener.create_database(wtxn, Some("meta"))?,
             opener.create_database(wtxn, Some("tree"))?,
             opener.create_database(wtxn, Some("times"))?,
+            opener.create_database(wtxn, Some("content"))?,
         );
         Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit(dbs))
     })?;
-    let (records, anchors, meta, tree, times) = match opened {
+    let (records, anchors, meta, tree, times, content) = match opened {
         CommitOrAbort::Commit(dbs) => dbs,
         CommitOrAbort::Abort(never) => match never {},
     };
@@ -46,6 +49,7 @@ pub fn edit<T>(
         meta,
         tree,
         times,
+        content,
     };
     let mut wtxn = env.write_txn()?;
     let out = edit(&mut wtxn, &dbs)?;

@@ -5,6 +5,7 @@
 pub mod anchors;
 pub mod append;
 pub mod connect;
+pub mod erase;
 pub mod export;
 pub mod progress;
 pub mod proof;

@@ -65,6 +65,31 @@ impl AppendJob {
         }
     }
 
+    /// LEAD PLACEHOLDER (the storage slice replaces it with the erase engine):
+    /// a job of prebuilt bodies; `erased` is not acted on here.
+    pub fn erasure(
+        bodies: Vec<Vec<u8>>,
+        _erased: tally_attest::content::SeqRanges,
+        receive_time_unix_nanos: i64,
+        reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
+        queued: QueuedEvents,
+    ) -> AppendJob {
+        let mut all = Vec::new();
+        let mut ends = Vec::new();
+        for body in bodies {
+            all.extend_from_slice(&body);
+            ends.push(all.len());
+        }
+        AppendJob {
+            receive_time_unix_nanos,
+            bodies: all,
+            ends,
+            reply,
+            _permit: None,
+            _queued: queued,
+        }
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.ends.len()

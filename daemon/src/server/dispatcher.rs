@@ -235,8 +235,10 @@ impl<'a> Dispatcher<'a> {
             Some(request::Body::ProveConsistency(prove)) => {
                 handlers::prove_consistency(prove.from_size, prove.to_size, shared).await
             }
-            // Issue 15 (erasure) is being built: refused as unknown until then.
-            Some(request::Body::Erase(_)) | None => Err(RequestError::UnknownRequest),
+            Some(request::Body::Erase(request)) => {
+                handlers::erase(request, self.peer, shared).await
+            }
+            None => Err(RequestError::UnknownRequest),
         };
         Step::Continue(match body {
             Ok(body) => Outgoing::Ready(Response {

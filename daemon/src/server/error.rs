@@ -9,6 +9,7 @@ use tokio::task::JoinError;
 
 use crate::access::Role;
 use crate::anchor::{AnchorError, FreshError};
+use crate::erasure::SelectionError;
 use crate::limits::Refusal;
 use crate::peer::PeerId;
 use crate::sequencer::{AppendError, FullCause, SettleError, StorageCause};
@@ -84,6 +85,10 @@ pub enum RequestError {
     /// Any other blocking task failed.
     #[error("{0}")]
     Task(JoinError),
+    // Erasure.
+    #[error(transparent)]
+    Erase(#[from] SelectionError),
+
     #[error("record {seq} is missing")]
     RecordMissing { seq: u64 },
     #[error("the log has no anchor yet: proofs are checked against TPM-anchored checkpoints (tally anchor)")]
@@ -120,7 +125,8 @@ impl RequestError {
             | E::UnknownRequest
             | E::NoEvents
             | E::InvalidEvent { .. }
-            | E::BadNonce { .. } => ErrorCode::BadRequest,
+            | E::BadNonce { .. }
+            | E::Erase(_) => ErrorCode::BadRequest,
             E::HelloFirst | E::HelloRepeated | E::ProtocolVersionZero => ErrorCode::Protocol,
             E::PermissionDenied { .. } => ErrorCode::PermissionDenied,
             E::TooManyEvents { .. } => ErrorCode::TooManyEvents,

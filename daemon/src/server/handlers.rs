@@ -82,6 +82,17 @@ pub(crate) async fn submit_append(
     Ok(Some(ack))
 }
 
+/// An erase request (role admin, checked by the dispatcher).
+pub(crate) async fn erase(
+    request: proto::EraseRequest,
+    peer: &PeerId,
+    shared: &Shared,
+) -> Result<response::Body, RequestError> {
+    let selection = crate::erasure::Selection::from_request(&request)?;
+    let reply = super::erase::erase(shared, &selection, &request.reason, peer).await?;
+    Ok(response::Body::Erase(reply))
+}
+
 /// A read: a page of the records of `[from_seq, to_seq)` (0: the log's size
 /// now) that match its filter, the oldest (or with `newest` the newest) at
 /// most `max_records` (0: the page limit), with where the scan stopped.

@@ -11,6 +11,7 @@
 mod accept;
 mod connection;
 mod dispatcher;
+mod erase;
 mod error;
 mod fanout;
 mod follow;
@@ -25,5 +26,6 @@ pub use accept::{run, Listeners};
 pub use connection::serve_connection;
 #[cfg(test)]
 pub(crate) use dispatcher::record_denial;
+pub(crate) use erase::retention;
 pub use error::{RequestError, MAX_NONCE_BYTES};
 pub use shared::{Anchoring, Shared, SERVER_NAME};

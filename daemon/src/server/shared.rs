@@ -13,9 +13,11 @@
 //! | `append_rate` | `Mutex` | every append, when a rate is set | the same |
 //! | `anchoring.status` | `Mutex` | the anchoring task | status (a clone) |
 //! | `fanout` ring | `Mutex` | the publisher task, a push per committed page | followers (an `Arc` clone of a page) |
+//! | `erase_lock` | tokio `Mutex` (held across `.await`: it orders erasures, nothing else waits on it) | an erasure, from its selection to its reply | the same |
 //! | `anchoring.ack_times` | `Mutex` ([`AckTimes`](crate::exposure::AckTimes)) | the sequencer's role holder after each commit; the anchorer | status (the exposure window) |
 //!
-//! No lock is held while another is taken, and none across an `.await`.
+//! No lock is held while another is taken, and none across an `.await` but
+//! `erase_lock`, which only erasures take.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -57,6 +59,9 @@ pub struct Shared {
     pub append_rate: AppendRate,
     /// Committed pages shared by the unfiltered followers (`fanout.rs`).
     pub fanout: Arc<super::fanout::Fanout>,
+    /// Held by an erasure from its selection to its reply (`erase.rs`): one
+    /// erasure at a time, so two never name the same seqs.
+    pub erase_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -88,6 +93,7 @@ impl Shared {
             ),
             append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
             fanout: Arc::default(),
+            erase_lock: tokio::sync::Mutex::new(()),
         }
     }
 }

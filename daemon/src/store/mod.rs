@@ -40,6 +40,7 @@ use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, W
 use tally_attest::merkle::{Frontier, MerkleError};
 
 mod anchors;
+mod erasable;
 mod growth;
 mod map_advice;
 mod records;
@@ -60,6 +61,7 @@ mod verify;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
+pub use erasable::{Erasable, Selected};
 pub use records::StoredRecord;
 pub use scan::{Scan, ScanPage};
 pub use space::{
@@ -138,6 +140,12 @@ pub enum StoreError {
     RecordUnreadable {
         seq: u64,
         source: tally_attest::record::RecordError,
+    },
+    /// A stored record's body does not parse as the record format says.
+    #[error("store is inconsistent: seq {seq}: {source}")]
+    BodyUnreadable {
+        seq: u64,
+        source: tally_attest::content::ContentError,
     },
     /// [`Store::verify`]: the record at `seq` is not the next one of the
     /// chain (a gap in the seqs, a wrong seq or `prev_hash`).
@@ -223,6 +231,9 @@ pub struct Store {
     anchors: SeqDb,
     tree: TreeDb,
     times: TimesDb,
+    /// Sealed openings by seq (DESIGN 3b). (Lead's placeholder: the storage
+    /// slice owns this field.)
+    content: SeqDb,
     /// The running maximum of the indexed receive times (the last `times`
     /// entry's); only the writer changes it, and only after a commit.
     time_max: Mutex<Option<i64>>,
@@ -278,7 +289,7 @@ impl Store {
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options
             .map_size(sizing.initial)
-            .max_dbs(5)
+            .max_dbs(6)
             .max_readers(1024);
         // SAFETY: heed requires that the same environment is not opened twice
         // in one process with different options, and that the files are not
@@ -291,12 +302,13 @@ impl Store {
             let anchors = opener.create_database(wtxn, Some("anchors"))?;
             let tree = opener.create_database(wtxn, Some("tree"))?;
             let times = opener.create_database(wtxn, Some("times"))?;
+            let content = opener.create_database(wtxn, Some("content"))?;
             Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-                records, meta, anchors, tree, times,
+                records, meta, anchors, tree, times, content,
             )))
         })?;
-        type Databases = (SeqDb, MetaDb, SeqDb, TreeDb, TimesDb);
-        let (records, meta, anchors, tree, times): Databases = match created {
+        type Databases = (SeqDb, MetaDb, SeqDb, TreeDb, TimesDb, SeqDb);
+        let (records, meta, anchors, tree, times, content): Databases = match created {
             CommitOrAbort::Commit(databases) => databases,
             CommitOrAbort::Abort(never) => match never {},
         };
@@ -339,6 +351,7 @@ impl Store {
             anchors,
             tree,
             times,
+            content,
             time_max: Mutex::new(None),
             frontier: Mutex::new(frontier),
             log_id,
