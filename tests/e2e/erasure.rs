@@ -34,7 +34,7 @@ fn event(i: u64) -> Event {
         } else {
             "prompt".into()
         },
-        actor: if i % 2 == 0 {
+        actor: if i.is_multiple_of(2) {
             "agent-a".into()
         } else {
             "agent-b".into()
