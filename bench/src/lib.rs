@@ -50,6 +50,8 @@ pub struct Scenarios {
     pub growth: bool,
     pub many_clients: bool,
     pub followers: bool,
+    /// `tally erase` by subject and by range over a log, against a filtered read.
+    pub erase: bool,
 }
 
 impl Scenarios {
@@ -64,9 +66,10 @@ impl Scenarios {
         growth: true,
         many_clients: true,
         followers: true,
+        erase: true,
     };
     pub const NAMES: &'static str =
-        "throughput,latency,lone,verify,memory,anchoring,check,growth,many-clients,followers";
+        "throughput,latency,lone,verify,memory,anchoring,check,growth,many-clients,followers,erase";
 
     /// Parses a comma-separated list of scenario names.
     pub fn parse(list: &str) -> anyhow::Result<Scenarios> {
@@ -81,6 +84,7 @@ impl Scenarios {
             growth: false,
             many_clients: false,
             followers: false,
+            erase: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
@@ -94,6 +98,7 @@ impl Scenarios {
                 "growth" => out.growth = true,
                 "many-clients" => out.many_clients = true,
                 "followers" => out.followers = true,
+                "erase" => out.erase = true,
                 other => anyhow::bail!("unknown scenario {other:?} (known: {})", Self::NAMES),
             }
         }
@@ -195,6 +200,7 @@ pub struct Options {
     /// `None`: the anchoring scenario is skipped (no TPM given).
     pub anchoring: Option<AnchoringOptions>,
     pub followers: scenario::followers::FollowersOptions,
+    pub erase: scenario::erase::EraseOptions,
 }
 
 /// Default payload size: an event of about 256 bytes (PRODUCT.md).
@@ -274,6 +280,11 @@ impl Options {
                 grace: Duration::from_secs(3),
                 compare: None,
             },
+            erase: scenario::erase::EraseOptions {
+                events: 10_000_000,
+                payload: PAYLOAD_BYTES,
+                range: 100_000,
+            },
         }
     }
 
@@ -324,6 +335,11 @@ impl Options {
                 duration: Duration::from_secs(1),
                 grace: Duration::from_secs(2),
                 ..full.followers
+            },
+            erase: scenario::erase::EraseOptions {
+                events: 200_000,
+                range: 2_000,
+                ..full.erase
             },
             ..full
         }
@@ -481,6 +497,14 @@ pub fn run(options: &Options) -> anyhow::Result<Results> {
         settle(work_dir)?;
         eprintln!("tally-bench: followers at full speed and paced, against no follower");
         results.followers = scenario::followers::run(options, &options.followers)?;
+    }
+    if selected.erase {
+        settle(work_dir)?;
+        eprintln!(
+            "tally-bench: erase ({} events): by subject and by range, against a filtered read",
+            options.erase.events
+        );
+        results.erase = Some(scenario::erase::run(options, &options.erase)?);
     }
     results.finish();
     Ok(results)

@@ -26,7 +26,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these scenarios (comma-separated): throughput, latency, lone,
-    /// verify, memory, anchoring, check, growth, many-clients, followers.
+    /// verify, memory, anchoring, check, growth, many-clients, followers,
+    /// erase.
     #[arg(long)]
     only: Option<String>,
     /// Where to write every figure as JSON [default: target/tally-bench.json].
@@ -63,6 +64,9 @@ struct Args {
     /// Check: events in the checked store.
     #[arg(long)]
     check_events: Option<u64>,
+    /// Erase: events in the log erased from [default: 10M; quick 200k].
+    #[arg(long)]
+    erase_events: Option<u64>,
     /// Check: keep the store in DIR (DIR/data) and reuse it when it holds
     /// --check-events events [default: a temporary directory].
     #[arg(long)]
@@ -256,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         options.latency.rates = rates.clone();
     }
     options.verify.events = args.verify_events.unwrap_or(options.verify.events);
+    options.erase.events = args.erase_events.unwrap_or(options.erase.events);
     let check = &mut options.check;
     check.events = args.check_events.unwrap_or(check.events);
     check.store_dir = args.check_store.clone();

@@ -76,6 +76,8 @@ pub struct Results {
     pub check: Option<crate::scenario::check::Check>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<crate::scenario::growth::Growth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub erase: Option<crate::scenario::erase::Erase>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub followers: Vec<crate::scenario::followers::FollowersRow>,
     pub baselines: Baselines,
@@ -119,6 +121,7 @@ impl Results {
             anchoring_skipped: None,
             check: None,
             growth: None,
+            erase: None,
             followers: Vec::new(),
             ingest_over_heed_by_slice: Vec::new(),
             baselines: Baselines::default(),

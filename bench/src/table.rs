@@ -401,6 +401,7 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
     }
     let scenario_rows = results.check.iter().flat_map(|check| check.rows());
     let scenario_rows = scenario_rows.chain(results.growth.iter().flat_map(|g| g.rows()));
+    let scenario_rows = scenario_rows.chain(results.erase.iter().flat_map(|e| e.rows()));
     rows.extend(scenario_rows.map(Vec::from));
     if let Some(many) = &results.many_clients {
         crate::scenario::many_clients::rows(many, &mut |scenario, figure, value| {

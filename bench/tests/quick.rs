@@ -55,6 +55,10 @@ fn get<'a>(json: &'a Value, path: &str) -> &'a Value {
 }
 
 const KEYS: &[&str] = &[
+    "erase.subject_events_per_sec",
+    "erase.subject_over_scan",
+    "erase.range_erased_per_sec",
+    "erase.key_bytes_per_event",
     "machine.cpus",
     "machine.cpu_model",
     "machine.filesystem",
@@ -155,6 +159,8 @@ fn quick_run_produces_every_figure() {
     options.followers.paced = vec![(5_000, 10)];
     options.followers.duration = Duration::from_millis(600);
     options.followers.grace = Duration::from_secs(2);
+    options.erase.events = 20_000;
+    options.erase.range = 200;
 
     let swtpm = match tally_bench::swtpm::unavailable() {
         Some(reason) => {

@@ -3,6 +3,7 @@
 
 pub mod anchoring;
 pub mod check;
+pub mod erase;
 pub mod followers;
 pub mod growth;
 pub mod latency;
