@@ -7,7 +7,8 @@
 //! erasure records, the key overwrite and its fdatasync).
 //!
 //! The log is ingested through a real tallyd (4 pipelined clients); the
-//! load's subjects are `event-<i>`, one per event.
+//! load's subjects are `event-<i>` for i < 1,024 (the batch), so one subject
+//! is a data subject with N / 1,024 events spread over the whole log.
 
 use std::time::Instant;
 
@@ -77,7 +78,7 @@ pub fn run(options: &Options, shape: &EraseOptions) -> anyhow::Result<Erase> {
     let data_bytes_per_event = per_event(size_of("data.mdb"));
     let key_bytes_per_event = per_event(size_of("content-keys"));
 
-    let subject = format!("event-{}", shape.events / 2);
+    let subject = "event-5".to_owned();
     let (scan_seconds, subject_seconds, subject_erased, range) = runtime.block_on(async {
         let mut client = Client::connect(daemon.socket(), CLIENT_NAME).await?;
         let scan_seconds = filtered_read(&mut client, &subject, shape.events).await?;
@@ -156,10 +157,7 @@ async fn filtered_read(client: &mut Client, subject: &str, events: u64) -> anyho
         );
         from = page.resume_seq;
     }
-    anyhow::ensure!(
-        found == 1,
-        "the subject {subject} matched {found} records, not 1"
-    );
+    anyhow::ensure!(found > 0, "the subject {subject} matched no record");
     Ok(started.elapsed().as_secs_f64())
 }
 
