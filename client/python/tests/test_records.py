@@ -52,3 +52,29 @@ def test_a_broken_link_is_refused(daemon):
     fake_second = dataclasses.replace(third, seq=1)
     with pytest.raises(tally.IntegrityError, match="prev_hash"):
         check_chain([first, fake_second])
+
+
+def test_content_is_joined_back_and_checked_against_its_commitment(daemon):
+    """The payload lives beside the record (docs/DESIGN.md section 3b): the
+    client joins the served opening back in, refuses one that does not open
+    the commitment, and says "erased" when a committed record comes without."""
+    from tally._conn import Connection
+
+    with tally.Client(daemon.socket) as client:
+        client.append(tally.Event("prompt", subject="u-1", payload=b"a prompt of the data subject"))
+        [record] = client.read(0, 1)
+    assert (record.payload, record.content) == (b"a prompt of the data subject", "present")
+    body = pb.RecordBody.FromString(record.raw[41:])
+    assert len(body.content_commitment) == 32 and body.event.payload == b"", "the payload is not in the record"
+
+    conn = Connection(daemon.socket, 10)
+    stored = conn.call(pb.Request(read=pb.ReadRequest(from_seq=0, max_records=1))).records.records[0]
+    conn.close()
+    flipped = pb.StoredRecord()
+    flipped.CopyFrom(stored)
+    flipped.content = stored.content[:-1] + bytes([stored.content[-1] ^ 1])
+    with pytest.raises(tally.IntegrityError, match="commitment"):
+        record_from_pb(flipped, pb.RecordBody, pb.Content)
+    without = pb.StoredRecord(seq=stored.seq, record=stored.record, entry_hash=stored.entry_hash)
+    erased = record_from_pb(without, pb.RecordBody, pb.Content)
+    assert (erased.payload, erased.content) == (b"", "erased")

@@ -189,7 +189,7 @@ class AsyncClient:
     async def read(self, from_seq: int = 0, limit: int = 0) -> list[Record]:
         async def run(conn: _AsyncConnection) -> list[Record]:
             reply = await conn.call(pb.Request(read=pb.ReadRequest(from_seq=from_seq, max_records=limit)))
-            records = [record_from_pb(r, pb.RecordBody) for r in reply.records.records]
+            records = [record_from_pb(r, pb.RecordBody, pb.Content) for r in reply.records.records]
             check_chain(records)
             return records
 
@@ -207,7 +207,7 @@ class AsyncClient:
             while True:
                 reply = await conn.recv(request_id, idle_timeout)
                 for stored in reply.records.records:
-                    record = record_from_pb(stored, pb.RecordBody)
+                    record = record_from_pb(stored, pb.RecordBody, pb.Content)
                     check_chain([record], previous)
                     previous = record
                     yield record

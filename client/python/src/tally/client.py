@@ -118,7 +118,7 @@ class Client:
 
         def run(conn: Connection) -> list[Record]:
             reply = conn.call(pb.Request(read=pb.ReadRequest(from_seq=from_seq, max_records=limit)))
-            records = [record_from_pb(r, pb.RecordBody) for r in reply.records.records]
+            records = [record_from_pb(r, pb.RecordBody, pb.Content) for r in reply.records.records]
             check_chain(records)
             return records
 
@@ -142,7 +142,7 @@ class Client:
             while True:
                 reply = conn.recv(request_id)
                 for stored in reply.records.records:
-                    record = record_from_pb(stored, pb.RecordBody)
+                    record = record_from_pb(stored, pb.RecordBody, pb.Content)
                     check_chain([record], previous)
                     previous = record
                     yield record

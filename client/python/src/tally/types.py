@@ -66,6 +66,11 @@ class Record:
     (Python values: arrays as lists). ``raw`` is the exact stored record, the
     bytes the entry hash covers. ``peer`` is the kernel-reported sender:
     ``{"uid", "gid", "pid"}`` or ``{"cid", "port"}`` (empty if none).
+    ``content`` says where ``payload`` and the personal attributes came from
+    (docs/DESIGN.md section 3b): ``"present"`` (the opening the daemon
+    served, checked against the record's commitment), ``"erased"`` (the
+    record has a commitment and its content is gone: ``payload`` is empty),
+    or ``"none"`` (the record has no commitment).
     """
 
     seq: int
@@ -81,6 +86,7 @@ class Record:
     content_type: str
     client_time_ns: int
     raw: bytes = field(repr=False)
+    content: str = "none"
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,15 @@ def entry_hash(record: bytes) -> bytes:
     return hashlib.sha256(b"\x00" + record).digest()
 
 
-def record_from_pb(stored: Any, record_body_cls: Any) -> Record:
-    """Decodes a ``StoredRecord``, checking its header seq and entry hash."""
+#: Domain prefix of a content commitment (docs/DESIGN.md section 3b).
+CONTENT_DOMAIN = b"tally.content.v1\x00"
+#: Bytes of salt at the start of an opening.
+SALT_BYTES = 32
+
+
+def record_from_pb(stored: Any, record_body_cls: Any, content_cls: Any = None) -> Record:
+    """Decodes a ``StoredRecord``, checking its header seq and entry hash,
+    and joins its content back in (checked against its commitment)."""
     raw = stored.record
     if len(raw) < RECORD_HEADER_BYTES or raw[0] != RECORD_VERSION:
         raise IntegrityError(f"record {stored.seq}: not a version-{RECORD_VERSION} record")
@@ -155,6 +168,26 @@ def record_from_pb(stored: Any, record_body_cls: Any) -> Record:
     attributes: dict[str, Any] = dict(ev.attributes)
     for attr in ev.typed_attributes:
         attributes[attr.key] = attribute_to_python(attr.value)
+    payload = ev.payload
+    content_state = "none"
+    if body.content_commitment:
+        opening = getattr(stored, "content", b"")
+        if not opening:
+            content_state = "erased"
+        else:
+            if (
+                len(opening) < SALT_BYTES
+                or hashlib.sha256(CONTENT_DOMAIN + opening).digest() != body.content_commitment
+            ):
+                raise IntegrityError(f"record {seq}: its content does not open the record's commitment")
+            if content_cls is None:
+                raise TypeError("record_from_pb needs content_cls for a record with content")
+            content = content_cls.FromString(opening[SALT_BYTES:])
+            payload = content.payload
+            attributes.update(content.attributes)
+            for attr in content.typed_attributes:
+                attributes[attr.key] = attribute_to_python(attr.value)
+            content_state = "present"
     peer_kind = body.peer.WhichOneof("kind")
     if peer_kind == "unix":
         peer = {"uid": body.peer.unix.uid, "gid": body.peer.unix.gid, "pid": body.peer.unix.pid}
@@ -172,10 +205,11 @@ def record_from_pb(stored: Any, record_body_cls: Any) -> Record:
         actor=ev.actor,
         subject=ev.subject,
         attributes=attributes,
-        payload=ev.payload,
+        payload=payload,
         content_type=ev.content_type,
         client_time_ns=ev.client_time_unix_nanos,
         raw=raw,
+        content=content_state,
     )
 
 
