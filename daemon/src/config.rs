@@ -205,6 +205,9 @@ pub struct Config {
     pub tpm: TpmSettings,
     /// Who may do what (reloaded on SIGHUP).
     pub access: crate::access::AccessConfig,
+    /// Which attributes are erasable content besides the payload
+    /// (docs/DESIGN.md, section 3b).
+    pub content: crate::content::ContentSettings,
 }
 
 impl Default for Config {
@@ -238,6 +241,7 @@ impl Default for Config {
             log: DEFAULT_LOG.into(),
             tpm: TpmSettings::default(),
             access: crate::access::AccessConfig::default(),
+            content: crate::content::ContentSettings::default(),
         }
     }
 }

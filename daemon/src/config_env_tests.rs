@@ -52,6 +52,16 @@ const EVERY_KEY: &[(&str, &str, &str)] = &[
         "[{uid = 1000, roles = ['admin']}]",
     ),
     ("access.denials_logged_per_minute", "6", "6"),
+    (
+        "content.personal_attributes",
+        "['user.email', 'ssn']",
+        "['user.email', 'ssn']",
+    ),
+    (
+        "content.personal_attribute_prefixes",
+        "['pii.']",
+        "['pii.']",
+    ),
 ];
 
 fn at<'a>(value: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub append_rate: AppendRate,
     /// Committed pages shared by the unfiltered followers (`fanout.rs`).
     pub fanout: Arc<super::fanout::Fanout>,
+    /// Which attributes are content (`[content]`): the ingest split.
+    pub personal: Arc<crate::content::PersonalAttributes>,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ impl Shared {
             ),
             append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
             fanout: Arc::default(),
+            personal: Arc::new(crate::content::PersonalAttributes::new(&config.content)),
         }
     }
 }
