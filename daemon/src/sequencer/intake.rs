@@ -269,6 +269,19 @@ impl Pending {
         }
         let first = self.batch.tip().size;
         let count = job.len() as u64;
+        // An erasure names only records before its own (DESIGN 3b): a range
+        // past them would destroy keys of records not yet written.
+        if let Some(end) = job
+            .erased
+            .as_ref()
+            .and_then(|e| e.ranges().last().map(|r| r.1))
+        {
+            if end > first {
+                let error = AppendError::Storage(StorageCause::ErasureBeyond { end, first });
+                let _ = job.reply.send(Err(error));
+                return Ok(());
+            }
+        }
         // The keys' slots are durable before any record sealed with them is
         // acked: `ensure` writes ahead (an fdatasync once per 65,536
         // records, here, under the open batch's lock: about 2 ms).

@@ -232,6 +232,10 @@ pub enum StorageCause {
     /// past the log are written fresh; only erased records' are zeroed).
     #[error("content key of seq {seq} is destroyed; refusing to seal with it")]
     KeyDestroyed { seq: u64 },
+    /// An erasure job named seqs up to `end`, past the records before it
+    /// (the first of its own records is `first`): nothing was stored.
+    #[error("an erasure may name only records before its own: it names seqs up to {end}, its first record is {first}")]
+    ErasureBeyond { end: u64, first: u64 },
     /// An erasure's records are committed and their content rows deleted,
     /// but destroying the erased records' keys failed: `shred_pending`
     /// stays in the store and the next start (or `tallyd check`) finishes
