@@ -6,6 +6,7 @@
 //! that each depends on it and none on another for it: the sequencer builds
 //! batches and hands them down; the store never reaches up to the sequencer.
 
+use tally_attest::content::SeqRanges;
 use tally_attest::merkle::{self, Frontier, MerkleError};
 use tally_attest::{entry_hash, Hash, RecordHeader, GENESIS_PREV};
 
@@ -77,6 +78,15 @@ pub struct Batch {
     bytes: Vec<u8>,
     /// (seq, end offset in `bytes`) of each record.
     records: Vec<(u64, usize)>,
+    /// Concatenated sealed openings (DESIGN 3b: never an opening in the
+    /// clear), of the records that have content...
+    sealed: Vec<u8>,
+    /// ...and, per record (parallel to `records`), where its sealed opening
+    /// ends in `sealed` (the same end as the record before: none).
+    sealed_ends: Vec<usize>,
+    /// The seqs whose content the commit of this batch erases (an erasure
+    /// job's, DESIGN 3b): such a batch goes to LMDB, never to the journal.
+    erased: SeqRanges,
     /// (level, index, hash) of the stored Merkle nodes the records complete.
     nodes: Vec<(u8, u64, Hash)>,
     /// Size and last entry hash after the records (the root is derived from
@@ -110,6 +120,9 @@ impl Batch {
             base_frontier: frontier.clone(),
             bytes: Vec::new(),
             records: Vec::new(),
+            sealed: Vec::new(),
+            sealed_ends: Vec::new(),
+            erased: SeqRanges::default(),
             nodes: Vec::new(),
             head,
             frontier,
@@ -125,6 +138,9 @@ impl Batch {
         self.base_frontier.clone_from(frontier);
         self.bytes.clear();
         self.records.clear();
+        self.sealed.clear();
+        self.sealed_ends.clear();
+        self.erased = SeqRanges::default();
         self.nodes.clear();
         self.head = head;
         self.frontier.clone_from(frontier);
@@ -184,10 +200,47 @@ impl Batch {
             return Err(err);
         }
         self.records.push((seq, self.bytes.len()));
+        self.sealed_ends.push(self.sealed.len());
         self.untimed = true;
         self.head.size = seq + 1;
         self.head.hash = hash;
         Ok((seq, hash))
+    }
+
+    /// Gives the last pushed record its sealed opening: `opening` is copied
+    /// in and the copy returned, for the caller to seal in place at once.
+    /// Nothing when no record was pushed.
+    pub fn seal_last(&mut self, opening: &[u8]) -> &mut [u8] {
+        let Some(end) = self.sealed_ends.last_mut() else {
+            return &mut [];
+        };
+        let start = self.sealed.len();
+        self.sealed.extend_from_slice(opening);
+        *end = self.sealed.len();
+        &mut self.sealed[start..]
+    }
+
+    /// Each record's seq, bytes and sealed opening (empty: none), in order.
+    pub fn records_sealed(&self) -> impl Iterator<Item = (u64, &[u8], &[u8])> + '_ {
+        let sealed_starts = std::iter::once(0).chain(self.sealed_ends.iter().copied());
+        self.records()
+            .zip(self.sealed_ends.iter().zip(sealed_starts))
+            .map(|((seq, record), (&end, start))| (seq, record, &self.sealed[start..end]))
+    }
+
+    /// Bytes of the sealed openings.
+    pub fn sealed_len(&self) -> usize {
+        self.sealed.len()
+    }
+
+    /// Marks the content of `ranges` as erased by this batch's commit.
+    pub fn erase(&mut self, ranges: &SeqRanges) {
+        self.erased.extend(ranges);
+    }
+
+    /// The seqs whose content this batch's commit erases.
+    pub fn erased(&self) -> &SeqRanges {
+        &self.erased
     }
 
     /// Whether `count` more records fit in the log (2^64 - 1 at most).
@@ -267,6 +320,11 @@ impl Batch {
         self.bytes.extend_from_slice(&next.bytes);
         self.records
             .extend(next.records.iter().map(|&(seq, end)| (seq, offset + end)));
+        let sealed_offset = self.sealed.len();
+        self.sealed.extend_from_slice(&next.sealed);
+        self.sealed_ends
+            .extend(next.sealed_ends.iter().map(|end| sealed_offset + end));
+        self.erased.extend(&next.erased);
         self.nodes.extend_from_slice(&next.nodes);
         self.head = next.head;
         self.frontier.clone_from(&next.frontier);

@@ -207,6 +207,9 @@ pub struct Config {
     pub access: crate::access::AccessConfig,
     /// Erasing content on a schedule (docs/DESIGN.md section 3b).
     pub retention: crate::erasure::retention::RetentionConfig,
+    /// Which attributes are erasable content besides the payload
+    /// (docs/DESIGN.md, section 3b).
+    pub content: crate::content::ContentSettings,
 }
 
 impl Default for Config {
@@ -241,6 +244,7 @@ impl Default for Config {
             tpm: TpmSettings::default(),
             access: crate::access::AccessConfig::default(),
             retention: crate::erasure::retention::RetentionConfig::default(),
+            content: crate::content::ContentSettings::default(),
         }
     }
 }

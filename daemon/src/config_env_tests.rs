@@ -55,6 +55,16 @@ const EVERY_KEY: &[(&str, &str, &str)] = &[
     ("retention.payload_max_age_secs", "86400", "86400"),
     ("retention.kinds", "{prompt = 3600}", "{prompt = 3600}"),
     ("retention.interval_secs", "30", "30"),
+    (
+        "content.personal_attributes",
+        "['user.email', 'ssn']",
+        "['user.email', 'ssn']",
+    ),
+    (
+        "content.personal_attribute_prefixes",
+        "['pii.']",
+        "['pii.']",
+    ),
 ];
 
 fn at<'a>(value: &'a toml::Value, dotted: &str) -> Option<&'a toml::Value> {

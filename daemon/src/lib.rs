@@ -13,6 +13,7 @@ pub mod anchor;
 pub mod batch;
 pub mod config;
 pub mod config_env;
+pub mod content;
 pub mod datadir;
 pub mod erasure;
 pub mod exposure;

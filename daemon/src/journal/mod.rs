@@ -43,8 +43,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tally_attest::{entry_hash, Hash, RecordHeader};
 
+use tally_attest::content::{commitment_of_opening, BodyFacts};
+use zeroize::Zeroize;
+
 use crate::batch::Batch;
-use crate::store::{Store, StoreError};
+use crate::store::{seal, Store, StoreError};
 
 /// Frames start at multiples of this (one page): a frame's first block is
 /// never shared with the frame before it.
@@ -59,8 +62,12 @@ pub const REGION: usize = 8 << 20;
 /// The journal's file name, in the store's directory.
 pub const FILE_NAME: &str = "ack-journal";
 
-/// A frame's first bytes.
-const MAGIC: [u8; 8] = *b"TALLYJ01";
+/// A frame's first bytes: each record is followed by its sealed opening.
+const MAGIC: [u8; 8] = *b"TALLYJ02";
+/// The magic of the frames of a tallyd before content (store format 4):
+/// records only. Replayed as records without content, so an upgrade after a
+/// crash loses no acknowledged event.
+const MAGIC_V1: [u8; 8] = *b"TALLYJ01";
 /// Bytes of a frame's header: magic, first seq u64, number of records u32,
 /// length u32, tag.
 const FRAME_HEADER: usize = 8 + 8 + 4 + 4 + TAG;
@@ -264,10 +271,13 @@ impl Journal {
         let mut frame = Cursor(self.blocks(blocks));
         frame.put(&fields);
         frame.put(&tag(&key, &fields, &trailer));
-        for (_, record) in batch.records() {
+        for (_, record, sealed) in batch.records_sealed() {
             // `frame_len` checked every length fits the u32 field.
             frame.put(&(record.len() as u32).to_be_bytes());
             frame.put(record);
+            // The sealed opening (0 bytes: none), never the opening itself.
+            frame.put(&(sealed.len() as u32).to_be_bytes());
+            frame.put(sealed);
         }
         frame.put(&trailer);
         if let Err(err) = self.write_blocks(blocks) {
@@ -329,20 +339,23 @@ fn open_writer(path: &Path, direct: bool) -> io::Result<File> {
 /// Bytes of `batch`'s frame, before rounding to blocks; `usize::MAX` when a
 /// record or the body is too long for the frame's u32 fields.
 fn frame_len(batch: &Batch) -> usize {
-    let body = batch.byte_len() + 4 * batch.len();
+    let body = batch.byte_len() + batch.sealed_len() + 8 * batch.len();
     if u32::try_from(body).is_err() {
         return usize::MAX;
     }
     FRAME_HEADER + body + TRAILER
 }
 
-/// A valid frame read back: its records, in order.
+/// A valid frame read back: its records, each with its sealed opening
+/// (empty: none), in order.
 #[derive(Debug)]
 struct Frame<'a> {
     first_seq: u64,
     first_prev: Hash,
     last_hash: Hash,
-    records: Vec<&'a [u8]>,
+    records: Vec<(&'a [u8], &'a [u8])>,
+    /// Bytes between the header and the trailer.
+    body_len: usize,
 }
 
 impl Frame<'_> {
@@ -355,9 +368,11 @@ impl Frame<'_> {
 fn parse<'a>(content: &'a [u8], key: &JournalKey, offset: usize) -> Option<Frame<'a>> {
     let rest = content.get(offset..)?;
     let (header, rest) = rest.split_first_chunk::<FRAME_HEADER>()?;
-    if header[..8] != MAGIC {
-        return None;
-    }
+    let sealed_follow = match header[..8].try_into().ok()? {
+        MAGIC => true,
+        MAGIC_V1 => false,
+        _ => return None,
+    };
     let first_seq = u64::from_be_bytes(header[8..16].try_into().ok()?);
     let count = u32::from_be_bytes(header[16..20].try_into().ok()?);
     let body_len = u32::from_be_bytes(header[20..24].try_into().ok()?) as usize;
@@ -375,6 +390,13 @@ fn parse<'a>(content: &'a [u8], key: &JournalKey, offset: usize) -> Option<Frame
         let len = u32::from_be_bytes(*len) as usize;
         let record = rest.get(..len)?;
         body = &rest[len..];
+        let mut sealed: &[u8] = &[];
+        if sealed_follow {
+            let (len, rest) = body.split_first_chunk::<4>()?;
+            let len = u32::from_be_bytes(*len) as usize;
+            sealed = rest.get(..len)?;
+            body = &rest[len..];
+        }
         let (record_header, _) = RecordHeader::parse(record).ok()?;
         if record_header.seq != first_seq.checked_add(i)? {
             return None;
@@ -385,7 +407,7 @@ fn parse<'a>(content: &'a [u8], key: &JournalKey, offset: usize) -> Option<Frame
             Some(_) => {}
         }
         last_hash = Some(entry_hash(record));
-        records.push(record);
+        records.push((record, sealed));
     }
     if !body.is_empty() || last_hash? != *trailer {
         return None;
@@ -395,6 +417,7 @@ fn parse<'a>(content: &'a [u8], key: &JournalKey, offset: usize) -> Option<Frame
         first_prev: first_prev?,
         last_hash: *trailer,
         records,
+        body_len,
     })
 }
 
@@ -421,7 +444,7 @@ fn scan<'a>(
                 break;
             }
         }
-        offset += (FRAME_HEADER + frame_body_len(&frame) + TRAILER).div_ceil(BLOCK) * BLOCK;
+        offset += (FRAME_HEADER + frame.body_len + TRAILER).div_ceil(BLOCK) * BLOCK;
         frames.push(frame);
     }
     let next = frames
@@ -444,11 +467,50 @@ fn scan<'a>(
 /// but the magic.
 fn first_seq(content: &[u8], offset: usize) -> Option<u64> {
     let header = content.get(offset..)?.first_chunk::<FRAME_HEADER>()?;
-    (header[..8] == MAGIC).then(|| u64::from_be_bytes(header[8..16].try_into().unwrap_or_default()))
+    (header[..8] == MAGIC || header[..8] == MAGIC_V1)
+        .then(|| u64::from_be_bytes(header[8..16].try_into().unwrap_or_default()))
 }
 
-fn frame_body_len(frame: &Frame) -> usize {
-    frame.records.iter().map(|record| 4 + record.len()).sum()
+/// A replayed record's sealed opening opens its commitment, and it has one
+/// exactly when the record commits to content: the frame's tag and chain
+/// cover the records, not the sealed bytes after each, so a torn frame could
+/// otherwise bring back a record with a damaged opening.
+fn check_sealed(store: &Store, seq: u64, body: &[u8], sealed: &[u8]) -> Result<(), String> {
+    // The store holds any bytes as a body; only a record that parses can
+    // commit to content.
+    let commitment = match BodyFacts::parse(body) {
+        Ok(facts) => facts.content_commitment,
+        Err(_) if sealed.is_empty() => None,
+        Err(err) => return Err(format!("record {seq}: {err}")),
+    };
+    match (commitment, sealed.is_empty()) {
+        (None, true) => Ok(()),
+        (None, false) => Err(format!(
+            "record {seq} has a sealed opening but commits to no content"
+        )),
+        (Some(_), true) => Err(format!(
+            "record {seq} commits to content but its sealed opening is missing"
+        )),
+        (Some(commitment), false) => {
+            let keys = store
+                .content_keys()
+                .keys(seq, 1)
+                .map_err(|err| format!("record {seq}: {err}"))?;
+            let key = keys
+                .first()
+                .ok_or_else(|| format!("record {seq}: no key"))?;
+            let mut opening = sealed.to_vec();
+            seal::apply(key, seq, &mut opening);
+            let opened = commitment_of_opening(&opening).ok();
+            opening.zeroize();
+            if opened != Some(commitment) {
+                return Err(format!(
+                    "record {seq}'s sealed opening does not open its commitment"
+                ));
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Commits to `store`, in one transaction, the records of `frames` past its
@@ -464,7 +526,7 @@ fn replay(frames: &[Frame], store: &Store, path: &Path) -> Result<u64, JournalEr
         .iter()
         .flat_map(|frame| (frame.first_seq..).zip(frame.records.iter()))
         .filter(|&(seq, _)| seq >= head.size);
-    for (seq, record) in records {
+    for (seq, &(record, sealed)) in records {
         let expected = batch.tip();
         if seq != expected.size {
             return Err(mismatch(format!(
@@ -486,6 +548,8 @@ fn replay(frames: &[Frame], store: &Store, path: &Path) -> Result<u64, JournalEr
         if pushed != seq || hash != entry_hash(record) {
             return Err(mismatch(format!("record {seq} is not reproduced exactly")));
         }
+        check_sealed(store, seq, body, sealed).map_err(mismatch)?;
+        batch.seal_last(sealed);
     }
     if batch.is_empty() {
         return Ok(0);
@@ -501,3 +565,5 @@ fn replay(frames: &[Frame], store: &Store, path: &Path) -> Result<u64, JournalEr
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_content;

@@ -257,7 +257,10 @@ fn the_frame_layout_is_that_of_the_design_table() {
     let (dir, store) = store();
     let (mut journal, _) = Journal::recover(dir.path(), &store).unwrap();
     let key = journal.key;
-    let written = on_store(&store, &[2, 1], 4);
+    let mut written = on_store(&store, &[2, 1], 4);
+    // The second record of frame 0 carries a sealed opening (these bytes
+    // stand for one: the layout does not look inside).
+    written[0].seal_last(b"SEALED-OPENING");
     // Frame 0 at the start of region 0; frame 1 at the start of region 1.
     write(&mut journal, &written[..1]);
     journal.switch();
@@ -267,16 +270,22 @@ fn the_frame_layout_is_that_of_the_design_table() {
     assert_eq!(file.len(), CAPACITY);
     for (batch, at) in written.iter().zip([0, REGION]) {
         let frame = &file[at..at + BLOCK];
-        let records: Vec<&[u8]> = batch.records().map(|(_, record)| record).collect();
+        let records: Vec<(&[u8], &[u8])> = batch
+            .records_sealed()
+            .map(|(_, record, sealed)| (record, sealed))
+            .collect();
         let first_seq = batch.records().next().unwrap().0;
         // 8: magic.
-        assert_eq!(&frame[0..8], b"TALLYJ01");
+        assert_eq!(&frame[0..8], b"TALLYJ02");
         // 8: seq of the first record, u64 big-endian.
         assert_eq!(frame[8..16], first_seq.to_be_bytes());
         // 4: number of records, u32 big-endian.
         assert_eq!(frame[16..20], (records.len() as u32).to_be_bytes());
         // 4: L, bytes from after the tag to the trailer, u32 big-endian.
-        let body_len: usize = records.iter().map(|record| 4 + record.len()).sum();
+        let body_len: usize = records
+            .iter()
+            .map(|(record, sealed)| 4 + record.len() + 4 + sealed.len())
+            .sum();
         assert_eq!(frame[20..24], (body_len as u32).to_be_bytes());
         // 16: tag, SHA-256(key || the 24 bytes above || trailer), first 16.
         let trailer = batch.tip().hash;
@@ -286,17 +295,23 @@ fn the_frame_layout_is_that_of_the_design_table() {
             .chain_update(trailer)
             .finalize();
         assert_eq!(frame[24..40], digest[..16]);
-        // L: each record as length u32 big-endian || its bytes.
+        // L: each record as length u32 big-endian || its bytes || the
+        // sealed opening's length u32 big-endian (0: none) || its bytes.
         let mut at = 40;
-        for record in &records {
+        for (record, sealed) in &records {
             assert_eq!(frame[at..at + 4], (record.len() as u32).to_be_bytes());
             assert_eq!(&frame[at + 4..at + 4 + record.len()], *record);
             at += 4 + record.len();
+            assert_eq!(frame[at..at + 4], (sealed.len() as u32).to_be_bytes());
+            assert_eq!(&frame[at + 4..at + 4 + sealed.len()], *sealed);
+            at += 4 + sealed.len();
         }
+        let sealed = records.iter().filter(|(_, sealed)| !sealed.is_empty());
+        assert_eq!(sealed.count(), usize::from(batch.len() == 2));
         assert_eq!(at, 40 + body_len);
         // 32: trailer, the entry hash of the last record.
         assert_eq!(frame[at..at + 32], trailer);
-        assert_eq!(trailer, entry_hash(records.last().unwrap()));
+        assert_eq!(trailer, entry_hash(records.last().unwrap().0));
         // Zeros to the end of the block.
         assert!(frame[at + 32..].iter().all(|&byte| byte == 0));
     }

@@ -73,7 +73,21 @@ impl Pipeline {
                 if place == Place::Store {
                     self.head_tx.send_replace(taken.batch.head());
                 }
-                taken.succeed();
+                // DESIGN 3b, steps 3 and 4: after the erasure's commit,
+                // destroy the keys, clear `shred_pending`, THEN answer.
+                let shred = if taken.batch.erased().is_empty() {
+                    Ok(())
+                } else {
+                    self.store.finish_shred()
+                };
+                match shred {
+                    Ok(()) => taken.succeed(),
+                    Err(err) => {
+                        tracing::error!(%err, "erasure committed, but its content keys were not destroyed: shred_pending stays; the next start of tallyd destroys them");
+                        let error = AppendError::Storage(StorageCause::Shred(Arc::new(err)));
+                        taken.succeed_but_erasures(&error);
+                    }
+                }
                 let mut building = lock(self);
                 building.spares.push(taken);
                 match place {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::{watch, Notify};
+use zeroize::Zeroize;
 
 use super::durable::{CommitError, Durable};
 use super::job::{Ack, AppendError, AppendJob, FullCause, StorageCause, SubmitError};
@@ -16,7 +17,7 @@ use super::policy::{BatchPolicy, APPLY_AT_BYTES};
 use crate::batch::{Batch, Head};
 use crate::exposure::AckTimes;
 use crate::journal::Journal;
-use crate::store::{Store, StoreError};
+use crate::store::{seal, ContentKeys, Store, StoreError};
 
 /// What the submitters and the commit thread share.
 #[derive(Debug)]
@@ -147,7 +148,7 @@ impl Pipeline {
             && building.sealed.is_empty()
             && building.open.jobs.is_empty()
             && !building.apply_due_by(Instant::now());
-        if let Err(error) = building.open.add(job) {
+        if let Err(error) = building.open.add(job, self.store.content_keys()) {
             tracing::error!(%error, "append refused");
             building.open.fail(&error);
         }
@@ -172,6 +173,7 @@ impl Pipeline {
     /// taken, without an apply first.
     fn journals(&self, batch: &Batch, used: usize) -> bool {
         self.journal_enabled
+            && batch.erased().is_empty()
             && batch.byte_len() <= self.policy.journal_max_bytes
             && used < APPLY_AT_BYTES
     }
@@ -255,27 +257,75 @@ impl Pending {
         self.batch.len() >= policy.max_events || self.batch.byte_len() >= policy.max_bytes
     }
 
-    /// Chains the job's records onto the batch, or refuses the job (when
-    /// the log cannot hold that many more records).
-    fn add(&mut self, mut job: AppendJob) -> Result<(), AppendError> {
+    /// Chains the job's records onto the batch, sealing each opening with
+    /// its record's key (DESIGN 3b: the key needs the seq, so here, where
+    /// the seq is given), or refuses the job (when the log cannot hold that
+    /// many more records, or its keys cannot be read).
+    fn add(&mut self, mut job: AppendJob, keys: &ContentKeys) -> Result<(), AppendError> {
         if !self.batch.has_room(job.len()) {
             let error = AppendError::Full(FullCause::LogAtMaximum);
             let _ = job.reply.send(Err(error));
             return Ok(());
         }
+        let first = self.batch.tip().size;
+        let count = job.len() as u64;
+        // An erasure names only records before its own (DESIGN 3b): a range
+        // past them would destroy keys of records not yet written.
+        if let Some(end) = job
+            .erased
+            .as_ref()
+            .and_then(|e| e.ranges().last().map(|r| r.1))
+        {
+            if end > first {
+                let error = AppendError::Storage(StorageCause::ErasureBeyond { end, first });
+                let _ = job.reply.send(Err(error));
+                return Ok(());
+            }
+        }
+        // The keys' slots are durable before any record sealed with them is
+        // acked: `ensure` writes ahead (an fdatasync once per 65,536
+        // records, here, under the open batch's lock: about 2 ms).
+        let job_keys = keys.ensure(first + count).and_then(|()| match job.content {
+            None => Ok(Vec::new()),
+            Some(_) => keys.keys(first, count),
+        });
+        let job_keys = match job_keys {
+            Ok(job_keys) if job_keys.iter().all(seal::is_live) => job_keys,
+            Ok(_) => {
+                let error = AppendError::Storage(StorageCause::KeyDestroyed { seq: first });
+                let _ = job.reply.send(Err(error));
+                return Ok(());
+            }
+            Err(err) => {
+                tracing::error!(%err, "append refused: content keys");
+                let error = AppendError::Storage(StorageCause::Keys(Arc::new(err)));
+                let _ = job.reply.send(Err(error));
+                return Ok(());
+            }
+        };
         let mut acks = Vec::with_capacity(job.len());
         let mut start = 0;
+        let mut opening_start = 0;
         // The bodies are copied into the batch: freed here, not at the ack.
         let bodies = std::mem::take(&mut job.bodies);
-        for &end in &job.ends {
+        let mut content = job.content.take().unwrap_or_default();
+        for (i, &end) in job.ends.iter().enumerate() {
             let body = &bodies[start..end];
             start = end;
+            let opening_end = content.ends.get(i).copied().unwrap_or(opening_start);
+            let opening = &content.openings[opening_start..opening_end];
+            opening_start = opening_end;
             let received = job.receive_time_unix_nanos;
             match self
                 .batch
                 .push_received(received, |bytes| bytes.extend_from_slice(body))
             {
-                Ok((seq, entry_hash)) => acks.push(Ack { seq, entry_hash }),
+                Ok((seq, entry_hash)) => {
+                    if let (false, Some(key)) = (opening.is_empty(), job_keys.get(i)) {
+                        seal::apply(key, seq, self.batch.seal_last(opening));
+                    }
+                    acks.push(Ack { seq, entry_hash })
+                }
                 // Unreachable after `has_room`; if it were not, the batch
                 // holds part of this job and none of it may be committed.
                 Err(err) => {
@@ -285,10 +335,30 @@ impl Pending {
                 }
             }
         }
+        // The openings in the clear are not kept in memory past their seal.
+        content.openings.zeroize();
+        if let Some(erased) = &job.erased {
+            self.batch.erase(erased);
+        }
         self.since.get_or_insert_with(Instant::now);
         self.jobs.push(job);
         self.acks.push(acks);
         Ok(())
+    }
+
+    /// Answers every job with its acks, but an erasure job with `error`
+    /// (its records are committed; the keys of what it erased could not be
+    /// destroyed, and the next start does it: DESIGN 3b).
+    pub(super) fn succeed_but_erasures(&mut self, error: &AppendError) {
+        for (job, acks) in self.jobs.drain(..).zip(self.acks.drain(..)) {
+            let answer = if job.erased.is_none() {
+                Ok(acks)
+            } else {
+                Err(error.clone())
+            };
+            let _ = job.reply.send(answer);
+        }
+        self.since = None;
     }
 
     /// Answers every job with its acks.

@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prost::Message;
+use rand::RngCore;
+use tally_attest::content::{commit, SeqRanges, SALT_LEN};
 use tally_attest::merkle::MerkleError;
 use tally_client::proto::{Event, Peer, RecordBody};
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::durable::CommitError;
+use crate::content::PersonalAttributes;
 
 /// One client request's worth of events, their record bodies encoded.
 #[derive(Debug)]
@@ -18,6 +21,12 @@ pub struct AppendJob {
     pub(super) bodies: Vec<u8>,
     /// ...and where each ends.
     pub(super) ends: Vec<usize>,
+    /// The events' openings, when any event has content (boxed: a job is
+    /// moved through `SubmitError`, which clippy keeps small).
+    pub(super) content: Option<Box<JobContent>>,
+    /// The seqs whose content this job's commit erases (only the daemon's
+    /// erasure jobs, [`AppendJob::erasure`]).
+    pub(super) erased: Option<Box<SeqRanges>>,
     pub(super) reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
     /// Queue-bytes budget held until the job is answered (backpressure).
     _permit: Option<OwnedSemaphorePermit>,
@@ -32,7 +41,10 @@ impl AppendJob {
     /// A job for `events`, received from `peer` at `receive_time_unix_nanos`
     /// in a frame of `bytes` bytes; its answer goes to `reply`. Encodes each
     /// event's record body (the part of the record that does not depend on
-    /// its place in the chain).
+    /// its place in the chain), its content (payload and the attributes
+    /// `personal` names) moved out into an opening the body commits to
+    /// (DESIGN 3b).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         events: Vec<Event>,
         bytes: usize,
@@ -41,49 +53,79 @@ impl AppendJob {
         reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
         permit: Option<OwnedSemaphorePermit>,
         queued: QueuedEvents,
+        personal: &PersonalAttributes,
     ) -> AppendJob {
-        let mut bodies = Vec::with_capacity(bytes + events.len() * 32);
+        let mut bodies = Vec::with_capacity(events.len() * 128);
         let mut ends = Vec::with_capacity(events.len());
-        for event in events {
+        // Most of a frame's bytes are payloads: they go to the openings.
+        let mut openings = Vec::with_capacity(bytes + events.len() * SALT_LEN);
+        let mut opening_ends = Vec::with_capacity(events.len());
+        // ThreadRng: ChaCha12, seeded and periodically reseeded from the
+        // OS's generator (a CSPRNG); one handle per job, not per event.
+        let mut rng = rand::thread_rng();
+        for mut event in events {
+            let commitment = personal.split(&mut event).map(|content| {
+                let mut salt = [0u8; SALT_LEN];
+                rng.fill_bytes(&mut salt);
+                openings.extend_from_slice(&salt);
+                let start = openings.len();
+                // Encoding into a Vec cannot fail (it grows as needed).
+                let _ = content.encode(&mut openings);
+                commit(&salt, &openings[start..]).to_vec()
+            });
+            opening_ends.push(openings.len());
             let body = RecordBody {
                 receive_time_unix_nanos,
                 peer: Some(peer),
                 event: Some(event),
+                content_commitment: commitment.unwrap_or_default(),
                 ..Default::default()
             };
-            // Encoding into a Vec cannot fail (it grows as needed).
             let _ = body.encode(&mut bodies);
             ends.push(bodies.len());
         }
+        let content = (!openings.is_empty()).then(|| {
+            Box::new(JobContent {
+                openings,
+                ends: opening_ends,
+            })
+        });
         AppendJob {
             receive_time_unix_nanos,
             bodies,
             ends,
+            content,
+            erased: None,
             reply,
             _permit: permit,
             _queued: queued,
         }
     }
 
-    /// LEAD PLACEHOLDER (the storage slice replaces it with the erase engine):
-    /// a job of prebuilt bodies; `erased` is not acted on here.
+    /// A job of prebuilt record bodies (the daemon's own `tally.erasure` records,
+    /// encoded by the caller) whose commit also erases the content of `erased`:
+    /// DESIGN 3b's commit order. Its batch goes to LMDB (never to the ack
+    /// journal) with the journaled batches before it; the reply comes after
+    /// the keys are destroyed.
     pub fn erasure(
         bodies: Vec<Vec<u8>>,
-        _erased: tally_attest::content::SeqRanges,
+        erased: SeqRanges,
         receive_time_unix_nanos: i64,
         reply: oneshot::Sender<Result<Vec<Ack>, AppendError>>,
         queued: QueuedEvents,
     ) -> AppendJob {
-        let mut all = Vec::new();
-        let mut ends = Vec::new();
-        for body in bodies {
-            all.extend_from_slice(&body);
-            ends.push(all.len());
+        let mut ends = Vec::with_capacity(bodies.len());
+        let mut joined = Vec::with_capacity(bodies.iter().map(Vec::len).sum());
+        for body in &bodies {
+            joined.extend_from_slice(body);
+            ends.push(joined.len());
         }
         AppendJob {
             receive_time_unix_nanos,
-            bodies: all,
+            bodies: joined,
             ends,
+            content: None,
+            erased: Some(Box::new(erased)),
             reply,
             _permit: None,
             _queued: queued,
@@ -98,6 +140,18 @@ impl AppendJob {
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
+}
+
+/// A job's openings (salt || `Content` encoding, DESIGN 3b), in the clear:
+/// they stay in memory until the sequencer seals each with its record's key
+/// (which needs the seq).
+#[derive(Debug, Default)]
+pub(super) struct JobContent {
+    /// Concatenated...
+    pub(super) openings: Vec<u8>,
+    /// ...and where each event's ends (an event without content: the same
+    /// end as the one before, an empty opening).
+    pub(super) ends: Vec<usize>,
 }
 
 /// Counts events submitted to the sequencer and not yet answered. The count
@@ -170,6 +224,24 @@ pub enum StorageCause {
     /// The commit thread has ended.
     #[error("the sequencer has stopped")]
     Stopped,
+    /// The content key file could not be extended or read (nothing of the
+    /// job was stored).
+    #[error(transparent)]
+    Keys(Arc<crate::store::ContentKeysError>),
+    /// A key slot the job's records need holds zeros (cannot happen: slots
+    /// past the log are written fresh; only erased records' are zeroed).
+    #[error("content key of seq {seq} is destroyed; refusing to seal with it")]
+    KeyDestroyed { seq: u64 },
+    /// An erasure job named seqs up to `end`, past the records before it
+    /// (the first of its own records is `first`): nothing was stored.
+    #[error("an erasure may name only records before its own: it names seqs up to {end}, its first record is {first}")]
+    ErasureBeyond { end: u64, first: u64 },
+    /// An erasure's records are committed and their content rows deleted,
+    /// but destroying the erased records' keys failed: `shred_pending`
+    /// stays in the store and the next start (or `tallyd check`) finishes
+    /// it before serving.
+    #[error("the erasure is committed, but destroying the content keys failed (the next start of tallyd finishes it): {0}")]
+    Shred(Arc<crate::store::StoreError>),
 }
 
 /// Why a job was not taken; it is handed back, unanswered.

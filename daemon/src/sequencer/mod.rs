@@ -96,6 +96,8 @@ mod job;
 mod policy;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_content;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use durable::CommitError;

@@ -302,6 +302,8 @@ pub(crate) fn record_denial(
         reply,
         None,
         QueuedEvents::new(queued, 1),
+        // The daemon's own denial record: its content is its payload only.
+        &crate::content::PersonalAttributes::default(),
     );
     if sequencer.try_submit(job).is_err() {
         access.denial_not_written();

@@ -75,6 +75,7 @@ pub(crate) async fn submit_append(
         reply,
         Some(permit),
         QueuedEvents::new(&shared.queued_events, count as u64),
+        &shared.personal,
     );
     if shared.sequencer.submit(job).await.is_err() {
         return Err(RequestError::SequencerStopped);

@@ -29,7 +29,7 @@ pub(crate) fn records_of(scanned: ScanPage) -> proto::Records {
                 seq: record.seq,
                 entry_hash: hash.to_vec().into(),
                 record: record.bytes.into(),
-                content: Default::default(),
+                content: record.content.map(Into::into).unwrap_or_default(),
             })
             .collect(),
         resume_seq: scanned.resume_seq,

@@ -62,6 +62,8 @@ pub struct Shared {
     /// Held by an erasure from its selection to its reply (`erase.rs`): one
     /// erasure at a time, so two never name the same seqs.
     pub erase_lock: tokio::sync::Mutex<()>,
+    /// Which attributes are content (`[content]`): the ingest split.
+    pub personal: Arc<crate::content::PersonalAttributes>,
 }
 
 impl Shared {
@@ -94,6 +96,7 @@ impl Shared {
             append_rate: AppendRate::new(config.append_rate_per_peer, config.append_burst_per_peer),
             fanout: Arc::default(),
             erase_lock: tokio::sync::Mutex::new(()),
+            personal: Arc::new(crate::content::PersonalAttributes::new(&config.content)),
         }
     }
 }

@@ -20,6 +20,9 @@
 //! * `times.rs`: the `times` database, where a `since` read starts;
 //! * `times_check.rs`: `tallyd check`'s proof that it is sound;
 //! * `scan.rs`: filtered reads, bounded per request;
+//! * `content_keys.rs`, `seal.rs`, `content_state.rs`: the content beside
+//!   the records (DESIGN 3b): the key file, the sealing, the `content`
+//!   database, reading it back and the erase's shredding;
 //! * `growth.rs`: the size of the memory map and its growth;
 //! * `space.rs`: free space on the file system, a full disk told from other
 //!   write errors, and the low-space warning.
@@ -41,13 +44,18 @@ use tally_attest::merkle::{Frontier, MerkleError};
 
 mod anchors;
 mod erasable;
+pub(crate) mod content_keys;
+mod content_state;
 mod growth;
 mod map_advice;
 mod records;
 mod scan;
+pub mod seal;
 mod space;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_content;
 #[cfg(test)]
 mod tests_scan;
 #[cfg(test)]
@@ -62,6 +70,7 @@ mod verify;
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
 pub use erasable::{Erasable, Selected};
+pub use content_keys::{ContentKeys, ContentKeysError};
 pub use records::StoredRecord;
 pub use scan::{Scan, ScanPage};
 pub use space::{
@@ -75,7 +84,13 @@ use records::encode_head;
 /// Version of the on-disk layout (docs/DESIGN.md, section 4; its history in
 /// section 12). A data directory written with another version is refused,
 /// never silently reinterpreted.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
+
+/// The version before content was committed, not chained (issue 15): a store
+/// of this version is upgraded in place at open (its `content` database and
+/// key file created; its records keep their payloads inside the hashed
+/// bytes, and have no content to erase).
+const FORMAT_BEFORE_CONTENT: u32 = 4;
 
 // The `meta` database's keys.
 const META_FORMAT_VERSION: &str = "format_version";
@@ -86,6 +101,7 @@ const META_PENDING_CHECKPOINT: &str = "pending_checkpoint";
 const META_FRONTIER: &str = "frontier";
 const META_JOURNAL_KEY: &str = "journal_key";
 const META_TIMES_SIZE: &str = "times_size";
+const META_SHRED_PENDING: &str = "shred_pending";
 
 /// A database keyed by a big-endian u64 (seq or counter value).
 type SeqDb = Database<'static, U64<BigEndian>, Bytes>;
@@ -128,6 +144,8 @@ pub enum StoreError {
     AnchoringV1 { found: u32 },
     #[error("store metadata is corrupt: {0}")]
     CorruptMeta(&'static str),
+    #[error(transparent)]
+    ContentKeys(#[from] ContentKeysError),
     /// Start-up: the `head` meta value and the frontier disagree on the size.
     #[error("store is inconsistent: head says {head} records, the Merkle frontier {frontier}")]
     HeadFrontierMismatch { head: u64, frontier: u64 },
@@ -227,13 +245,15 @@ pub struct Store {
     /// The environment's directory: where a full disk is measured.
     dir: PathBuf,
     records: SeqDb,
+    /// `seq -> sealed opening` (DESIGN 3b), for records with content not
+    /// erased; written in the records' transaction.
+    content: SeqDb,
+    /// One key per record, beside LMDB (DESIGN 3b): destroyed on erasure.
+    content_keys: ContentKeys,
     meta: MetaDb,
     anchors: SeqDb,
     tree: TreeDb,
     times: TimesDb,
-    /// Sealed openings by seq (DESIGN 3b). (Lead's placeholder: the storage
-    /// slice owns this field.)
-    content: SeqDb,
     /// The running maximum of the indexed receive times (the last `times`
     /// entry's); only the writer changes it, and only after a commit.
     time_max: Mutex<Option<i64>>,
@@ -332,7 +352,18 @@ impl Store {
                 log_id
             }
             Some(version) => {
-                check_format_version(version)?;
+                if check_format_version(version)? == FORMAT_BEFORE_CONTENT {
+                    meta.put(
+                        &mut wtxn,
+                        META_FORMAT_VERSION,
+                        &FORMAT_VERSION.to_be_bytes(),
+                    )?;
+                    tracing::info!(
+                        from = FORMAT_BEFORE_CONTENT,
+                        to = FORMAT_VERSION,
+                        "upgraded the store: content is now committed, not chained, for new records"
+                    );
+                }
                 meta.get(&wtxn, META_LOG_ID)?
                     .and_then(|id| <[u8; 16]>::try_from(id).ok())
                     .ok_or(StoreError::CorruptMeta("log_id missing or not 16 bytes"))?
@@ -342,16 +373,28 @@ impl Store {
             Some(bytes) => Frontier::from_bytes(bytes)?,
             None => return Err(StoreError::CorruptMeta("frontier missing")),
         };
+        let size = match meta.get(&wtxn, META_HEAD)? {
+            Some(head) => {
+                records::decode_head(head, [0; 32])
+                    .ok_or(StoreError::CorruptMeta("head is not 40 bytes"))?
+                    .size
+            }
+            None => return Err(StoreError::CorruptMeta("head missing")),
+        };
+        // The key file is created (or checked against this log) before the
+        // upgrade commits: a refused key file leaves a format-4 store as it was.
+        let content_keys = ContentKeys::open(dir, &log_id, size)?;
         wtxn.commit()?;
         let store = Store {
             env,
             dir: dir.to_owned(),
             records,
+            content,
+            content_keys,
             meta,
             anchors,
             tree,
             times,
-            content,
             time_max: Mutex::new(None),
             frontier: Mutex::new(frontier),
             log_id,
@@ -359,6 +402,14 @@ impl Store {
             resize_gate: RwLock::new(()),
         };
         store.check_head()?;
+        // An erasure committed before a crash whose keys were not yet
+        // destroyed: destroyed now, before anything is served (DESIGN 3b).
+        if store.shred_pending()?.is_some() {
+            tracing::warn!(
+                "an erasure's keys were not destroyed before tallyd stopped: destroying them now"
+            );
+            store.finish_shred()?;
+        }
         if rebuild_times {
             let dropped = store.drop_times()?;
             tracing::warn!(
@@ -401,6 +452,11 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// The content key file (DESIGN 3b).
+    pub fn content_keys(&self) -> &ContentKeys {
+        &self.content_keys
     }
 
     /// The log's random identity.
@@ -450,18 +506,20 @@ impl Store {
     }
 }
 
-/// The stored `format_version` is the one this tallyd reads (or a named refusal).
-fn check_format_version(stored: &[u8]) -> Result<(), StoreError> {
+/// The stored `format_version`, when it is one this tallyd reads (the
+/// current one, or the one before content, upgraded at open), or a named
+/// refusal.
+fn check_format_version(stored: &[u8]) -> Result<u32, StoreError> {
     let found = <[u8; 4]>::try_from(stored)
         .map(u32::from_be_bytes)
         .map_err(|_| StoreError::CorruptMeta("format_version is not 4 bytes"))?;
-    if (1..FORMAT_VERSION).contains(&found) {
+    if (1..FORMAT_BEFORE_CONTENT).contains(&found) {
         return Err(StoreError::AnchoringV1 { found });
     }
-    if found != FORMAT_VERSION {
+    if found != FORMAT_VERSION && found != FORMAT_BEFORE_CONTENT {
         return Err(StoreError::IncompatibleFormat { found });
     }
-    Ok(())
+    Ok(found)
 }
 
 /// The stored log identity JSON as text.

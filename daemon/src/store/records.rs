@@ -6,15 +6,25 @@ use heed::types::Bytes;
 use heed::PutFlags;
 use tally_attest::{entry_hash, Hash};
 
+use super::content_state::encode_erasure;
 use super::times::TimeEntries;
 use super::tree::tree_key;
-use super::{Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD, META_TIMES_SIZE};
+use super::{
+    Batch, Head, Store, StoreError, Tip, META_FRONTIER, META_HEAD, META_SHRED_PENDING,
+    META_TIMES_SIZE,
+};
+use tally_attest::content::SeqRanges;
 
 /// A record read back from the store.
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     pub seq: u64,
     pub bytes: Vec<u8>,
+    /// The record's opening (salt || content, DESIGN 3b), decrypted, when it
+    /// has content not erased; filled by [`Store::scan`] (not by
+    /// [`Store::read`], which serves the hashed bytes only). Not checked
+    /// against the commitment here: serving hashes nothing.
+    pub content: Option<Vec<u8>>,
 }
 
 /// The `head` meta value: size u64 big-endian || the entry hash of record
@@ -130,14 +140,21 @@ impl Store {
         // The same keys as `records` (u64 big-endian), encoded here on the
         // stack: heed's U64 codec allocates every key (5% of this thread).
         let records = self.records.remap_key_type::<Bytes>();
+        let content = self.content.remap_key_type::<Bytes>();
         let mut times = TimeEntries {
             max: *self.time_max_lock(),
         };
+        let mut erased = SeqRanges::default();
         for batch in batches {
             times.put_batch(self, &mut wtxn, batch)?;
-            for (seq, record) in batch.records() {
-                records.put_with_flags(&mut wtxn, PutFlags::APPEND, &seq.to_be_bytes(), record)?;
+            for (seq, record, sealed) in batch.records_sealed() {
+                let key = seq.to_be_bytes();
+                records.put_with_flags(&mut wtxn, PutFlags::APPEND, &key, record)?;
+                if !sealed.is_empty() {
+                    content.put_with_flags(&mut wtxn, PutFlags::APPEND, &key, sealed)?;
+                }
             }
+            erased.extend(batch.erased());
             for (level, index, node) in batch.nodes() {
                 self.tree.put_with_flags(
                     &mut wtxn,
@@ -146,6 +163,16 @@ impl Store {
                     node,
                 )?;
             }
+        }
+        // An erasure (DESIGN 3b, step 2): its content rows go (after every
+        // put above, so a row of this transaction's own batches too), and
+        // `shred_pending` says which keys the commit is to destroy next.
+        if !erased.is_empty() {
+            for &(from, to) in erased.ranges() {
+                self.content.delete_range(&mut wtxn, &(from..to))?;
+            }
+            self.meta
+                .put(&mut wtxn, META_SHRED_PENDING, &encode_erasure(&erased))?;
         }
         self.meta
             .put(&mut wtxn, META_FRONTIER, &last.frontier().to_bytes())?;
@@ -180,6 +207,7 @@ impl Store {
             out.push(StoredRecord {
                 seq,
                 bytes: bytes.to_vec(),
+                content: None,
             });
         }
         Ok(out)

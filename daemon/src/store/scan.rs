@@ -149,6 +149,7 @@ impl Store {
             records.push(StoredRecord {
                 seq,
                 bytes: record.to_vec(),
+                content: None,
             });
             hashes.push(match link_above {
                 Some((next, link)) if scan.newest && next == seq + 1 => link,
@@ -161,6 +162,8 @@ impl Store {
                 break;
             }
         }
+        // The openings, decrypted (AES-CTR, no hash): DESIGN 3b's reading.
+        self.open_contents(&rtxn, &mut records)?;
         let mut entry_hashes = Vec::with_capacity(records.len());
         for (record, hash) in records.iter().zip(hashes) {
             entry_hashes.push(match hash {

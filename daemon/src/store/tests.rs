@@ -186,7 +186,7 @@ fn a_format_3_store_is_refused_naming_anchoring_v1_and_the_way_out() {
 fn the_key_encodings_are_those_of_the_layout_table() {
     //! docs/DESIGN.md, section 4 is the one table of the layout: these pin
     //! the encodings it states, so that the code cannot drift from it.
-    assert_eq!(FORMAT_VERSION, 4);
+    assert_eq!(FORMAT_VERSION, 5);
     // `tree`: last leaf u64 big-endian || level; node (4, 0) covers leaves
     // 0..16, node (5, 3) leaves 96..128.
     assert_eq!(tree_key(4, 0), [0, 0, 0, 0, 0, 0, 0, 15, 4]);
