@@ -33,7 +33,10 @@ use crate::bundle::{
 };
 use crate::record::Hash;
 
-pub use verify::{verify_range_bundle, RangeAnchorVerdict, RangeDamage, RangeProven, RangeReport};
+pub use verify::{
+    verify_range_bundle, Disclosed, RangeAnchorVerdict, RangeDamage, RangeProven, RangeReport,
+    UNPROVEN_ERASURE,
+};
 
 /// First bytes of every range bundle.
 pub use crate::bundle::RANGE_MAGIC as MAGIC;

@@ -91,6 +91,20 @@ pub struct RangeReport {
     /// Openings against commitments; absent content whose erasure record
     /// is not in the range is `unproven` (PARTIAL, never PASS).
     pub content: ContentVerdict,
+    /// A one-record range whose content opened (`tally disclose`): what
+    /// was disclosed.
+    pub disclosed: Option<Disclosed>,
+}
+
+/// The content a one-record range bundle discloses, once it opened the
+/// commitment inside the proven record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disclosed {
+    pub seq: u64,
+    /// Bytes of the `Content` encoding (the opening less its salt).
+    pub content_len: usize,
+    /// The commitment it opens.
+    pub commitment: Hash,
 }
 
 impl RangeReport {
@@ -135,6 +149,7 @@ pub fn verify_range_bundle<R: BufRead>(
     let header = reader.header().clone();
     let (anchor, checkpoint) = judge_anchor(&header, reader.anchor(), policy);
     let mut audit = ContentAudit::new(header.first_seq, header.redacted);
+    let mut disclosed = None;
     let records = match checkpoint {
         None => {
             // Still read to the end: a format error outranks the verdict.
@@ -142,7 +157,13 @@ pub fn verify_range_bundle<R: BufRead>(
             while reader.next_record(&mut buf)? {}
             Err(RangeDamage::NoCheckpoint)
         }
-        Some(checkpoint) => check_records(&mut reader, &header, &checkpoint, &mut audit)?,
+        Some(checkpoint) => check_records(
+            &mut reader,
+            &header,
+            &checkpoint,
+            &mut audit,
+            &mut disclosed,
+        )?,
     };
     if let Some(seq) = audit.unexpected_opening() {
         return Err(RangeFormatError::ContentWithoutCommitment { seq });
@@ -151,11 +172,15 @@ pub fn verify_range_bundle<R: BufRead>(
         Ok(_) => audit.finish(true),
         Err(_) => ContentVerdict::NotChecked("the records are not proven"),
     };
+    if !matches!(content, ContentVerdict::Checked(_)) || records.is_err() {
+        disclosed = None;
+    }
     Ok(RangeReport {
         header,
         anchor,
         records,
         content,
+        disclosed,
     })
 }
 
@@ -212,6 +237,7 @@ fn check_records<R: BufRead>(
     header: &RangeHeader,
     (tree_size, root): &(u64, Hash),
     audit: &mut ContentAudit,
+    disclosed: &mut Option<Disclosed>,
 ) -> Result<Result<RangeProven, RangeDamage>, RangeFormatError> {
     let declared = header.count;
     // 32 bytes per record: a range of a million records needs 32 MiB.
@@ -245,7 +271,20 @@ fn check_records<R: BufRead>(
                 // The first record's prev_hash is inside its leaf, which
                 // the tree commits to.
                 _ => {
-                    audit.observe(expected, ContentFact::of(&buf, reader.opening()));
+                    let fact = ContentFact::of(&buf, reader.opening());
+                    if let (true, ContentFact::Opened, Some(opening)) =
+                        (declared == 1, &fact, reader.opening())
+                    {
+                        *disclosed =
+                            crate::content::commitment_of_opening(opening)
+                                .ok()
+                                .map(|commitment| Disclosed {
+                                    seq: expected,
+                                    content_len: opening.len() - crate::content::SALT_LEN,
+                                    commitment,
+                                });
+                    }
+                    audit.observe(expected, fact);
                     leaves.push(entry_hash(&buf));
                 }
             },
@@ -370,6 +409,7 @@ mod tests {
             &case.header,
             &case.checkpoint,
             &mut ContentAudit::default(),
+            &mut None,
         )
         .unwrap()
     }
@@ -497,7 +537,8 @@ mod tests {
         let mut reader = RangeReader::new(bytes.as_slice()).unwrap();
         let mut audit = ContentAudit::new(first, redacted);
         let checkpoint = (log.len() as u64, root);
-        let records = check_records(&mut reader, &header, &checkpoint, &mut audit).unwrap();
+        let records =
+            check_records(&mut reader, &header, &checkpoint, &mut audit, &mut None).unwrap();
         assert!(records.is_ok(), "{records:?}");
         audit.finish(true)
     }
@@ -543,6 +584,7 @@ mod tests {
                 root: [0; 32],
             }),
             content: outside,
+            disclosed: None,
         };
         assert_eq!(report.verdict(), Verdict::Partial(vec![UNPROVEN_ERASURE]));
 

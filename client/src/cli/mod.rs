@@ -5,6 +5,7 @@
 pub mod anchors;
 pub mod append;
 pub mod connect;
+pub mod disclose;
 pub mod export;
 pub mod progress;
 pub mod proof;
@@ -17,6 +18,7 @@ pub mod tail;
 pub mod tpm;
 pub mod trust;
 pub mod verify;
+pub mod verify_content;
 pub mod verify_json;
 pub mod verify_live;
 pub mod verify_range;
