@@ -11,7 +11,9 @@
 //! Sections, in this order: one [`SectionKind::Header`] (protobuf
 //! [`BundleHeader`]), zero or more [`SectionKind::Anchor`] (protobuf
 //! `AnchorRecord`, in counter order), `header.size` [`SectionKind::Record`]
-//! sections (the stored record bytes, verbatim), then one
+//! sections (the stored record bytes, verbatim), each committed record's
+//! followed by its [`SectionKind::Content`] section (`seq u64 BE ||
+//! opening`) unless its content was erased or the bundle is redacted, then one
 //! [`SectionKind::End`] with no bytes, and nothing after it. A missing end
 //! section means the file was cut short. Range bundles ([`crate::range`])
 //! share the section framing under their own magic, which this reader
@@ -56,6 +58,9 @@ pub enum SectionKind {
     Anchor = 0x03,
     /// Range bundles only ([`crate::range`]): the Merkle range proof.
     Proof = 0x04,
+    /// A record's opening (`seq u64 big-endian || salt || content`), right
+    /// after the record it opens (docs/DESIGN.md sections 3b and 7).
+    Content = 0x05,
     End = 0x7f,
 }
 
@@ -136,6 +141,24 @@ pub enum BundleError {
     BadHeadHash { len: usize },
     #[error("{0} bytes of data follow the end section")]
     TrailingData(u64),
+    /// A content section that does not follow a record: it comes twice for
+    /// one record, or before the first.
+    #[error("the content section at offset {offset} does not follow a record (a second content section for one record, or one before any record)")]
+    ContentOutOfPlace { offset: u64 },
+    #[error("the content section at offset {offset} is {len} bytes, shorter than its 8-byte seq")]
+    ContentTooShort { offset: u64, len: usize },
+    /// The content section names another seq than the record before it.
+    #[error(
+        "the content section at offset {offset} is for seq {found}, but follows record {record:?}"
+    )]
+    ContentSeq {
+        offset: u64,
+        found: u64,
+        /// The preceding record's seq (`None`: its header does not parse).
+        record: Option<u64>,
+    },
+    #[error("the bundle says it is redacted, yet holds a content section at offset {offset}")]
+    ContentInRedacted { offset: u64 },
 }
 
 impl BundleHeader {
@@ -176,6 +199,11 @@ impl<W: Write> BundleWriter<W> {
         self.section(SectionKind::Record, record)
     }
 
+    /// Appends the opening of record `seq`, right after that record.
+    pub fn content(&mut self, seq: u64, opening: &[u8]) -> io::Result<()> {
+        write_content(&mut self.out, seq, opening)
+    }
+
     /// Writes the end section and returns the inner writer (flushed).
     pub fn finish(mut self) -> io::Result<W> {
         self.section(SectionKind::End, &[])?;
@@ -203,6 +231,8 @@ pub struct BundleReader<R: BufRead> {
     offset: u64,
     /// Set once the end section was read.
     done: bool,
+    /// The opening that followed the record last returned.
+    opening: Opening,
 }
 
 impl<R: BufRead> BundleReader<R> {
@@ -227,6 +257,7 @@ impl<R: BufRead> BundleReader<R> {
             pending: None,
             offset: MAGIC.len() as u64,
             done: false,
+            opening: Opening::default(),
         };
         let mut buf = Vec::new();
         let kind = reader.section(&mut buf)?;
@@ -288,6 +319,7 @@ impl<R: BufRead> BundleReader<R> {
     /// Reads the next record into `buf` (replacing its contents). Returns
     /// `Ok(false)` after the end section, having checked nothing follows it.
     pub fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, BundleError> {
+        self.opening.clear();
         if self.done {
             return Ok(false);
         }
@@ -303,7 +335,21 @@ impl<R: BufRead> BundleReader<R> {
             }
         };
         match kind {
-            SectionKind::Record => Ok(true),
+            SectionKind::Record => {
+                let offset = self.offset;
+                let mut next = std::mem::take(&mut self.opening.spare);
+                let kind = self.section(&mut next)?;
+                // The section after a record is its content section, or
+                // the next one's to read (kept as pending).
+                if !self
+                    .opening
+                    .accept(kind, next, buf, self.header.redacted, offset)?
+                {
+                    self.pending = Some((kind, std::mem::take(&mut self.opening.spare), offset));
+                }
+                Ok(true)
+            }
+            SectionKind::Content => Err(BundleError::ContentOutOfPlace { offset }),
             SectionKind::End => {
                 self.done = true;
                 let trailing = io::copy(&mut self.input, &mut io::sink())?;
@@ -322,11 +368,91 @@ impl<R: BufRead> BundleReader<R> {
         }
     }
 
+    /// The opening (`salt || content`) whose content section followed the
+    /// record last returned by [`BundleReader::next_record`], if one did.
+    pub fn opening(&self) -> Option<&[u8]> {
+        self.opening.get()
+    }
+
     fn section(&mut self, buf: &mut Vec<u8>) -> Result<SectionKind, BundleError> {
         let kind = read_section(&mut self.input, buf, self.offset)?;
         self.offset += 5 + buf.len() as u64;
         Ok(kind)
     }
+}
+
+/// The content section after a record, shared by the whole-log and the
+/// range reader: each reads the section after every record and hands it
+/// here, which keeps it as the record's opening when it is one.
+#[derive(Debug, Default)]
+pub(crate) struct Opening {
+    /// The section bytes: `seq || opening`, valid when `present`.
+    bytes: Vec<u8>,
+    present: bool,
+    /// The buffer of a section that was not a content section, kept for
+    /// reuse by the caller.
+    pub(crate) spare: Vec<u8>,
+}
+
+impl Opening {
+    /// Takes `section` (of `kind`, read at `offset` right after `record`):
+    /// `Ok(true)` when it was the record's content section (checked: not in
+    /// a redacted bundle, and for this record's seq); `Ok(false)` when it is
+    /// another kind, left in `self.spare` for the caller to read next.
+    pub(crate) fn accept(
+        &mut self,
+        kind: SectionKind,
+        section: Vec<u8>,
+        record: &[u8],
+        redacted: bool,
+        offset: u64,
+    ) -> Result<bool, BundleError> {
+        if kind != SectionKind::Content {
+            self.present = false;
+            self.spare = section;
+            return Ok(false);
+        }
+        if redacted {
+            return Err(BundleError::ContentInRedacted { offset });
+        }
+        let Some((seq, _)) = section.split_first_chunk::<8>() else {
+            return Err(BundleError::ContentTooShort {
+                offset,
+                len: section.len(),
+            });
+        };
+        let found = u64::from_be_bytes(*seq);
+        let record = crate::record::RecordHeader::parse(record)
+            .ok()
+            .map(|(header, _)| header.seq);
+        if record != Some(found) {
+            return Err(BundleError::ContentSeq {
+                offset,
+                found,
+                record,
+            });
+        }
+        self.spare = std::mem::replace(&mut self.bytes, section);
+        self.present = true;
+        Ok(true)
+    }
+
+    /// Forgets the opening (the next record has none until shown otherwise).
+    pub(crate) fn clear(&mut self) {
+        self.present = false;
+    }
+
+    pub(crate) fn get(&self) -> Option<&[u8]> {
+        self.present.then(|| &self.bytes[8..])
+    }
+}
+
+/// Writes one content section: `seq u64 BE || opening`.
+pub(crate) fn write_content(out: &mut impl Write, seq: u64, opening: &[u8]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(8 + opening.len());
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes.extend_from_slice(opening);
+    write_section(out, SectionKind::Content, &bytes)
 }
 
 /// Reads one section (`kind || len || bytes`) at byte `offset` (for error
@@ -343,6 +469,7 @@ pub(crate) fn read_section(
         0x02 => SectionKind::Record,
         0x03 => SectionKind::Anchor,
         0x04 => SectionKind::Proof,
+        0x05 => SectionKind::Content,
         0x7f => SectionKind::End,
         kind => return Err(BundleError::UnknownSection { kind, offset }),
     };

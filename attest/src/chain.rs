@@ -15,19 +15,28 @@
 //! The replay looks one record ahead to tell these apart, and reports the
 //! earliest record that cannot be genuine.
 
-use crate::record::{Hash, RecordError, RecordHeader, GENESIS_PREV};
+use crate::record::{entry_hash, Hash, RecordError, RecordHeader, GENESIS_PREV};
+use crate::verify::content::{ContentAudit, ContentFact};
 
 /// Where records come from: a bundle file, a store, a test vector.
 pub trait RecordSource {
     type Error;
     /// Replaces `buf` with the next record; `Ok(false)` at the end.
     fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error>;
+    /// The opening (`salt || content`, docs/DESIGN.md section 3b) that came
+    /// with the record last read, if the source had one for it.
+    fn opening(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl<R: std::io::BufRead> RecordSource for crate::bundle::BundleReader<R> {
     type Error = crate::bundle::BundleError;
     fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, Self::Error> {
         crate::bundle::BundleReader::next_record(self, buf)
+    }
+    fn opening(&self) -> Option<&[u8]> {
+        crate::bundle::BundleReader::opening(self)
     }
 }
 
@@ -188,11 +197,54 @@ pub fn verify_chain_from<S: RecordSource>(
     start: ChainStart,
     declared_size: u64,
     declared_head: &Hash,
+    progress: impl FnMut(u64),
+    observe: impl FnMut(u64, &Hash),
+) -> Result<ChainSummary, ChainError<S::Error>> {
+    replay(
+        source,
+        start,
+        declared_size,
+        declared_head,
+        progress,
+        observe,
+        None,
+    )
+}
+
+/// [`verify_chain_from`], also auditing each record's content (its
+/// commitment against the source's opening, and erasures) on the hashing
+/// threads: `audit` sees every record the replay accepts, in seq order.
+pub fn verify_chain_with_content<S: RecordSource>(
+    source: &mut S,
+    start: ChainStart,
+    declared_size: u64,
+    declared_head: &Hash,
+    progress: impl FnMut(u64),
+    observe: impl FnMut(u64, &Hash),
+    audit: &mut ContentAudit,
+) -> Result<ChainSummary, ChainError<S::Error>> {
+    replay(
+        source,
+        start,
+        declared_size,
+        declared_head,
+        progress,
+        observe,
+        Some(audit),
+    )
+}
+
+fn replay<S: RecordSource>(
+    source: &mut S,
+    start: ChainStart,
+    declared_size: u64,
+    declared_head: &Hash,
     mut progress: impl FnMut(u64),
     mut observe: impl FnMut(u64, &Hash),
+    mut audit: Option<&mut ContentAudit>,
 ) -> Result<ChainSummary, ChainError<S::Error>> {
     let damaged = |damage| Err(ChainError::Damaged(damage));
-    let mut records = Hashed::new(source);
+    let mut records = Hashed::new(source, audit.is_some());
     let mut position: u64 = start.seq;
     // Entry hash of the last record replayed.
     let mut running = start.prev;
@@ -200,7 +252,7 @@ pub fn verify_chain_from<S: RecordSource>(
     // next record (or the declared head), which tells which side changed.
     let mut suspect: Option<u64> = None;
 
-    while let Some((parsed, hash)) = records.next().map_err(ChainError::Source)? {
+    while let Some((parsed, hash, fact)) = records.next().map_err(ChainError::Source)? {
         let header = match parsed {
             Ok(header) => header,
             Err(reason) => return damaged(Damage::Malformed { position, reason }),
@@ -227,6 +279,9 @@ pub fn verify_chain_from<S: RecordSource>(
         }
         if header.prev_hash != running {
             suspect = Some(position);
+        }
+        if let (Some(audit), Some(fact)) = (audit.as_deref_mut(), fact) {
+            audit.observe(position, fact);
         }
         running = hash;
         position += 1;
@@ -288,23 +343,35 @@ struct Hashed<'s, S: RecordSource> {
     /// Reused buffers of the current chunk; `filled` of them hold records.
     records: Vec<Vec<u8>>,
     hashes: Vec<Hash>,
+    /// Set when content is audited: each record's opening (when the source
+    /// had one) and what its body says, computed with its hash.
+    content: Option<ChunkContent>,
     filled: usize,
     next: usize,
     exhausted: bool,
 }
 
-/// A record's parsed header (or why it does not parse) and its entry hash.
-type HashedRecord = (Result<RecordHeader, RecordError>, Hash);
+/// A record's parsed header (or why it does not parse), its entry hash and,
+/// when content is audited, its content fact.
+type HashedRecord = (Result<RecordHeader, RecordError>, Hash, Option<ContentFact>);
+
+/// The content side of a chunk: openings as read, facts as computed.
+#[derive(Default)]
+struct ChunkContent {
+    openings: Vec<Option<Vec<u8>>>,
+    hashed: Vec<(Hash, ContentFact)>,
+}
 
 /// Records per chunk (hashed on every core by `parallel.rs`).
 const CHUNK: usize = 8192;
 
 impl<'s, S: RecordSource> Hashed<'s, S> {
-    fn new(source: &'s mut S) -> Self {
+    fn new(source: &'s mut S, audit: bool) -> Self {
         Hashed {
             source,
             records: Vec::new(),
             hashes: Vec::new(),
+            content: audit.then(ChunkContent::default),
             filled: 0,
             next: 0,
             exhausted: false,
@@ -319,7 +386,13 @@ impl<'s, S: RecordSource> Hashed<'s, S> {
         let index = self.next;
         self.next += 1;
         let header = RecordHeader::parse(&self.records[index]).map(|(header, _)| header);
-        Ok(Some((header, self.hashes[index])))
+        Ok(Some(match self.content.as_mut() {
+            Some(content) => {
+                let (hash, fact) = std::mem::take(&mut content.hashed[index]);
+                (header, hash, Some(fact))
+            }
+            None => (header, self.hashes[index], None),
+        }))
     }
 
     /// Reads and hashes the next chunk; false when the source is done.
@@ -331,12 +404,43 @@ impl<'s, S: RecordSource> Hashed<'s, S> {
                 self.records.push(Vec::new());
             }
             if self.source.next_record(&mut self.records[self.filled])? {
+                if let Some(content) = self.content.as_mut() {
+                    if content.openings.len() == self.filled {
+                        content.openings.push(None);
+                    }
+                    let slot = &mut content.openings[self.filled];
+                    match (self.source.opening(), slot.as_mut()) {
+                        (Some(opening), Some(buf)) => {
+                            buf.clear();
+                            buf.extend_from_slice(opening);
+                        }
+                        (Some(opening), None) => *slot = Some(opening.to_vec()),
+                        (None, _) => *slot = None,
+                    }
+                }
                 self.filled += 1;
             } else {
                 self.exhausted = true;
             }
         }
-        crate::parallel::entry_hashes(&self.records[..self.filled], &mut self.hashes);
+        match self.content.as_mut() {
+            // One SHA-256 more per committed record, while its bytes are
+            // in the cache: the body walk and the opening's hash.
+            Some(content) => {
+                let pairs: Vec<(&[u8], Option<&[u8]>)> = self.records[..self.filled]
+                    .iter()
+                    .zip(&content.openings)
+                    .map(|(record, opening)| (record.as_slice(), opening.as_deref()))
+                    .collect();
+                crate::parallel::map(
+                    &pairs,
+                    &mut content.hashed,
+                    Default::default(),
+                    |(record, opening)| (entry_hash(record), ContentFact::of(record, *opening)),
+                );
+            }
+            None => crate::parallel::entry_hashes(&self.records[..self.filled], &mut self.hashes),
+        }
         Ok(self.filled > 0)
     }
 }
@@ -388,7 +492,7 @@ fn classify_misplaced<S: RecordSource>(source: &mut S, position: u64, found: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{entry_hash, RecordHeader};
+    use crate::record::RecordHeader;
 
     /// A valid chain of `n` records with distinct bodies.
     fn chain(n: u64) -> (Vec<Vec<u8>>, Hash) {

@@ -20,6 +20,11 @@ use crate::{Client, ClientError};
 pub struct ExportSummary {
     /// Records written: seqs `0..size`.
     pub size: u64,
+    /// Content sections written (openings the daemon served); 0 when
+    /// redacted.
+    pub openings: u64,
+    /// The bundle is redacted (`--redact`): no content section.
+    pub redacted: bool,
     /// Anchors written (those covering at most `size` records).
     pub anchors: usize,
     /// The log size the newest written anchor covers (for `tally attest --since`).
@@ -93,13 +98,41 @@ pub async fn export<S: AsyncRead + AsyncWrite + Unpin>(
     path: &Path,
     progress: impl FnMut(u64, u64),
 ) -> Result<ExportSummary, ExportError> {
+    export_with(client, path, Content::Included, progress).await
+}
+
+/// Whether an export writes the records' openings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Content {
+    /// Each committed record's opening, as the daemon serves it, in a
+    /// content section after the record (none for an erased one).
+    #[default]
+    Included,
+    /// No content section at all, and the header says so (`--redact`): the
+    /// bundle shows commitments only and still verifies against the anchors.
+    Redacted,
+}
+
+impl Content {
+    pub fn redacted(self) -> bool {
+        self == Content::Redacted
+    }
+}
+
+/// [`export`], choosing whether content is written.
+pub async fn export_with<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client<S>,
+    path: &Path,
+    content: Content,
+    progress: impl FnMut(u64, u64),
+) -> Result<ExportSummary, ExportError> {
     let partial = partial_path(path);
     let file = File::create(&partial).map_err(|source| ExportError::Write {
         path: partial.clone(),
         source,
     })?;
     let out = BufWriter::with_capacity(1 << 20, file);
-    let (mut summary, out) = export_to(client, out, &partial, progress)
+    let (mut summary, out) = export_to(client, out, &partial, content, progress)
         .await
         .inspect_err(|_| remove_partial(&partial))?;
     commit_file(out, &partial, path)?;
@@ -151,12 +184,17 @@ pub(crate) fn commit_file(
     Ok(())
 }
 
-/// [`export`] into any writer (`tally export --out -`: stdout); `name` names
-/// it in errors and in the summary. Returns the writer, flushed.
+/// [`export_with`] into any writer (`tally export --out -`: stdout); `name`
+/// names it in errors and in the summary. Returns the writer, flushed.
+///
+/// Openings are written as served, not judged: one that does not open its
+/// commitment (a sealed value edited in the store) goes into the bundle,
+/// where `tally verify` names its seq, rather than stopping the export.
 pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     client: &mut Client<S>,
     out: W,
     name: &Path,
+    content: Content,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<(ExportSummary, W), ExportError> {
     let status = client.status().await?;
@@ -177,7 +215,7 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             env!("CARGO_PKG_VERSION"),
             status.server_name
         ),
-        redacted: false,
+        redacted: content.redacted(),
     };
     // Anchors that cover at most the exported records, in counter order.
     let mut anchors = Vec::new();
@@ -209,6 +247,7 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     }
 
     let mut next = 0u64;
+    let mut openings = 0u64;
     let mut running = GENESIS_PREV;
     while next < status.size {
         let page = client.read(next, 0).await?;
@@ -231,6 +270,10 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             }
             running = entry_hash(&record.record);
             writer.record(&record.record).map_err(write_err)?;
+            if !content.redacted() && !record.content.is_empty() {
+                writer.content(next, &record.content).map_err(write_err)?;
+                openings += 1;
+            }
             next += 1;
         }
         progress(next, status.size);
@@ -242,6 +285,8 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     Ok((
         ExportSummary {
             size: status.size,
+            openings,
+            redacted: content.redacted(),
             anchors: anchors.len(),
             last_anchor_size,
             head_hash,

@@ -30,7 +30,8 @@ By task:
   write       append (one event from flags, or JSON lines with --stdin)
   read        tail [-n N] [--follow] [--since ...], status; show BUNDLE (offline)
   anchor      anchor (now), anchors (list anchored sizes, counters, times)
-  export      export (a bundle), attest (a fresh TPM attestation for your nonce)
+  export      export (a bundle; --redact: no content), disclose --seq N (one
+              record's content, proven), attest (a fresh TPM attestation)
   verify      verify BUNDLE --identity identity.json, quote-files (for tpm2_checkquote)
   prove       prove inclusion|consistency, verify-proof
   review      gap-ack (accept a reviewed counter gap for verify --accept-gap)
@@ -77,6 +78,10 @@ enum Command {
     /// Export the whole log into a self-contained bundle file, or a range of
     /// it (--from/--to/--since/--until) into a range bundle that verifies alone.
     Export(cli::export::ExportArgs),
+    /// Disclose one record's content (a prompt, an output) without the rest
+    /// of the log: a range bundle of record N with its content, proven
+    /// against the oldest anchor covering it; `tally verify FILE` checks it.
+    Disclose(cli::disclose::DiscloseArgs),
     /// Verify a bundle offline (no daemon, no TPM needed) against the log's
     /// identity: chain intact, origin (genesis), anchors valid, counter
     /// continuous, current (--attestation, --nonce); a range bundle: its
@@ -189,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => cli::tail::run(&target, &args).await?,
         Command::Show(args) => cli::show::run(&args)?,
         Command::Export(args) => cli::export::run(&target, &args).await?,
+        Command::Disclose(args) => cli::disclose::run(&target, &args).await?,
         Command::Status { json } => cli::status::run(&target, json).await?,
     }
     Ok(ExitCode::SUCCESS)

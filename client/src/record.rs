@@ -5,8 +5,10 @@ use prost::Message;
 use serde_json::{json, Value};
 use tally_attest::{entry_hash, RecordHeader};
 
+use tally_attest::content::{commitment_of_opening, split_opening, BodyFacts, ContentError};
+
 use crate::attributes::{attr_to_json, attributes};
-use crate::proto::{peer, Event, RecordBody};
+use crate::proto::{peer, Content, Event, RecordBody};
 
 /// Why stored bytes could not be shown as an event.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +18,48 @@ pub enum DecodeError {
     Header(#[from] tally_attest::record::RecordError),
     #[error("record body is not a valid RecordBody: {0}")]
     Body(#[from] prost::DecodeError),
+    #[error("seq {seq}: {source}")]
+    Facts { seq: u64, source: ContentError },
+    /// The content given with the record does not open its commitment:
+    /// edited where it is kept (the store, or the bundle's content section).
+    #[error(
+        "seq {seq}: its content does not match the record's commitment (the content was changed)"
+    )]
+    ContentMismatch { seq: u64 },
+    #[error("seq {seq}: content was given for a record that has no content commitment")]
+    ContentWithoutCommitment { seq: u64 },
+    #[error("seq {seq}: its content opens the commitment but is not a valid Content: {source}")]
+    ContentBody {
+        seq: u64,
+        source: prost::DecodeError,
+    },
+}
+
+/// What became of a record's content (docs/DESIGN.md section 3b).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentState {
+    /// No commitment: the record holds all of its event.
+    #[default]
+    Inline,
+    /// The opening opened the commitment and its payload and attributes
+    /// were put back into the event.
+    Joined,
+    /// Committed, without its content: erased.
+    Erased,
+    /// Committed, without its content: left out of a redacted bundle.
+    Redacted,
+}
+
+impl ContentState {
+    /// The JSON value and text marker (`None` for [`ContentState::Inline`]).
+    pub fn word(self) -> Option<&'static str> {
+        match self {
+            ContentState::Inline => None,
+            ContentState::Joined => Some("present"),
+            ContentState::Erased => Some("erased"),
+            ContentState::Redacted => Some("redacted"),
+        }
+    }
 }
 
 /// A stored record, split into its header and decoded body.
@@ -24,15 +68,56 @@ pub struct DecodedRecord {
     pub header: RecordHeader,
     pub body: RecordBody,
     pub entry_hash: [u8; 32],
+    /// Whether the event's content is in it ([`decode_with_content`]).
+    pub content: ContentState,
 }
 
-/// Parses the header and decodes the protobuf body of a stored record.
+/// Parses the header and decodes the protobuf body of a stored record,
+/// without content: a committed record shows as erased.
 pub fn decode(record: &[u8]) -> Result<DecodedRecord, DecodeError> {
-    let (header, body) = RecordHeader::parse(record)?;
+    decode_with_content(record, None, ContentState::Erased)
+}
+
+/// [`decode`], joining `opening` (the record's `salt || Content`) back into
+/// the event after checking it against the record's commitment, so the
+/// event reads as sent (the personal typed attributes come after the
+/// others, whatever their order when sent). A committed record without an
+/// opening is marked `absent` ([`ContentState::Erased`] from the daemon,
+/// [`ContentState::Redacted`] from a redacted bundle).
+pub fn decode_with_content(
+    record: &[u8],
+    opening: Option<&[u8]>,
+    absent: ContentState,
+) -> Result<DecodedRecord, DecodeError> {
+    let (header, body_bytes) = RecordHeader::parse(record)?;
+    let mut body = RecordBody::decode(body_bytes)?;
+    let seq = header.seq;
+    let facts =
+        BodyFacts::parse(body_bytes).map_err(|source| DecodeError::Facts { seq, source })?;
+    let content = match (facts.content_commitment, opening) {
+        (None, None) => ContentState::Inline,
+        (None, Some(_)) => return Err(DecodeError::ContentWithoutCommitment { seq }),
+        (Some(_), None) => absent,
+        (Some(commitment), Some(opening)) => {
+            if commitment_of_opening(opening).ok() != Some(commitment) {
+                return Err(DecodeError::ContentMismatch { seq });
+            }
+            let (_, bytes) =
+                split_opening(opening).map_err(|source| DecodeError::Facts { seq, source })?;
+            let content = Content::decode(bytes)
+                .map_err(|source| DecodeError::ContentBody { seq, source })?;
+            let event = body.event.get_or_insert_with(Event::default);
+            event.payload = content.payload;
+            event.attributes.extend(content.attributes);
+            event.typed_attributes.extend(content.typed_attributes);
+            ContentState::Joined
+        }
+    };
     Ok(DecodedRecord {
         header,
-        body: RecordBody::decode(body)?,
+        body,
         entry_hash: entry_hash(record),
+        content,
     })
 }
 
@@ -243,3 +328,7 @@ mod encoding_tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "record_content_tests.rs"]
+mod content_tests;

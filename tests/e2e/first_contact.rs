@@ -444,6 +444,7 @@ async fn verify_json_matches_its_documented_schema() {
             "anchors",
             "counter",
             "current",
+            "content",
             "checkpoint_keys"
         ]
     );

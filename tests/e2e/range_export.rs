@@ -592,7 +592,8 @@ async fn verify_json_of_a_range_bundle_names_the_checks_and_the_damage() {
         names,
         [
             ("anchor".into(), "pass".into()),
-            ("records".into(), "pass".into())
+            ("records".into(), "pass".into()),
+            ("content".into(), "pass".into())
         ]
     );
 

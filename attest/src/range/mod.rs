@@ -14,7 +14,9 @@
 //! checkpoint covers `tree_size` records), one `Proof` (the Merkle range
 //! proof: 32-byte hashes back to back, [`crate::merkle::verify_range`]),
 //! `count` `Record` sections (the stored record bytes, verbatim, in seq
-//! order), then one `End` with no bytes and nothing after it.
+//! order), each committed record's followed by its `Content` section
+//! (`seq u64 BE || opening`) unless its content was erased or the header
+//! says `redacted`, then one `End` with no bytes and nothing after it.
 //!
 //! The magic is not the full bundle's, so a verifier that predates range
 //! bundles refuses one ("bad magic") instead of replaying it as a log that
@@ -26,10 +28,15 @@ use std::io::{self, BufRead, Read, Write};
 
 use prost::Message;
 
-use crate::bundle::{read_exact_or, read_section, write_section, BundleError, SectionKind};
+use crate::bundle::{
+    read_exact_or, read_section, write_content, write_section, BundleError, Opening, SectionKind,
+};
 use crate::record::Hash;
 
-pub use verify::{verify_range_bundle, RangeAnchorVerdict, RangeDamage, RangeProven, RangeReport};
+pub use verify::{
+    verify_range_bundle, Disclosed, RangeAnchorVerdict, RangeDamage, RangeProven, RangeReport,
+    UNPROVEN_ERASURE,
+};
 
 /// First bytes of every range bundle.
 pub use crate::bundle::RANGE_MAGIC as MAGIC;
@@ -106,6 +113,8 @@ pub enum RangeFormatError {
         expected: SectionKind,
         found: SectionKind,
     },
+    #[error("the content section after seq {seq} belongs to no commitment (the record has none)")]
+    ContentWithoutCommitment { seq: u64 },
 }
 
 /// True when `prefix` (the first bytes of a file) is a range bundle's magic.
@@ -139,6 +148,11 @@ impl<W: Write> RangeWriter<W> {
         write_section(&mut self.out, SectionKind::Record, record)
     }
 
+    /// Appends the opening of record `seq`, right after that record.
+    pub fn content(&mut self, seq: u64, opening: &[u8]) -> io::Result<()> {
+        write_content(&mut self.out, seq, opening)
+    }
+
     /// Writes the end section and returns the inner writer (flushed).
     pub fn finish(mut self) -> io::Result<W> {
         write_section(&mut self.out, SectionKind::End, &[])?;
@@ -157,6 +171,10 @@ pub struct RangeReader<R: BufRead> {
     proof: Vec<Hash>,
     offset: u64,
     done: bool,
+    /// The opening that followed the record last returned.
+    opening: Opening,
+    /// The section after the last record, read ahead, with its offset.
+    pending: Option<(SectionKind, Vec<u8>, u64)>,
 }
 
 impl<R: BufRead> RangeReader<R> {
@@ -205,6 +223,8 @@ impl<R: BufRead> RangeReader<R> {
             proof,
             offset,
             done: false,
+            opening: Opening::default(),
+            pending: None,
         })
     }
 
@@ -225,13 +245,31 @@ impl<R: BufRead> RangeReader<R> {
     /// Reads the next record into `buf`. `Ok(false)` after the end section,
     /// having checked nothing follows it.
     pub fn next_record(&mut self, buf: &mut Vec<u8>) -> Result<bool, RangeFormatError> {
+        self.opening.clear();
         if self.done {
             return Ok(false);
         }
-        let kind = read_section(&mut self.input, buf, self.offset)?;
-        self.offset += 5 + buf.len() as u64;
+        let (kind, offset) = match self.pending.take() {
+            Some((kind, bytes, offset)) => {
+                *buf = bytes;
+                (kind, offset)
+            }
+            None => (self.section(buf)?, self.offset_before(buf)),
+        };
         match kind {
-            SectionKind::Record => Ok(true),
+            SectionKind::Record => {
+                let offset = self.offset;
+                let mut next = std::mem::take(&mut self.opening.spare);
+                let kind = self.section(&mut next)?;
+                if !self
+                    .opening
+                    .accept(kind, next, buf, self.header.redacted, offset)?
+                {
+                    self.pending = Some((kind, std::mem::take(&mut self.opening.spare), offset));
+                }
+                Ok(true)
+            }
+            SectionKind::Content => Err(BundleError::ContentOutOfPlace { offset }.into()),
             SectionKind::End => {
                 self.done = true;
                 let trailing = io::copy(&mut (&mut self.input).take(u64::MAX), &mut io::sink())
@@ -246,6 +284,23 @@ impl<R: BufRead> RangeReader<R> {
                 found,
             }),
         }
+    }
+
+    /// The opening (`salt || content`) whose content section followed the
+    /// record last returned by [`RangeReader::next_record`], if one did.
+    pub fn opening(&self) -> Option<&[u8]> {
+        self.opening.get()
+    }
+
+    fn section(&mut self, buf: &mut Vec<u8>) -> Result<SectionKind, BundleError> {
+        let kind = read_section(&mut self.input, buf, self.offset)?;
+        self.offset += 5 + buf.len() as u64;
+        Ok(kind)
+    }
+
+    /// The offset of the section just read into `buf`.
+    fn offset_before(&self, buf: &[u8]) -> u64 {
+        self.offset - 5 - buf.len() as u64
     }
 }
 

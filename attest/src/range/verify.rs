@@ -14,6 +14,7 @@ use crate::anchor::{verify_anchor, AnchorError, AnchorPolicy, VerifiedAnchor};
 use crate::merkle::{root_from_range_proof, MerkleError};
 use crate::range::{RangeFormatError, RangeHeader, RangeReader};
 use crate::record::{entry_hash, Hash, RecordError, RecordHeader};
+use crate::verify::content::{ContentAudit, ContentFact, ContentVerdict};
 use crate::verify::Verdict;
 
 /// Verdict on the range bundle's one anchor.
@@ -87,6 +88,23 @@ pub struct RangeReport {
     pub header: RangeHeader,
     pub anchor: RangeAnchorVerdict,
     pub records: Result<RangeProven, RangeDamage>,
+    /// Openings against commitments; absent content whose erasure record
+    /// is not in the range is `unproven` (PARTIAL, never PASS).
+    pub content: ContentVerdict,
+    /// A one-record range whose content opened (`tally disclose`): what
+    /// was disclosed.
+    pub disclosed: Option<Disclosed>,
+}
+
+/// The content a one-record range bundle discloses, once it opened the
+/// commitment inside the proven record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disclosed {
+    pub seq: u64,
+    /// Bytes of the `Content` encoding (the opening less its salt).
+    pub content_len: usize,
+    /// The commitment it opens.
+    pub commitment: Hash,
 }
 
 impl RangeReport {
@@ -94,14 +112,31 @@ impl RangeReport {
     /// when the records lead to the anchor's root but the anchor was not
     /// verified; FAIL otherwise.
     pub fn verdict(&self) -> Verdict {
+        if matches!(self.content, ContentVerdict::Damaged(_)) {
+            return Verdict::Fail;
+        }
+        let mut missing = Vec::new();
+        if let ContentVerdict::Checked(summary) = &self.content {
+            if summary.unproven > 0 {
+                missing.push(UNPROVEN_ERASURE);
+            }
+        }
         match (&self.anchor, &self.records) {
             (_, Err(_)) => Verdict::Fail,
-            (RangeAnchorVerdict::Valid { .. }, Ok(_)) => Verdict::Pass,
-            (RangeAnchorVerdict::NotChecked { why, .. }, Ok(_)) => Verdict::Partial(vec![why]),
+            (RangeAnchorVerdict::Valid { .. }, Ok(_)) if missing.is_empty() => Verdict::Pass,
+            (RangeAnchorVerdict::Valid { .. }, Ok(_)) => Verdict::Partial(missing),
+            (RangeAnchorVerdict::NotChecked { why, .. }, Ok(_)) => {
+                missing.insert(0, why);
+                Verdict::Partial(missing)
+            }
             _ => Verdict::Fail,
         }
     }
 }
+
+/// Why a range whose absent content is not covered by an erasure inside it
+/// is not a PASS: the erasure record, if there is one, comes after the range.
+pub const UNPROVEN_ERASURE: &str = "that the absent content was erased (its erasure record, if any, lies after the range: export a range up to it, or the whole log)";
 
 /// Reads and verifies a range bundle. With `policy` (the log's identity) the
 /// anchor's TPM evidence is verified; without it, only parsed. Returns `Err`
@@ -113,6 +148,8 @@ pub fn verify_range_bundle<R: BufRead>(
     let mut reader = RangeReader::new(input)?;
     let header = reader.header().clone();
     let (anchor, checkpoint) = judge_anchor(&header, reader.anchor(), policy);
+    let mut audit = ContentAudit::new(header.first_seq, header.redacted);
+    let mut disclosed = None;
     let records = match checkpoint {
         None => {
             // Still read to the end: a format error outranks the verdict.
@@ -120,12 +157,30 @@ pub fn verify_range_bundle<R: BufRead>(
             while reader.next_record(&mut buf)? {}
             Err(RangeDamage::NoCheckpoint)
         }
-        Some(checkpoint) => check_records(&mut reader, &header, &checkpoint)?,
+        Some(checkpoint) => check_records(
+            &mut reader,
+            &header,
+            &checkpoint,
+            &mut audit,
+            &mut disclosed,
+        )?,
     };
+    if let Some(seq) = audit.unexpected_opening() {
+        return Err(RangeFormatError::ContentWithoutCommitment { seq });
+    }
+    let content = match &records {
+        Ok(_) => audit.finish(true),
+        Err(_) => ContentVerdict::NotChecked("the records are not proven"),
+    };
+    if !matches!(content, ContentVerdict::Checked(_)) || records.is_err() {
+        disclosed = None;
+    }
     Ok(RangeReport {
         header,
         anchor,
         records,
+        content,
+        disclosed,
     })
 }
 
@@ -181,6 +236,8 @@ fn check_records<R: BufRead>(
     reader: &mut RangeReader<R>,
     header: &RangeHeader,
     (tree_size, root): &(u64, Hash),
+    audit: &mut ContentAudit,
+    disclosed: &mut Option<Disclosed>,
 ) -> Result<Result<RangeProven, RangeDamage>, RangeFormatError> {
     let declared = header.count;
     // 32 bytes per record: a range of a million records needs 32 MiB.
@@ -213,7 +270,23 @@ fn check_records<R: BufRead>(
                 }
                 // The first record's prev_hash is inside its leaf, which
                 // the tree commits to.
-                _ => leaves.push(entry_hash(&buf)),
+                _ => {
+                    let fact = ContentFact::of(&buf, reader.opening());
+                    if let (true, ContentFact::Opened, Some(opening)) =
+                        (declared == 1, &fact, reader.opening())
+                    {
+                        *disclosed =
+                            crate::content::commitment_of_opening(opening)
+                                .ok()
+                                .map(|commitment| Disclosed {
+                                    seq: expected,
+                                    content_len: opening.len() - crate::content::SALT_LEN,
+                                    commitment,
+                                });
+                    }
+                    audit.observe(expected, fact);
+                    leaves.push(entry_hash(&buf));
+                }
             },
         }
     }
@@ -331,7 +404,14 @@ mod tests {
         }
         let bytes = writer.finish().unwrap();
         let mut reader = RangeReader::new(bytes.as_slice()).unwrap();
-        check_records(&mut reader, &case.header, &case.checkpoint).unwrap()
+        check_records(
+            &mut reader,
+            &case.header,
+            &case.checkpoint,
+            &mut ContentAudit::default(),
+            &mut None,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -422,6 +502,130 @@ mod tests {
             check(&short),
             Err(RangeDamage::NotInTree {
                 source: MerkleError::WrongProofSize { .. },
+                ..
+            })
+        ));
+    }
+
+    /// A range of `entries` (a whole log) from `first` to `end`, each
+    /// record followed by its opening when it has one; checked.
+    fn content_of_range(
+        entries: &[crate::verify::content::tests::Entry],
+        first: u64,
+        end: u64,
+        redacted: bool,
+    ) -> ContentVerdict {
+        let log = crate::verify::content::tests::records(entries);
+        let root = root_from_leaf_hashes(&log.iter().map(|r| entry_hash(r)).collect::<Vec<_>>());
+        let header = RangeHeader {
+            format_version: RANGE_FORMAT_VERSION,
+            log_id: vec![1; 16],
+            first_seq: first,
+            count: end - first,
+            tree_size: log.len() as u64,
+            redacted,
+        };
+        let proof = proof(&log, first, end);
+        let mut writer = RangeWriter::new(Vec::new(), &header, b"anchor", &proof).unwrap();
+        for seq in first..end {
+            writer.record(&log[seq as usize]).unwrap();
+            if let Some(opening) = &entries[seq as usize].opening {
+                writer.content(seq, opening).unwrap();
+            }
+        }
+        let bytes = writer.finish().unwrap();
+        let mut reader = RangeReader::new(bytes.as_slice()).unwrap();
+        let mut audit = ContentAudit::new(first, redacted);
+        let checkpoint = (log.len() as u64, root);
+        let records =
+            check_records(&mut reader, &header, &checkpoint, &mut audit, &mut None).unwrap();
+        assert!(records.is_ok(), "{records:?}");
+        audit.finish(true)
+    }
+
+    #[test]
+    fn absent_content_whose_erasure_lies_outside_the_range_is_unproven() {
+        //! A range cannot see an erasure after its end: the absence is
+        //! neither erased nor tampered for it, and the verdict says so.
+        use crate::verify::content::tests::{committed, erasure, plain};
+        use crate::verify::content::{ContentDamage, ContentSummary};
+        let entries = vec![
+            plain(0),
+            committed(1, b"one"),
+            crate::verify::content::tests::Entry {
+                opening: None,
+                ..committed(2, b"two")
+            },
+            committed(3, b"three"),
+            erasure(&[(2, 3)]),
+            plain(5),
+        ];
+        let outside = content_of_range(&entries, 1, 4, false);
+        assert_eq!(
+            outside,
+            ContentVerdict::Checked(ContentSummary {
+                committed: 3,
+                opened: 2,
+                unproven: 1,
+                first_unproven: Some(2),
+                ..ContentSummary::default()
+            })
+        );
+        let report = RangeReport {
+            header: RangeHeader::default(),
+            anchor: RangeAnchorVerdict::Valid {
+                counter: 1,
+                tree_size: 6,
+            },
+            records: Ok(RangeProven {
+                first_seq: 1,
+                last_seq: 3,
+                tree_size: 6,
+                root: [0; 32],
+            }),
+            content: outside,
+            disclosed: None,
+        };
+        assert_eq!(report.verdict(), Verdict::Partial(vec![UNPROVEN_ERASURE]));
+
+        // With the erasure inside the range it is proven erased.
+        assert!(matches!(
+            content_of_range(&entries, 2, 6, false),
+            ContentVerdict::Checked(ContentSummary {
+                erased: 1,
+                unproven: 0,
+                ..
+            })
+        ));
+        // An erasure inside the range naming a seq before it is not the
+        // range's to check; one naming a present content is.
+        assert!(matches!(
+            content_of_range(&entries, 3, 6, false),
+            ContentVerdict::Checked(ContentSummary { opened: 1, .. })
+        ));
+        let mut present = entries;
+        present[2].opening = Some({
+            let mut o = vec![2u8; 32];
+            o.extend_from_slice(b"two");
+            o
+        });
+        assert_eq!(
+            content_of_range(&present, 1, 6, false),
+            ContentVerdict::Damaged(ContentDamage::ErasedContentPresent {
+                seq: 2,
+                erasure_seq: 4
+            })
+        );
+        // Redacted: absent content is redacted, not unproven.
+        let mut redacted = present;
+        for entry in &mut redacted {
+            entry.opening = None;
+        }
+        assert!(matches!(
+            content_of_range(&redacted, 1, 4, true),
+            ContentVerdict::Checked(ContentSummary {
+                redacted: 3,
+                unproven: 0,
                 ..
             })
         ));

@@ -10,15 +10,20 @@
 //!   values and name each other, with a TPM clock that never goes back
 //!   (a gap is a gap unless a reviewed acknowledgement names it);
 //! * **current**: a fresh attestation for the verifier's nonce shows the TPM
-//!   counter one past the last anchor, so that anchor's value is closed.
+//!   counter one past the last anchor, so that anchor's value is closed;
+//! * **content** ([`content`]): every opening opens its record's commitment,
+//!   and every absent one is covered by an erasure record (or the bundle is
+//!   redacted).
 //!
-//! [`Report::verdict`] is PASS only when all five were checked and hold;
+//! [`Report::verdict`] is PASS only when all six were checked and hold;
 //! anything not checked makes it PARTIAL, never PASS.
 
 mod anchor_pass;
+pub mod content;
 mod run;
 pub mod source;
 
+pub use content::{ContentDamage, ContentSummary, ContentVerdict};
 pub use run::{verify_bundle, verify_sections};
 pub use source::{Sections, TrustedStart};
 
@@ -221,6 +226,8 @@ pub struct Report {
     /// The first record replayed: 0, or the size of the trusted checkpoint
     /// the source started from ([`TrustedStart`]).
     pub start_seq: u64,
+    /// Openings against commitments, and absent content against erasures.
+    pub content: ContentVerdict,
 }
 
 /// The overall verdict.
@@ -250,6 +257,7 @@ impl Report {
     /// were checked and hold.
     pub fn verdict(&self) -> Verdict {
         let failed = self.chain.is_err()
+            || matches!(self.content, ContentVerdict::Damaged(_))
             || matches!(self.origin, OriginVerdict::Mismatch { .. })
             || matches!(
                 self.anchors,
@@ -306,4 +314,8 @@ pub enum VerifyError {
     UntrustedStart { seq: u64 },
     #[error("the records start at seq {seq}, past the log's size {size}")]
     StartBeyondLog { seq: u64, size: u64 },
+    /// A content section (or a served opening) for a record that has no
+    /// content commitment: nothing it could open.
+    #[error("the content given for seq {seq} belongs to no commitment (the record has none)")]
+    ContentWithoutCommitment { seq: u64 },
 }

@@ -11,10 +11,11 @@ use std::io::BufRead;
 use crate::anchor::checks::clock_finding;
 use crate::anchor::{verify_fresh, AnchorError, VerifiedAnchor, VerifiedFresh};
 use crate::bundle::{BundleHeader, BundleReader};
-use crate::chain::{verify_chain_from, ChainError, ChainStart};
+use crate::chain::{verify_chain_with_content, ChainError, ChainStart};
 use crate::merkle::{Frontier, EMPTY_ROOT};
 use crate::record::Hash;
 use crate::verify::anchor_pass::{AnchorPass, Claimant, RootClaim, BATCH};
+use crate::verify::content::{ContentAudit, ContentVerdict};
 use crate::verify::source::{Sections, TrustedStart};
 use crate::verify::{
     AnchorViolation, AnchorsVerdict, CounterVerdict, Coverage, CurrentVerdict, Origin,
@@ -134,7 +135,8 @@ where
     }
     let mut cursor = claims.partition_point(|claim| claim.size <= start_seq);
     let mut frontier = (!claims.is_empty()).then_some(start_frontier);
-    let chain = verify_chain_from(
+    let mut audit = ContentAudit::new(start_seq, header.redacted);
+    let chain = verify_chain_with_content(
         source,
         chain_start,
         size,
@@ -150,11 +152,19 @@ where
                 }
             }
         },
+        &mut audit,
     );
     let chain = match chain {
         Ok(summary) => Ok(summary),
         Err(ChainError::Damaged(damage)) => Err(damage),
         Err(ChainError::Source(err)) => return Err(err.into()),
+    };
+    if let Some(seq) = audit.unexpected_opening() {
+        return Err(VerifyError::ContentWithoutCommitment { seq });
+    }
+    let content = match &chain {
+        Ok(_) => audit.finish(false),
+        Err(_) => ContentVerdict::NotChecked("the chain is damaged, so the replay stopped early"),
     };
     let log_size = chain.as_ref().map(|summary| summary.size).ok();
 
@@ -171,11 +181,13 @@ where
             anchor_checks: options.anchor_checks,
             last_closed_anchor: None,
             start_seq,
+            content,
         });
     };
     let roots = compare_roots(&claims, &computed, log_size);
     let mut report = judge(pass, header, chain, log_size, roots, fresh)?;
     report.start_seq = start_seq;
+    report.content = content;
     Ok(report)
 }
 
@@ -349,6 +361,7 @@ fn judge(
         anchor_checks: pass.options.anchor_checks,
         last_closed_anchor,
         start_seq: 0,
+        content: ContentVerdict::NotChecked("not judged yet"),
     })
 }
 

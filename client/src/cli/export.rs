@@ -11,6 +11,8 @@ use tally_client::export::range::{
     export_range, export_range_to, first_seq_since, last_seq_before, RangeSummary,
 };
 
+use tally_client::export::Content;
+
 use crate::cli::connect::{connect, Target};
 use crate::cli::progress::progress_bar;
 use crate::cli::tpm;
@@ -52,9 +54,22 @@ pub struct ExportArgs {
     /// the earlier end wins.
     #[arg(long, short = 'U', value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
+    /// Leave every record's content (payloads, personal attributes) out: the
+    /// bundle holds the commitments only, says so in its header, and still
+    /// verifies against the anchors (whole-log and range exports).
+    #[arg(long)]
+    pub redact: bool,
 }
 
 impl ExportArgs {
+    fn content(&self) -> Content {
+        if self.redact {
+            Content::Redacted
+        } else {
+            Content::Included
+        }
+    }
+
     fn is_range(&self) -> bool {
         self.from.is_some() || self.to.is_some() || self.since.is_some() || self.until.is_some()
     }
@@ -83,16 +98,18 @@ pub async fn run(target: &Target, args: &ExportArgs) -> anyhow::Result<()> {
     let summary = if to_stdout {
         let out = BufWriter::with_capacity(1 << 20, io::stdout());
         let (summary, mut out) =
-            tally_client::export::export_to(&mut client, out, &args.out, progress).await?;
+            tally_client::export::export_to(&mut client, out, &args.out, args.content(), progress)
+                .await?;
         out.flush().context("cannot write the bundle to stdout")?;
         summary
     } else {
-        tally_client::export::export(&mut client, &args.out, progress).await?
+        tally_client::export::export_with(&mut client, &args.out, args.content(), progress).await?
     };
     bar.finish_and_clear();
     let line = format!(
-        "exported {} records and {} anchors to {} (head {})",
+        "exported {} records ({}) and {} anchors to {} (head {})",
         summary.size,
+        content_note(summary.redacted, summary.openings),
         summary.anchors,
         if to_stdout {
             "stdout".into()
@@ -109,6 +126,15 @@ pub async fn run(target: &Target, args: &ExportArgs) -> anyhow::Result<()> {
         tpm::attest(&mut client, nonce, summary.last_anchor_size, &path).await?;
     }
     Ok(())
+}
+
+/// What the summary says about content.
+fn content_note(redacted: bool, openings: u64) -> String {
+    if redacted {
+        "redacted: no content".into()
+    } else {
+        format!("{openings} with content")
+    }
 }
 
 /// The summary on stdout, or on stderr when stdout holds the bundle.
@@ -141,18 +167,26 @@ async fn run_range(target: &Target, args: &ExportArgs, to_stdout: bool) -> anyho
     }
     let summary: RangeSummary = if to_stdout {
         let out = BufWriter::with_capacity(1 << 20, io::stdout());
-        let (summary, mut out) =
-            export_range_to(&mut client, first, last, out, Path::new("-")).await?;
+        let (summary, mut out) = export_range_to(
+            &mut client,
+            first,
+            last,
+            args.content(),
+            out,
+            Path::new("-"),
+        )
+        .await?;
         out.flush().context("cannot write the bundle to stdout")?;
         summary
     } else {
-        export_range(&mut client, first, last, &args.out).await?
+        export_range(&mut client, first, last, args.content(), &args.out).await?
     };
     let line = format!(
-        "exported seqs {}..{} ({} records) to {}, proven against the anchor at {} records (TPM counter {}, {} proof hashes)",
+        "exported seqs {}..{} ({} records, {}) to {}, proven against the anchor at {} records (TPM counter {}, {} proof hashes)",
         summary.first_seq,
         summary.last_seq,
         summary.last_seq - summary.first_seq + 1,
+        content_note(summary.redacted, summary.openings),
         if to_stdout {
             "stdout".into()
         } else {

@@ -147,6 +147,11 @@ fn json_fields(record: &DecodedRecord) -> Vec<(&'static str, Value)> {
     ];
     let (key, payload) = tally_client::record::payload_json(event);
     fields.push((key, payload));
+    // Only for a record with a content commitment: "present" (checked and
+    // joined back), "erased" or "redacted" (docs/EVENTS.md section 10).
+    if let Some(word) = record.content.word() {
+        fields.push(("content", Value::from(word)));
+    }
     fields.push(("entry_hash", Value::from(hex::encode(record.entry_hash))));
     fields.push((
         "prev_hash",

@@ -80,10 +80,11 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         .next_record(&mut buf)
         .with_context(|| format!("{}", path.display()))?
     {
-        let decoded = record::decode(&buf).with_context(|| {
-            let after = previous.map_or("the start".into(), |(seq, _)| format!("seq {seq}"));
-            format!("{}: the record after {after}", path.display())
-        })?;
+        let decoded = record::decode_with_content(&buf, reader.opening(), reader.absent())
+            .with_context(|| {
+                let after = previous.map_or("the start".into(), |(seq, _)| format!("seq {seq}"));
+                format!("{}: the record after {after}", path.display())
+            })?;
         if previous.is_none() && decoded.header.seq != reader.first_seq() {
             return Err(LinkError::First {
                 expected: reader.first_seq(),
@@ -140,6 +141,27 @@ impl<R: BufRead> Bundle<R> {
             Bundle::Log(reader) => reader.next_record(buf)?,
             Bundle::Range(reader) => reader.next_record(buf)?,
         })
+    }
+
+    /// The opening that followed the record last read, if any.
+    fn opening(&self) -> Option<&[u8]> {
+        match self {
+            Bundle::Log(reader) => reader.opening(),
+            Bundle::Range(reader) => reader.opening(),
+        }
+    }
+
+    /// What a committed record without its opening is in this bundle.
+    fn absent(&self) -> record::ContentState {
+        let redacted = match self {
+            Bundle::Log(reader) => reader.header().redacted,
+            Bundle::Range(reader) => reader.header().redacted,
+        };
+        if redacted {
+            record::ContentState::Redacted
+        } else {
+            record::ContentState::Erased
+        }
     }
 
     /// The seq the first record must have.

@@ -419,6 +419,10 @@ fn print_human(report: &Report, verdict: &Verdict, policy: Option<&AnchorPolicy>
     println!("anchors valid:      {}", anchors_line(&report.anchors));
     println!("counter continuous: {}", counter_line(&report.counter));
     println!("current:            {}", current_line(&report.current));
+    println!(
+        "content:            {}",
+        crate::cli::verify_content::content_line(&report.content)
+    );
     if let Some(line) = coverage_line(report) {
         println!("protected:          {line}");
     }

@@ -330,6 +330,7 @@ pub fn report_json(
         anchors(&report.anchors, lines.anchors),
         counter(&report.counter, lines.counter),
         current(&report.current, lines.current),
+        crate::cli::verify_content::content_check(&report.content),
     ];
     checks.extend(checkpoint_keys(report, policy));
     let (size, head) = match &report.chain {

@@ -132,6 +132,19 @@ fn print_human(report: &RangeReport, verdict: &Verdict, with_identity: bool) {
     println!("range:              {}", range_line(report));
     println!("anchor valid:       {}", anchor_line(&report.anchor));
     println!("records proven:     {}", records_line(report));
+    println!(
+        "content:            {}",
+        crate::cli::verify_content::content_line(&report.content)
+    );
+    if let Some(disclosed) = &report.disclosed {
+        println!(
+            "disclosed:          seq {}: {} bytes of content (after its {}-byte salt), opening the commitment {} in the proven record",
+            disclosed.seq,
+            disclosed.content_len,
+            tally_attest::content::SALT_LEN,
+            hex::encode(disclosed.commitment)
+        );
+    }
     println!("note: a range bundle proves nothing about the records outside it, beyond the root they share");
     if !with_identity {
         println!("note: without the log's identity, anyone could have made the anchor and the records together");
@@ -161,7 +174,16 @@ fn to_json(report: &RangeReport, verdict: &Verdict) -> Value {
         "tree_size": header.tree_size,
         "root": proven.map(|proven| hex::encode(proven.root)),
         "not_checked": not_checked,
-        "checks": [anchor_check(&report.anchor), records_check(report)],
+        "disclosed": report.disclosed.as_ref().map(|d| json!({
+            "seq": d.seq,
+            "content_len": d.content_len,
+            "commitment": hex::encode(d.commitment),
+        })),
+        "checks": [
+            anchor_check(&report.anchor),
+            records_check(report),
+            crate::cli::verify_content::content_check(&report.content),
+        ],
     })
 }
 

@@ -54,7 +54,9 @@ pub enum LiveItem {
     },
     Anchor(Vec<u8>),
     AnchorsDone,
-    Records(Vec<Vec<u8>>),
+    /// Records and their openings (`StoredRecord.content`: empty when the
+    /// record has none or it was erased).
+    Records(Vec<(Vec<u8>, Vec<u8>)>),
     End,
     Failed(ExportError),
 }
@@ -171,10 +173,10 @@ async fn produce<S: AsyncRead + AsyncWrite + Unpin>(
             // Continue after the last seq the daemon served (not a count),
             // so a record missing from the store shows as a gap here too.
             let after = last.seq.saturating_add(1).max(next + 1);
-            let records: Vec<Vec<u8>> = page
+            let records: Vec<(Vec<u8>, Vec<u8>)> = page
                 .into_iter()
                 .take_while(|record| record.seq < size)
-                .map(|record| Vec::from(record.record))
+                .map(|record| (Vec::from(record.record), Vec::from(record.content)))
                 .collect();
             send(LiveItem::Records(records))?;
             next = after;
@@ -231,7 +233,9 @@ pub struct LiveSections {
     header: BundleHeader,
     start: Option<TrustedStart>,
     anchors_done: bool,
-    page: VecDeque<Vec<u8>>,
+    page: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// The opening served with the record last returned (empty: none).
+    opening: Vec<u8>,
     done: bool,
 }
 
@@ -266,6 +270,7 @@ impl LiveSections {
                 start,
                 anchors_done: false,
                 page: VecDeque::new(),
+                opening: Vec::new(),
                 done: false,
             },
             attestation,
@@ -289,10 +294,12 @@ impl RecordSource for LiveSections {
             while self.next_anchor(&mut skipped)? {}
         }
         loop {
-            if let Some(record) = self.page.pop_front() {
+            if let Some((record, opening)) = self.page.pop_front() {
                 *buf = record;
+                self.opening = opening;
                 return Ok(true);
             }
+            self.opening.clear();
             if self.done {
                 return Ok(false);
             }
@@ -302,6 +309,11 @@ impl RecordSource for LiveSections {
                 _ => return Err(LiveError::Cut("record")),
             }
         }
+    }
+    /// An empty `StoredRecord.content` is no opening (the protocol cannot
+    /// tell an empty opening from none; a real one holds at least a salt).
+    fn opening(&self) -> Option<&[u8]> {
+        (!self.opening.is_empty()).then_some(self.opening.as_slice())
     }
 }
 

@@ -20,7 +20,9 @@ use tally_attest::range::{RangeHeader, RangeWriter, RANGE_FORMAT_VERSION};
 use tally_attest::{entry_hash, RecordHeader};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::export::{commit_file, partial_path, remove_partial, ExportError, Inconsistency};
+use crate::export::{
+    commit_file, partial_path, remove_partial, Content, ExportError, Inconsistency,
+};
 use crate::{proto, Client, ClientError};
 
 /// What a range export wrote.
@@ -35,6 +37,9 @@ pub struct RangeSummary {
     pub anchor_counter: u64,
     /// Hashes in the range proof.
     pub proof_hashes: usize,
+    /// Content sections written; 0 when redacted.
+    pub openings: u64,
+    pub redacted: bool,
 }
 
 /// Why a range cannot be exported (the request, not the daemon, is wrong).
@@ -79,6 +84,7 @@ pub async fn export_range<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut Client<S>,
     first: u64,
     last: Option<u64>,
+    content: Content,
     path: &Path,
 ) -> Result<RangeSummary, RangeError> {
     let partial = partial_path(path);
@@ -87,7 +93,7 @@ pub async fn export_range<S: AsyncRead + AsyncWrite + Unpin>(
         source,
     })?;
     let out = BufWriter::with_capacity(1 << 20, file);
-    let (summary, out) = export_range_to(client, first, last, out, &partial)
+    let (summary, out) = export_range_to(client, first, last, content, out, &partial)
         .await
         .inspect_err(|_| remove_partial(&partial))?;
     commit_file(out, &partial, path)?;
@@ -99,6 +105,7 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     client: &mut Client<S>,
     first: u64,
     last: Option<u64>,
+    content: Content,
     out: W,
     name: &Path,
 ) -> Result<(RangeSummary, W), RangeError> {
@@ -148,7 +155,7 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
         first_seq: first,
         count: end - first,
         tree_size: anchor.size,
-        redacted: false,
+        redacted: content.redacted(),
     };
     let write_err = |source| ExportError::Write {
         path: name.to_owned(),
@@ -156,6 +163,7 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     };
     let mut writer = RangeWriter::new(out, &header, &anchor_bytes, &proof).map_err(write_err)?;
     let mut leaves = Vec::new();
+    let mut openings = 0u64;
     let mut next = first;
     while next < end {
         let page = client.read(next, 0).await?;
@@ -177,6 +185,10 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             }
             leaves.push(entry_hash(&record.record));
             writer.record(&record.record).map_err(write_err)?;
+            if !content.redacted() && !record.content.is_empty() {
+                writer.content(next, &record.content).map_err(write_err)?;
+                openings += 1;
+            }
             next += 1;
         }
     }
@@ -207,9 +219,92 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             tree_size: anchor.size,
             anchor_counter: anchor.counter,
             proof_hashes: proof.len(),
+            openings,
+            redacted: content.redacted(),
         },
         out,
     ))
+}
+
+/// Why one record's content cannot be disclosed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscloseError {
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error("seq {seq} is not in the log (it holds {size} records)")]
+    NoSuchRecord { seq: u64, size: u64 },
+    #[error("seq {seq} has no content to disclose: its event had no payload and no personal attribute (or it was written before content commitments), so all of it is in the record itself: `tally export --from {seq} --to {seq}` proves it")]
+    NeverHadContent { seq: u64 },
+    #[error("seq {seq}'s content was erased (an erasure record covers it): there is nothing left to disclose")]
+    Erased { seq: u64 },
+    #[error("the daemon served content for seq {seq} that does not open the record's commitment (the stored content was changed): refusing to disclose it")]
+    Mismatch { seq: u64 },
+    #[error("seq {seq}'s record body is malformed: {source}")]
+    Body {
+        seq: u64,
+        source: tally_attest::content::ContentError,
+    },
+}
+
+/// Writes a range bundle of record `seq` alone with its content section
+/// (`tally disclose`), after checking that the record has content, that the
+/// daemon still holds it, and that it opens the record's commitment.
+pub async fn disclose_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
+    client: &mut Client<S>,
+    seq: u64,
+    out: W,
+    name: &Path,
+) -> Result<(RangeSummary, W), DiscloseError> {
+    let page = client.read(seq, 1).await.map_err(RangeError::from)?;
+    let Some(record) = page.into_iter().next().filter(|record| record.seq == seq) else {
+        let size = client.status().await.map_err(RangeError::from)?.size;
+        return Err(DiscloseError::NoSuchRecord { seq, size });
+    };
+    let body = record
+        .record
+        .get(tally_attest::HEADER_LEN..)
+        .unwrap_or_default();
+    let facts = tally_attest::content::BodyFacts::parse(body)
+        .map_err(|source| DiscloseError::Body { seq, source })?;
+    let Some(commitment) = facts.content_commitment else {
+        return Err(DiscloseError::NeverHadContent { seq });
+    };
+    if record.content.is_empty() {
+        return Err(DiscloseError::Erased { seq });
+    }
+    if tally_attest::content::commitment_of_opening(&record.content).ok() != Some(commitment) {
+        return Err(DiscloseError::Mismatch { seq });
+    }
+    let (summary, out) =
+        export_range_to(client, seq, Some(seq), Content::Included, out, name).await?;
+    if summary.openings != 1 {
+        // Erased between the two reads: the bundle would disclose nothing.
+        return Err(DiscloseError::Erased { seq });
+    }
+    Ok((summary, out))
+}
+
+/// [`disclose_to`] into `path`, written beside it and renamed into place
+/// once complete.
+pub async fn disclose<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Client<S>,
+    seq: u64,
+    path: &Path,
+) -> Result<RangeSummary, DiscloseError> {
+    let partial = partial_path(path);
+    let file = File::create(&partial)
+        .map_err(|source| ExportError::Write {
+            path: partial.clone(),
+            source,
+        })
+        .map_err(RangeError::from)?;
+    let out = BufWriter::with_capacity(1 << 16, file);
+    let (summary, out) = disclose_to(client, seq, out, &partial)
+        .await
+        .inspect_err(|_| remove_partial(&partial))?;
+    commit_file(out, &partial, path).map_err(RangeError::from)?;
+    Ok(summary)
 }
 
 /// Every stored anchor's counter, size and root, in counter order.

@@ -224,3 +224,33 @@ fn injected_lines_escapes_and_fake_fields_stay_inside_their_field() {
     assert!(line.contains(" esc=\"x\\u{1b}[2Jy\\n\" "), "{line}");
     assert!(line.contains(" \"uid=0 pid\"=1 "), "{line}");
 }
+
+#[test]
+fn a_committed_record_without_content_says_so_in_text_and_json() {
+    let mut record = record_of(Event {
+        kind: "gen_ai.chat".into(),
+        ..Default::default()
+    });
+    record.content = tally_client::record::ContentState::Erased;
+    let line = super::text::line(&record, "T");
+    assert!(
+        line.ends_with("(0 payload bytes) [content erased]"),
+        "{line}"
+    );
+    let mut out = Vec::new();
+    Renderer::with_zone(Mode::Json, None)
+        .write(&mut out, &record)
+        .unwrap();
+    let value: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(value["content"], "erased");
+    record.content = tally_client::record::ContentState::Redacted;
+    assert!(super::text::line(&record, "T").ends_with("[content redacted]"));
+    // A record without a commitment has no `content` member at all.
+    record.content = tally_client::record::ContentState::Inline;
+    let mut out = Vec::new();
+    Renderer::with_zone(Mode::Json, None)
+        .write(&mut out, &record)
+        .unwrap();
+    let value: Value = serde_json::from_slice(&out).unwrap();
+    assert!(value.get("content").is_none());
+}

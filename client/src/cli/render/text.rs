@@ -6,7 +6,7 @@
 
 use tally_client::attributes::{attributes, to_text, AttrRef};
 use tally_client::proto::{attribute_value, peer, Event, RecordBody};
-use tally_client::record::DecodedRecord;
+use tally_client::record::{ContentState, DecodedRecord};
 
 /// One record as one line: `TIME SEQ KIND actor=A subject=S [PEER] K=V...
 /// (N payload bytes)`.
@@ -33,6 +33,13 @@ pub fn line(record: &DecodedRecord, time: &str) -> String {
         out.push_str(&format!(" {}={shown}", token(key)));
     }
     out.push_str(&format!(" ({} payload bytes)", event.payload.len()));
+    // Not a field a client can write: the text comes after the payload's
+    // size, in brackets, as only the peer otherwise is.
+    match record.content {
+        ContentState::Erased => out.push_str(" [content erased]"),
+        ContentState::Redacted => out.push_str(" [content redacted]"),
+        ContentState::Inline | ContentState::Joined => {}
+    }
     out
 }
 

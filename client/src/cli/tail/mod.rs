@@ -260,8 +260,13 @@ impl Shown {
     /// record whose previous-hash is not the entry hash of the record just
     /// before it when that one was received too.
     fn show(&mut self, stored: &StoredRecord) -> anyhow::Result<()> {
+        // The daemon serves an empty content for a record without one, or
+        // whose content was erased; a served one is checked against the
+        // commitment before it is joined into the event.
+        let opening = (!stored.content.is_empty()).then_some(stored.content.as_ref());
         let decoded =
-            record::decode(&stored.record).with_context(|| format!("seq {}", stored.seq))?;
+            record::decode_with_content(&stored.record, opening, record::ContentState::Erased)
+                .with_context(|| format!("seq {}", stored.seq))?;
         if decoded.entry_hash.as_slice() != stored.entry_hash.as_ref() {
             bail!(
                 "seq {}: the daemon's entry hash does not match the record",
