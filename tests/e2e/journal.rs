@@ -28,7 +28,7 @@ use tally_tests::{
 const TAG_OFFSET: u64 = 24;
 
 /// A frame's first bytes (docs/DESIGN.md, section 5b).
-const FRAME_MAGIC: &[u8; 8] = b"TALLYJ01";
+const FRAME_MAGIC: &[u8; 8] = b"TALLYJ02";
 
 /// Frames start at multiples of this.
 const JOURNAL_BLOCK: usize = 4096;

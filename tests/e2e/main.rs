@@ -14,6 +14,7 @@ mod bad_input;
 mod cli;
 mod client_timeout;
 mod concurrency;
+mod content;
 mod crash;
 mod erasure;
 mod exposure;

@@ -66,7 +66,7 @@ fn exercised(ops: &[Timed]) -> Exercised {
         match &timed.op {
             Op::Write {
                 path, offset, data, ..
-            } if path == "store/ack-journal" && data.starts_with(b"TALLYJ01") => {
+            } if path == "store/ack-journal" && data.starts_with(b"TALLYJ02") => {
                 seen.frames += 1;
             }
             Op::Write {

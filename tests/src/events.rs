@@ -79,14 +79,33 @@ pub fn check_records(records: &[StoredRecord], from: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The event stored in a record.
+/// The event stored in a record, as it was sent: the hashed event with its
+/// content (payload, personal attributes; docs/DESIGN.md section 3b) joined
+/// back from the served opening, which is checked against the record's
+/// commitment first.
 pub fn stored_event(record: &StoredRecord) -> anyhow::Result<Event> {
     let decoded = tally_client::record::decode(&record.record)
         .with_context(|| format!("seq {}", record.seq))?;
-    decoded
+    let mut event = decoded
         .body
         .event
-        .with_context(|| format!("seq {}: record without an event", record.seq))
+        .with_context(|| format!("seq {}: record without an event", record.seq))?;
+    let commitment = decoded.body.content_commitment;
+    if record.content.is_empty() {
+        return Ok(event);
+    }
+    let opened = tally_attest::content::commitment_of_opening(&record.content)?;
+    ensure!(
+        commitment == opened,
+        "seq {}: the served content does not open the record's commitment",
+        record.seq
+    );
+    let (_, content) = tally_attest::content::split_opening(&record.content)?;
+    let content = <tally_client::proto::Content as prost::Message>::decode(content)?;
+    event.payload = content.payload;
+    event.attributes.extend(content.attributes);
+    event.typed_attributes.extend(content.typed_attributes);
+    Ok(event)
 }
 
 /// Hex of an ack's entry hash, as the CLI prints it.

@@ -87,7 +87,9 @@ impl Durable {
         // An erasure's batch goes to LMDB, with the journaled batches before
         // it (DESIGN 3b): its content deletes and `shred_pending` must be in
         // the transaction that holds its records.
-        if batch.byte_len() <= policy.journal_max_bytes && batch.erased().is_empty() {
+        if batch.byte_len() + batch.sealed_len() <= policy.journal_max_bytes
+            && batch.erased().is_empty()
+        {
             if let Some(journal) = &self.journal {
                 let (base, _) = batch.base();
                 if base != self.journaled.tip() {

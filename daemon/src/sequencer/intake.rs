@@ -174,7 +174,7 @@ impl Pipeline {
     fn journals(&self, batch: &Batch, used: usize) -> bool {
         self.journal_enabled
             && batch.erased().is_empty()
-            && batch.byte_len() <= self.policy.journal_max_bytes
+            && batch.byte_len() + batch.sealed_len() <= self.policy.journal_max_bytes
             && used < APPLY_AT_BYTES
     }
 

@@ -63,26 +63,31 @@ impl AppendJob {
         // ThreadRng: ChaCha12, seeded and periodically reseeded from the
         // OS's generator (a CSPRNG); one handle per job, not per event.
         let mut rng = rand::thread_rng();
+        // One commitment buffer for the job, moved into each body and back
+        // (an allocation per event was 2% of ingest).
+        let mut commitment = Vec::with_capacity(32);
         for mut event in events {
-            let commitment = personal.split(&mut event).map(|content| {
+            commitment.clear();
+            if let Some(content) = personal.split(&mut event) {
                 let mut salt = [0u8; SALT_LEN];
                 rng.fill_bytes(&mut salt);
                 openings.extend_from_slice(&salt);
                 let start = openings.len();
                 // Encoding into a Vec cannot fail (it grows as needed).
                 let _ = content.encode(&mut openings);
-                commit(&salt, &openings[start..]).to_vec()
-            });
+                commitment.extend_from_slice(&commit(&salt, &openings[start..]));
+            }
             opening_ends.push(openings.len());
             let body = RecordBody {
                 receive_time_unix_nanos,
                 peer: Some(peer),
                 event: Some(event),
-                content_commitment: commitment.unwrap_or_default(),
+                content_commitment: std::mem::take(&mut commitment),
                 ..Default::default()
             };
             let _ = body.encode(&mut bodies);
             ends.push(bodies.len());
+            commitment = body.content_commitment;
         }
         let content = (!openings.is_empty()).then(|| {
             Box::new(JobContent {

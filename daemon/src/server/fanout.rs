@@ -115,6 +115,8 @@ struct Ring {
     /// Everything before it is published (the newest page's `to`), or, with
     /// the ring empty, where publishing starts.
     end: u64,
+    /// Raised by [`Fanout::forget_pages`]: a page read before is not pushed.
+    generation: u64,
 }
 
 impl Ring {
@@ -127,6 +129,13 @@ impl Ring {
                 self.bytes -= old.body.len();
             }
         }
+    }
+
+    /// Drops every page, keeping `end`, and refuses pages read before.
+    fn forget(&mut self) {
+        self.pages.clear();
+        self.bytes = 0;
+        self.generation += 1;
     }
 
     fn restart(&mut self, at: u64) {
@@ -189,6 +198,16 @@ impl Fanout {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Drops every shared page (publishing goes on where it was): after an
+    /// erasure has destroyed its keys, pages encoded before may still hold
+    /// the erased content in memory (DESIGN 3b). Followers positioned in
+    /// them read the store instead, which no longer serves it; a page being
+    /// read meanwhile is read again. The erase handler calls this after the
+    /// erasure's ack.
+    pub fn forget_pages(&self) {
+        self.ring().forget();
+    }
+
     /// Registers a follower, starting the publisher on first use.
     pub(super) fn join(
         self: &Arc<Self>,
@@ -237,6 +256,7 @@ async fn publish(
         while next < size && fanout.followers.load(Ordering::Acquire) > 0 {
             let Some(store) = store.upgrade() else { return };
             let from = next;
+            let generation = fanout.ring().generation;
             let scan_limits = (limits.read_page_records, limits.max_frame);
             let read = tokio::task::spawn_blocking(move || {
                 let filter = proto::Filter::default();
@@ -256,8 +276,15 @@ async fn publish(
             .await;
             match read {
                 Ok(Ok(page)) if page.to > from => {
+                    let mut ring = fanout.ring();
+                    // Read before a `forget_pages`: it may hold erased
+                    // content; read it again.
+                    if ring.generation != generation {
+                        continue;
+                    }
                     next = page.to;
-                    fanout.ring().push(Arc::new(page));
+                    ring.push(Arc::new(page));
+                    drop(ring);
                     fanout.published.send_replace(next);
                 }
                 Ok(Ok(_)) => break,

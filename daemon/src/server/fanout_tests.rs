@@ -103,3 +103,24 @@ fn the_ring_is_bounded_and_keeps_its_newest_page() {
     assert_eq!(ring.pages.len(), 1);
     assert!(matches!(ring.position(huge), Position::Page(_)));
 }
+
+#[test]
+fn forgetting_the_pages_keeps_the_end_and_sends_followers_to_the_store() {
+    //! After an erasure the ring's pages may hold erased content: forget
+    //! drops them (a follower there reads the store, up to the end already
+    //! published) and raises the generation a page read before is checked
+    //! against.
+    let mut ring = Ring::default();
+    ring.restart(0);
+    ring.push(page(0, 5, 8));
+    ring.push(page(5, 5, 8));
+    let generation = ring.generation;
+    ring.forget();
+    assert!(ring.pages.is_empty());
+    assert_eq!(ring.bytes, 0);
+    assert_eq!(ring.end, 10);
+    assert_ne!(ring.generation, generation);
+    assert!(matches!(ring.position(0), Position::ReadTo(10)));
+    assert!(matches!(ring.position(5), Position::ReadTo(10)));
+    assert!(matches!(ring.position(10), Position::Wait));
+}

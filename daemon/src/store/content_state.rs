@@ -2,7 +2,6 @@
 //! still have content, their openings decrypted for a read, and the
 //! shredding that finishes an erasure (`shred_pending`).
 
-use heed::RoTxn;
 use prost::Message;
 use tally_attest::content::SeqRanges;
 use tally_client::proto;
@@ -78,20 +77,21 @@ impl Store {
         Ok(())
     }
 
-    /// Fills each record's `content` with its opening, decrypted, when it
-    /// has a content row and its key is not destroyed. The keys are read
-    /// in one `pread` per run of nearby seqs, not per record.
+    /// Fills each record's `content` with its opening, decrypted from its
+    /// content row (`rows[i]`, read by the scan from the same snapshot),
+    /// when it has one and its key is not destroyed. The keys are read in
+    /// one `pread` per run of nearby seqs, not per record.
     pub(super) fn open_contents(
         &self,
-        rtxn: &RoTxn<'_>,
         records: &mut [StoredRecord],
+        rows: &[Option<&[u8]>],
     ) -> Result<(), StoreError> {
-        let mut sealed = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            if let Some(bytes) = self.content.get(rtxn, &record.seq)? {
-                sealed.push((i, record.seq, bytes));
-            }
-        }
+        let sealed: Vec<(usize, u64, &[u8])> = records
+            .iter()
+            .zip(rows)
+            .enumerate()
+            .filter_map(|(i, (record, row))| row.map(|bytes| (i, record.seq, bytes)))
+            .collect();
         // Runs of seqs within KEYS_SPAN of their run's first, in the order
         // read (ascending forward, descending for a newest-first scan).
         let mut at = 0;

@@ -340,6 +340,10 @@ impl Store {
                         "records exist but no format version",
                     ));
                 }
+                // A key file beside a store never committed: left by a crash
+                // of a first start between creating the key file and
+                // committing the log id it was made for. No record used it.
+                forget_orphan_keys(dir)?;
                 let log_id: [u8; 16] = rand::random();
                 meta.put(
                     &mut wtxn,
@@ -503,6 +507,22 @@ impl Store {
         self.resize_gate
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Removes the key file of a store that has no log id yet (see its caller).
+fn forget_orphan_keys(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(content_keys::FILE_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), "removed a content key file left by an interrupted first start");
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::ContentKeys(ContentKeysError::Io {
+            path,
+            source,
+        })),
     }
 }
 

@@ -116,6 +116,7 @@ impl Store {
         // The link of the record examined just before (newest: seq + 1).
         let mut above: Option<(u64, Option<Hash>)> = None;
         let mut bytes = 0usize;
+        let mut sealed: Vec<Option<&[u8]>> = Vec::new();
         let mut resume_seq = done;
         for (examined, entry) in (0u64..).zip(entries) {
             let (seq, record) = entry?;
@@ -141,11 +142,16 @@ impl Store {
             if !record_matches(scan.filter, record) {
                 continue;
             }
-            if !records.is_empty() && bytes + record.len() > scan.max_bytes {
+            // The page carries the record's sealed opening too (decrypted
+            // below, the same length): its bytes count against the bound.
+            let content = self.content.get(&rtxn, &seq)?;
+            let len = record.len() + content.map_or(0, <[u8]>::len);
+            if !records.is_empty() && bytes + len > scan.max_bytes {
                 resume_seq = stop_at(seq);
                 break;
             }
-            bytes += record.len();
+            bytes += len;
+            sealed.push(content);
             records.push(StoredRecord {
                 seq,
                 bytes: record.to_vec(),
@@ -163,7 +169,7 @@ impl Store {
             }
         }
         // The openings, decrypted (AES-CTR, no hash): DESIGN 3b's reading.
-        self.open_contents(&rtxn, &mut records)?;
+        self.open_contents(&mut records, &sealed)?;
         let mut entry_hashes = Vec::with_capacity(records.len());
         for (record, hash) in records.iter().zip(hashes) {
             entry_hashes.push(match hash {

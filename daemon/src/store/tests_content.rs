@@ -254,3 +254,22 @@ fn a_format_4_store_is_upgraded_in_place() {
     assert_eq!(version, &FORMAT_VERSION.to_be_bytes());
     assert_eq!(FORMAT_VERSION, 5);
 }
+
+#[test]
+fn a_key_file_left_by_an_interrupted_first_start_is_replaced() {
+    //! A crash of a first start after the key file was created and before
+    //! the store's log id committed left a key file of a log that never
+    //! was: the next start replaces it instead of refusing (found by the
+    //! power-loss explorer).
+    let dir = tempfile::tempdir().unwrap();
+    drop(ContentKeys::open(dir.path(), &[9; 16], 0).unwrap());
+    let store = Store::open(dir.path(), SMALL).unwrap();
+    commit_records(&store, &[Some(b"after")]);
+    assert!(scan_all(&store)[0].content.is_some());
+    drop(store);
+    // Once the store exists, another log's key file is refused, not replaced.
+    std::fs::remove_file(dir.path().join(content_keys::FILE_NAME)).unwrap();
+    drop(ContentKeys::open(dir.path(), &[9; 16], 0).unwrap());
+    let err = Store::open(dir.path(), SMALL).unwrap_err();
+    assert!(err.to_string().contains("belongs to another log"), "{err}");
+}

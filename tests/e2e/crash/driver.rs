@@ -70,7 +70,7 @@ pub struct Report {
     pub kills: BTreeMap<&'static str, u64>,
     pub acked: usize,
     pub size: u64,
-    /// The smallest record stored, in bytes.
+    /// The smallest record stored, with its content, in bytes.
     pub min_record_bytes: u64,
     /// Records stored whose ack the kill cut off (allowed: never acked).
     pub unacked_stored: u64,

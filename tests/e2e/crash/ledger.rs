@@ -195,6 +195,11 @@ pub async fn check_all(daemon: &Daemon, ledger: &Ledger) -> anyhow::Result<(u64,
     let head = records
         .last()
         .map_or([0; 32], |last| tally_attest::entry_hash(&last.record));
-    let smallest = records.iter().map(|record| record.record.len()).min();
+    // A record's bytes in a batch: the record and its sealed opening (as
+    // long as the opening served), which the journal's limit counts too.
+    let smallest = records
+        .iter()
+        .map(|record| record.record.len() + record.content.len())
+        .min();
     Ok((size, head, smallest.unwrap_or(0) as u64))
 }
