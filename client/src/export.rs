@@ -79,6 +79,18 @@ pub enum Inconsistency {
     ChainBroken { seq: u64 },
     #[error("records do not chain up to the reported head")]
     HeadMismatch,
+    /// The served content does not open the record's commitment (the
+    /// sealed value was changed in the store): `tally verify --live` names
+    /// the same seq; `--redact` exports without it.
+    #[error("seq {seq}: the content served does not open the record's commitment (changed in the store)")]
+    ContentMismatch { seq: u64 },
+    #[error("seq {seq}: content was served for a record without a content commitment")]
+    ContentWithoutCommitment { seq: u64 },
+    #[error("seq {seq}: {source}")]
+    Body {
+        seq: u64,
+        source: tally_attest::content::ContentError,
+    },
     #[error("the proof of seq {seq}: {why}")]
     Proof { seq: u64, why: String },
     #[error("the records and the daemon's proof hashes do not lead to the root of anchor {counter} ({source})")]
@@ -187,9 +199,9 @@ pub(crate) fn commit_file(
 /// [`export_with`] into any writer (`tally export --out -`: stdout); `name`
 /// names it in errors and in the summary. Returns the writer, flushed.
 ///
-/// Openings are written as served, not judged: one that does not open its
-/// commitment (a sealed value edited in the store) goes into the bundle,
-/// where `tally verify` names its seq, rather than stopping the export.
+/// Each served opening is checked against its record's commitment before
+/// it is written ([`check_opening`]), as the links are: a daemon serving
+/// content its records did not commit to is an error, not a bundle.
 pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     client: &mut Client<S>,
     out: W,
@@ -271,6 +283,7 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             running = entry_hash(&record.record);
             writer.record(&record.record).map_err(write_err)?;
             if !content.redacted() && !record.content.is_empty() {
+                check_opening(next, &record.record, &record.content)?;
                 writer.content(next, &record.content).map_err(write_err)?;
                 openings += 1;
             }
@@ -294,4 +307,21 @@ pub async fn export_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
         },
         out,
     ))
+}
+
+/// That `opening` (served with record `seq`, not empty) opens the record's
+/// commitment: the check `tally verify` makes, made before writing it.
+pub(crate) fn check_opening(seq: u64, record: &[u8], opening: &[u8]) -> Result<(), Inconsistency> {
+    let body = record.get(tally_attest::HEADER_LEN..).unwrap_or_default();
+    let facts = tally_attest::content::BodyFacts::parse(body)
+        .map_err(|source| Inconsistency::Body { seq, source })?;
+    match facts.content_commitment {
+        None => Err(Inconsistency::ContentWithoutCommitment { seq }),
+        Some(commitment)
+            if tally_attest::content::commitment_of_opening(opening).ok() == Some(commitment) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(Inconsistency::ContentMismatch { seq }),
+    }
 }

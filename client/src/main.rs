@@ -84,7 +84,9 @@ enum Command {
     Disclose(cli::disclose::DiscloseArgs),
     /// Verify a bundle offline (no daemon, no TPM needed) against the log's
     /// identity: chain intact, origin (genesis), anchors valid, counter
-    /// continuous, current (--attestation, --nonce); a range bundle: its
+    /// continuous, current (--attestation, --nonce), content (each against
+    /// its record's commitment; absent content only under an erasure
+    /// record, or in a --redact bundle); a range bundle: its
     /// records are exactly those entries of the anchored log. Or, with
     /// --live, the daemon's log as it streams it, with no bundle file (with
     /// --trusted: only what is new since that anchor). Exit 0 PASS,

@@ -188,3 +188,167 @@ fn the_live_source_passes_the_served_opening_as_a_bundle_does() {
         "{from_file:?}"
     );
 }
+
+#[test]
+fn an_export_refuses_content_its_record_did_not_commit_to() {
+    //! A sealed value edited in the store decrypts to other bytes: the
+    //! exporter must stop, naming the seq, rather than write them.
+    use crate::export::{check_opening, Inconsistency};
+    let (record, mut opening) = committed(6, [0; 32], b"six");
+    assert!(check_opening(6, &record, &opening).is_ok());
+    opening[33] ^= 1;
+    assert!(matches!(
+        check_opening(6, &record, &opening),
+        Err(Inconsistency::ContentMismatch { seq: 6 })
+    ));
+    let mut plain = Vec::new();
+    RecordHeader {
+        seq: 2,
+        prev_hash: [0; 32],
+    }
+    .encode_into(&mut plain);
+    RecordBody::default().encode(&mut plain).unwrap();
+    assert!(matches!(
+        check_opening(2, &plain, &opening),
+        Err(Inconsistency::ContentWithoutCommitment { seq: 2 })
+    ));
+}
+
+/// A scripted daemon on the other end of an in-memory pipe, for the
+/// exporter's own refusals (the daemon's side of content is the storage
+/// slice's; this serves fixed replies only): a log of `records`, no anchors.
+fn scripted(
+    server: tokio::io::DuplexStream,
+    records: Vec<crate::proto::StoredRecord>,
+) -> tokio::task::JoinHandle<()> {
+    use crate::proto::{request, response, Anchors, Records, Request, Response, StatusReply};
+    use futures::{SinkExt, StreamExt};
+    tokio::spawn(async move {
+        let mut framed = tokio_util::codec::Framed::new(
+            server,
+            crate::frame::codec(crate::frame::MAX_RESPONSE_FRAME),
+        );
+        let head = records
+            .last()
+            .map_or(GENESIS_PREV.to_vec(), |r| entry_hash(&r.record).to_vec());
+        while let Some(Ok(bytes)) = framed.next().await {
+            let request = Request::decode(bytes).unwrap();
+            let body = match request.body.unwrap() {
+                request::Body::Hello(_) => response::Body::Hello(crate::proto::HelloReply {
+                    protocol_version: crate::PROTOCOL_VERSION,
+                    ..Default::default()
+                }),
+                request::Body::Status(_) => response::Body::Status(StatusReply {
+                    size: records.len() as u64,
+                    head_hash: head.clone(),
+                    log_id: vec![1; 16],
+                    ..Default::default()
+                }),
+                request::Body::ReadAnchors(_) => response::Body::Anchors(Anchors::default()),
+                request::Body::Read(read) => response::Body::Records(Records {
+                    records: records
+                        .iter()
+                        .skip(read.from_seq as usize)
+                        .cloned()
+                        .collect(),
+                    ..Default::default()
+                }),
+                other => panic!("unscripted request {other:?}"),
+            };
+            let reply = Response {
+                id: request.id,
+                body: Some(body),
+            };
+            framed.send(crate::frame::encode(&reply)).await.unwrap();
+        }
+    })
+}
+
+fn stored(seq: u64, record: Vec<u8>, content: Vec<u8>) -> crate::proto::StoredRecord {
+    crate::proto::StoredRecord {
+        seq,
+        entry_hash: entry_hash(&record).to_vec().into(),
+        record: record.into(),
+        content: content.into(),
+    }
+}
+
+#[tokio::test]
+async fn the_exporter_stops_at_content_that_does_not_open_its_commitment() {
+    //! Root edits a sealed opening in the store: the export names the seq
+    //! instead of writing a bundle; `--redact` still exports the commitments.
+    let (r0, o0) = committed(0, GENESIS_PREV, b"zero");
+    let (r1, mut o1) = committed(1, entry_hash(&r0), b"one");
+    o1[40] ^= 1;
+    let log = vec![stored(0, r0, o0), stored(1, r1, o1)];
+    let (stream, server) = tokio::io::duplex(1 << 20);
+    let daemon = scripted(server, log.clone());
+    let mut client = crate::Client::handshake(stream, "t").await.unwrap();
+    let name = std::path::Path::new("-");
+    let refused = crate::export::export_to(
+        &mut client,
+        Vec::new(),
+        name,
+        crate::export::Content::Included,
+        |_, _| {},
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(crate::export::ExportError::Inconsistent(
+                crate::export::Inconsistency::ContentMismatch { seq: 1 }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let (summary, bytes) = crate::export::export_to(
+        &mut client,
+        Vec::new(),
+        name,
+        crate::export::Content::Redacted,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(summary.redacted && summary.openings == 0);
+    let report = verify_bundle(bytes.as_slice(), VerifyOptions::default(), |_, _| {}).unwrap();
+    assert!(report.header.redacted);
+    assert!(matches!(
+        report.content,
+        ContentVerdict::Checked(tally_attest::verify::ContentSummary { redacted: 2, .. })
+    ));
+    drop(client);
+    daemon.await.unwrap();
+}
+
+#[tokio::test]
+async fn disclose_refuses_an_erased_content_and_a_record_that_never_had_one() {
+    let (r0, _) = committed(0, GENESIS_PREV, b"zero");
+    let mut plain = Vec::new();
+    RecordHeader {
+        seq: 1,
+        prev_hash: entry_hash(&r0),
+    }
+    .encode_into(&mut plain);
+    RecordBody::default().encode(&mut plain).unwrap();
+    // Seq 0 committed but served without content: erased.
+    let log = vec![stored(0, r0, Vec::new()), stored(1, plain, Vec::new())];
+    let (stream, server) = tokio::io::duplex(1 << 20);
+    let daemon = scripted(server, log);
+    let mut client = crate::Client::handshake(stream, "t").await.unwrap();
+    let name = std::path::Path::new("-");
+    use crate::export::range::{disclose_to, DiscloseError};
+    let erased = disclose_to(&mut client, 0, Vec::new(), name).await;
+    assert!(
+        matches!(erased, Err(DiscloseError::Erased { seq: 0 })),
+        "{erased:?}"
+    );
+    let never = disclose_to(&mut client, 1, Vec::new(), name).await;
+    assert!(
+        matches!(never, Err(DiscloseError::NeverHadContent { seq: 1 })),
+        "{never:?}"
+    );
+    drop(client);
+    daemon.await.unwrap();
+}

@@ -33,6 +33,7 @@ mod power_loss;
 mod proofs;
 mod range_export;
 mod readme;
+mod redaction;
 mod shutdown;
 mod systemd;
 mod tail;

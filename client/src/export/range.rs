@@ -21,7 +21,7 @@ use tally_attest::{entry_hash, RecordHeader};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::export::{
-    commit_file, partial_path, remove_partial, Content, ExportError, Inconsistency,
+    check_opening, commit_file, partial_path, remove_partial, Content, ExportError, Inconsistency,
 };
 use crate::{proto, Client, ClientError};
 
@@ -186,6 +186,7 @@ pub async fn export_range_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
             leaves.push(entry_hash(&record.record));
             writer.record(&record.record).map_err(write_err)?;
             if !content.redacted() && !record.content.is_empty() {
+                check_opening(next, &record.record, &record.content)?;
                 writer.content(next, &record.content).map_err(write_err)?;
                 openings += 1;
             }
