@@ -4,12 +4,6 @@
 //! verifies; `tally disclose` proves one record's content alone; `tail` and
 //! `show` join it back. Real daemon, real swtpm; root's attacks edit or drop
 //! a content section in the bundle file.
-//!
-//! These need the storage slice's ingest split (records carrying a
-//! `content_commitment`, `StoredRecord.content` served): until it is merged
-//! the daemon keeps payloads inside the records and every test here would
-//! fail on its first assertion, so they are ignored with that reason rather
-//! than weakened.
 
 use prost::Message;
 use serde_json::Value;
@@ -20,8 +14,6 @@ use tally_tests::swtpm::Swtpm;
 use tally_tests::{Daemon, Run};
 
 const CONTENT: u8 = tally_attest::bundle::SectionKind::Content as u8;
-const NEEDS_INGEST: &str =
-    "needs the storage slice's content commitments at ingest (un-ignore at the merge)";
 
 fn file(daemon: &Daemon, name: &str) -> String {
     daemon.dir().join(name).display().to_string()
@@ -73,9 +65,7 @@ async fn anchored_log(tpm: &Swtpm) -> Daemon {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the storage slice's content commitments at ingest (un-ignore at the merge)"]
 async fn an_export_carries_each_content_and_an_edit_of_one_fails_naming_its_seq() {
-    let _ = NEEDS_INGEST;
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = anchored_log(&tpm).await;
     let id = identity(&daemon);
@@ -172,7 +162,6 @@ async fn an_export_carries_each_content_and_an_edit_of_one_fails_naming_its_seq(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the storage slice's content commitments at ingest (un-ignore at the merge)"]
 async fn tail_and_show_join_the_content_back_and_refuse_an_edited_one() {
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = anchored_log(&tpm).await;
@@ -212,7 +201,6 @@ async fn tail_and_show_join_the_content_back_and_refuse_an_edited_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the storage slice's content commitments at ingest (un-ignore at the merge)"]
 async fn a_redacted_export_holds_no_content_and_still_verifies() {
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = anchored_log(&tpm).await;
@@ -282,7 +270,6 @@ async fn a_redacted_export_holds_no_content_and_still_verifies() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the storage slice's content commitments at ingest (un-ignore at the merge)"]
 async fn a_disclosure_proves_one_content_alone_and_refuses_what_it_cannot() {
     let Some(tpm) = Swtpm::start() else { return };
     let daemon = anchored_log(&tpm).await;

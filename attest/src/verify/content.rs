@@ -77,6 +77,20 @@ pub enum ContentDamage {
     MalformedBody { seq: u64, error: ContentError },
 }
 
+impl ContentDamage {
+    /// The damaged record (for an erasure that names its own future, the
+    /// erasure record).
+    pub fn seq(&self) -> u64 {
+        match self {
+            ContentDamage::ContentMismatch { seq }
+            | ContentDamage::ContentMissing { seq }
+            | ContentDamage::ErasedContentPresent { seq, .. }
+            | ContentDamage::MalformedBody { seq, .. } => *seq,
+            ContentDamage::ErasureBeyondItself { erasure_seq } => *erasure_seq,
+        }
+    }
+}
+
 /// What the content checks found, when nothing failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ContentSummary {

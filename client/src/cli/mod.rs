@@ -5,8 +5,8 @@
 pub mod anchors;
 pub mod append;
 pub mod connect;
-pub mod erase;
 pub mod disclose;
+pub mod erase;
 pub mod export;
 pub mod progress;
 pub mod proof;

@@ -13,7 +13,8 @@ use std::fmt::Debug;
 use serde_json::{json, Map, Value};
 use tally_attest::anchor::{AnchorPolicy, CounterFinding};
 use tally_attest::verify::{
-    AnchorViolation, AnchorsVerdict, CounterVerdict, CurrentVerdict, OriginVerdict, Verdict,
+    AnchorViolation, AnchorsVerdict, ContentVerdict, CounterVerdict, CurrentVerdict, OriginVerdict,
+    Verdict,
 };
 use tally_attest::Report;
 
@@ -349,7 +350,13 @@ pub fn report_json(
         "log_id": hex::encode(&report.header.log_id),
         "size": size,
         "head_hash": head,
-        "first_bad_seq": report.chain.as_ref().err().map(|damage| damage.first_bad_seq()),
+        // The chain's damage, else the content check's (a record whose
+        // content was removed or swapped is a damaged record too).
+        "first_bad_seq": match (&report.chain, &report.content) {
+            (Err(damage), _) => Some(damage.first_bad_seq()),
+            (Ok(_), ContentVerdict::Damaged(damage)) => Some(damage.seq()),
+            _ => None,
+        },
         "anchor_count": match report.anchors {
             AnchorsVerdict::Valid { count, .. } => Some(count),
             _ => None,

@@ -75,6 +75,9 @@ pub async fn erase(
     }
     let acks = rx.await.map_err(|_| RequestError::SequencerDropped)??;
     reply.erasure_seqs = acks.iter().map(|ack| ack.seq).collect();
+    // The keys are destroyed; pages the fan-out encoded before may still
+    // hold the erased content in memory (DESIGN 3b).
+    shared.fanout.forget_pages();
     tracing::info!(
         %peer,
         erased = reply.erased,

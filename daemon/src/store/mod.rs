@@ -43,9 +43,9 @@ use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, W
 use tally_attest::merkle::{Frontier, MerkleError};
 
 mod anchors;
-mod erasable;
 pub(crate) mod content_keys;
 mod content_state;
+mod erasable;
 mod growth;
 mod map_advice;
 mod records;
@@ -69,8 +69,8 @@ mod verify;
 
 pub use crate::batch::{Batch, Head, Tip};
 pub use anchors::anchor_size;
-pub use erasable::{Erasable, Selected};
 pub use content_keys::{ContentKeys, ContentKeysError};
+pub use erasable::{Erasable, Selected};
 pub use records::StoredRecord;
 pub use scan::{Scan, ScanPage};
 pub use space::{
