@@ -132,7 +132,7 @@ async fn append_tail_and_status_round_trip() -> anyhow::Result<()> {
     let status: Value = serde_json::from_str(run.stdout.trim())?;
     assert_eq!(status["size"], 5);
     assert_eq!(status["head_hash"], all[4].1.as_str());
-    assert_eq!(status["format_version"], 4);
+    assert_eq!(status["format_version"], 5);
     assert_eq!(status["queued_events"], 0);
     assert_eq!(status["log_id"].as_str().unwrap().len(), 32);
     assert!(status["server"].as_str().unwrap().starts_with("tallyd/"));

@@ -442,8 +442,19 @@ async fn verify_erasures_pass_and_content_removed_or_swapped_by_root_fails_namin
     })
     .unwrap();
     daemon.restart().unwrap();
-    let (code, doc) = export_verify(&daemon, &identity, "swapped.bundle");
-    assert_eq!(code, 1, "{doc}");
+    // The export itself checks each served content against its record's
+    // commitment and refuses, naming the seq; `verify --live` says the same.
+    let bundle = daemon.dir().join("swapped.bundle");
+    let run = daemon
+        .tally(&["export", "--out", bundle.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("seq 6"), "{run:?}");
+    let run = daemon
+        .tally(&["verify", "--live", "--identity", &identity, "--json"])
+        .unwrap();
+    assert_eq!(run.code, 1, "{run:?}");
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(doc["first_bad_seq"], 6, "{doc}");
 
     // Root puts 6 back and deletes a kept content row (no erasure record

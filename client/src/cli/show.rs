@@ -83,7 +83,10 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         let decoded = record::decode_with_content(&buf, reader.opening(), reader.absent())
             .with_context(|| {
                 let after = previous.map_or("the start".into(), |(seq, _)| format!("seq {seq}"));
-                format!("{}: the record after {after}", path.display())
+                format!(
+                    "{}: the record after {after} (run `tally verify` on the bundle)",
+                    path.display()
+                )
             })?;
         if previous.is_none() && decoded.header.seq != reader.first_seq() {
             return Err(LinkError::First {

@@ -257,9 +257,14 @@ pub async fn disclose_to<S: AsyncRead + AsyncWrite + Unpin, W: Write>(
     out: W,
     name: &Path,
 ) -> Result<(RangeSummary, W), DiscloseError> {
+    // A read past the log's end is the daemon's OUT_OF_RANGE: ask the size
+    // first, so the refusal names the record and the log's size.
+    let size = client.status().await.map_err(RangeError::from)?.size;
+    if seq >= size {
+        return Err(DiscloseError::NoSuchRecord { seq, size });
+    }
     let page = client.read(seq, 1).await.map_err(RangeError::from)?;
     let Some(record) = page.into_iter().next().filter(|record| record.seq == seq) else {
-        let size = client.status().await.map_err(RangeError::from)?.size;
         return Err(DiscloseError::NoSuchRecord { seq, size });
     };
     let body = record

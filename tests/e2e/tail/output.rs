@@ -110,6 +110,7 @@ async fn each_output_mode_has_its_documented_shape() {
             "client_time",
             "client_time_unix_nanos",
             "payload",
+            "content",
             "entry_hash",
             "prev_hash",
         ]

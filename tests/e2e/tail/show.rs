@@ -171,8 +171,9 @@ async fn show_stops_at_an_edited_or_dropped_record() {
             .unwrap()
     };
 
-    // One payload byte of seq 3: seq 3's entry hash changes, so seq 4 no
-    // longer links to it.
+    // The last byte of seq 3 (its content commitment, the body's last
+    // field): show refuses seq 3 itself, whose content no longer opens it
+    // (seq 4 would not link to it either).
     let mut edited = bytes.clone();
     let end = at(3) + records[3].record.len();
     edited[end - 1] ^= 0x01;
@@ -180,10 +181,10 @@ async fn show_stops_at_an_edited_or_dropped_record() {
     fs::write(&path, &edited).unwrap();
     let run = show(&daemon, path.to_str().unwrap(), &["-o", "json"]);
     assert_eq!(run.code, 2, "{run:?}");
-    assert_eq!(json_lines(&run.stdout).len(), 4, "{run:?}");
+    assert_eq!(json_lines(&run.stdout).len(), 3, "{run:?}");
     assert!(
         run.stderr
-            .contains("seq 4: its previous-hash is not the entry hash of seq 3"),
+            .contains("seq 3: its content does not match the record's commitment"),
         "{run:?}"
     );
     assert!(run.stderr.contains("tally verify"), "{run:?}");
