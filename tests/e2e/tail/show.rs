@@ -189,9 +189,16 @@ async fn show_stops_at_an_edited_or_dropped_record() {
     );
     assert!(run.stderr.contains("tally verify"), "{run:?}");
 
-    // Seq 2's section (5-byte head and the record) removed.
+    // Seq 2's record section (5-byte head and the record) removed, with the
+    // content section that follows it (kind, u32 length, seq || opening).
     let mut dropped = bytes.clone();
-    dropped.drain(at(2) - 5..at(2) + records[2].record.len());
+    let record_end = at(2) + records[2].record.len();
+    assert_eq!(
+        bytes[record_end],
+        tally_attest::bundle::SectionKind::Content as u8
+    );
+    let content_len = u32::from_be_bytes(bytes[record_end + 1..record_end + 5].try_into().unwrap());
+    dropped.drain(at(2) - 5..record_end + 5 + content_len as usize);
     let path = daemon.dir().join("dropped.bundle");
     fs::write(&path, &dropped).unwrap();
     let run = show(&daemon, path.to_str().unwrap(), &["-o", "json"]);
