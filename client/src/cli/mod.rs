@@ -4,6 +4,7 @@
 
 pub mod anchors;
 pub mod append;
+pub mod check_json;
 pub mod connect;
 pub mod disclose;
 pub mod erase;

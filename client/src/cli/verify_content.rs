@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 use tally_attest::verify::{ContentDamage, ContentSummary, ContentVerdict};
 
-use crate::cli::verify_json::{check, kind_of, Status};
+use crate::cli::check_json::{check, kind_of, Status};
 
 /// The text line.
 pub fn content_line(verdict: &ContentVerdict) -> String {

@@ -13,18 +13,6 @@ use super::{seal, Store, StoreError, META_SHRED_PENDING};
 /// `pread` of the keys between them (a sparse page of a filtered read).
 const KEYS_SPAN: u64 = 4096;
 
-/// The `shred_pending` value: the `Erasure` encoding of the ranges.
-pub(super) fn encode_erasure(ranges: &SeqRanges) -> Vec<u8> {
-    proto::Erasure {
-        erased: ranges
-            .ranges()
-            .iter()
-            .map(|&(from_seq, to_seq)| proto::SeqRange { from_seq, to_seq })
-            .collect(),
-    }
-    .encode_to_vec()
-}
-
 impl Store {
     /// The seqs in `[from, to)` that have a content row (content not
     /// erased), from one snapshot, reading keys only.

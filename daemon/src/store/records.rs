@@ -4,9 +4,10 @@
 
 use heed::types::Bytes;
 use heed::PutFlags;
+use prost::Message;
 use tally_attest::{entry_hash, Hash};
+use tally_client::proto;
 
-use super::content_state::encode_erasure;
 use super::times::TimeEntries;
 use super::tree::tree_key;
 use super::{
@@ -212,4 +213,16 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// The `shred_pending` value: the `Erasure` encoding of the ranges.
+pub(super) fn encode_erasure(ranges: &SeqRanges) -> Vec<u8> {
+    proto::Erasure {
+        erased: ranges
+            .ranges()
+            .iter()
+            .map(|&(from_seq, to_seq)| proto::SeqRange { from_seq, to_seq })
+            .collect(),
+    }
+    .encode_to_vec()
 }
