@@ -21,6 +21,7 @@ use tally_tests::{binary, Daemon, Run};
 
 /// Section kind of the range proof.
 const PROOF: u8 = tally_attest::bundle::SectionKind::Proof as u8;
+const CONTENT: u8 = tally_attest::bundle::SectionKind::Content as u8;
 
 fn file(daemon: &Daemon, name: &str) -> String {
     daemon.dir().join(name).display().to_string()
@@ -140,13 +141,16 @@ async fn a_range_export_verifies_alone_at_the_start_the_end_and_across_anchors()
         let bytes = std::fs::read(&bundle).unwrap();
         let parts = sections(&bytes);
         let kinds: Vec<u8> = parts.iter().map(|(kind, _)| *kind).collect();
+        // Each record is followed by its content section (section 0x05).
         let mut expected = vec![HEADER, ANCHOR, PROOF];
-        expected.extend(std::iter::repeat_n(RECORD, count as usize));
+        for _ in 0..count {
+            expected.extend([RECORD, CONTENT]);
+        }
         expected.push(0x7f);
         assert_eq!(kinds, expected, "{args:?}");
         let records: usize = parts
             .iter()
-            .filter(|(kind, _)| *kind == RECORD)
+            .filter(|(kind, _)| *kind == RECORD || *kind == CONTENT)
             .map(|(_, body)| body.len() + 5)
             .sum();
         let anchor_len = parts[1].1.len();
@@ -296,8 +300,10 @@ async fn every_changed_byte_dropped_record_swapped_hash_or_foreign_anchor_fails(
 
     // A record inside the range removed: as exported, and with the header's
     // count fixed up to match.
+    // (parts: header, anchor, proof, then each record and its content.)
     let mut removed = parts.clone();
-    removed.remove(4);
+    assert_eq!((removed[5].0, removed[6].0), (RECORD, CONTENT));
+    removed.drain(5..7);
     let out = cli_fails(&daemon, &assemble(&removed), &id, "record removed");
     assert!(
         out.contains("position 1 of the range holds seq 12, not seq 11"),
@@ -315,7 +321,8 @@ async fn every_changed_byte_dropped_record_swapped_hash_or_foreign_anchor_fails(
     assert!(out.contains("holds seq 12, not seq 11"), "{out}");
     // The last record dropped with the count fixed: seqs and links hold, the root does not.
     let mut cut = parts.clone();
-    cut.remove(5);
+    assert_eq!((cut[7].0, cut[8].0), (RECORD, CONTENT));
+    cut.drain(7..9);
     let mut header = header_of(&cut);
     header.count = 2;
     cut[0].1 = header.encode_to_vec();
@@ -331,13 +338,16 @@ async fn every_changed_byte_dropped_record_swapped_hash_or_foreign_anchor_fails(
     // with its seq field rewritten to 11.
     let other = export(&daemon, "other.bundle", &["--from", "20", "--to", "20"]);
     let outside = sections(&std::fs::read(&other).unwrap())[3].1.clone();
+    // (Seq 11's content section goes with it: it would not follow seq 20.)
     let mut replaced = parts.clone();
-    replaced[4].1 = outside.clone();
+    assert_eq!((replaced[5].0, replaced[6].0), (RECORD, CONTENT));
+    replaced.remove(6);
+    replaced[5].1 = outside.clone();
     let out = cli_fails(&daemon, &assemble(&replaced), &id, "record from outside");
     assert!(out.contains("holds seq 20, not seq 11"), "{out}");
     let mut renumbered = outside;
     renumbered[1..9].copy_from_slice(&11u64.to_be_bytes());
-    replaced[4].1 = renumbered;
+    replaced[5].1 = renumbered;
     let out = cli_fails(
         &daemon,
         &assemble(&replaced),

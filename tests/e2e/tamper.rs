@@ -10,6 +10,7 @@ use tally_tests::{events, Daemon, DaemonOpts, Run};
 const RECORDS: u64 = 50;
 const MAGIC_LEN: usize = 16;
 const RECORD_SECTION: u8 = 0x02;
+const CONTENT_SECTION: u8 = 0x05;
 const END_SECTION: u8 = 0x7f;
 
 /// A bundle split into its sections: `(kind, start, end)` byte ranges, each
@@ -31,6 +32,20 @@ impl Bundle {
         }
         assert_eq!(at, bytes.len(), "sections do not tile the file");
         Bundle { bytes, sections }
+    }
+
+    /// Byte range of the record section of `seq` and the content section
+    /// after it (section 0x05), as root would drop the two.
+    fn record_and_content(&self, seq: u64) -> (usize, usize) {
+        let at = self
+            .sections
+            .iter()
+            .position(|(kind, start, _)| *kind == RECORD_SECTION && *start == self.record(seq).0)
+            .unwrap();
+        match self.sections.get(at + 1) {
+            Some(&(CONTENT_SECTION, _, end)) => (self.sections[at].1, end),
+            _ => (self.sections[at].1, self.sections[at].2),
+        }
     }
 
     /// Byte range (section head included) of the record section of `seq`.
@@ -136,7 +151,7 @@ async fn damaged_bundles_name_the_record_and_the_damage() -> anyhow::Result<()> 
     )?;
 
     let seq = rng.gen_range(1..RECORDS - 1);
-    let (start, end) = bundle.record(seq);
+    let (start, end) = bundle.record_and_content(seq);
     let mut deleted = bundle.bytes.clone();
     deleted.drain(start..end);
     expect_damage(
@@ -152,8 +167,8 @@ async fn damaged_bundles_name_the_record_and_the_damage() -> anyhow::Result<()> 
 
     let first = rng.gen_range(0..RECORDS / 2);
     let second = rng.gen_range(RECORDS / 2..RECORDS);
-    let (a_start, a_end) = bundle.record(first);
-    let (b_start, b_end) = bundle.record(second);
+    let (a_start, a_end) = bundle.record_and_content(first);
+    let (b_start, b_end) = bundle.record_and_content(second);
     let mut swapped = bundle.bytes[..a_start].to_vec();
     swapped.extend_from_slice(&bundle.bytes[b_start..b_end]);
     swapped.extend_from_slice(&bundle.bytes[a_end..b_start]);

@@ -80,6 +80,7 @@ pub fn delete_all_anchors(data_dir: &Path) -> anyhow::Result<usize> {
 pub fn empty_the_log(data_dir: &Path) -> anyhow::Result<()> {
     edit(data_dir, |wtxn, dbs| {
         dbs.records.clear(wtxn)?;
+        dbs.content.clear(wtxn)?;
         dbs.anchors.clear(wtxn)?;
         dbs.tree.clear(wtxn)?;
         // An empty log's head and Merkle frontier, as a fresh store has them.

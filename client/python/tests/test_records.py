@@ -61,7 +61,7 @@ def test_content_is_joined_back_and_checked_against_its_commitment(daemon):
     from tally._conn import Connection
 
     with tally.Client(daemon.socket) as client:
-        client.append(tally.Event("prompt", subject="u-1", payload=b"a prompt of the data subject"))
+        client.append("prompt", subject="u-1", payload=b"a prompt of the data subject")
         [record] = client.read(0, 1)
     assert (record.payload, record.content) == (b"a prompt of the data subject", "present")
     body = pb.RecordBody.FromString(record.raw[41:])

@@ -159,6 +159,11 @@ pub enum StoreError {
         seq: u64,
         source: tally_attest::record::RecordError,
     },
+    /// Start-up: the `content` database holds a row at or past the head.
+    #[error(
+        "store is inconsistent: a content row for seq {seq}, but the log holds {size} records"
+    )]
+    ContentPastHead { seq: u64, size: u64 },
     /// A stored record's body does not parse as the record format says.
     #[error("store is inconsistent: seq {seq}: {source}")]
     BodyUnreadable {
@@ -223,6 +228,7 @@ impl StoreError {
             )) | StoreError::CorruptMeta(_)
                 | StoreError::HeadFrontierMismatch { .. }
                 | StoreError::HeadRecordMismatch { .. }
+                | StoreError::ContentPastHead { .. }
                 | StoreError::Merkle(_)
         )
     }

@@ -75,6 +75,17 @@ impl Store {
                 frontier,
             });
         }
+        // A content row at or past the head belongs to no record: the store
+        // was emptied or cut behind LMDB's back (its records went, their
+        // content did not). Refused here, not left to a replay's put.
+        if let Some((seq, _)) = self.content.last(&rtxn)? {
+            if seq >= head.size {
+                return Err(StoreError::ContentPastHead {
+                    seq,
+                    size: head.size,
+                });
+            }
+        }
         match (head.size, last) {
             (0, None) => Ok(()),
             (size, Some((seq, bytes))) if seq + 1 == size && entry_hash(bytes) == head.hash => {
