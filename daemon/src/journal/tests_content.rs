@@ -5,10 +5,11 @@
 
 use prost::Message;
 use tally_attest::content::commitment_of_opening;
-use tally_client::proto::{Content, Event, Filter, RecordBody};
+use tally_client::proto::{Content, Event, RecordBody};
 
 use super::*;
-use crate::store::{MapSizing, Scan, StoredRecord};
+use crate::store::tests_content::scan_all;
+use crate::store::MapSizing;
 
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,23 +61,6 @@ fn content_batch(store: &Store, payloads: &[Option<&[u8]>]) -> Batch {
         }
     }
     batch
-}
-
-fn scan_all(store: &Store) -> Vec<StoredRecord> {
-    let filter = Filter::default();
-    store
-        .scan(&Scan {
-            from: 0,
-            to: store.head().unwrap().size,
-            newest: false,
-            filter: &filter,
-            max_records: 1000,
-            max_bytes: usize::MAX,
-            max_examined: u64::MAX,
-            deadline: None,
-        })
-        .unwrap()
-        .records
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -8,31 +8,14 @@ use std::sync::atomic::AtomicU64;
 
 use prost::Message;
 use tally_attest::content::{commitment_of_opening, split_opening, BodyFacts, SeqRanges};
-use tally_client::proto::{Content, Event, Filter, RecordBody};
+use tally_client::proto::{Content, Event, RecordBody};
 use tokio::sync::oneshot;
 
 use super::intake::{lock, Pipeline};
 use super::tests::{answered, job, journal, journaling, store, Answer};
 use super::*;
 use crate::content::{ContentSettings, PersonalAttributes};
-use crate::store::{Scan, StoredRecord};
-
-fn scan_all(store: &Store) -> Vec<StoredRecord> {
-    let filter = Filter::default();
-    store
-        .scan(&Scan {
-            from: 0,
-            to: store.head().unwrap().size,
-            newest: false,
-            filter: &filter,
-            max_records: 1000,
-            max_bytes: usize::MAX,
-            max_examined: u64::MAX,
-            deadline: None,
-        })
-        .unwrap()
-        .records
-}
+use crate::store::tests_content::scan_all;
 
 /// The body of a `tally.erasure` record (what the lead's handler builds).
 fn erasure_body() -> Vec<u8> {

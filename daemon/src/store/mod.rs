@@ -55,7 +55,7 @@ mod space;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_content;
+pub(crate) mod tests_content;
 #[cfg(test)]
 mod tests_scan;
 #[cfg(test)]

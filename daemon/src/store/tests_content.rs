@@ -63,7 +63,8 @@ fn commit_records(store: &Store, payloads: &[Option<&[u8]>]) {
     store.append(&batch).unwrap();
 }
 
-fn scan_all(store: &Store) -> Vec<StoredRecord> {
+/// Every record of the store, one scan (the content tests' reader).
+pub(crate) fn scan_all(store: &Store) -> Vec<StoredRecord> {
     let filter = Filter::default();
     store
         .scan(&Scan {
