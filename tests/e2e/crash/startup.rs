@@ -1,14 +1,15 @@
-//! Killing a starting daemon: spawned on the data directory and SIGKILLed a
-//! random delay later, aimed at the journal replay three times in four (just
-//! before the moment the last start logged the store as opened), anywhere
-//! up to ready otherwise. Where it landed is read from the process just
-//! before the kill (`/proc/PID/maps`: the ack journal is mapped exactly
-//! while it is scanned and replayed) and from its log.
+//! Killing a starting daemon: spawned on the data directory and SIGKILLed
+//! while it replays the ack journal three times in four (its
+//! `/proc/PID/maps` polled from the spawn on: the journal is mapped exactly
+//! while it is scanned and replayed, and the kill comes at a random poll
+//! within that window), at a random delay up to the last start's ready
+//! otherwise. Where it landed is read from the process just before the kill
+//! (its maps and descriptors) and from its log.
 
 use std::fs::File;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::ensure;
 use rand::rngs::StdRng;
@@ -40,22 +41,24 @@ impl StartTimes {
     }
 }
 
-/// Spawns the daemon on its data directory and SIGKILLs it after a random
-/// delay; returns the stage its log shows it had reached.
+/// Spawns the daemon on its data directory and SIGKILLs it, in the journal
+/// replay three times in four, else after a random delay; returns the stage
+/// its maps and log show it had reached.
 pub fn kill_starting(
     daemon: &Daemon,
     rng: &mut StdRng,
     times: StartTimes,
     log: &Path,
 ) -> anyhow::Result<&'static str> {
-    let (least, most) = match times.opened {
-        Some(opened) if rng.gen_bool(0.75) => (opened / 2, opened * 19 / 20),
-        _ => (Duration::ZERO, times.ready),
+    let most = Duration::from_micros(u64::try_from(times.ready.as_micros())?.max(1000));
+    let when = if rng.gen_bool(0.75) {
+        // A replay starts no later than the last start's ready, give or take
+        // a loaded machine: poll until four times that.
+        When::InReplay { deadline: most * 4 }
+    } else {
+        When::After(rng.gen_range(Duration::ZERO..=most))
     };
-    let most = u64::try_from(most.as_micros())?.max(1000);
-    let least = u64::try_from(least.as_micros())?.min(most);
-    let delay = Duration::from_micros(rng.gen_range(least..=most));
-    let (seen, text) = spawn_and_kill(daemon, delay, log)?;
+    let (seen, text) = spawn_and_kill(daemon, when, rng, log)?;
     Ok(if ready(&text) {
         "at start-up, after ready"
     } else if seen.journal_mapped {
@@ -87,7 +90,7 @@ pub fn kill_first_start(
     let most = u64::try_from(last.ready.as_micros())?.max(1000);
     let least = u64::try_from(least.as_micros())?.min(most);
     let delay = Duration::from_micros(rng.gen_range(least..=most));
-    let (_, text) = spawn_and_kill(daemon, delay, log)?;
+    let (_, text) = spawn_and_kill(daemon, When::After(delay), rng, log)?;
     Ok(if ready(&text) {
         "at the first start, after ready"
     } else if text.contains("genesis anchor made") {
@@ -99,17 +102,49 @@ pub fn kill_first_start(
     })
 }
 
-/// Spawns the daemon on its data directory, SIGKILLs it after `delay`;
+/// When a starting daemon is killed.
+enum When {
+    /// This long after the spawn.
+    After(Duration),
+    /// At a random poll of its maps while the ack journal is mapped (each
+    /// such poll kills with probability one half), or at `deadline` after
+    /// the spawn if it never is.
+    InReplay { deadline: Duration },
+}
+
+/// Spawns the daemon on its data directory and SIGKILLs it `when` says;
 /// returns what it had open just before, and its log.
-fn spawn_and_kill(daemon: &Daemon, delay: Duration, log: &Path) -> anyhow::Result<(Seen, String)> {
+fn spawn_and_kill(
+    daemon: &Daemon,
+    when: When,
+    rng: &mut StdRng,
+    log: &Path,
+) -> anyhow::Result<(Seen, String)> {
     let mut child = Command::new(binary("tallyd")?)
         .args(daemon.base_args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(log)?)
         .spawn()?;
-    std::thread::sleep(delay);
-    let seen = Seen::of(child.id());
+    let seen = match when {
+        When::After(delay) => {
+            std::thread::sleep(delay);
+            Seen::of(child.id())
+        }
+        When::InReplay { deadline } => {
+            let spawned = Instant::now();
+            loop {
+                let seen = Seen::of(child.id());
+                let mapped = seen.journal_mapped;
+                if (mapped && rng.gen_bool(0.5)) || spawned.elapsed() > deadline {
+                    break seen;
+                }
+                if !mapped {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+        }
+    };
     child.kill()?;
     let status = child.wait()?;
     let text = std::fs::read_to_string(log)?;
