@@ -1,4 +1,5 @@
-//! Aiming a SIGKILL at an LMDB commit: the daemon's threads are polled
+//! Aiming a SIGKILL at an LMDB commit (or at the I/O on another file of the
+//! store, such as the content key file): the daemon's threads are polled
 //! (`/proc/PID/task/*/syscall`, which names each thread's current system call
 //! and its first argument) until one is writing or flushing `data.mdb`, and
 //! the daemon is killed at once. On the journal path LMDB commits only in
@@ -35,9 +36,26 @@ mod nr {
 /// flush of `data.mdb`, SIGKILLs the process and says which. `None`: no
 /// commit was seen (nothing is killed).
 pub fn kill_in_lmdb_commit(pid: u32, timeout: Duration) -> Option<&'static str> {
+    Some(match kill_in_io_on(pid, timeout, "store/data.mdb")? {
+        Io::Flush => "during an LMDB commit (flushing data.mdb)",
+        Io::Write => "during an LMDB commit (writing data.mdb)",
+    })
+}
+
+/// What a killed thread was doing to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    Write,
+    Flush,
+}
+
+/// Polls `pid`'s threads for up to `timeout`; when one is in a write or
+/// flush of the file whose path ends with `file`, SIGKILLs the process and
+/// says which. `None`: none was seen (nothing is killed).
+pub fn kill_in_io_on(pid: u32, timeout: Duration, file: &str) -> Option<Io> {
     let deadline = Instant::now() + timeout;
-    // fd -> whether it is the store's data file (stable for the process).
-    let mut store_fds: HashMap<u64, bool> = HashMap::new();
+    // fd -> whether it is the file (stable for the process).
+    let mut file_fds: HashMap<u64, bool> = HashMap::new();
     while Instant::now() < deadline {
         let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
         for task in tasks.flatten() {
@@ -46,10 +64,8 @@ pub fn kill_in_lmdb_commit(pid: u32, timeout: Duration) -> Option<&'static str> 
             };
             let mut fields = text.split_whitespace();
             let what = match fields.next().and_then(|nr| nr.parse::<i64>().ok()) {
-                Some(nr::FSYNC | nr::FDATASYNC) => "during an LMDB commit (flushing data.mdb)",
-                Some(nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV) => {
-                    "during an LMDB commit (writing data.mdb)"
-                }
+                Some(nr::FSYNC | nr::FDATASYNC) => Io::Flush,
+                Some(nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV) => Io::Write,
                 _ => continue,
             };
             let Some(fd) = fields
@@ -58,11 +74,11 @@ pub fn kill_in_lmdb_commit(pid: u32, timeout: Duration) -> Option<&'static str> 
             else {
                 continue;
             };
-            let is_store = *store_fds.entry(fd).or_insert_with(|| {
+            let is_file = *file_fds.entry(fd).or_insert_with(|| {
                 std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                    .is_ok_and(|target| target.ends_with("store/data.mdb"))
+                    .is_ok_and(|target| target.ends_with(file))
             });
-            if is_store {
+            if is_file {
                 let pid = Pid::from_raw(i32::try_from(pid).ok()?);
                 signal::kill(pid, Signal::SIGKILL).ok()?;
                 return Some(what);

@@ -18,7 +18,9 @@
 //! `tally anchor`, during the drain's final anchor and during start-up
 //! anchoring, after each of which the anchors verify against the log's identity with a fresh
 //! attestation (PASS: genuine, consecutive, current). Half the kills during
-//! the load wait for an LMDB commit (`aim.rs`).
+//! the load wait for an LMDB commit (`aim.rs`). The erasure path (an
+//! erasure's commit, its key shredding, and the restart's redo) has its own
+//! rounds in `erasure.rs`.
 //!
 //! Every random choice comes from `tally_tests::seed::rng` (the seed is
 //! printed; `TALLY_SEED=<seed>` replays the choices, not the timing). The
@@ -39,6 +41,7 @@
 mod aim;
 mod anchored;
 mod driver;
+mod erasure;
 mod ledger;
 mod load;
 mod startup;
