@@ -124,6 +124,57 @@ enum Command {
     /// Time a `since` read's search for its start in a big log (kept in
     /// --dir and reused) against a plain read at a seq.
     TimeSeek(TimeSeekArgs),
+    /// Verify a real tallyd's log straight from it (`tally verify --live`)
+    /// with a private swtpm's anchors: the whole log of N events, then from
+    /// the trusted anchor after M more (time proportional to the new
+    /// records), with tallyd's and tally's peak RssFile.
+    VerifyTrusted(VerifyTrustedArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyTrustedArgs {
+    /// Events before the trusted anchor.
+    #[arg(long, default_value_t = 50_000_000)]
+    events: u64,
+    /// Events after it, verified from it.
+    #[arg(long, default_value_t = 1_000_000)]
+    new_events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = tally_bench::PAYLOAD_BYTES)]
+    payload: usize,
+    /// Directory for the data directory and the swtpm (about 500 bytes per event).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The tallyd binary [default: next to this program].
+    #[arg(long)]
+    tallyd: Option<PathBuf>,
+    /// The tally binary [default: next to this program].
+    #[arg(long)]
+    tally: Option<PathBuf>,
+    /// Where to write every figure as JSON [default: DIR/verify-trusted.json].
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn verify_trusted(args: VerifyTrustedArgs) -> anyhow::Result<()> {
+    use tally_bench::scenario::verify_trusted::{run, VerifyTrustedOptions};
+    let next_to_me = |name: &str| std::env::current_exe().map(|exe| exe.with_file_name(name));
+    let results = run(&VerifyTrustedOptions {
+        tallyd: args.tallyd.map_or_else(|| next_to_me("tallyd"), Ok)?,
+        tally: args.tally.map_or_else(|| next_to_me("tally"), Ok)?,
+        dir: args.dir.clone(),
+        events: args.events.max(1),
+        new_events: args.new_events.max(1),
+        payload: args.payload,
+    })?;
+    print!("{}", results.table());
+    let json = args
+        .json
+        .unwrap_or_else(|| args.dir.join("verify-trusted.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!("\nevery figure: {}", json.display());
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +269,7 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::VerifyAnchors(verify)) => return verify_anchors(verify),
         Some(Command::TimeSeek(seek)) => return time_seek(seek),
+        Some(Command::VerifyTrusted(verify)) => return verify_trusted(verify),
         None => {}
     }
     let tallyd = match &args.tallyd {

@@ -14,6 +14,7 @@ pub mod throughput;
 pub mod time_seek;
 pub mod verify;
 pub mod verify_anchors;
+pub mod verify_trusted;
 
 use std::path::Path;
 
