@@ -59,6 +59,8 @@ impl Store {
         // `resize_gate` guard and the only writer is the caller's thread, so
         // holding the gate exclusively guarantees there is none.
         unsafe { self.env.resize(new_size) }?;
+        // The map may have moved: bulk readers look it up again.
+        self.forget_map_region();
         tracing::info!(from = current, to = new_size, "grew the LMDB map");
         Ok(())
     }

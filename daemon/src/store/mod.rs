@@ -272,6 +272,9 @@ pub struct Store {
     /// takes it exclusively to resize the map, which LMDB allows only while
     /// no transaction is active in the process.
     resize_gate: RwLock<()>,
+    /// Where the map is, for the madvise of bulk reads (`map_advice.rs`);
+    /// forgotten on every resize.
+    map_region: map_advice::RegionCache,
 }
 
 impl Store {
@@ -410,6 +413,7 @@ impl Store {
             log_id,
             sizing,
             resize_gate: RwLock::new(()),
+            map_region: Default::default(),
         };
         store.check_head()?;
         // An erasure committed before a crash whose keys were not yet

@@ -82,6 +82,15 @@ fn record_matches(filter: &Filter, record: &[u8]) -> bool {
     RecordBody::decode(body).is_ok_and(|body| filter::matches(filter, &body))
 }
 
+/// A scan that examined at least this many records is a bulk read (an
+/// export or a live verify streaming the log, a follower catching up): the
+/// pages it read are dropped from tallyd's page tables behind it, so its
+/// file-backed RSS does not grow to the store's size. Smaller scans (a
+/// follower at the head, `tail -n`) leave them mapped.
+const DROP_AFTER: usize = 256;
+/// A bulk scan drops what it read every this many slices (bounding the list).
+const DROP_RUN: usize = 4096;
+
 impl Store {
     /// Runs one request's scan on a snapshot of the store.
     pub fn scan(&self, scan: &Scan<'_>) -> Result<ScanPage, StoreError> {
@@ -118,8 +127,17 @@ impl Store {
         let mut bytes = 0usize;
         let mut sealed: Vec<Option<&[u8]>> = Vec::new();
         let mut resume_seq = done;
+        // The map slices read (every record examined, every content row
+        // kept), whose pages a bulk scan drops behind it (map_advice.rs).
+        let mut touched: Vec<&[u8]> = Vec::new();
+        let mut examined_all = 0usize;
         for (examined, entry) in (0u64..).zip(entries) {
             let (seq, record) = entry?;
+            examined_all += 1;
+            touched.push(record);
+            if touched.len() >= DROP_RUN {
+                self.drop_behind(&mut touched);
+            }
             if !scan.newest {
                 // Forward: this record's link is the hash of the last one
                 // kept, when that was the record just before.
@@ -151,6 +169,7 @@ impl Store {
                 break;
             }
             bytes += len;
+            touched.extend(content);
             sealed.push(content);
             records.push(StoredRecord {
                 seq,
@@ -176,6 +195,9 @@ impl Store {
                 Some(hash) => hash,
                 None => self.entry_hash_of(&rtxn, record)?,
             });
+        }
+        if examined_all >= DROP_AFTER {
+            self.drop_behind(&mut touched);
         }
         if scan.newest {
             records.reverse();

@@ -209,6 +209,31 @@ fn a_shred_left_pending_by_a_crash_is_redone_at_open() {
 }
 
 #[test]
+fn a_content_row_past_the_head_refuses_the_open_naming_it() {
+    //! Root emptied or cut the records behind LMDB's back and left their
+    //! content: the open refuses the store as damaged (exit 3), naming the
+    //! stray row and the log's size, instead of failing a later put.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), SMALL).unwrap();
+    commit_records(&store, &[Some(b"row-0"), Some(b"row-1")]);
+    let mut wtxn = store.env.write_txn().unwrap();
+    store.content.put(&mut wtxn, &5, b"stray").unwrap();
+    wtxn.commit().unwrap();
+    drop(store);
+    match Store::open(dir.path(), SMALL) {
+        Err(StoreError::Damaged { file, detail }) => {
+            assert!(file.ends_with("data.mdb"), "{}", file.display());
+            assert!(
+                matches!(*detail, StoreError::ContentPastHead { seq: 5, size: 2 }),
+                "{detail:?}"
+            );
+            assert!(detail.to_string().contains("seq 5"), "{detail}");
+        }
+        other => panic!("expected a damaged store naming ContentPastHead, got {other:?}"),
+    }
+}
+
+#[test]
 fn a_sealed_row_opens_only_with_its_key_and_seq() {
     //! The row on disk is the opening under AES-256-CTR with slot seq's key
     //! and IV seq: reading it with the key of another seq gives other bytes.
