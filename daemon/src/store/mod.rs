@@ -275,6 +275,8 @@ pub struct Store {
     /// Where the map is, for the madvise of bulk reads (`map_advice.rs`);
     /// forgotten on every resize.
     map_region: map_advice::RegionCache,
+    /// Bytes committed since the writer last dropped the map's pages.
+    committed_since_drop: Mutex<usize>,
 }
 
 impl Store {
@@ -414,6 +416,7 @@ impl Store {
             sizing,
             resize_gate: RwLock::new(()),
             map_region: Default::default(),
+            committed_since_drop: Mutex::new(0),
         };
         store.check_head()?;
         // An erasure committed before a crash whose keys were not yet

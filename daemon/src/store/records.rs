@@ -136,7 +136,9 @@ impl Store {
             other => other,
         };
         // A full disk (ENOSPC, or LMDB's EIO for a short write) is named as such.
-        appended.map_err(|err| self.classify(err, bytes))
+        appended.map_err(|err| self.classify(err, bytes))?;
+        self.committed(bytes);
+        Ok(())
     }
 
     /// One write transaction, in this order (docs/DESIGN.md, section 5):
