@@ -113,7 +113,8 @@ impl MapRegion {
     }
 }
 
-/// The writer drops the whole map's pages once per this many bytes committed.
+/// The whole map's pages are dropped once per this many bytes committed or
+/// served by bulk scans.
 const WRITER_DROP_BYTES: usize = 64 << 20;
 
 /// A bulk scan's drops span gaps up to this size between the pages it read.
@@ -146,6 +147,14 @@ impl Store {
     /// bytes per event ingested (4 GiB at 50M events), which no scan drops.
     /// Readers meanwhile fault their pages back in from the page cache.
     pub(super) fn committed(&self, bytes: usize) {
+        self.mapped(bytes);
+    }
+
+    /// `bytes` more went through the map (committed, or served by a bulk
+    /// scan): once every [`WRITER_DROP_BYTES`] of them, every page of the
+    /// map is dropped from this process's page tables. A bulk scan's own
+    /// drops miss pages it never read that the kernel mapped with them.
+    pub(super) fn mapped(&self, bytes: usize) {
         let due = {
             let mut since = self
                 .committed_since_drop

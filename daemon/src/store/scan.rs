@@ -94,6 +94,18 @@ const DROP_RUN: usize = 4096;
 impl Store {
     /// Runs one request's scan on a snapshot of the store.
     pub fn scan(&self, scan: &Scan<'_>) -> Result<ScanPage, StoreError> {
+        let (page, bulk_bytes) = self.scan_snapshot(scan)?;
+        // After the snapshot and its gate are released (`mapped` takes
+        // the gate itself).
+        if bulk_bytes > 0 {
+            self.mapped(bulk_bytes);
+        }
+        Ok(page)
+    }
+
+    /// [`Store::scan`]'s work; also returns the bytes a bulk scan read from
+    /// the map (0 for a small scan).
+    fn scan_snapshot(&self, scan: &Scan<'_>) -> Result<(ScanPage, usize), StoreError> {
         let _gate = self.read_gate();
         let rtxn = self.env.read_txn()?;
         // Records before the first one that can have been received at or
@@ -104,11 +116,12 @@ impl Store {
         };
         let done = if scan.newest { scan.from } else { scan.to };
         if start >= scan.to {
-            return Ok(ScanPage {
+            let page = ScanPage {
                 records: Vec::new(),
                 entry_hashes: Vec::new(),
                 resume_seq: done.max(scan.from),
-            });
+            };
+            return Ok((page, 0));
         }
         let range = start..scan.to;
         let entries: Box<dyn Iterator<Item = heed::Result<(u64, &[u8])>>> = if scan.newest {
@@ -130,10 +143,11 @@ impl Store {
         // The map slices read (every record examined, every content row
         // kept), whose pages a bulk scan drops behind it (map_advice.rs).
         let mut touched: Vec<&[u8]> = Vec::new();
-        let mut examined_all = 0usize;
+        let (mut examined_all, mut read_bytes) = (0usize, 0usize);
         for (examined, entry) in (0u64..).zip(entries) {
             let (seq, record) = entry?;
             examined_all += 1;
+            read_bytes += record.len();
             touched.push(record);
             if touched.len() >= DROP_RUN {
                 self.drop_behind(&mut touched);
@@ -169,6 +183,7 @@ impl Store {
                 break;
             }
             bytes += len;
+            read_bytes += content.map_or(0, <[u8]>::len);
             touched.extend(content);
             sealed.push(content);
             records.push(StoredRecord {
@@ -196,18 +211,20 @@ impl Store {
                 None => self.entry_hash_of(&rtxn, record)?,
             });
         }
-        if examined_all >= DROP_AFTER {
+        let bulk = examined_all >= DROP_AFTER;
+        if bulk {
             self.drop_behind(&mut touched);
         }
         if scan.newest {
             records.reverse();
             entry_hashes.reverse();
         }
-        Ok(ScanPage {
+        let page = ScanPage {
             records,
             entry_hashes,
             resume_seq,
-        })
+        };
+        Ok((page, if bulk { read_bytes } else { 0 }))
     }
 
     /// The entry hash of a record whose successor the scan did not examine:
