@@ -67,18 +67,13 @@ impl MapRegion {
     }
 
     /// Drops from this process's page tables every page holding a byte of
-    /// `slices` (slices into the map; others are ignored). Adjacent pages
-    /// are dropped in one call; a later read of them faults them back in
-    /// from the page cache with the same bytes.
-    pub(super) fn drop_pages<'a>(&self, slices: impl IntoIterator<Item = &'a [u8]>) {
-        self.drop_pages_across(slices, 0);
-    }
-
-    /// [`MapRegion::drop_pages`], one call also covering the gaps of at most
-    /// `max_gap` bytes between the slices' pages: the kernel maps a faulting
-    /// page's neighbours too (fault-around, 64 KiB), so pages of other
-    /// tables between a scan's records (the Merkle nodes, written beside
-    /// them) are mapped without ever being read, and stay so unless dropped.
+    /// `slices` (slices into the map; others are ignored), one call also
+    /// covering the gaps of at most `max_gap` bytes between the slices'
+    /// pages: the kernel maps a faulting page's neighbours too (fault-around,
+    /// 64 KiB), so pages of other tables between a scan's records (the
+    /// content rows and Merkle nodes, written beside them) are mapped without
+    /// ever being read, and stay so unless dropped. A later read of a dropped
+    /// page faults it back in from the page cache with the same bytes.
     pub(super) fn drop_pages_across<'a>(
         &self,
         slices: impl IntoIterator<Item = &'a [u8]>,
@@ -118,7 +113,7 @@ impl MapRegion {
 const WRITER_DROP_BYTES: usize = 64 << 20;
 
 /// A bulk scan's drops span gaps up to this size between the pages it read.
-const BULK_GAP: usize = 1 << 20;
+pub(super) const BULK_GAP: usize = 1 << 20;
 
 impl Store {
     /// The map's region, looked up once per map size from a slice LMDB
@@ -245,7 +240,7 @@ mod tests {
             end: 8192,
             page: 4096,
         };
-        map.drop_pages([heap.as_slice()]);
+        map.drop_pages_across([heap.as_slice()], 1 << 20);
         assert!(heap.iter().all(|&b| b == 0xa5), "heap bytes were dropped");
     }
 }

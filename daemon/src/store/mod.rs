@@ -178,6 +178,11 @@ pub enum StoreError {
     /// describe the `records` stored records.
     #[error("store is inconsistent: head does not match the records (head says {head} records, {records} are stored)")]
     HeadMismatch { head: u64, records: u64 },
+    /// [`Store::verify`]: every attempt to open the read snapshots of the
+    /// check's threads saw a commit in between (a writer is running on the
+    /// store; `tallyd check` runs with the daemon stopped).
+    #[error("the store kept committing while the check opened its read snapshots ({tries} tries); is tallyd running on this data directory?")]
+    SnapshotMoving { tries: u32 },
     /// [`Store::verify`]: the `times` index does not describe the records,
     /// so a `since` read could skip records that match (docs/DESIGN.md,
     /// section 4c). The records and their proofs are not affected.
