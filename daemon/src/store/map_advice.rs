@@ -66,8 +66,16 @@ impl MapRegion {
         Sequential(*self)
     }
 
-    /// Drops from this process's page tables every page holding a byte of
-    /// `slices` (slices into the map; others are ignored), one call also
+    /// Drops every page of the map from this process's page tables: also
+    /// those no slice names, such as the B-tree's branch pages a cursor
+    /// passes through, and the pages the kernel mapped around them.
+    pub(super) fn drop_all(&self) {
+        advise(*self, self.start, self.end, libc::MADV_DONTNEED);
+    }
+
+    /// Drops from this process's page tables every page of the
+    /// [`FAULT_AROUND`] blocks holding a byte of `slices` (slices into the
+    /// map; others are ignored), one call also
     /// covering the gaps of at most `max_gap` bytes between the slices'
     /// pages: the kernel maps a faulting page's neighbours too (fault-around,
     /// 64 KiB), so pages of other tables between a scan's records (the
@@ -85,11 +93,14 @@ impl MapRegion {
             if slice.is_empty() || at < self.start || at >= self.end {
                 continue;
             }
-            let from = at - at % self.page;
+            // Out to the fault-around blocks holding the slice: the kernel
+            // mapped the whole block with the page that faulted.
+            let block = FAULT_AROUND.max(self.page);
+            let from = (at - at % block).max(self.start);
             let to = at
                 .saturating_add(slice.len())
-                .div_ceil(self.page)
-                .saturating_mul(self.page)
+                .div_ceil(block)
+                .saturating_mul(block)
                 .min(self.end);
             run = match run {
                 Some((start, end)) if from >= start && from <= end.saturating_add(max_gap) => {
@@ -107,6 +118,13 @@ impl MapRegion {
         }
     }
 }
+
+/// The kernel's fault-around (`fault_around_bytes`, 64 KiB by default): a
+/// read fault on a file mapping maps the page-cache pages of the aligned
+/// block of this size around the faulting page. Drops cover whole blocks,
+/// or the pages mapped beside a run of records (content rows, Merkle nodes:
+/// about 25 bytes per event of a check at 10M) stay mapped.
+const FAULT_AROUND: usize = 64 << 10;
 
 /// The whole map's pages are dropped once per this many bytes committed or
 /// served by bulk scans.
@@ -172,7 +190,7 @@ impl Store {
         // Any slice LMDB returns from the map locates it.
         if let Ok(Some((_, last))) = self.records.last(&rtxn) {
             if let Some(map) = self.map_region(last) {
-                advise(map, map.start, map.end, libc::MADV_DONTNEED);
+                map.drop_all();
             }
         }
     }
