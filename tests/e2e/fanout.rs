@@ -195,3 +195,100 @@ async fn every_follower_gets_every_record_and_a_stalled_one_is_cut_off() -> anyh
     );
     Ok(())
 }
+
+/// Takes `count` records from `from` off a follow (in order, once each).
+async fn take_n(follow: &mut Follow, from: u64, count: u64) -> anyhow::Result<Vec<StoredRecord>> {
+    let mut records = Vec::new();
+    for seq in from..from + count {
+        let record = tokio::time::timeout(NEXT_TIMEOUT, follow.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("follower hung waiting for seq {seq}"))??;
+        anyhow::ensure!(record.seq == seq, "got seq {} for {seq}", record.seq);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_behind_the_ring_share_their_reads_and_an_erasure_drops_them(
+) -> anyhow::Result<()> {
+    //! Followers that start behind the shared pages read the store in pages
+    //! that end at the catch-up boundaries and keep them for each other
+    //! (fanout.rs). From seq 0 and from inside a page, each gets every
+    //! record once, in order, with its acked entry hash. A page a follower
+    //! read is dropped by an erasure like the ring's: while that follower
+    //! stays connected, one that follows the same seqs afterwards is sent
+    //! none of the erased content.
+    use tally_client::proto::{EraseRequest, Event};
+    let daemon = Daemon::start(DaemonOpts::default())?;
+    let acked: Acked = Arc::default();
+    append_phase(&daemon, &acked, 0).await?;
+    let mut followers = Vec::new();
+    for from in [0, 0, 0, 4_097, 777] {
+        let follow = daemon.client().await?.follow(from).await?;
+        followers.push((from, tokio::spawn(take(follow, from, PHASE, None))));
+    }
+    let acked = acked.lock().unwrap().clone();
+    for (n, (from, follower)) in followers.into_iter().enumerate() {
+        let records = follower.await??;
+        check_records(&records, from).map_err(|err| anyhow::anyhow!("follower {n}: {err}"))?;
+        for record in &records {
+            assert_eq!(
+                record.entry_hash.as_ref(),
+                acked[&record.seq].as_slice(),
+                "follower {n}, seq {}",
+                record.seq
+            );
+        }
+    }
+
+    // 40 events of one subject past the ring (nobody follows while they
+    // are appended, so the publisher restarts past them).
+    let secret = |i: u64| format!("fanout-catch-up-secret-{i:03}").into_bytes();
+    let events: Vec<Event> = (0..40)
+        .map(|i| Event {
+            kind: "prompt".into(),
+            subject: "user-gone".into(),
+            payload: secret(i),
+            ..Event::default()
+        })
+        .collect();
+    daemon.client().await?.append(events).await?;
+    let mut reader = daemon.client().await?.follow(PHASE).await?;
+    let read = take_n(&mut reader, PHASE, 40).await?;
+    assert!(
+        read.iter()
+            .all(|r| r.content.windows(12).any(|w| w == b"catch-up-sec")),
+        "the first follower was sent the content"
+    );
+    let mut client = daemon.client().await?;
+    let reply = client
+        .erase(EraseRequest {
+            subject: "user-gone".into(),
+            reason: "test".into(),
+            ..EraseRequest::default()
+        })
+        .await?;
+    assert_eq!(reply.erased, 40);
+    // `reader` is still connected (the pages it read would stay kept).
+    let mut after = daemon.client().await?.follow(PHASE).await?;
+    let again = take_n(&mut after, PHASE, 40).await?;
+    for record in &again {
+        assert!(
+            record.content.is_empty(),
+            "seq {} was sent content after its erasure",
+            record.seq
+        );
+    }
+    assert_eq!(
+        again
+            .iter()
+            .map(|r| r.entry_hash.clone())
+            .collect::<Vec<_>>(),
+        read.iter()
+            .map(|r| r.entry_hash.clone())
+            .collect::<Vec<_>>()
+    );
+    drop(reader);
+    Ok(())
+}

@@ -14,8 +14,17 @@
 //! lock for a `VecDeque` push (followers hold it only to clone an `Arc`), and
 //! the oldest pages are dropped when the ring is full, whoever still needs
 //! them (they read the store instead).
+//!
+//! Followers behind the ring share their reads too: the page one of them
+//! read from the store is kept (the *catch-up pages*, [`CATCH_UP_BYTES`] of
+//! the newest), and a follower at its start sends it as it is. Pages behind
+//! the ring end at multiples of [`CATCH_UP_ALIGN`] (or sooner), so followers
+//! that started at different seqs meet at the same page starts. Without
+//! this, ten followers that fell off the ring at full speed each scanned,
+//! joined, opened and encoded the same records again: tallyd's CPU went to
+//! that, and they never caught up.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -37,6 +46,13 @@ const RING_PAGES: usize = 1024;
 /// under a tenth of a second of ingest at full speed, and what a stalled
 /// follower costs in memory until the slow-reader timeout cuts it off.
 const RING_BYTES: usize = 16 << 20;
+
+/// The catch-up pages kept, at most (the newest page always stays).
+const CATCH_UP_BYTES: usize = 32 << 20;
+
+/// Pages read behind the ring end at the next multiple of this seq (or
+/// sooner: the page limits, the ring's start).
+pub(super) const CATCH_UP_ALIGN: u64 = 4096;
 
 /// After a failed read the publisher tries again this much later.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
@@ -117,6 +133,40 @@ struct Ring {
     end: u64,
     /// Raised by [`Fanout::forget_pages`]: a page read before is not pushed.
     generation: u64,
+    /// Pages followers behind the ring read, by start seq.
+    catch_up: CatchUp,
+}
+
+/// The newest catch-up pages, by start seq, dropped oldest first.
+#[derive(Debug, Default)]
+struct CatchUp {
+    pages: BTreeMap<u64, Arc<SharedPage>>,
+    /// Start seqs, oldest kept first.
+    order: VecDeque<u64>,
+    bytes: usize,
+}
+
+impl CatchUp {
+    fn keep(&mut self, page: Arc<SharedPage>) {
+        if self.pages.contains_key(&page.from) {
+            return;
+        }
+        self.bytes += page.body.len();
+        self.order.push_back(page.from);
+        self.pages.insert(page.from, page);
+        while self.bytes > CATCH_UP_BYTES && self.order.len() > 1 {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.pages.remove(&old) {
+                self.bytes -= old.body.len();
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = CatchUp::default();
+    }
 }
 
 impl Ring {
@@ -131,16 +181,19 @@ impl Ring {
         }
     }
 
-    /// Drops every page, keeping `end`, and refuses pages read before.
+    /// Drops every page (the catch-up pages too), keeping `end`, and
+    /// refuses pages read before.
     fn forget(&mut self) {
         self.pages.clear();
         self.bytes = 0;
+        self.catch_up.clear();
         self.generation += 1;
     }
 
     fn restart(&mut self, at: u64) {
         self.pages.clear();
         self.bytes = 0;
+        self.catch_up.clear();
         self.end = at;
     }
 
@@ -198,12 +251,13 @@ impl Fanout {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Drops every shared page (publishing goes on where it was): after an
-    /// erasure has destroyed its keys, pages encoded before may still hold
-    /// the erased content in memory (DESIGN 3b). Followers positioned in
-    /// them read the store instead, which no longer serves it; a page being
-    /// read meanwhile is read again. The erase handler calls this after the
-    /// erasure's ack.
+    /// Drops every shared page, the catch-up pages too (publishing goes on
+    /// where it was): after an erasure has destroyed its keys, pages encoded
+    /// before may still hold the erased content in memory (DESIGN 3b).
+    /// Followers positioned in them read the store instead, which no longer
+    /// serves it; a page being read meanwhile is read again (by the
+    /// publisher) or not kept (a catch-up page). The erase handler calls
+    /// this after the erasure's ack.
     pub fn forget_pages(&self) {
         self.ring().forget();
     }
@@ -231,6 +285,35 @@ impl Fanout {
     pub(super) fn position(&self, seq: u64) -> Position {
         self.ring().position(seq)
     }
+
+    /// The catch-up page that starts at `seq`, if a follower read it.
+    pub(super) fn catch_up_page(&self, seq: u64) -> Option<Arc<SharedPage>> {
+        self.ring().catch_up.pages.get(&seq).cloned()
+    }
+
+    /// Where pages are in the erasure order: taken before a follower reads
+    /// the store, given back with the page to [`Fanout::keep_catch_up`].
+    pub(super) fn generation(&self) -> u64 {
+        self.ring().generation
+    }
+
+    /// Keeps a page a follower behind the ring read from the store, for the
+    /// others behind it, unless [`Fanout::forget_pages`] came since its
+    /// read began (`generation`): then it may hold erased content.
+    pub(super) fn keep_catch_up(&self, page: Arc<SharedPage>, generation: u64) {
+        let mut ring = self.ring();
+        if ring.generation == generation {
+            ring.catch_up.keep(page);
+        }
+    }
+}
+
+/// Where a page read behind the ring from `from` ends at most: the next
+/// multiple of [`CATCH_UP_ALIGN`] (so reads from any seq meet at its
+/// multiples), or `to`.
+pub(super) fn catch_up_end(from: u64, to: u64) -> u64 {
+    let next = (from / CATCH_UP_ALIGN + 1).saturating_mul(CATCH_UP_ALIGN);
+    next.min(to)
 }
 
 /// The publisher: after each commit the head moved past, the new records as

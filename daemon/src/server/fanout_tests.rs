@@ -124,3 +124,57 @@ fn forgetting_the_pages_keeps_the_end_and_sends_followers_to_the_store() {
     assert!(matches!(ring.position(5), Position::ReadTo(10)));
     assert!(matches!(ring.position(10), Position::Wait));
 }
+
+#[test]
+fn catch_up_pages_are_kept_by_start_bounded_and_forgotten_with_the_ring() {
+    //! A page a follower behind the ring read is found by its start seq,
+    //! kept once, and the oldest go when over the byte bound (the newest
+    //! stays); an erasure's forget drops them and refuses one read before.
+    let fanout = Fanout::default();
+    let generation = fanout.generation();
+    fanout.keep_catch_up(page(0, 10, 100), generation);
+    fanout.keep_catch_up(page(0, 10, 100), generation);
+    assert_eq!(fanout.ring().catch_up.order.len(), 1, "kept once");
+    let found = fanout.catch_up_page(0).expect("kept");
+    assert_eq!((found.from, found.to), (0, 10));
+    assert!(fanout.catch_up_page(5).is_none(), "found by its start only");
+
+    // Pages of ~1 MiB: at most 32 are kept, the oldest go first.
+    for k in 1..=40u64 {
+        fanout.keep_catch_up(page(k * 10, 10, 100_000), generation);
+    }
+    let ring = fanout.ring();
+    assert!(
+        ring.catch_up.bytes <= CATCH_UP_BYTES,
+        "{} bytes",
+        ring.catch_up.bytes
+    );
+    drop(ring);
+    assert!(fanout.catch_up_page(0).is_none(), "the oldest went");
+    assert!(fanout.catch_up_page(400).is_some(), "the newest stays");
+
+    fanout.forget_pages();
+    assert!(
+        fanout.catch_up_page(400).is_none(),
+        "forgotten with the ring"
+    );
+    assert_eq!(fanout.ring().catch_up.bytes, 0);
+    // Read before the forget: it may hold erased content.
+    fanout.keep_catch_up(page(500, 10, 100), generation);
+    assert!(fanout.catch_up_page(500).is_none());
+    fanout.keep_catch_up(page(500, 10, 100), fanout.generation());
+    assert!(fanout.catch_up_page(500).is_some());
+}
+
+#[test]
+fn reads_behind_the_ring_end_at_the_alignment() {
+    //! Pages read behind the ring end at the next multiple of the
+    //! alignment (or sooner), so reads from any seq meet at its multiples.
+    let a = CATCH_UP_ALIGN;
+    assert_eq!(catch_up_end(0, u64::MAX), a);
+    assert_eq!(catch_up_end(1, u64::MAX), a);
+    assert_eq!(catch_up_end(a - 1, u64::MAX), a);
+    assert_eq!(catch_up_end(a, u64::MAX), 2 * a);
+    assert_eq!(catch_up_end(a + 7, a + 9), a + 9);
+    assert_eq!(catch_up_end(u64::MAX - 1, u64::MAX), u64::MAX);
+}

@@ -5,8 +5,11 @@
 //!
 //! An unfiltered follower is served the publisher's shared pages
 //! (`fanout.rs`) and reads the store itself only where its position is not
-//! in the ring (it started behind, or fell behind); a filtered follower scans
-//! the store with its filter, page by page.
+//! in the ring (it started behind, or fell behind), and there only where no
+//! other follower behind the ring read the same page; a filtered follower
+//! scans the store with its filter, page by page.
+
+use std::sync::Arc;
 
 use bytes::Buf;
 use futures::SinkExt;
@@ -16,7 +19,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Position, SharedPage};
+use super::fanout::{self, Position, SharedPage};
 use super::handlers;
 use super::shared::Shared;
 use super::slow_reader::within;
@@ -110,8 +113,10 @@ async fn bounded<E>(
     Sent::Ok
 }
 
-/// An unfiltered follow: shared pages where the ring has its position, the
-/// store up to the next page start where it has not.
+/// An unfiltered follow: shared pages where the ring has its position;
+/// where it has not, the catch-up page another follower read from there, or
+/// else the store up to the next page start or catch-up boundary (kept as a
+/// catch-up page for the followers behind).
 async fn follow_shared<W: AsyncWrite + Unpin>(
     frames: &mut FramedWrite<W, LengthDelimitedCodec>,
     stream: FollowStream,
@@ -133,10 +138,15 @@ async fn follow_shared<W: AsyncWrite + Unpin>(
                     cursor = page.to;
                     send_shared(frames, id, &page, shared, shutdown, reader_done).await
                 }
+                Position::ReadTo(_) if let Some(page) = shared.fanout.catch_up_page(cursor) => {
+                    cursor = page.to;
+                    send_shared(frames, id, &page, shared, shutdown, reader_done).await
+                }
                 Position::ReadTo(to) => {
+                    let generation = shared.fanout.generation();
                     let request = handlers::PageRequest {
                         from: cursor,
-                        to,
+                        to: fanout::catch_up_end(cursor, to),
                         newest: false,
                         filter: proto::Filter::default(),
                         max_records: shared.limits.read_page_records,
@@ -151,12 +161,10 @@ async fn follow_shared<W: AsyncWrite + Unpin>(
                             return;
                         }
                     };
-                    cursor = page.resume_seq;
-                    let response = Response {
-                        id,
-                        body: Some(response::Body::Records(page)),
-                    };
-                    send(frames, &response, shared, shutdown, reader_done).await
+                    let page = Arc::new(SharedPage::new(cursor, &page));
+                    cursor = page.to;
+                    shared.fanout.keep_catch_up(page.clone(), generation);
+                    send_shared(frames, id, &page, shared, shutdown, reader_done).await
                 }
                 Position::Wait => break,
             };
