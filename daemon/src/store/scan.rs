@@ -129,6 +129,14 @@ impl Store {
         } else {
             Box::new(self.records.range(&rtxn, &range)?)
         };
+        // An unfiltered forward scan (a follower, an export, a live verify)
+        // keeps every record it examines: its content rows are read with a
+        // cursor beside the records' instead of one B-tree search each. A
+        // filtered or newest-first scan looks each up.
+        let mut rows = (!scan.newest && tally_client::filter::is_empty(scan.filter))
+            .then(|| self.content.range(&rtxn, &range))
+            .transpose()?
+            .map(Iterator::peekable);
         // The seq a stop at `seq` resumes from: forward, seq itself was not
         // examined; newest, [seq + 1, to) was.
         let stop_at = |seq: u64| if scan.newest { seq + 1 } else { seq };
@@ -176,7 +184,10 @@ impl Store {
             }
             // The page carries the record's sealed opening too (decrypted
             // below, the same length): its bytes count against the bound.
-            let content = self.content.get(&rtxn, &seq)?;
+            let content = match rows.as_mut() {
+                Some(rows) => next_row(rows, seq)?,
+                None => self.content.get(&rtxn, &seq)?,
+            };
             let len = record.len() + content.map_or(0, <[u8]>::len);
             if !records.is_empty() && bytes + len > scan.max_bytes {
                 resume_seq = stop_at(seq);
@@ -244,5 +255,34 @@ impl Store {
             }
         }
         Ok(entry_hash(&record.bytes))
+    }
+}
+
+/// The content row of `seq` from a forward cursor over the content rows:
+/// the rows before it are passed (their records were not kept), the row at
+/// it is taken, a row past it stays for a later seq.
+fn next_row<'t, I>(
+    rows: &mut std::iter::Peekable<I>,
+    seq: u64,
+) -> Result<Option<&'t [u8]>, StoreError>
+where
+    I: Iterator<Item = heed::Result<(u64, &'t [u8])>>,
+{
+    loop {
+        match rows.peek() {
+            Some(Ok((key, _))) if *key < seq => {
+                rows.next();
+            }
+            Some(Ok((key, _))) if *key == seq => {
+                return Ok(rows.next().and_then(Result::ok).map(|(_, row)| row));
+            }
+            Some(Err(_)) => {
+                return match rows.next() {
+                    Some(Err(err)) => Err(err.into()),
+                    _ => Ok(None),
+                };
+            }
+            _ => return Ok(None),
+        }
     }
 }
