@@ -24,6 +24,28 @@ fn assert_timed_out<T: std::fmt::Debug>(result: &Result<T, ClientError>, waited:
     );
 }
 
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// /proc/PID/task/TID/stat, the field after the parenthesised name).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if state != Some('T') {
+            return false;
+        }
+        any = true;
+    }
+    any
+}
+
 #[tokio::test]
 async fn a_listener_that_accepts_and_never_replies_times_out_the_hello() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -53,6 +75,12 @@ async fn a_frozen_daemon_fails_the_harness_clients_call_with_a_timeout() -> anyh
     client.set_timeout(Some(SHORT));
     let pid = Pid::from_raw(i32::try_from(daemon.pid().expect("the daemon runs"))?);
     signal::kill(pid, Signal::SIGSTOP)?;
+    // kill() returns before the group stop: the thread picked to take the
+    // signal stops the others only once it runs, and meanwhile they serve
+    // (a CI run had the append acked). Wait until every thread is stopped.
+    let stopped =
+        tally_tests::wait_until(Duration::from_secs(5), || all_threads_stopped(pid.as_raw())).await;
+    assert!(stopped, "tallyd's threads did not all stop after SIGSTOP");
     let started = Instant::now();
     // The outer bound only keeps a broken client timeout from hanging here.
     let result = tokio::time::timeout(SHORT * 20, client.append(vec![event(1)])).await;
