@@ -214,6 +214,17 @@ fn figures(results: &Results, rows: &mut Vec<Vec<String>>) {
                     count(row.acked as f64)
                 ),
             );
+            push(
+                rows,
+                &name,
+                "received while the writers ran (slowest)",
+                format!(
+                    "{} of {} ({}/s)",
+                    count(row.min_received_while_writing as f64),
+                    count(row.acked as f64),
+                    count(row.min_received_while_writing as f64 / row.seconds.max(1e-9))
+                ),
+            );
         }
         push(rows, &name, "CPU cores", cpu(&row.cpu));
     }

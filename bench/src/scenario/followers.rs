@@ -71,6 +71,11 @@ pub struct FollowersRow {
     pub kept_up: usize,
     /// The fewest records any follower received.
     pub min_received: u64,
+    /// The fewest records any follower received before the writers stopped
+    /// (the rest came in the grace): a lag of about the writing's length
+    /// with every record received in the end means the follower got little
+    /// while ingest ran.
+    pub min_received_while_writing: u64,
     pub lag_p50_ms: Option<f64>,
     pub lag_p99_ms: Option<f64>,
     pub lag_max_ms: Option<f64>,
@@ -147,17 +152,23 @@ async fn write(
     }
 }
 
+/// What a follower received: records in all, records before the writers
+/// stopped, and the sampled arrivals.
+type Followed = (u64, u64, Vec<(u64, Instant)>);
+
 /// A follower from seq 0 until `deadline` or `target` records (set when the
-/// writers stop); returns the records received and the sampled arrivals.
+/// writers stop, at `until`).
 async fn follow(
     socket: PathBuf,
     target: Arc<std::sync::atomic::AtomicU64>,
+    until: Instant,
     deadline: Instant,
-) -> anyhow::Result<(u64, Vec<(u64, Instant)>)> {
+) -> anyhow::Result<Followed> {
     use std::sync::atomic::Ordering;
     let client = Client::connect(&socket, CLIENT_NAME).await?;
     let mut follow = client.follow(0).await?;
     let mut received = 0u64;
+    let mut while_writing = 0u64;
     let mut samples = Vec::new();
     while received < target.load(Ordering::Acquire) {
         let Ok(record) = tokio::time::timeout_at(deadline.into(), follow.next()).await else {
@@ -173,8 +184,11 @@ async fn follow(
             samples.push((record.seq, Instant::now()));
         }
         received += 1;
+        if Instant::now() < until {
+            while_writing = received;
+        }
     }
-    Ok((received, samples))
+    Ok((received, while_writing, samples))
 }
 
 /// The ack instant of `seq`.
@@ -209,6 +223,7 @@ fn run_row(
             tasks.push(tokio::spawn(follow(
                 socket.clone(),
                 target.clone(),
+                until,
                 deadline,
             )));
         }
@@ -249,7 +264,7 @@ fn run_row(
     acks.sort_by_key(|&(first, _, _)| first);
     let acked: u64 = acks.iter().map(|&(_, count, _)| count).sum();
     let mut lag = histogram()?;
-    for (_, samples) in &followed {
+    for (_, _, samples) in &followed {
         for &(seq, arrived) in samples {
             if let Some(acked_at) = ack_time(&acks, seq) {
                 let micros = arrived.saturating_duration_since(acked_at).as_micros() as u64;
@@ -269,11 +284,16 @@ fn run_row(
         ingest_ratio_to_none: None,
         kept_up: followed
             .iter()
-            .filter(|(received, _)| *received == acked)
+            .filter(|(received, _, _)| *received == acked)
             .count(),
         min_received: followed
             .iter()
-            .map(|(received, _)| *received)
+            .map(|(received, _, _)| *received)
+            .min()
+            .unwrap_or(acked),
+        min_received_while_writing: followed
+            .iter()
+            .map(|(_, while_writing, _)| *while_writing)
             .min()
             .unwrap_or(acked),
         lag_p50_ms: ms(0.5),
