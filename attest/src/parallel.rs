@@ -1,8 +1,9 @@
 //! Entry hashes of many records computed on every core: each record's hash
 //! depends only on its own bytes, so the cost of a whole-log check (SHA-256
 //! of every record) splits evenly across threads while the links are still
-//! checked in order by the caller. Shared by `tally verify` (`chain.rs`) and
-//! `tallyd check` (the daemon's `store/verify.rs`).
+//! checked in order by the caller. Used by `tally verify` (`chain.rs`);
+//! `tallyd check` (the daemon's `store/verify.rs`) takes its thread count
+//! from [`threads`] and reads and hashes its chunks on its own workers.
 
 use crate::record::{entry_hash, Hash, GENESIS_PREV};
 
@@ -32,7 +33,7 @@ pub fn entry_hashes<R: AsRef<[u8]> + Sync>(records: &[R], hashes: &mut Vec<Hash>
 /// Replaces `out` with `f` of each record, in order, computed on
 /// [`threads`] scoped threads (on the calling thread for a short slice):
 /// for callers that derive more than the hash from each record while its
-/// bytes are in the cache (`tallyd check` also parses the header there).
+/// bytes are in the cache.
 pub fn map<R, T, F>(records: &[R], out: &mut Vec<T>, fill: T, f: F)
 where
     R: Sync,

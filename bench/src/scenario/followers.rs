@@ -153,7 +153,7 @@ async fn write(
 }
 
 /// What a follower received: records in all, records before the writers
-/// stopped, and the sampled arrivals.
+/// stopped (to within one sampling interval), and the sampled arrivals.
 type Followed = (u64, u64, Vec<(u64, Instant)>);
 
 /// A follower from seq 0 until `deadline` or `target` records (set when the
@@ -168,7 +168,6 @@ async fn follow(
     let client = Client::connect(&socket, CLIENT_NAME).await?;
     let mut follow = client.follow(0).await?;
     let mut received = 0u64;
-    let mut while_writing = 0u64;
     let mut samples = Vec::new();
     while received < target.load(Ordering::Acquire) {
         let Ok(record) = tokio::time::timeout_at(deadline.into(), follow.next()).await else {
@@ -184,10 +183,14 @@ async fn follow(
             samples.push((record.seq, Instant::now()));
         }
         received += 1;
-        if Instant::now() < until {
-            while_writing = received;
-        }
     }
+    // From the samples (one record in LAG_SAMPLE_EVERY, from seq 0): the
+    // last one that arrived before the writers stopped.
+    let while_writing = samples
+        .iter()
+        .take_while(|(_, arrived)| *arrived < until)
+        .last()
+        .map_or(0, |(seq, _)| seq + 1);
     Ok((received, while_writing, samples))
 }
 

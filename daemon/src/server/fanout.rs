@@ -114,7 +114,7 @@ impl SharedPage {
 /// Where a follower at a seq stands against the ring.
 #[derive(Debug)]
 pub(super) enum Position {
-    /// A shared page starts there.
+    /// A shared page starts there: the ring's, or a catch-up page.
     Page(Arc<SharedPage>),
     /// No page starts there: read the store up to this seq (the next page's
     /// start, or where publishing is).
@@ -200,11 +200,16 @@ impl Ring {
     fn position(&self, seq: u64) -> Position {
         // Pages are contiguous and in seq order.
         let after = self.pages.partition_point(|page| page.from < seq);
-        match self.pages.get(after) {
-            Some(page) if page.from == seq => Position::Page(page.clone()),
-            Some(page) => Position::ReadTo(page.from),
-            None if seq < self.end => Position::ReadTo(self.end),
-            None => Position::Wait,
+        let read_to = match self.pages.get(after) {
+            Some(page) if page.from == seq => return Position::Page(page.clone()),
+            Some(page) => page.from,
+            None if seq < self.end => self.end,
+            None => return Position::Wait,
+        };
+        // Behind the ring: a page another follower read from here, if kept.
+        match self.catch_up.pages.get(&seq) {
+            Some(page) => Position::Page(page.clone()),
+            None => Position::ReadTo(read_to),
         }
     }
 }
@@ -284,11 +289,6 @@ impl Fanout {
 
     pub(super) fn position(&self, seq: u64) -> Position {
         self.ring().position(seq)
-    }
-
-    /// The catch-up page that starts at `seq`, if a follower read it.
-    pub(super) fn catch_up_page(&self, seq: u64) -> Option<Arc<SharedPage>> {
-        self.ring().catch_up.pages.get(&seq).cloned()
     }
 
     /// Where pages are in the erasure order: taken before a follower reads

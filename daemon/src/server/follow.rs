@@ -113,10 +113,10 @@ async fn bounded<E>(
     Sent::Ok
 }
 
-/// An unfiltered follow: shared pages where the ring has its position;
-/// where it has not, the catch-up page another follower read from there, or
-/// else the store up to the next page start or catch-up boundary (kept as a
-/// catch-up page for the followers behind).
+/// An unfiltered follow: shared pages where the ring (or a catch-up page
+/// another follower read) starts at its position; where none does, the
+/// store up to the next page start or catch-up boundary, kept as a
+/// catch-up page for the followers behind.
 async fn follow_shared<W: AsyncWrite + Unpin>(
     frames: &mut FramedWrite<W, LengthDelimitedCodec>,
     stream: FollowStream,
@@ -135,10 +135,6 @@ async fn follow_shared<W: AsyncWrite + Unpin>(
         loop {
             let sent = match shared.fanout.position(cursor) {
                 Position::Page(page) => {
-                    cursor = page.to;
-                    send_shared(frames, id, &page, shared, shutdown, reader_done).await
-                }
-                Position::ReadTo(_) if let Some(page) = shared.fanout.catch_up_page(cursor) => {
                     cursor = page.to;
                     send_shared(frames, id, &page, shared, shutdown, reader_done).await
                 }

@@ -75,13 +75,13 @@ impl MapRegion {
 
     /// Drops from this process's page tables every page of the
     /// [`FAULT_AROUND`] blocks holding a byte of `slices` (slices into the
-    /// map; others are ignored), one call also
-    /// covering the gaps of at most `max_gap` bytes between the slices'
-    /// pages: the kernel maps a faulting page's neighbours too (fault-around,
-    /// 64 KiB), so pages of other tables between a scan's records (the
-    /// content rows and Merkle nodes, written beside them) are mapped without
-    /// ever being read, and stay so unless dropped. A later read of a dropped
-    /// page faults it back in from the page cache with the same bytes.
+    /// map; others are ignored), one call also covering the gaps of at most
+    /// `max_gap` bytes between them: the kernel maps a faulting page's
+    /// neighbours too, so pages of other tables between a scan's records
+    /// (the content rows and Merkle nodes, written beside them) are mapped
+    /// without ever being read, and stay so unless dropped. A later read of
+    /// a dropped page faults it back in from the page cache with the same
+    /// bytes.
     pub(super) fn drop_pages_across<'a>(
         &self,
         slices: impl IntoIterator<Item = &'a [u8]>,

@@ -87,7 +87,6 @@ impl Chunk {
 /// does not parse) and its receive time, computed on the core that has the
 /// record's bytes in its cache, so the in-order checks read only this
 /// compact array.
-#[derive(Clone)]
 struct Hashed {
     hash: Hash,
     header: Result<RecordHeader, RecordError>,
